@@ -1,0 +1,218 @@
+//! Builds pgid's services once from a validated [`Config`] and runs them: policies loaded and
+//! reconciled, state migrated, leases reconciled, then the broker and the reaper.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::{self, BrokerState, ProxyAddress};
+use crate::config::Config;
+use crate::database::{self, Databases};
+use crate::identity::Verifier;
+use crate::keys::ServerKey;
+use crate::metrics::Metrics;
+use crate::policy::{self, PolicySet};
+use crate::roles::{self, Leases, Reaper};
+use crate::store::{self, InstanceLock, Store};
+use crate::tls::TlsMaterial;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
+
+fn err<E: std::fmt::Display>(context: &str) -> impl FnOnce(E) -> StartError + '_ {
+    move |e| StartError(format!("{context}: {e}"))
+}
+
+/// Loads and checks the policy directory against the configured databases.
+pub fn load_policies(config: &Config) -> Result<PolicySet, StartError> {
+    let set = policy::load_dir(&config.policies).map_err(|errors| {
+        StartError(
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    })?;
+    let known: Vec<&str> = config.databases.iter().map(|d| d.name.as_str()).collect();
+    let problems = set.check_databases(&known);
+    if !problems.is_empty() {
+        return Err(StartError(
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ));
+    }
+    Ok(set)
+}
+
+/// The services, built and reconciled, not yet serving.
+pub struct App {
+    pub config: Config,
+    pub leases: Arc<Leases>,
+    pub policies: Arc<RwLock<Arc<PolicySet>>>,
+    pub verifier: Arc<Verifier>,
+    pub tls: TlsMaterial,
+    pub key: ServerKey,
+    _instance: InstanceLock,
+}
+
+impl App {
+    pub async fn build(config: Config) -> Result<App, StartError> {
+        let policies = load_policies(&config)?;
+        let databases =
+            Databases::connect(&config.databases).map_err(|e| StartError(e.to_string()))?;
+        let (state_pool, state_pg) = match &config.state_url {
+            Some(url) => database::pool(url.expose(), 8)
+                .map_err(|e| StartError(format!("state_url: {e}")))?,
+            None => {
+                let first = &config.databases[0];
+                database::pool(first.admin_url.expose(), first.pool_size)
+                    .map_err(|e| StartError(format!("database {}: {e}", first.name)))?
+            }
+        };
+        {
+            let mut c = state_pool
+                .get()
+                .await
+                .map_err(err("connecting to the state database"))?;
+            let ran = store::migrate(&mut c)
+                .await
+                .map_err(err("migrating the pgid schema"))?;
+            if !ran.is_empty() {
+                tracing::info!(versions = ?ran, "applied migrations");
+            }
+        }
+        let instance = InstanceLock::acquire(&state_pg)
+            .await
+            .map_err(err("taking the instance lock"))?;
+        let key = ServerKey::load_or_create(&config.server_key_file).map_err(StartError)?;
+
+        for db in databases.iter() {
+            let mut c = db
+                .pool
+                .get()
+                .await
+                .map_err(err(&format!("connecting to database {}", db.name)))?;
+            roles::ensure_marker_role(&**c).await.map_err(err(&format!(
+                "database {}: creating the lease marker role",
+                db.name
+            )))?;
+            for p in policies.iter().filter(|p| p.database == db.name) {
+                roles::apply_policy(&mut c, p, &db.dbname)
+                    .await
+                    .map_err(|e| StartError(e.to_string()))?;
+            }
+        }
+
+        let metrics = Arc::new(Metrics::default());
+        let leases = Arc::new(Leases::new(
+            Store::new(state_pool),
+            databases,
+            key.clone(),
+            config.leases.grace,
+            instance.id,
+            metrics,
+        ));
+        let report = roles::reap_once(&leases).await;
+        tracing::info!(?report, "startup reconciliation");
+
+        let verifier =
+            Arc::new(Verifier::new(&config.issuers).map_err(|e| StartError(e.to_string()))?);
+        let hosts = vec![
+            config.proxy.public_host.clone(),
+            config.broker.listen.ip().to_string(),
+        ];
+        let tls = TlsMaterial::resolve(&config.state_dir, config.broker.tls.as_ref(), &hosts)
+            .map_err(|e| StartError(e.to_string()))?;
+        Ok(App {
+            config,
+            leases,
+            policies: Arc::new(RwLock::new(Arc::new(policies))),
+            verifier,
+            tls,
+            key,
+            _instance: instance,
+        })
+    }
+
+    pub fn broker_state(&self, proxy: ProxyAddress) -> BrokerState {
+        BrokerState {
+            leases: self.leases.clone(),
+            policies: self.policies.clone(),
+            verifier: self.verifier.clone(),
+            admins: Arc::new(self.config.broker.admins.clone()),
+            proxy,
+        }
+    }
+
+    /// Binds the configured addresses (port 0 picks a free port) and starts serving.
+    pub async fn start(self) -> Result<Running, StartError> {
+        let broker_listener = TcpListener::bind(self.config.broker.listen)
+            .await
+            .map_err(err(&format!(
+                "binding broker address {}",
+                self.config.broker.listen
+            )))?;
+        let broker_addr = broker_listener
+            .local_addr()
+            .map_err(err("broker address"))?;
+        let proxy = ProxyAddress {
+            host: self.config.proxy.public_host.clone(),
+            port: self.config.proxy_public_port(),
+        };
+        let router = broker::router(self.broker_state(proxy));
+        let tls = self
+            .tls
+            .server_config(&[b"http/1.1"])
+            .map_err(|e| StartError(e.to_string()))?;
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(broker::serve_tls(
+            broker_listener,
+            tls,
+            router,
+            cancel.clone(),
+        ));
+        tasks.spawn({
+            let r = Reaper::spawn(
+                self.leases.clone(),
+                self.config.leases.reaper_interval,
+                cancel.clone(),
+            );
+            async move {
+                let _ = r.await;
+            }
+        });
+        tasks.close();
+        tracing::info!(broker = %broker_addr, "pgid is serving");
+        Ok(Running {
+            broker_addr,
+            cancel,
+            tasks,
+            app: Arc::new(self),
+        })
+    }
+}
+
+/// A started pgid: its addresses and the handle that stops it.
+pub struct Running {
+    pub broker_addr: SocketAddr,
+    pub cancel: CancellationToken,
+    tasks: TaskTracker,
+    pub app: Arc<App>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish (bounded), stops the reaper.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tasks.wait().await;
+    }
+}

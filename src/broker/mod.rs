@@ -1,0 +1,92 @@
+//! The credential broker (DESIGN §6): HTTPS JSON API where a verified token buys a lease.
+//!
+//! `router` builds the axum `Router` (tests drive it directly or over TLS); `caller` verifies
+//! bearer tokens; `credentials` holds the lease endpoints; `server` runs the router over rustls.
+
+mod caller;
+mod credentials;
+mod error;
+mod server;
+
+use std::sync::{Arc, RwLock};
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+pub use error::ApiError;
+pub use server::serve_tls;
+
+use crate::identity::Verifier;
+use crate::policy::{IdentityMatch, PolicySet};
+use crate::roles::Leases;
+
+/// Request bodies are tiny JSON objects.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Where DSNs point: the proxy's public address.
+#[derive(Debug, Clone)]
+pub struct ProxyAddress {
+    pub host: String,
+    pub port: u16,
+}
+
+/// Shared state of the broker's handlers. Cheap to clone.
+#[derive(Clone)]
+pub struct BrokerState {
+    pub leases: Arc<Leases>,
+    pub policies: Arc<RwLock<Arc<PolicySet>>>,
+    pub verifier: Arc<Verifier>,
+    pub admins: Arc<Vec<IdentityMatch>>,
+    pub proxy: ProxyAddress,
+}
+
+impl BrokerState {
+    pub fn policies(&self) -> Arc<PolicySet> {
+        self.policies.read().unwrap().clone()
+    }
+}
+
+pub fn router(state: BrokerState) -> Router {
+    Router::new()
+        .route("/v1/credentials", post(credentials::issue))
+        .route(
+            "/v1/credentials/{id}",
+            get(credentials::show).delete(credentials::revoke),
+        )
+        .route("/v1/credentials/{id}/renew", post(credentials::renew))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn healthz(State(s): State<BrokerState>) -> impl IntoResponse {
+    let ok = match s.leases.store().pool().get().await {
+        Ok(c) => c.query_one("SELECT 1", &[]).await.is_ok(),
+        Err(_) => false,
+    };
+    if ok {
+        (StatusCode::OK, Json(serde_json::json!({"status": "ok"})))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                serde_json::json!({"status": "unavailable", "message": "state database unreachable"}),
+            ),
+        )
+    }
+}
+
+async fn metrics(State(s): State<BrokerState>) -> impl IntoResponse {
+    let counts = s.leases.store().counts().await.unwrap_or_default();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.leases.metrics().render(&counts),
+    )
+}

@@ -1,0 +1,240 @@
+//! `pgid login`: a token (given, or fetched with the client-credentials grant) → a lease → DSN.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use openidconnect::core::{CoreClient, CoreProviderMetadata};
+use openidconnect::{ClientId, ClientSecret, IssuerUrl, OAuth2TokenResponse, Scope};
+use serde_json::Value;
+
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    /// Broker URL.
+    #[arg(long, env = "PGID_BROKER", default_value = "https://127.0.0.1:7443")]
+    broker: String,
+    /// CA certificate to trust for the broker (pgid's generated one is <state_dir>/tls/ca.crt).
+    #[arg(long, env = "PGID_CACERT")]
+    cacert: Option<PathBuf>,
+    /// A bearer token (prefer --token-file or PGID_TOKEN: arguments are visible to other users).
+    #[arg(long, conflicts_with_all = ["token_file", "client_id"])]
+    token: Option<String>,
+    /// File holding the bearer token.
+    #[arg(long, conflicts_with = "client_id")]
+    token_file: Option<PathBuf>,
+    /// OIDC issuer for the client-credentials grant.
+    #[arg(long, env = "PGID_ISSUER")]
+    issuer: Option<String>,
+    #[arg(long, env = "PGID_CLIENT_ID", requires = "issuer")]
+    client_id: Option<String>,
+    #[arg(long, env = "PGID_CLIENT_SECRET", hide_env_values = true)]
+    client_secret: Option<String>,
+    /// Scopes to request (repeatable).
+    #[arg(long)]
+    scope: Vec<String>,
+    /// Audience to request (sent as `audience`; some issuers use --resource instead).
+    #[arg(long)]
+    audience: Option<String>,
+    /// Resource indicator to request (RFC 8707).
+    #[arg(long)]
+    resource: Option<String>,
+    /// Use the `pgid dev` session on this machine (its issuer, client and broker).
+    #[arg(long, conflicts_with_all = ["token", "token_file", "issuer"])]
+    dev: bool,
+    /// With --dev: which development client (default: the first).
+    #[arg(long, requires = "dev")]
+    client: Option<String>,
+    /// Ask for this database.
+    #[arg(long)]
+    database: Option<String>,
+    /// Ask for this policy (needed when several match).
+    #[arg(long)]
+    policy: Option<String>,
+    /// Lease length, e.g. 15m (at most the policy's max_ttl).
+    #[arg(long)]
+    ttl: Option<String>,
+    #[arg(long, value_enum, default_value = "dsn")]
+    format: Format,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum Format {
+    /// The DSN alone.
+    Dsn,
+    /// `export PGHOST=…` lines for a shell.
+    Env,
+    /// The whole lease as JSON.
+    Json,
+}
+
+pub async fn run(mut a: LoginArgs) -> anyhow::Result<u8> {
+    if a.dev {
+        let session = super::dev::Session::read()?;
+        let client = match &a.client {
+            Some(name) => session
+                .clients
+                .iter()
+                .find(|c| &c.id == name)
+                .with_context(|| {
+                    format!(
+                        "no development client {name:?}; try one of: {}",
+                        session.client_names()
+                    )
+                })?,
+            None => session
+                .clients
+                .first()
+                .context("the dev session lists no clients")?,
+        };
+        a.issuer = Some(session.issuer.clone());
+        a.client_id = Some(client.id.clone());
+        a.client_secret = Some(client.secret.clone());
+        a.broker = session.broker.clone();
+        a.cacert = Some(session.ca.clone());
+    }
+    let token = token(&a).await?;
+    let http = {
+        let mut b = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(std::time::Duration::from_secs(30));
+        if let Some(ca) = &a.cacert {
+            let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+            b = b.add_root_certificate(
+                reqwest::Certificate::from_pem(&pem)
+                    .with_context(|| format!("{} is not a PEM certificate", ca.display()))?,
+            );
+        }
+        b.build()?
+    };
+    let mut body = serde_json::Map::new();
+    for (k, v) in [
+        ("database", &a.database),
+        ("policy", &a.policy),
+        ("ttl", &a.ttl),
+    ] {
+        if let Some(v) = v {
+            body.insert(k.into(), Value::String(v.clone()));
+        }
+    }
+    let url = format!("{}/v1/credentials", a.broker.trim_end_matches('/'));
+    let resp = http
+        .post(&url)
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("calling the broker at {url}: {}", e.without_url()))?;
+    let status = resp.status();
+    let lease: Value = resp
+        .json()
+        .await
+        .context("the broker's answer is not JSON")?;
+    if !status.is_success() {
+        let msg = lease.get("message").and_then(Value::as_str).unwrap_or("");
+        let code = lease
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("error");
+        eprintln!("pgid: broker refused ({status}): {code}: {msg}");
+        return Ok(1);
+    }
+    let field = |k: &str| {
+        lease
+            .get(k)
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string())
+            })
+            .unwrap_or_default()
+    };
+    match a.format {
+        Format::Dsn => println!("{}", field("dsn")),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&lease)?),
+        Format::Env => {
+            let q = |s: String| format!("'{}'", s.replace('\'', "'\\''"));
+            println!("export PGHOST={}", q(field("host")));
+            println!("export PGPORT={}", q(field("port")));
+            println!("export PGDATABASE={}", q(field("database")));
+            println!("export PGUSER={}", q(field("username")));
+            println!("export PGPASSWORD={}", q(field("password")));
+            println!("export PGID_LEASE_ID={}", q(field("lease_id")));
+            println!("export PGID_LEASE_EXPIRES_AT={}", q(field("expires_at")));
+        }
+    }
+    Ok(0)
+}
+
+async fn token(a: &LoginArgs) -> anyhow::Result<String> {
+    if let Some(t) = &a.token {
+        return Ok(t.trim().to_string());
+    }
+    if let Some(path) = &a.token_file {
+        let t =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        return Ok(t.trim().to_string());
+    }
+    if let (Some(issuer), Some(id)) = (&a.issuer, &a.client_id) {
+        let secret = a
+            .client_secret
+            .clone()
+            .context("--client-secret (or PGID_CLIENT_SECRET) is required with --client-id")?;
+        return client_credentials(issuer, id, &secret, a).await;
+    }
+    if let Ok(t) = std::env::var("PGID_TOKEN") {
+        if !t.trim().is_empty() {
+            return Ok(t.trim().to_string());
+        }
+    }
+    bail!("no token: give --token-file, PGID_TOKEN, or --issuer with --client-id and --client-secret (or --dev)")
+}
+
+/// The OAuth 2.0 client-credentials grant against the issuer's discovered token endpoint.
+async fn client_credentials(
+    issuer: &str,
+    id: &str,
+    secret: &str,
+    a: &LoginArgs,
+) -> anyhow::Result<String> {
+    crate::identity::check_fetch_url(issuer).map_err(|m| anyhow::anyhow!(m))?;
+    let http = openidconnect::reqwest::ClientBuilder::new()
+        .redirect(openidconnect::reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(30))
+        .build()?;
+    let meta = CoreProviderMetadata::discover_async(IssuerUrl::new(issuer.to_string())?, &http)
+        .await
+        .map_err(|e| anyhow::anyhow!("discovering {issuer}: {}", error_chain(&e)))?;
+    let client = CoreClient::from_provider_metadata(
+        meta,
+        ClientId::new(id.to_string()),
+        Some(ClientSecret::new(secret.to_string())),
+    );
+    let mut req = client
+        .exchange_client_credentials()
+        .context("the issuer publishes no token endpoint")?;
+    for s in &a.scope {
+        req = req.add_scope(Scope::new(s.clone()));
+    }
+    if let Some(aud) = &a.audience {
+        req = req.add_extra_param("audience", aud.clone());
+    }
+    if let Some(res) = &a.resource {
+        req = req.add_extra_param("resource", res.clone());
+    }
+    let resp = req
+        .request_async(&http)
+        .await
+        .map_err(|e| anyhow::anyhow!("token request to {issuer} failed: {}", error_chain(&e)))?;
+    Ok(resp.access_token().secret().clone())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

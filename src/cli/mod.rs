@@ -1,0 +1,71 @@
+//! The `pgid` command line: `serve`, `dev`, `login`, `policy check|plan`.
+
+mod dev;
+mod login;
+mod policy;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "pgid", version, about = "Non-human identity for PostgreSQL")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the broker and the reaper (and, later, the proxy) from pgid.toml.
+    Serve {
+        #[arg(long, short, env = "PGID_CONFIG", default_value = "pgid.toml")]
+        config: PathBuf,
+    },
+    /// Everything on one machine: a throwaway Postgres with demo data, a development issuer,
+    /// the example policies and pgid. Ctrl-C removes it all.
+    Dev(dev::DevArgs),
+    /// Get a lease: token (or client credentials) → DSN.
+    Login(Box<login::LoginArgs>),
+    /// Check, plan and test policies.
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Serve { config } => serve::run(&config).await,
+        Command::Dev(args) => dev::run(args).await,
+        Command::Login(args) => login::run(*args).await,
+        Command::Policy { command } => policy::run(command).await,
+    }
+}
+
+/// Logs go to stderr; `PGID_LOG` (or `RUST_LOG`) sets the filter, `PGID_LOG_FORMAT=json` the format.
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("PGID_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(std::io::stderr);
+    if std::env::var("PGID_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}

@@ -1,0 +1,19 @@
+//! `pgid serve`: run from pgid.toml until SIGTERM / Ctrl-C, then drain.
+
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::app::App;
+use crate::config::Config;
+
+pub async fn run(config: &Path) -> anyhow::Result<u8> {
+    let config = Config::load(config)?;
+    let app = App::build(config).await.context("starting pgid")?;
+    let running = app.start().await?;
+    eprintln!("pgid: broker listening on https://{}", running.broker_addr);
+    super::shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(0)
+}

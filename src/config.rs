@@ -1,0 +1,696 @@
+//! `pgid.toml` → a validated [`Config`] (DESIGN §5).
+//!
+//! Two steps, as ripgrep does with its arguments: serde reads the file into raw structs (unknown
+//! keys and malformed values are errors at their line), then [`Config::load`] applies `PGID_…`
+//! environment overrides, reads secrets from files and checks what serde cannot (addresses,
+//! URLs, cross references). Every error names the file, the key and, where known, the line.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::policy::IdentityMatch;
+use crate::secret::Secret;
+use crate::units::Span;
+
+/// The longest clock skew pgid tolerates on token times (DESIGN §3).
+pub const MAX_LEEWAY: Duration = Duration::from_secs(60);
+const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+const DEFAULT_REFETCH_COOLDOWN: Duration = Duration::from_secs(10);
+const DEFAULT_GRACE: Duration = Duration::from_secs(60);
+const DEFAULT_REAPER_INTERVAL: Duration = Duration::from_secs(5);
+const DEFAULT_POOL_SIZE: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{location}: {message}")]
+    Invalid { location: String, message: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: PathBuf,
+    pub state_dir: PathBuf,
+    pub server_key_file: PathBuf,
+    pub policies: PathBuf,
+    pub state_url: Option<Secret<String>>,
+    pub broker: BrokerConfig,
+    pub proxy: ProxyConfig,
+    pub issuers: Vec<IssuerConfig>,
+    pub databases: Vec<DatabaseConfig>,
+    pub audit: AuditConfig,
+    pub leases: LeaseConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    /// Identities allowed to revoke any lease (same shape as a policy's `[identity]`).
+    pub admins: Vec<IdentityMatch>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    pub public_host: String,
+    pub public_port: Option<u16>,
+}
+
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub jwks_url: Option<String>,
+    pub leeway: Duration,
+    pub ca_file: Option<PathBuf>,
+    pub jwks_refetch_cooldown: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub name: String,
+    pub admin_url: Secret<String>,
+    pub pool_size: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    /// Added to `VALID UNTIL` so clock skew between pgid and Postgres never cuts a lease short.
+    pub grace: Duration,
+    pub reaper_interval: Duration,
+}
+
+// ---- raw file shape -------------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_dir: Option<String>,
+    server_key_file: Option<String>,
+    policies: Option<String>,
+    state_url: Option<String>,
+    state_url_file: Option<String>,
+    #[serde(default)]
+    broker: RawBroker,
+    #[serde(default)]
+    proxy: RawProxy,
+    #[serde(default)]
+    issuers: Vec<Spanned<RawIssuer>>,
+    #[serde(default)]
+    databases: Vec<Spanned<RawDatabase>>,
+    #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
+    leases: RawLeases,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBroker {
+    listen: Option<Spanned<String>>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    #[serde(default)]
+    admins: Vec<IdentityMatch>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    listen: Option<Spanned<String>>,
+    public_host: Option<String>,
+    public_port: Option<u16>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    issuer: String,
+    audiences: Vec<String>,
+    algorithms: Option<Vec<String>>,
+    jwks_url: Option<String>,
+    leeway: Option<Span>,
+    ca_file: Option<String>,
+    jwks_refetch_cooldown: Option<Span>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    name: String,
+    admin_url: Option<String>,
+    admin_url_file: Option<String>,
+    pool_size: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    file: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLeases {
+    grace: Option<Span>,
+    reaper_interval: Option<Span>,
+}
+
+/// Where an error points: `file:line` when the offending text is known.
+struct Locator<'a> {
+    file: String,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn at(
+        &self,
+        span: Option<std::ops::Range<usize>>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let location = match span {
+            Some(s) => format!("{}:{}", self.file, line_of(self.text, s.start)),
+            None => self.file.clone(),
+        };
+        ConfigError::Invalid {
+            location,
+            message: format!("{key}: {}", message.into()),
+        }
+    }
+}
+
+/// 1-based line of a byte offset.
+pub fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
+}
+
+/// Splits a `toml` deserialization error into (`file:line`, message).
+pub fn toml_error(file: &str, text: &str, err: &toml::de::Error) -> (String, String) {
+    let msg = err.message().trim_end().to_string();
+    match err.span() {
+        Some(span) => (format!("{file}:{}", line_of(text, span.start)), msg),
+        None => (file.to_string(), msg),
+    }
+}
+
+/// Reads the environment through a function so tests can supply their own.
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Config {
+    /// Loads `path` with overrides from the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(path, &text, &process_env)
+    }
+
+    pub fn parse(path: &Path, text: &str, env: Env<'_>) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let (location, message) = toml_error(&file, text, &e);
+            ConfigError::Invalid { location, message }
+        })?;
+        let loc = Locator {
+            file: file.clone(),
+            text,
+        };
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
+        let resolve = |p: String| -> PathBuf {
+            let p = PathBuf::from(p);
+            if p.is_absolute() {
+                p
+            } else {
+                base.join(p)
+            }
+        };
+        let over = |name: &str, value: Option<String>| env(name).or(value);
+
+        let state_dir =
+            resolve(over("PGID_STATE_DIR", raw.state_dir).unwrap_or_else(|| "pgid-state".into()));
+        let server_key_file = over("PGID_SERVER_KEY_FILE", raw.server_key_file)
+            .map(resolve)
+            .unwrap_or_else(|| state_dir.join("server.key"));
+        let policies =
+            resolve(over("PGID_POLICIES", raw.policies).unwrap_or_else(|| "policies".into()));
+        let state_url = secret_value(
+            &loc,
+            env,
+            "state_url",
+            "PGID_STATE_URL",
+            raw.state_url,
+            raw.state_url_file,
+            &resolve,
+        )?;
+
+        let broker_listen = listen_addr(
+            &loc,
+            env,
+            "broker.listen",
+            "PGID_BROKER_LISTEN",
+            raw.broker.listen,
+            "127.0.0.1:7443",
+        )?;
+        let tls = match (
+            over("PGID_BROKER_TLS_CERT", raw.broker.tls_cert),
+            over("PGID_BROKER_TLS_KEY", raw.broker.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: resolve(cert),
+                key: resolve(key),
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(loc.at(
+                    None,
+                    "broker.tls_cert",
+                    "tls_cert and tls_key must be given together",
+                ))
+            }
+        };
+        for admin in &raw.broker.admins {
+            admin
+                .validate()
+                .map_err(|m| loc.at(None, "broker.admins", m))?;
+        }
+
+        let proxy_listen = listen_addr(
+            &loc,
+            env,
+            "proxy.listen",
+            "PGID_PROXY_LISTEN",
+            raw.proxy.listen,
+            "127.0.0.1:7432",
+        )?;
+        let public_host = over("PGID_PROXY_PUBLIC_HOST", raw.proxy.public_host)
+            .unwrap_or_else(|| proxy_listen.ip().to_string());
+        let public_port = match env("PGID_PROXY_PUBLIC_PORT") {
+            Some(p) => Some(p.parse().map_err(|_| {
+                loc.at(
+                    None,
+                    "PGID_PROXY_PUBLIC_PORT",
+                    format!("not a port number: {p:?}"),
+                )
+            })?),
+            None => raw.proxy.public_port,
+        };
+
+        if raw.issuers.is_empty() {
+            return Err(loc.at(
+                None,
+                "issuers",
+                "at least one [[issuers]] entry is required",
+            ));
+        }
+        let mut issuers = Vec::new();
+        let mut seen = BTreeSet::new();
+        for spanned in raw.issuers {
+            let span = spanned.span();
+            let r = spanned.into_inner();
+            issuers.push(issuer(&loc, span.clone(), r, &resolve)?);
+            let name = &issuers.last().unwrap().issuer;
+            if !seen.insert(name.clone()) {
+                return Err(loc.at(
+                    Some(span),
+                    "issuers.issuer",
+                    format!("{name} is listed twice"),
+                ));
+            }
+        }
+
+        if raw.databases.is_empty() {
+            return Err(loc.at(
+                None,
+                "databases",
+                "at least one [[databases]] entry is required",
+            ));
+        }
+        let mut databases = Vec::new();
+        let mut names = BTreeSet::new();
+        for spanned in raw.databases {
+            let span = spanned.span();
+            let r = spanned.into_inner();
+            if !crate::policy::valid_name(&r.name) {
+                return Err(loc.at(
+                    Some(span),
+                    "databases.name",
+                    format!("{:?} must match [a-z0-9_-]{{1,32}}", r.name),
+                ));
+            }
+            if !names.insert(r.name.clone()) {
+                return Err(loc.at(
+                    Some(span),
+                    "databases.name",
+                    format!("{:?} is listed twice", r.name),
+                ));
+            }
+            let var = format!(
+                "PGID_DATABASES_{}_ADMIN_URL",
+                r.name.to_ascii_uppercase().replace('-', "_")
+            );
+            let admin_url = secret_value(
+                &loc,
+                env,
+                "databases.admin_url",
+                &var,
+                r.admin_url,
+                r.admin_url_file,
+                &resolve,
+            )?
+            .ok_or_else(|| {
+                loc.at(
+                    Some(span.clone()),
+                    "databases.admin_url",
+                    format!(
+                        "database {:?} needs admin_url or admin_url_file (or {var})",
+                        r.name
+                    ),
+                )
+            })?;
+            tokio_postgres::Config::from_str(admin_url.expose()).map_err(|e| {
+                loc.at(
+                    Some(span.clone()),
+                    "databases.admin_url",
+                    format!("not a valid connection string: {e}"),
+                )
+            })?;
+            let pool_size = r.pool_size.unwrap_or(DEFAULT_POOL_SIZE);
+            if pool_size == 0 {
+                return Err(loc.at(Some(span), "databases.pool_size", "must be at least 1"));
+            }
+            databases.push(DatabaseConfig {
+                name: r.name,
+                admin_url,
+                pool_size,
+            });
+        }
+
+        let audit_file =
+            over("PGID_AUDIT_FILE", raw.audit.file).unwrap_or_else(|| "audit.jsonl".into());
+        let audit_file = {
+            let p = PathBuf::from(audit_file);
+            if p.is_absolute() {
+                p
+            } else {
+                state_dir.join(p)
+            }
+        };
+        let span_env =
+            |name: &str, value: Option<Span>, default: Duration| -> Result<Duration, ConfigError> {
+                match env(name) {
+                    Some(v) => Span::parse(&v)
+                        .map(Span::as_std)
+                        .map_err(|m| loc.at(None, name, m)),
+                    None => Ok(value.map(Span::as_std).unwrap_or(default)),
+                }
+            };
+        let leases = LeaseConfig {
+            grace: span_env("PGID_LEASES_GRACE", raw.leases.grace, DEFAULT_GRACE)?,
+            reaper_interval: span_env(
+                "PGID_LEASES_REAPER_INTERVAL",
+                raw.leases.reaper_interval,
+                DEFAULT_REAPER_INTERVAL,
+            )?,
+        };
+
+        Ok(Config {
+            source: path.to_path_buf(),
+            state_dir,
+            server_key_file,
+            policies,
+            state_url,
+            broker: BrokerConfig {
+                listen: broker_listen,
+                tls,
+                admins: raw.broker.admins,
+            },
+            proxy: ProxyConfig {
+                listen: proxy_listen,
+                public_host,
+                public_port,
+            },
+            issuers,
+            databases,
+            audit: AuditConfig { file: audit_file },
+            leases,
+        })
+    }
+
+    pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
+        self.databases.iter().find(|d| d.name == name)
+    }
+
+    /// The port written into DSNs: `public_port`, else the proxy's listening port.
+    pub fn proxy_public_port(&self) -> u16 {
+        self.proxy.public_port.unwrap_or(self.proxy.listen.port())
+    }
+}
+
+fn listen_addr(
+    loc: &Locator<'_>,
+    env: Env<'_>,
+    key: &str,
+    var: &str,
+    value: Option<Spanned<String>>,
+    default: &str,
+) -> Result<SocketAddr, ConfigError> {
+    let (text, span) = match (env(var), value) {
+        (Some(v), _) => (v, None),
+        (None, Some(s)) => (s.get_ref().clone(), Some(s.span())),
+        (None, None) => (default.to_string(), None),
+    };
+    text.parse().map_err(|_| {
+        loc.at(
+            span,
+            key,
+            format!("{text:?} is not an address such as 127.0.0.1:7443"),
+        )
+    })
+}
+
+/// A secret given inline, in a file (`<key>_file`), or by the environment (`VAR`, `VAR_FILE`).
+fn secret_value(
+    loc: &Locator<'_>,
+    env: Env<'_>,
+    key: &str,
+    var: &str,
+    inline: Option<String>,
+    file: Option<String>,
+    resolve: &dyn Fn(String) -> PathBuf,
+) -> Result<Option<Secret<String>>, ConfigError> {
+    if let Some(v) = env(var) {
+        return Ok(Some(Secret::new(v)));
+    }
+    // The environment's file replaces whatever the config file says.
+    let (inline, file) = match env(&format!("{var}_FILE")) {
+        Some(f) => (None, Some(PathBuf::from(f))),
+        None => (inline, file.map(resolve)),
+    };
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(loc.at(None, key, format!("give {key} or {key}_file, not both"))),
+        (Some(v), None) => Ok(Some(Secret::new(v))),
+        (None, Some(f)) => {
+            let text = std::fs::read_to_string(&f).map_err(|e| {
+                loc.at(
+                    None,
+                    &format!("{key}_file"),
+                    format!("cannot read {}: {e}", f.display()),
+                )
+            })?;
+            Ok(Some(Secret::new(
+                text.trim_end_matches(['\n', '\r']).to_string(),
+            )))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn issuer(
+    loc: &Locator<'_>,
+    span: std::ops::Range<usize>,
+    r: RawIssuer,
+    resolve: &dyn Fn(String) -> PathBuf,
+) -> Result<IssuerConfig, ConfigError> {
+    let at = |key: &str, m: String| loc.at(Some(span.clone()), key, m);
+    crate::identity::check_fetch_url(&r.issuer).map_err(|m| at("issuers.issuer", m))?;
+    if let Some(u) = &r.jwks_url {
+        crate::identity::check_fetch_url(u).map_err(|m| at("issuers.jwks_url", m))?;
+    }
+    if r.audiences.is_empty() || r.audiences.iter().any(|a| a.is_empty()) {
+        return Err(at(
+            "issuers.audiences",
+            "list at least one non-empty audience".into(),
+        ));
+    }
+    let algorithms = match r.algorithms {
+        None => crate::identity::DEFAULT_ALGORITHMS.to_vec(),
+        Some(names) => {
+            let mut out = Vec::new();
+            for n in names {
+                out.push(
+                    crate::identity::parse_algorithm(&n)
+                        .map_err(|m| at("issuers.algorithms", m))?,
+                );
+            }
+            if out.is_empty() {
+                return Err(at(
+                    "issuers.algorithms",
+                    "list at least one algorithm".into(),
+                ));
+            }
+            out
+        }
+    };
+    let leeway = r.leeway.map(Span::as_std).unwrap_or(DEFAULT_LEEWAY);
+    if leeway > MAX_LEEWAY {
+        return Err(at(
+            "issuers.leeway",
+            format!("at most {}s", MAX_LEEWAY.as_secs()),
+        ));
+    }
+    Ok(IssuerConfig {
+        issuer: r.issuer,
+        audiences: r.audiences,
+        algorithms,
+        jwks_url: r.jwks_url,
+        leeway,
+        ca_file: r.ca_file.map(resolve),
+        jwks_refetch_cooldown: r
+            .jwks_refetch_cooldown
+            .map(Span::as_std)
+            .unwrap_or(DEFAULT_REFETCH_COOLDOWN),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+state_dir = "/tmp/pgid-state"
+[broker]
+listen = "127.0.0.1:7443"
+[proxy]
+listen = "127.0.0.1:7432"
+public_host = "db.example.com"
+[[issuers]]
+issuer = "https://idp.example.com"
+audiences = ["pgid"]
+[[databases]]
+name = "app"
+admin_url = "postgres://pgid_admin:pw@127.0.0.1:5432/app"
+"#;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn parse(text: &str, env: Env<'_>) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/pgid/pgid.toml"), text, env)
+    }
+
+    #[test]
+    fn reads_a_good_file_with_defaults() {
+        let c = parse(GOOD, &no_env).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/pgid-state"));
+        assert_eq!(
+            c.server_key_file,
+            PathBuf::from("/tmp/pgid-state/server.key")
+        );
+        assert_eq!(c.policies, PathBuf::from("/etc/pgid/policies"));
+        assert_eq!(c.audit.file, PathBuf::from("/tmp/pgid-state/audit.jsonl"));
+        assert_eq!(c.proxy.public_host, "db.example.com");
+        assert_eq!(c.proxy_public_port(), 7432);
+        assert_eq!(c.issuers[0].leeway, DEFAULT_LEEWAY);
+        assert!(format!("{c:?}").contains("[redacted]"));
+        assert!(!format!("{c:?}").contains(":pw@"));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_its_line() {
+        let text = GOOD.replace("public_host", "publik_host");
+        let err = parse(&text, &no_env).unwrap_err().to_string();
+        assert!(err.starts_with("/etc/pgid/pgid.toml:7:"), "{err}");
+        assert!(err.contains("publik_host"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = parse(&GOOD.replace("127.0.0.1:7443", "localhost"), &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(":4:") && err.contains("broker.listen"),
+            "{err}"
+        );
+        let err = parse(&GOOD.replace("https://idp", "http://idp"), &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("issuers.issuer") && err.contains("loopback"),
+            "{err}"
+        );
+        let err = parse(&format!("{GOOD}\n[leases]\ngrace = \"soon\"\n"), &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_and_secret_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("url");
+        std::fs::write(&secret, "postgres://a:b@10.0.0.1/app\n").unwrap();
+        let secret_path = secret.display().to_string();
+        let env = move |name: &str| match name {
+            "PGID_PROXY_LISTEN" => Some("0.0.0.0:6432".to_string()),
+            "PGID_DATABASES_APP_ADMIN_URL_FILE" => Some(secret_path.clone()),
+            _ => None,
+        };
+        let c = parse(GOOD, &env).unwrap();
+        assert_eq!(c.proxy.listen.port(), 6432);
+        assert_eq!(
+            c.databases[0].admin_url.expose(),
+            "postgres://a:b@10.0.0.1/app"
+        );
+    }
+}

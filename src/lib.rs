@@ -1,0 +1,39 @@
+//! # pgid: non-human identity for PostgreSQL
+//!
+//! Every agent, job or script gets its own short-lived, least-privilege Postgres identity:
+//!
+//! ```text
+//!  agent ──(1) OIDC JWT──▶ broker (HTTPS) ──(2) CREATE ROLE … VALID UNTIL──▶ Postgres
+//!    │                        │  returns DSN → proxy                               ▲
+//!    └──(3) any Postgres client ──▶ proxy (pg wire) ──(4) logs in as the role ─────┘
+//! ```
+//!
+//! 1. `identity` verifies the token against an explicitly trusted issuer's keys.
+//! 2. `policy` picks the one policy whose `[identity]` matches; `roles` issues a lease: a login
+//!    role in the policy's group role, `VALID UNTIL` its expiry, with a database password derived
+//!    from the server key that the agent never sees. The agent gets a client secret instead.
+//! 3. The agent connects to the proxy with that secret; 4. the proxy (next milestone) logs in
+//!    upstream as the role.
+//!
+//! ## Layout
+//! Pure core, no I/O: [`policy`], [`units`], [`roles::ddl`].
+//! Services: [`identity`] (JWKS fetching, verification), [`roles`] (leases, reconcile, reaper),
+//! [`store`] (the `pgid` schema), [`database`] (admin pools), [`keys`], [`tls`], [`metrics`].
+//! Edges: [`broker`] (HTTP API), [`cli`]; [`app`] wires services together.
+//! [`dev`] runs a throwaway Postgres and a development issuer for `pgid dev` and the tests.
+
+pub mod app;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod database;
+pub mod dev;
+pub mod identity;
+pub mod keys;
+pub mod metrics;
+pub mod policy;
+pub mod roles;
+pub mod secret;
+pub mod store;
+pub mod tls;
+pub mod units;

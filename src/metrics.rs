@@ -1,0 +1,128 @@
+//! Counters exported at `/metrics` in the Prometheus text format. A plain struct of atomics
+//! handed to the services that count: no registry, no globals.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+#[derive(Default)]
+pub struct Metrics {
+    pub leases_issued: AtomicU64,
+    pub leases_renewed: AtomicU64,
+    pub leases_revoked: AtomicU64,
+    pub leases_expired: AtomicU64,
+    pub lease_removal_failures: AtomicU64,
+    pub orphan_roles_removed: AtomicU64,
+    /// Leases whose removal keeps failing: reported until it succeeds.
+    pub leases_stuck: AtomicU64,
+    denials: Mutex<BTreeMap<&'static str, u64>>,
+    issue_latency: Mutex<Vec<f64>>,
+}
+
+/// Buckets (seconds) for the lease issue latency histogram.
+const LATENCY_BUCKETS: [f64; 8] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+const LATENCY_SAMPLES: usize = 10_000;
+
+impl Metrics {
+    pub fn deny(&self, reason: &'static str) {
+        *self.denials.lock().unwrap().entry(reason).or_default() += 1;
+    }
+
+    pub fn observe_issue(&self, seconds: f64) {
+        let mut v = self.issue_latency.lock().unwrap();
+        if v.len() >= LATENCY_SAMPLES {
+            v.remove(0);
+        }
+        v.push(seconds);
+    }
+
+    pub fn render(&self, lease_states: &[(String, i64)]) -> String {
+        let mut out = String::new();
+        let counter = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        };
+        counter(
+            &mut out,
+            "pgid_leases_issued_total",
+            "Leases issued.",
+            &self.leases_issued,
+        );
+        counter(
+            &mut out,
+            "pgid_leases_renewed_total",
+            "Leases renewed.",
+            &self.leases_renewed,
+        );
+        counter(
+            &mut out,
+            "pgid_leases_revoked_total",
+            "Leases revoked before expiry.",
+            &self.leases_revoked,
+        );
+        counter(
+            &mut out,
+            "pgid_leases_expired_total",
+            "Leases removed at expiry.",
+            &self.leases_expired,
+        );
+        counter(
+            &mut out,
+            "pgid_lease_removal_failures_total",
+            "Failed attempts to remove a lease role.",
+            &self.lease_removal_failures,
+        );
+        counter(
+            &mut out,
+            "pgid_orphan_roles_removed_total",
+            "Marked lease roles without a live lease, removed.",
+            &self.orphan_roles_removed,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP pgid_leases_stuck Leases whose role could not be removed after repeated attempts.\n# TYPE pgid_leases_stuck gauge\npgid_leases_stuck {}",
+            self.leases_stuck.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "# HELP pgid_credential_denials_total Credential requests refused, by reason.\n# TYPE pgid_credential_denials_total counter");
+        for (reason, n) in self.denials.lock().unwrap().iter() {
+            let _ = writeln!(
+                out,
+                "pgid_credential_denials_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP pgid_leases Live leases by state.\n# TYPE pgid_leases gauge"
+        );
+        for state in ["creating", "active", "revoking"] {
+            let n = lease_states
+                .iter()
+                .find(|(s, _)| s == state)
+                .map(|(_, n)| *n)
+                .unwrap_or(0);
+            let _ = writeln!(out, "pgid_leases{{state=\"{state}\"}} {n}");
+        }
+        let samples = self.issue_latency.lock().unwrap().clone();
+        let _ = writeln!(out, "# HELP pgid_lease_issue_seconds Time to issue a lease (recent samples).\n# TYPE pgid_lease_issue_seconds histogram");
+        for b in LATENCY_BUCKETS {
+            let n = samples.iter().filter(|s| **s <= b).count();
+            let _ = writeln!(out, "pgid_lease_issue_seconds_bucket{{le=\"{b}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "pgid_lease_issue_seconds_bucket{{le=\"+Inf\"}} {}",
+            samples.len()
+        );
+        let _ = writeln!(
+            out,
+            "pgid_lease_issue_seconds_sum {}",
+            samples.iter().sum::<f64>()
+        );
+        let _ = writeln!(out, "pgid_lease_issue_seconds_count {}", samples.len());
+        out
+    }
+}

@@ -1,0 +1,627 @@
+//! Reading policy files: TOML → raw structs (serde rejects unknown keys at their line) →
+//! validated [`Policy`]. Every problem in every file is collected, so `pgid policy check` shows
+//! them all at once.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::matcher::IdentityMatch;
+use super::model::*;
+use crate::config::{line_of, toml_error};
+use crate::units::{ByteSize, Span};
+
+const DEFAULT_MAX_CONNECTIONS: u32 = 4;
+const MAX_MAX_CONNECTIONS: u32 = 1000;
+const DEFAULT_PARTIAL_KEEP: usize = 4;
+const DEFAULT_APPROVAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// One problem, located as precisely as the file allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    pub location: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)
+    }
+}
+
+/// All loaded policies, by name.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet {
+    policies: BTreeMap<String, Arc<Policy>>,
+}
+
+impl PolicySet {
+    pub fn new(policies: Vec<Policy>) -> PolicySet {
+        PolicySet {
+            policies: policies
+                .into_iter()
+                .map(|p| (p.name.clone(), Arc::new(p)))
+                .collect(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Policy>> {
+        self.policies.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Policy>> {
+        self.policies.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.policies.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    /// Every policy must name a database that pgid.toml configures.
+    pub fn check_databases(&self, known: &[&str]) -> Vec<PolicyError> {
+        self.iter()
+            .filter(|p| !known.contains(&p.database.as_str()))
+            .map(|p| PolicyError {
+                location: p.source.display().to_string(),
+                message: format!(
+                    "database {:?} is not configured in pgid.toml (configured: {})",
+                    p.database,
+                    known.join(", ")
+                ),
+            })
+            .collect()
+    }
+}
+
+/// Loads every `*.toml` file in `dir` (sorted by name).
+pub fn load_dir(dir: &Path) -> Result<PolicySet, Vec<PolicyError>> {
+    let err = |message: String| {
+        vec![PolicyError {
+            location: dir.display().to_string(),
+            message,
+        }]
+    };
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| err(format!("cannot read policy directory: {e}")))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .collect();
+    files.sort();
+    let mut policies: Vec<Policy> = Vec::new();
+    let mut errors = Vec::new();
+    for file in files {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(PolicyError {
+                    location: file.display().to_string(),
+                    message: format!("cannot read: {e}"),
+                });
+                continue;
+            }
+        };
+        match parse_policy(&file, &text) {
+            Ok(p) => {
+                if let Some(other) = policies.iter().find(|o| o.name == p.name) {
+                    errors.push(PolicyError {
+                        location: file.display().to_string(),
+                        message: format!(
+                            "policy name {:?} is already used by {}",
+                            p.name,
+                            other.source.display()
+                        ),
+                    });
+                } else {
+                    policies.push(p);
+                }
+            }
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(PolicySet::new(policies))
+    } else {
+        Err(errors)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    name: Spanned<String>,
+    description: Option<String>,
+    database: Spanned<String>,
+    ttl: Spanned<Span>,
+    max_ttl: Option<Spanned<Span>>,
+    max_connections: Option<Spanned<u32>>,
+    identity: Spanned<IdentityMatch>,
+    #[serde(default)]
+    grant: Vec<RawGrant>,
+    guardrails: Option<RawGuardrails>,
+    #[serde(default)]
+    mask: Vec<RawMask>,
+    #[serde(default)]
+    approval: Vec<RawApproval>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrant {
+    privileges: Vec<Spanned<String>>,
+    on: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuardrails {
+    deny: Option<Vec<StatementClass>>,
+    require_where: Option<Spanned<Vec<StatementClass>>>,
+    deny_functions: Option<Vec<String>>,
+    max_rows: Option<u64>,
+    max_bytes: Option<ByteSize>,
+    max_statement_bytes: Option<ByteSize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMask {
+    columns: Vec<Spanned<String>>,
+    method: MaskMethod,
+    keep: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApproval {
+    statements: Spanned<Vec<StatementClass>>,
+    #[serde(default)]
+    tables: Vec<Spanned<String>>,
+    approvers: Spanned<IdentityMatch>,
+    min_rows: Option<u64>,
+    mode: Option<ApprovalMode>,
+    timeout: Option<Span>,
+}
+
+struct Errors<'a> {
+    file: String,
+    text: &'a str,
+    list: Vec<PolicyError>,
+}
+
+impl Errors<'_> {
+    fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.list.push(PolicyError {
+            location: format!("{}:{}", self.file, line_of(self.text, span.start)),
+            message: message.into(),
+        });
+    }
+}
+
+/// Parses and validates one policy file.
+pub fn parse_policy(path: &Path, text: &str) -> Result<Policy, Vec<PolicyError>> {
+    let file = path.display().to_string();
+    let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+        let (location, message) = toml_error(&file, text, &e);
+        vec![PolicyError { location, message }]
+    })?;
+    let mut errs = Errors {
+        file,
+        text,
+        list: Vec::new(),
+    };
+
+    if !super::valid_name(raw.name.get_ref()) {
+        errs.at(
+            raw.name.span(),
+            format!(
+                "name {:?} must match [a-z0-9_-]{{1,32}}",
+                raw.name.get_ref()
+            ),
+        );
+    }
+    if !super::valid_name(raw.database.get_ref()) {
+        errs.at(
+            raw.database.span(),
+            format!(
+                "database {:?} must match [a-z0-9_-]{{1,32}}",
+                raw.database.get_ref()
+            ),
+        );
+    }
+    let ttl = raw.ttl.get_ref().as_std();
+    let max_ttl = raw
+        .max_ttl
+        .as_ref()
+        .map(|m| m.get_ref().as_std())
+        .unwrap_or(ttl);
+    if let Some(m) = &raw.max_ttl {
+        if max_ttl < ttl {
+            errs.at(
+                m.span(),
+                format!(
+                    "max_ttl {} is shorter than ttl {}",
+                    m.get_ref(),
+                    raw.ttl.get_ref()
+                ),
+            );
+        }
+    }
+    let max_connections = match &raw.max_connections {
+        None => DEFAULT_MAX_CONNECTIONS,
+        Some(m) => {
+            if !(1..=MAX_MAX_CONNECTIONS).contains(m.get_ref()) {
+                errs.at(
+                    m.span(),
+                    format!("max_connections must be between 1 and {MAX_MAX_CONNECTIONS}"),
+                );
+            }
+            *m.get_ref()
+        }
+    };
+    if let Err(m) = raw.identity.get_ref().validate() {
+        errs.at(raw.identity.span(), m);
+    }
+
+    let mut grants = Vec::new();
+    for g in &raw.grant {
+        let mut privileges = Vec::new();
+        for p in &g.privileges {
+            match Privilege::parse(p.get_ref()) {
+                Some(v) if !privileges.contains(&v) => privileges.push(v),
+                Some(_) => {}
+                None => errs.at(
+                    p.span(),
+                    format!(
+                        "unknown privilege {:?} (use {})",
+                        p.get_ref(),
+                        Privilege::ALL.map(Privilege::as_sql).join(", ")
+                    ),
+                ),
+            }
+        }
+        if g.privileges.is_empty() {
+            errs.list.push(PolicyError {
+                location: errs.file.clone(),
+                message: "a [[grant]] lists no privileges".into(),
+            });
+        }
+        let mut on = Vec::new();
+        for t in &g.on {
+            match parse_table_ref(t.get_ref(), true) {
+                Ok(r) => on.push(r),
+                Err(m) => errs.at(t.span(), m),
+            }
+        }
+        grants.push(Grant { privileges, on });
+    }
+
+    let guardrails = match raw.guardrails {
+        None => Guardrails::default(),
+        Some(g) => {
+            let d = Guardrails::default();
+            let require_where = match g.require_where {
+                None => d.require_where,
+                Some(r) => {
+                    use StatementClass::*;
+                    if let Some(bad) = r
+                        .get_ref()
+                        .iter()
+                        .find(|c| !matches!(c, Update | Delete | Merge))
+                    {
+                        errs.at(
+                            r.span(),
+                            format!(
+                                "require_where applies to UPDATE, DELETE and MERGE, not {bad:?}"
+                            ),
+                        );
+                    }
+                    r.into_inner()
+                }
+            };
+            Guardrails {
+                deny: g.deny.unwrap_or(d.deny),
+                require_where,
+                deny_functions: g
+                    .deny_functions
+                    .map(|f| f.into_iter().map(|n| n.to_ascii_lowercase()).collect())
+                    .unwrap_or(d.deny_functions),
+                max_rows: g.max_rows.or(d.max_rows),
+                max_bytes: g.max_bytes.map(|b| b.0).or(d.max_bytes),
+                max_statement_bytes: g
+                    .max_statement_bytes
+                    .map(|b| b.0)
+                    .unwrap_or(d.max_statement_bytes),
+            }
+        }
+    };
+
+    let mut masks = Vec::new();
+    for m in &raw.mask {
+        let mut columns = Vec::new();
+        for c in &m.columns {
+            match parse_qualified(c.get_ref()) {
+                Ok(parts) if parts.len() == 3 && !parts.iter().any(|p| p == "*") => {
+                    columns.push(ColumnRef {
+                        schema: parts[0].clone(),
+                        table: parts[1].clone(),
+                        column: parts[2].clone(),
+                    })
+                }
+                Ok(_) => errs.at(
+                    c.span(),
+                    format!("mask column {:?} must be schema.table.column", c.get_ref()),
+                ),
+                Err(e) => errs.at(c.span(), e),
+            }
+        }
+        if m.keep.is_some() && m.method != MaskMethod::Partial {
+            errs.list.push(PolicyError {
+                location: errs.file.clone(),
+                message: "mask: keep applies only to method = \"partial\"".into(),
+            });
+        }
+        masks.push(Mask {
+            columns,
+            method: m.method,
+            keep: m.keep.unwrap_or(DEFAULT_PARTIAL_KEEP),
+        });
+    }
+
+    let mut approvals = Vec::new();
+    for a in raw.approval {
+        if a.statements.get_ref().is_empty() {
+            errs.at(
+                a.statements.span(),
+                "approval: list at least one statement class",
+            );
+        }
+        let mut tables = Vec::new();
+        for t in &a.tables {
+            match parse_table_ref(t.get_ref(), true) {
+                Ok(r) => tables.push(r),
+                Err(m) => errs.at(t.span(), m),
+            }
+        }
+        let approvers = a.approvers.get_ref();
+        if approvers.subject.is_none() && approvers.claims.is_empty() {
+            errs.at(
+                a.approvers.span(),
+                "approval: approvers must name claims or a subject",
+            );
+        }
+        approvals.push(Approval {
+            statements: a.statements.into_inner(),
+            tables,
+            approvers: a.approvers.into_inner(),
+            min_rows: a.min_rows,
+            mode: a.mode.unwrap_or(ApprovalMode::Wait),
+            timeout: a
+                .timeout
+                .map(Span::as_std)
+                .unwrap_or(DEFAULT_APPROVAL_TIMEOUT),
+        });
+    }
+
+    if !errs.list.is_empty() {
+        return Err(errs.list);
+    }
+    Ok(Policy {
+        name: raw.name.into_inner(),
+        description: raw.description.unwrap_or_default(),
+        database: raw.database.into_inner(),
+        ttl,
+        max_ttl,
+        max_connections,
+        identity: raw.identity.into_inner(),
+        grants,
+        guardrails,
+        masks,
+        approvals,
+        source: path.to_path_buf(),
+    })
+}
+
+/// `schema.table` or (when allowed) `schema.*`.
+pub fn parse_table_ref(text: &str, allow_star: bool) -> Result<TableRef, String> {
+    let parts = parse_qualified(text)?;
+    match parts.as_slice() {
+        [schema, star] if star == "*" && allow_star => Ok(TableRef::AllInSchema {
+            schema: schema.clone(),
+        }),
+        [schema, table] if schema != "*" && table != "*" => Ok(TableRef::Table {
+            schema: schema.clone(),
+            table: table.clone(),
+        }),
+        _ => Err(format!(
+            "{text:?} must be schema.table{}",
+            if allow_star { " or schema.*" } else { "" }
+        )),
+    }
+}
+
+/// Splits a dotted SQL name as Postgres reads it: unquoted parts fold to lower case, `"Quoted"`
+/// parts keep their case (with `""` for a quote). A bare `*` part is returned as `*`.
+pub fn parse_qualified(text: &str) -> Result<Vec<String>, String> {
+    let bad = |why: &str| format!("{text:?} is not a valid name: {why}");
+    let mut parts = Vec::new();
+    let mut chars = text.trim().chars().peekable();
+    loop {
+        let mut part = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        part.push('"');
+                    }
+                    Some('"') => break,
+                    Some('\0') => return Err(bad("NUL character")),
+                    Some(c) => part.push(c),
+                    None => return Err(bad("unterminated quote")),
+                }
+            }
+            if part.is_empty() {
+                return Err(bad("empty quoted identifier"));
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == '.' {
+                    break;
+                }
+                if !(c.is_alphanumeric() || c == '_' || c == '$' || c == '*') {
+                    return Err(bad(&format!(
+                        "unexpected character {c:?} (quote names with special characters)"
+                    )));
+                }
+                part.push(c.to_ascii_lowercase());
+                chars.next();
+            }
+            if part.is_empty() {
+                return Err(bad("empty part"));
+            }
+            if part.contains('*') && part != "*" {
+                return Err(bad("* must stand alone"));
+            }
+        }
+        if part.len() > 63 {
+            return Err(bad("a part is longer than 63 bytes"));
+        }
+        parts.push(part);
+        match chars.next() {
+            None => return Ok(parts),
+            Some('.') => continue,
+            Some(c) => return Err(bad(&format!("unexpected {c:?} after a quoted part"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "nightly-report"
+description = "Nightly revenue report job"
+database = "app"
+ttl = "15m"
+max_ttl = "1h"
+max_connections = 4
+
+[identity]
+issuer = "https://idp.example.com"
+subject = "svc:nightly-report"
+[identity.claims]
+azp = "nightly-report"
+
+[[grant]]
+privileges = ["SELECT"]
+on = ["reporting.*", "crm.customers"]
+
+[guardrails]
+deny = ["DROP", "TRUNCATE", "ALTER", "GRANT", "ROLE", "FUNCTION", "DO", "COPY_PROGRAM"]
+require_where = ["UPDATE", "DELETE"]
+deny_functions = ["pg_read_file", "pg_terminate_backend"]
+max_rows = 10000
+max_bytes = "64MB"
+max_statement_bytes = 1048576
+
+[[mask]]
+columns = ["crm.customers.email", "crm.customers.ssn"]
+method = "redact"
+
+[[approval]]
+statements = ["DELETE", "UPDATE"]
+tables = ["crm.orders"]
+approvers = { claims = { groups = "dba" } }
+min_rows = 100
+mode = "wait"
+timeout = "5m"
+"#;
+
+    fn parse(text: &str) -> Result<Policy, Vec<PolicyError>> {
+        parse_policy(Path::new("policies/p.toml"), text)
+    }
+
+    #[test]
+    fn the_design_example_parses() {
+        let p = parse(GOOD).unwrap();
+        assert_eq!(p.name, "nightly-report");
+        assert_eq!(p.ttl.as_secs(), 900);
+        assert_eq!(p.max_ttl.as_secs(), 3600);
+        assert_eq!(p.group_role(), "pgid_p_nightly-report");
+        assert_eq!(
+            p.grants[0].on[0],
+            TableRef::AllInSchema {
+                schema: "reporting".into()
+            }
+        );
+        assert_eq!(p.guardrails.max_bytes, Some(64 << 20));
+        assert_eq!(p.masks[0].columns[1].column, "ssn");
+        assert_eq!(p.approvals[0].min_rows, Some(100));
+    }
+
+    fn first_error(text: &str) -> String {
+        parse(text).unwrap_err()[0].to_string()
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_point_at_their_line() {
+        let e = first_error(&GOOD.replace("max_connections = 4", "max_conections = 4"));
+        assert!(
+            e.starts_with("policies/p.toml:7:") && e.contains("max_conections"),
+            "{e}"
+        );
+        let e = first_error(&GOOD.replace("\"SELECT\"]", "\"SELEKT\"]"));
+        assert!(
+            e.starts_with("policies/p.toml:16:") && e.contains("SELEKT"),
+            "{e}"
+        );
+        let e = first_error(&GOOD.replace("\"DROP\", ", "\"DORP\", "));
+        assert!(e.contains(":20:") && e.contains("DORP"), "{e}");
+        let e = first_error(&GOOD.replace("ttl = \"15m\"", "ttl = \"2h\""));
+        assert!(e.contains(":6:") && e.contains("max_ttl"), "{e}");
+        let e = first_error(&GOOD.replace("\"crm.customers\"]", "\"customers\"]"));
+        assert!(e.contains(":17:") && e.contains("schema.table"), "{e}");
+        let e = first_error(&GOOD.replace("nightly-report\"\ndesc", "Nightly Report\"\ndesc"));
+        assert!(e.contains(":2:"), "{e}");
+        let e = first_error(&GOOD.replace("method = \"redact\"", "method = \"scramble\""));
+        assert!(e.contains("scramble"), "{e}");
+    }
+
+    #[test]
+    fn missing_guardrails_get_safe_defaults() {
+        let start = GOOD.find("[guardrails]").unwrap();
+        let end = GOOD.find("[[mask]]").unwrap();
+        let text = format!("{}{}", &GOOD[..start], &GOOD[end..]);
+        let p = parse(&text).unwrap();
+        assert!(p.guardrails.deny.contains(&StatementClass::Drop));
+        assert!(p.guardrails.require_where.contains(&StatementClass::Delete));
+        assert!(p.guardrails.max_rows.is_some());
+    }
+
+    #[test]
+    fn qualified_names_fold_like_postgres() {
+        assert_eq!(
+            parse_qualified("CRM.Customers").unwrap(),
+            ["crm", "customers"]
+        );
+        assert_eq!(
+            parse_qualified("\"My Schema\".\"T\"\"x\"").unwrap(),
+            ["My Schema", "T\"x"]
+        );
+        assert!(parse_qualified("crm.cust;omers").is_err());
+        assert!(parse_qualified("crm.\"open").is_err());
+        assert!(parse_qualified("crm..x").is_err());
+        assert!(parse_table_ref("*.x", true).is_err());
+    }
+}

@@ -1,0 +1,252 @@
+//! The validated policy: what a policy file means once every value has been checked.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::matcher::IdentityMatch;
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    pub description: String,
+    pub database: String,
+    pub ttl: Duration,
+    pub max_ttl: Duration,
+    pub max_connections: u32,
+    pub identity: IdentityMatch,
+    pub grants: Vec<Grant>,
+    pub guardrails: Guardrails,
+    pub masks: Vec<Mask>,
+    pub approvals: Vec<Approval>,
+    pub source: PathBuf,
+}
+
+impl Policy {
+    /// The group role holding this policy's grants.
+    pub fn group_role(&self) -> String {
+        format!("pgid_p_{}", self.name)
+    }
+
+    /// Lease length for a request: the policy default, or the requested one if within `max_ttl`.
+    pub fn lease_ttl(&self, requested: Option<Duration>) -> Result<Duration, String> {
+        match requested {
+            None => Ok(self.ttl),
+            Some(t) if t.is_zero() => Err("ttl must be greater than zero".into()),
+            Some(t) if t > self.max_ttl => Err(format!(
+                "ttl {} exceeds this policy's max_ttl {}",
+                humantime::format_duration(t),
+                humantime::format_duration(self.max_ttl)
+            )),
+            Some(t) => Ok(t),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Privilege {
+    Select,
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+    References,
+    Trigger,
+}
+
+impl Privilege {
+    pub const ALL: [Privilege; 7] = [
+        Privilege::Select,
+        Privilege::Insert,
+        Privilege::Update,
+        Privilege::Delete,
+        Privilege::Truncate,
+        Privilege::References,
+        Privilege::Trigger,
+    ];
+
+    pub fn as_sql(self) -> &'static str {
+        match self {
+            Privilege::Select => "SELECT",
+            Privilege::Insert => "INSERT",
+            Privilege::Update => "UPDATE",
+            Privilege::Delete => "DELETE",
+            Privilege::Truncate => "TRUNCATE",
+            Privilege::References => "REFERENCES",
+            Privilege::Trigger => "TRIGGER",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Privilege> {
+        Privilege::ALL
+            .into_iter()
+            .find(|p| p.as_sql().eq_ignore_ascii_case(text.trim()))
+    }
+}
+
+/// `schema.table` or `schema.*` (every table, view, materialized view, foreign and partitioned
+/// table in the schema at reconcile time).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TableRef {
+    Table { schema: String, table: String },
+    AllInSchema { schema: String },
+}
+
+impl TableRef {
+    pub fn schema(&self) -> &str {
+        match self {
+            TableRef::Table { schema, .. } | TableRef::AllInSchema { schema } => schema,
+        }
+    }
+}
+
+impl fmt::Display for TableRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TableRef::Table { schema, table } => write!(f, "{schema}.{table}"),
+            TableRef::AllInSchema { schema } => write!(f, "{schema}.*"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub privileges: Vec<Privilege>,
+    pub on: Vec<TableRef>,
+}
+
+/// Statement classes used by guardrails and approval rules (DESIGN §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StatementClass {
+    Select,
+    Insert,
+    Update,
+    Delete,
+    Merge,
+    Copy,
+    CopyProgram,
+    Create,
+    Alter,
+    Drop,
+    Truncate,
+    Grant,
+    Role,
+    Function,
+    Do,
+    Call,
+    Load,
+    Set,
+    Lock,
+    Maintenance,
+    Listen,
+}
+
+impl StatementClass {
+    /// Classes refused whatever a policy says: they would let a lease escape its identity or
+    /// reach the host.
+    pub const ALWAYS_DENIED: [StatementClass; 3] = [
+        StatementClass::Role,
+        StatementClass::Load,
+        StatementClass::CopyProgram,
+    ];
+}
+
+#[derive(Debug, Clone)]
+pub struct Guardrails {
+    pub deny: Vec<StatementClass>,
+    pub require_where: Vec<StatementClass>,
+    pub deny_functions: Vec<String>,
+    pub max_rows: Option<u64>,
+    pub max_bytes: Option<u64>,
+    pub max_statement_bytes: u64,
+}
+
+impl Default for Guardrails {
+    /// The guardrails of a policy that has no `[guardrails]` section (documented in the README).
+    fn default() -> Self {
+        use StatementClass::*;
+        Guardrails {
+            deny: vec![
+                Drop,
+                Truncate,
+                Alter,
+                Grant,
+                Role,
+                Function,
+                Do,
+                CopyProgram,
+                Load,
+            ],
+            require_where: vec![Update, Delete],
+            deny_functions: DEFAULT_DENY_FUNCTIONS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            max_rows: Some(100_000),
+            max_bytes: Some(256 << 20),
+            max_statement_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Functions that reach the server's files, other sessions or other servers.
+pub const DEFAULT_DENY_FUNCTIONS: &[&str] = &[
+    "pg_read_file",
+    "pg_read_binary_file",
+    "pg_ls_dir",
+    "pg_stat_file",
+    "lo_import",
+    "lo_export",
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "pg_reload_conf",
+    "pg_rotate_logfile",
+    "dblink",
+    "dblink_exec",
+    "dblink_connect",
+    "set_config",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MaskMethod {
+    Redact,
+    Hash,
+    Partial,
+    Null,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnRef {
+    pub schema: String,
+    pub table: String,
+    pub column: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Mask {
+    pub columns: Vec<ColumnRef>,
+    pub method: MaskMethod,
+    /// `partial`: how many trailing characters stay visible.
+    pub keep: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalMode {
+    Wait,
+    Retry,
+}
+
+#[derive(Debug, Clone)]
+pub struct Approval {
+    pub statements: Vec<StatementClass>,
+    pub tables: Vec<TableRef>,
+    pub approvers: IdentityMatch,
+    pub min_rows: Option<u64>,
+    pub mode: ApprovalMode,
+    pub timeout: Duration,
+}

@@ -1,0 +1,195 @@
+//! SQL text for role management. Identifiers always go through [`ident`] (Postgres's own quoting
+//! rules, from `postgres-protocol`); literals through [`literal`]. Only values pgid generated or
+//! validated reach these builders — never text from a token.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use postgres_protocol::escape::{escape_identifier, escape_literal};
+
+use crate::policy::Privilege;
+
+pub fn ident(name: &str) -> String {
+    escape_identifier(name)
+}
+
+pub fn literal(text: &str) -> String {
+    escape_literal(text)
+}
+
+fn table(schema: &str, table: &str) -> String {
+    format!("{}.{}", ident(schema), ident(table))
+}
+
+fn privileges(list: &[Privilege]) -> String {
+    list.iter()
+        .map(|p| p.as_sql())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn timestamp(t: DateTime<Utc>) -> String {
+    literal(&t.to_rfc3339_opts(SecondsFormat::Secs, true))
+}
+
+pub fn create_nologin_role(role: &str) -> String {
+    format!("CREATE ROLE {} NOLOGIN", ident(role))
+}
+
+pub struct LeaseRole<'a> {
+    pub name: &'a str,
+    pub groups: &'a [&'a str],
+    pub valid_until: DateTime<Utc>,
+    pub connection_limit: i32,
+    /// A SCRAM-SHA-256 verifier: the plaintext password never reaches the server.
+    pub verifier: &'a str,
+}
+
+pub fn create_lease_role(r: &LeaseRole<'_>) -> String {
+    let groups: Vec<String> = r.groups.iter().map(|g| ident(g)).collect();
+    format!(
+        "CREATE ROLE {} WITH LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS \
+         CONNECTION LIMIT {} VALID UNTIL {} PASSWORD {} IN ROLE {}",
+        ident(r.name),
+        r.connection_limit,
+        timestamp(r.valid_until),
+        literal(r.verifier),
+        groups.join(", ")
+    )
+}
+
+pub fn comment_on_role(role: &str, comment: &str) -> String {
+    format!("COMMENT ON ROLE {} IS {}", ident(role), literal(comment))
+}
+
+pub fn set_valid_until(role: &str, until: DateTime<Utc>) -> String {
+    format!(
+        "ALTER ROLE {} VALID UNTIL {}",
+        ident(role),
+        timestamp(until)
+    )
+}
+
+pub fn nologin(role: &str) -> String {
+    format!("ALTER ROLE {} NOLOGIN", ident(role))
+}
+
+pub fn drop_owned(role: &str) -> String {
+    format!("DROP OWNED BY {}", ident(role))
+}
+
+pub fn drop_role(role: &str) -> String {
+    format!("DROP ROLE IF EXISTS {}", ident(role))
+}
+
+pub fn grant_table(p: &[Privilege], schema: &str, name: &str, role: &str) -> String {
+    format!(
+        "GRANT {} ON TABLE {} TO {}",
+        privileges(p),
+        table(schema, name),
+        ident(role)
+    )
+}
+
+pub fn revoke_table(p: &[Privilege], schema: &str, name: &str, role: &str) -> String {
+    format!(
+        "REVOKE {} ON TABLE {} FROM {}",
+        privileges(p),
+        table(schema, name),
+        ident(role)
+    )
+}
+
+pub fn grant_schema_usage(schema: &str, role: &str) -> String {
+    format!("GRANT USAGE ON SCHEMA {} TO {}", ident(schema), ident(role))
+}
+
+pub fn revoke_schema_usage(schema: &str, role: &str) -> String {
+    format!(
+        "REVOKE USAGE ON SCHEMA {} FROM {}",
+        ident(schema),
+        ident(role)
+    )
+}
+
+pub fn grant_connect(database: &str, role: &str) -> String {
+    format!(
+        "GRANT CONNECT ON DATABASE {} TO {}",
+        ident(database),
+        ident(role)
+    )
+}
+
+/// Role comments show the subject for people reading `\du+`; characters outside a safe set are
+/// replaced so the comment is plain text whatever the token said (the exact subject is in
+/// `pgid.leases`).
+pub fn printable_subject(subject: &str) -> String {
+    const MAX: usize = 200;
+    let mut out: String = subject
+        .chars()
+        .take(MAX)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || " :._@/+=-".contains(c) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if subject.chars().count() > MAX {
+        out.push_str("...");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn identifiers_are_always_quoted() {
+        assert_eq!(
+            create_nologin_role("pgid_p_nightly-report"),
+            "CREATE ROLE \"pgid_p_nightly-report\" NOLOGIN"
+        );
+        assert_eq!(
+            grant_table(
+                &[Privilege::Select, Privilege::Insert],
+                "My\"Schema",
+                "t",
+                "r"
+            ),
+            "GRANT SELECT, INSERT ON TABLE \"My\"\"Schema\".\"t\" TO \"r\""
+        );
+        assert_eq!(
+            drop_role("x\"; DROP TABLE y; --"),
+            "DROP ROLE IF EXISTS \"x\"\"; DROP TABLE y; --\""
+        );
+    }
+
+    #[test]
+    fn lease_role_statement() {
+        let t = Utc.with_ymd_and_hms(2026, 11, 28, 4, 0, 0).unwrap();
+        let sql = create_lease_role(&LeaseRole {
+            name: "pgid_r_abc",
+            groups: &["pgid_p_r", "pgid_lease"],
+            valid_until: t,
+            connection_limit: 4,
+            verifier: "SCRAM-SHA-256$4096:c2FsdA==$a:b",
+        });
+        assert_eq!(
+            sql,
+            "CREATE ROLE \"pgid_r_abc\" WITH LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
+             NOBYPASSRLS CONNECTION LIMIT 4 VALID UNTIL '2026-11-28T04:00:00Z' \
+             PASSWORD 'SCRAM-SHA-256$4096:c2FsdA==$a:b' IN ROLE \"pgid_p_r\", \"pgid_lease\""
+        );
+    }
+
+    #[test]
+    fn subjects_become_plain_text() {
+        assert_eq!(printable_subject("svc:job@x"), "svc:job@x");
+        assert_eq!(printable_subject("a'b\\c\0d;é"), "a?b?c?d??");
+        let long = printable_subject(&"x".repeat(5000));
+        assert_eq!(long.len(), 203);
+        assert!(!comment_on_role("r", &printable_subject("'); DROP")).contains("');"));
+    }
+}

@@ -1,0 +1,19 @@
+//! Postgres roles pgid manages (DESIGN §2): a NOLOGIN group role per policy holding its grants,
+//! and short-lived lease roles that are members of it and of the `pgid_lease` marker.
+//!
+//! `ddl` builds SQL with quoted identifiers only; `reconcile` brings group roles in line with the
+//! policies; `lease` issues, renews and revokes; `reaper` expires leases and removes orphans.
+
+pub mod ddl;
+mod lease;
+mod reaper;
+mod reconcile;
+
+pub use lease::{
+    database_password, lease_role_name, ClientSecret, IssuedLease, LeaseError, Leases,
+};
+pub use reaper::{reap_once, Reaper};
+pub use reconcile::{apply_policy, ensure_marker_role, plan_policy, GroupPlan, ReconcileError};
+
+/// The NOLOGIN role every lease role is a member of: how pgid recognises its own roles.
+pub const LEASE_MARKER_ROLE: &str = "pgid_lease";

@@ -1,0 +1,20 @@
+//! pgid's own state in the `pgid` schema (DESIGN §9): migrations from `sql/`, and lease rows.
+//! Every query binds its values; no text is spliced into SQL here.
+
+mod instance;
+mod leases;
+mod migrate;
+
+pub use instance::{InstanceLock, INSTANCE_LOCK_SPACE};
+pub use leases::{LeaseRow, LeaseState, NewLease, Store};
+pub use migrate::{migrate, MIGRATIONS};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("state database: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("state database: unexpected value in {0}")]
+    Corrupt(&'static str),
+}

@@ -1,0 +1,308 @@
+//! The `pgid` binary as a user runs it: login (token, client credentials against the development
+//! issuer and against a real OIDC provider), policy check and plan.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{repo_path, Harness, NIGHTLY};
+use serde_json::Value;
+
+fn pgid() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pgid"));
+    c.env_remove("PGID_TOKEN")
+        .env_remove("PGID_CONFIG")
+        .env("PGID_LOG", "warn");
+    c
+}
+
+struct Output {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn run(mut c: Command) -> Output {
+    let out = tokio::task::spawn_blocking(move || c.output().expect("run pgid"))
+        .await
+        .unwrap();
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn login(h: &Harness) -> Command {
+    let mut c = pgid();
+    c.args(["login", "--broker", &h.base, "--cacert"])
+        .arg(h.ca_path());
+    c
+}
+
+/// The lease behind a DSN works at Postgres with its derived password.
+async fn assert_dsn_works(h: &Harness, dsn: &str) -> String {
+    let cfg: tokio_postgres::Config = dsn
+        .parse()
+        .unwrap_or_else(|e| panic!("not a DSN {dsn:?}: {e}"));
+    let user = cfg.get_user().unwrap().to_string();
+    let su = h.superuser().await;
+    let id: uuid::Uuid = su
+        .query_one("SELECT id FROM pgid.leases WHERE role_name = $1", &[&user])
+        .await
+        .unwrap()
+        .get(0);
+    let db = h
+        .connect_direct(&user, &h.database_password(&id.to_string()))
+        .await
+        .expect("lease logs in");
+    db.query_one("SELECT count(*) FROM crm.customers", &[])
+        .await
+        .unwrap();
+    user
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_with_token_sources_and_formats() {
+    let h = Harness::start(&[NIGHTLY]).await;
+
+    // Client credentials against the development issuer, DSN on stdout.
+    let mut c = login(&h);
+    c.args([
+        "--issuer",
+        h.issuer.url(),
+        "--client-id",
+        "nightly",
+        "--client-secret",
+        "nightly-secret",
+    ]);
+    let out = run(c).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .trim()
+            .starts_with("postgresql://pgid_nightly_report_"),
+        "{}",
+        out.stdout
+    );
+    assert_dsn_works(&h, out.stdout.trim()).await;
+
+    // --token-file and --format json.
+    let file = h.state.path().join("token");
+    std::fs::write(&file, format!("{}\n", h.token("svc:nightly-report"))).unwrap();
+    let mut c = login(&h);
+    c.arg("--token-file")
+        .arg(&file)
+        .args(["--format", "json", "--ttl", "5m"]);
+    let out = run(c).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lease: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(lease["policy"], "nightly-report");
+    assert_dsn_works(&h, lease["dsn"].as_str().unwrap()).await;
+
+    // PGID_TOKEN and --format env.
+    let mut c = login(&h);
+    c.env("PGID_TOKEN", h.token("svc:nightly-report"))
+        .args(["--format", "env"]);
+    let out = run(c).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for var in [
+        "PGHOST",
+        "PGPORT",
+        "PGDATABASE",
+        "PGUSER",
+        "PGPASSWORD",
+        "PGID_LEASE_ID",
+    ] {
+        assert!(
+            out.stdout.contains(&format!("export {var}='")),
+            "{var} missing: {}",
+            out.stdout
+        );
+    }
+
+    // Refusals are explained, exit non-zero, and never print a secret.
+    let mut c = login(&h);
+    c.args([
+        "--issuer",
+        h.issuer.url(),
+        "--client-id",
+        "nightly",
+        "--client-secret",
+        "wrong-secret",
+    ]);
+    let out = run(c).await;
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("token request") && !out.stderr.contains("wrong-secret"),
+        "{}",
+        out.stderr
+    );
+    let mut c = login(&h);
+    c.env("PGID_TOKEN", h.token("svc:nobody"));
+    let out = run(c).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("no_policy"), "{}", out.stderr);
+    let out = run(login(&h)).await;
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("no token"), "{}", out.stderr);
+}
+
+struct Node(std::process::Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_against_a_real_oidc_provider() {
+    let idp = repo_path("tests/idp");
+    assert!(
+        idp.join("node_modules/oidc-provider").exists(),
+        "oidc-provider is not installed: run `npm ci --prefix tests/idp` (scripts/test does this)"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new("node")
+        .arg("provider.mjs")
+        .current_dir(&idp)
+        .env("PORT", port.to_string())
+        .env("CLIENT_ID", "reporting-job")
+        .env("CLIENT_SECRET", "a-long-client-secret-for-tests")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("node");
+    let stdout = child.stdout.take().unwrap();
+    let node = Node(child);
+    let ready = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.starts_with("ready"))
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_secs(30), ready)
+            .await
+            .unwrap()
+            .unwrap(),
+        "provider did not start"
+    );
+    let issuer = format!("http://127.0.0.1:{port}");
+
+    let policy = format!(
+        "name = \"reporting-job\"\ndatabase = \"app\"\nttl = \"10m\"\n[identity]\nissuer = \"{issuer}\"\nsubject = \"reporting-job\"\n\
+         [identity.claims]\nscope = \"db\"\n[[grant]]\nprivileges = [\"SELECT\"]\non = [\"crm.customers\"]\n"
+    );
+    let h = Harness::start_with(
+        &[&policy],
+        &format!("[[issuers]]\nissuer = \"{issuer}\"\naudiences = [\"pgid\"]\n"),
+    )
+    .await;
+    let mut c = login(&h);
+    c.args([
+        "--issuer",
+        &issuer,
+        "--client-id",
+        "reporting-job",
+        "--client-secret",
+        "a-long-client-secret-for-tests",
+        "--scope",
+        "db",
+    ]);
+    let out = run(c).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let user = assert_dsn_works(&h, out.stdout.trim()).await;
+    assert!(user.starts_with("pgid_reporting_job_"));
+    drop(node);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_check_reports_every_problem_with_file_and_line() {
+    let out = run({
+        let mut c = pgid();
+        c.args(["policy", "check", "--dir"])
+            .arg(repo_path("policies"));
+        c
+    })
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.starts_with("ok: 3 policies"), "{}", out.stdout);
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.toml"),
+        NIGHTLY.replace("max_connections", "max_conns"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("b.toml"),
+        NIGHTLY.replace("\"SELECT\"", "\"SELEKT\""),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("c.toml"), NIGHTLY).unwrap();
+    std::fs::write(dir.path().join("d.toml"), NIGHTLY).unwrap();
+    let out = run({
+        let mut c = pgid();
+        c.args(["policy", "check", "--dir"]).arg(dir.path());
+        c
+    })
+    .await;
+    assert_eq!(out.code, 1);
+    let a = dir.path().join("a.toml").display().to_string();
+    let b = dir.path().join("b.toml").display().to_string();
+    assert!(
+        out.stderr.contains(&format!("{a}:6:")) && out.stderr.contains("max_conns"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&format!("{b}:10:")) && out.stderr.contains("SELEKT"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("already used by"), "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_plan_prints_the_sql_for_the_group_roles() {
+    let h = Harness::start(&[NIGHTLY]).await;
+    let plan = |h: &Harness| {
+        let mut c = pgid();
+        c.args(["policy", "plan", "--config"]).arg(&h.config_path);
+        run(c)
+    };
+    let out = plan(&h).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("(up to date)"), "{}", out.stdout);
+
+    // The file changes: grant on orders, no longer on reporting.*
+    let changed = NIGHTLY.replace(
+        "on = [\"crm.customers\", \"reporting.*\"]",
+        "on = [\"crm.customers\", \"crm.orders\"]",
+    );
+    std::fs::write(h.state.path().join("policies/p0.toml"), changed).unwrap();
+    let out = plan(&h).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("GRANT SELECT ON TABLE \"crm\".\"orders\" TO \"pgid_p_nightly-report\";"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("REVOKE SELECT ON TABLE \"reporting\".\"daily_revenue\" FROM \"pgid_p_nightly-report\";"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("REVOKE USAGE ON SCHEMA \"reporting\" FROM \"pgid_p_nightly-report\";"),
+        "{}",
+        out.stdout
+    );
+}

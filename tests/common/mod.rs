@@ -1,0 +1,239 @@
+//! Shared harness: a real throwaway PostgreSQL, the development issuer, and pgid started
+//! in-process on port 0 — the same parts a user runs.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pgid::app::{App, Running};
+use pgid::config::Config;
+use pgid::dev::{demo, DevClient, DevIssuer, TempPostgres};
+use reqwest::StatusCode;
+use serde_json::{json, Map, Value};
+use tokio_postgres::{Client, NoTls};
+use uuid::Uuid;
+
+pub const NIGHTLY: &str = r#"
+name = "nightly-report"
+database = "app"
+ttl = "15m"
+max_ttl = "1h"
+max_connections = 3
+[identity]
+subject = "svc:nightly-report"
+[[grant]]
+privileges = ["SELECT"]
+on = ["crm.customers", "reporting.*"]
+"#;
+
+pub struct Harness {
+    pub pg: TempPostgres,
+    pub admin_url: String,
+    pub issuer: DevIssuer,
+    pub state: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub pgid: Option<Running>,
+    pub http: reqwest::Client,
+    pub base: String,
+}
+
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("PGID_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+impl Harness {
+    /// Postgres with the demo schema, the dev issuer, and pgid with the given policy files.
+    pub async fn start(policies: &[&str]) -> Harness {
+        Harness::start_with(policies, "").await
+    }
+
+    pub async fn start_with(policies: &[&str], extra_config: &str) -> Harness {
+        init_logging();
+        let pg = tokio::task::spawn_blocking(TempPostgres::start)
+            .await
+            .unwrap()
+            .expect("start postgres");
+        let admin_url = demo::provision(&pg, "app").await.expect("provision");
+        let clients = vec![DevClient {
+            id: "nightly".into(),
+            secret: "nightly-secret".into(),
+            subject: "svc:nightly-report".into(),
+            claims: Map::new(),
+        }];
+        let issuer = DevIssuer::start(0, "pgid", clients).await.unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let pdir = state.path().join("policies");
+        std::fs::create_dir_all(&pdir).unwrap();
+        for (i, p) in policies.iter().enumerate() {
+            std::fs::write(pdir.join(format!("p{i}.toml")), p).unwrap();
+        }
+        let config_path = state.path().join("pgid.toml");
+        std::fs::write(
+            &config_path,
+            format!(
+                "state_dir = \"state\"\npolicies = \"policies\"\n[broker]\nlisten = \"127.0.0.1:0\"\n[proxy]\nlisten = \"127.0.0.1:7432\"\n\
+                 [[issuers]]\nissuer = \"{}\"\naudiences = [\"pgid\"]\njwks_refetch_cooldown = \"1s\"\n\
+                 [[databases]]\nname = \"app\"\nadmin_url = \"{admin_url}\"\n[leases]\nreaper_interval = \"1s\"\n{extra_config}",
+                issuer.url()
+            ),
+        )
+        .unwrap();
+        let mut h = Harness {
+            pg,
+            admin_url,
+            issuer,
+            state,
+            config_path,
+            pgid: None,
+            http: reqwest::Client::new(),
+            base: String::new(),
+        };
+        h.start_pgid().await.expect("start pgid");
+        h
+    }
+
+    pub async fn start_pgid(&mut self) -> Result<(), String> {
+        let config = Config::load(&self.config_path).map_err(|e| e.to_string())?;
+        let app = App::build(config).await.map_err(|e| e.to_string())?;
+        let ca = std::fs::read(app.tls.ca.as_ref().unwrap()).unwrap();
+        self.http = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let running = app.start().await.map_err(|e| e.to_string())?;
+        self.base = format!("https://127.0.0.1:{}", running.broker_addr.port());
+        self.pgid = Some(running);
+        Ok(())
+    }
+
+    pub async fn stop_pgid(&mut self) {
+        if let Some(r) = self.pgid.take() {
+            r.shutdown().await;
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.state.path().join("state")
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.state_dir().join("tls/ca.crt")
+    }
+
+    pub fn token(&self, subject: &str) -> String {
+        self.issuer.mint(&self.issuer.claims(subject))
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = bearer {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(json!({"raw": text})),
+        )
+    }
+
+    pub async fn issue(&self, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(
+            reqwest::Method::POST,
+            "/v1/credentials",
+            Some(token),
+            Some(body),
+        )
+        .await
+    }
+
+    pub async fn superuser(&self) -> Client {
+        connect(&self.pg.superuser_url("app")).await.unwrap()
+    }
+
+    /// The lease's database password, derived from the server key as pgid does (test-only).
+    pub fn database_password(&self, lease_id: &str) -> String {
+        let key =
+            pgid::keys::ServerKey::load_or_create(&self.state_dir().join("server.key")).unwrap();
+        pgid::roles::database_password(&key, Uuid::parse_str(lease_id).unwrap())
+            .expose()
+            .clone()
+    }
+
+    /// Logs in directly at Postgres (not through pgid).
+    pub async fn connect_direct(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<Client, tokio_postgres::Error> {
+        connect(&self.pg.url(user, password, "app")).await
+    }
+
+    pub async fn lease_roles(&self) -> Vec<String> {
+        self.superuser()
+            .await
+            .query(
+                "SELECT r.rolname FROM pg_roles r JOIN pg_auth_members m ON m.member = r.oid \
+                 JOIN pg_roles k ON k.oid = m.roleid WHERE k.rolname = 'pgid_lease' ORDER BY 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    pub async fn lease_count(&self) -> i64 {
+        self.superuser()
+            .await
+            .query_one("SELECT count(*) FROM pgid.leases", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+}
+
+/// Polls `check` until it is true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
