@@ -26,6 +26,13 @@ CREATE TABLE IF NOT EXISTS crm.tickets (
     status      text NOT NULL DEFAULT 'open'
 );
 
+CREATE TABLE IF NOT EXISTS crm.notes (
+    id          serial PRIMARY KEY,
+    customer_id integer REFERENCES crm.customers (id),
+    body        text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
 CREATE TABLE IF NOT EXISTS reporting.daily_revenue (
     day     date PRIMARY KEY,
     revenue numeric(12, 2) NOT NULL

@@ -15,8 +15,9 @@ use crate::identity::Verifier;
 use crate::keys::ServerKey;
 use crate::metrics::Metrics;
 use crate::policy::{self, PolicySet};
-use crate::roles::{self, Leases, Reaper};
-use crate::store::{self, InstanceLock, Store};
+use crate::proxy::{self, Proxy};
+use crate::roles::{self, LeaseStatus, LeaseWatch, Leases, Notifier, Reaper};
+use crate::store::{self, InstanceLock, Store, LEASE_EVENTS_CHANNEL};
 use crate::tls::TlsMaterial;
 
 #[derive(Debug, thiserror::Error)]
@@ -89,9 +90,17 @@ impl App {
                 tracing::info!(versions = ?ran, "applied migrations");
             }
         }
-        let instance = InstanceLock::acquire(&state_pg)
+        let watch = Arc::new(LeaseWatch::default());
+        let instance = {
+            let watch = watch.clone();
+            InstanceLock::acquire(&state_pg, move |payload| {
+                if let Some((id, status)) = LeaseStatus::decode(payload) {
+                    watch.publish(id, status);
+                }
+            })
             .await
-            .map_err(err("taking the instance lock"))?;
+            .map_err(err("taking the instance lock"))?
+        };
         let key = ServerKey::load_or_create(&config.server_key_file).map_err(StartError)?;
 
         for db in databases.iter() {
@@ -112,14 +121,41 @@ impl App {
         }
 
         let metrics = Arc::new(Metrics::default());
-        let leases = Arc::new(Leases::new(
-            Store::new(state_pool),
-            databases,
-            key.clone(),
-            config.leases.grace,
-            instance.id,
-            metrics,
-        ));
+        let notify_pool = state_pool.clone();
+        let notifier: Notifier = Arc::new(move |id, status| {
+            let pool = notify_pool.clone();
+            tokio::spawn(async move {
+                let payload = LeaseStatus::encode(id, status);
+                let sent = match pool.get().await {
+                    Ok(c) => c
+                        .execute(
+                            "SELECT pg_notify($1, $2)",
+                            &[&LEASE_EVENTS_CHANNEL, &payload],
+                        )
+                        .await
+                        .map(|_| ()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot tell other instances about a lease change");
+                        return;
+                    }
+                };
+                if let Err(e) = sent {
+                    tracing::warn!(error = %e, "cannot tell other instances about a lease change");
+                }
+            });
+        });
+        let leases = Arc::new(
+            Leases::new(
+                Store::new(state_pool),
+                databases,
+                key.clone(),
+                config.leases.grace,
+                instance.id,
+                metrics,
+                watch,
+            )
+            .with_notifier(notifier),
+        );
         let report = roles::reap_once(&leases).await;
         tracing::info!(?report, "startup reconciliation");
 
@@ -152,8 +188,40 @@ impl App {
         }
     }
 
+    /// The proxy's shared state (TLS from the same certificate as the broker).
+    pub fn proxy(&self) -> Result<Proxy, StartError> {
+        let mut upstream_tls = std::collections::HashMap::new();
+        for db in self.leases.databases().iter() {
+            let cfg = proxy::upstream::tls_config(db)
+                .map_err(|e| StartError(format!("database {}: upstream TLS: {e}", db.name)))?;
+            upstream_tls.insert(db.name.clone(), cfg);
+        }
+        Ok(Proxy {
+            leases: self.leases.clone(),
+            verifier: self.verifier.clone(),
+            policies: self.policies.clone(),
+            tls: Some(
+                self.tls
+                    .server_config(&[])
+                    .map_err(|e| StartError(e.to_string()))?,
+            ),
+            upstream_tls,
+            settings: self.config.proxy.clone(),
+            cancels: Default::default(),
+            pool: proxy::pool::Pool::new(self.config.proxy.pool_idle_timeout),
+            salts: Default::default(),
+        })
+    }
+
     /// Binds the configured addresses (port 0 picks a free port) and starts serving.
     pub async fn start(self) -> Result<Running, StartError> {
+        let proxy_listener = TcpListener::bind(self.config.proxy.listen)
+            .await
+            .map_err(err(&format!(
+                "binding proxy address {}",
+                self.config.proxy.listen
+            )))?;
+        let proxy_addr = proxy_listener.local_addr().map_err(err("proxy address"))?;
         let broker_listener = TcpListener::bind(self.config.broker.listen)
             .await
             .map_err(err(&format!(
@@ -163,15 +231,16 @@ impl App {
         let broker_addr = broker_listener
             .local_addr()
             .map_err(err("broker address"))?;
-        let proxy = ProxyAddress {
+        let public = ProxyAddress {
             host: self.config.proxy.public_host.clone(),
-            port: self.config.proxy_public_port(),
+            port: self.config.proxy.public_port.unwrap_or(proxy_addr.port()),
         };
-        let router = broker::router(self.broker_state(proxy));
+        let router = broker::router(self.broker_state(public));
         let tls = self
             .tls
             .server_config(&[b"http/1.1"])
             .map_err(|e| StartError(e.to_string()))?;
+        let proxy = Arc::new(self.proxy()?);
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(broker::serve_tls(
@@ -180,6 +249,7 @@ impl App {
             router,
             cancel.clone(),
         ));
+        tasks.spawn(proxy::serve(proxy_listener, proxy.clone(), cancel.clone()));
         tasks.spawn({
             let r = Reaper::spawn(
                 self.leases.clone(),
@@ -191,12 +261,14 @@ impl App {
             }
         });
         tasks.close();
-        tracing::info!(broker = %broker_addr, "pgid is serving");
+        tracing::info!(broker = %broker_addr, proxy = %proxy_addr, "pgid is serving");
         Ok(Running {
             broker_addr,
+            proxy_addr,
             cancel,
             tasks,
             app: Arc::new(self),
+            proxy,
         })
     }
 }
@@ -204,13 +276,16 @@ impl App {
 /// A started pgid: its addresses and the handle that stops it.
 pub struct Running {
     pub broker_addr: SocketAddr,
+    pub proxy_addr: SocketAddr,
+    pub proxy: Arc<Proxy>,
     pub cancel: CancellationToken,
     tasks: TaskTracker,
     pub app: Arc<App>,
 }
 
 impl Running {
-    /// Stops accepting, lets in-flight requests finish (bounded), stops the reaper.
+    /// Stops accepting, lets in-flight requests and sessions finish (bounded by the drain
+    /// timeout), stops the reaper.
     pub async fn shutdown(self) {
         self.cancel.cancel();
         self.tasks.wait().await;

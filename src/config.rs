@@ -25,6 +25,9 @@ const DEFAULT_REFETCH_COOLDOWN: Duration = Duration::from_secs(10);
 const DEFAULT_GRACE: Duration = Duration::from_secs(60);
 const DEFAULT_REAPER_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_POOL_SIZE: usize = 16;
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -72,6 +75,24 @@ pub struct ProxyConfig {
     pub listen: SocketAddr,
     pub public_host: String,
     pub public_port: Option<u16>,
+    /// Accept unencrypted client connections from non-loopback addresses (default: no).
+    pub allow_plaintext: bool,
+    /// Deadline for a client to complete TLS, startup and authentication.
+    pub handshake_timeout: Duration,
+    /// How long an idle upstream connection is kept for the same lease's next client.
+    pub pool_idle_timeout: Duration,
+    /// On shutdown, how long live sessions may continue before they are closed.
+    pub drain_timeout: Duration,
+}
+
+/// TLS from pgid to Postgres: `disable`, `require` (encrypted, unverified, as libpq's
+/// sslmode=require) or `verify-full` (certificate and host name checked against `upstream_ca_file`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTls {
+    Disable,
+    Require,
+    VerifyFull,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +111,8 @@ pub struct DatabaseConfig {
     pub name: String,
     pub admin_url: Secret<String>,
     pub pool_size: usize,
+    pub upstream_tls: UpstreamTls,
+    pub upstream_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -144,6 +167,10 @@ struct RawProxy {
     listen: Option<Spanned<String>>,
     public_host: Option<String>,
     public_port: Option<u16>,
+    allow_plaintext: Option<bool>,
+    handshake_timeout: Option<Span>,
+    pool_idle_timeout: Option<Span>,
+    drain_timeout: Option<Span>,
 }
 
 #[derive(Deserialize)]
@@ -165,6 +192,8 @@ struct RawDatabase {
     admin_url: Option<String>,
     admin_url_file: Option<String>,
     pool_size: Option<usize>,
+    upstream_tls: Option<UpstreamTls>,
+    upstream_ca_file: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -417,10 +446,28 @@ impl Config {
             if pool_size == 0 {
                 return Err(loc.at(Some(span), "databases.pool_size", "must be at least 1"));
             }
+            let host_is_local = tokio_postgres::Config::from_str(admin_url.expose())
+                .ok()
+                .is_some_and(|c| c.get_hosts().iter().all(is_local_host));
+            // Loopback and Unix sockets need no encryption; anything else is encrypted by default.
+            let upstream_tls = r.upstream_tls.unwrap_or(if host_is_local {
+                UpstreamTls::Disable
+            } else {
+                UpstreamTls::Require
+            });
+            if upstream_tls == UpstreamTls::VerifyFull && r.upstream_ca_file.is_none() {
+                return Err(loc.at(
+                    Some(span),
+                    "databases.upstream_ca_file",
+                    "upstream_tls = \"verify-full\" needs upstream_ca_file",
+                ));
+            }
             databases.push(DatabaseConfig {
                 name: r.name,
                 admin_url,
                 pool_size,
+                upstream_tls,
+                upstream_ca_file: r.upstream_ca_file.map(&resolve),
             });
         }
 
@@ -467,6 +514,22 @@ impl Config {
                 listen: proxy_listen,
                 public_host,
                 public_port,
+                allow_plaintext: raw.proxy.allow_plaintext.unwrap_or(false),
+                handshake_timeout: raw
+                    .proxy
+                    .handshake_timeout
+                    .map(Span::as_std)
+                    .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
+                pool_idle_timeout: raw
+                    .proxy
+                    .pool_idle_timeout
+                    .map(Span::as_std)
+                    .unwrap_or(DEFAULT_POOL_IDLE_TIMEOUT),
+                drain_timeout: raw
+                    .proxy
+                    .drain_timeout
+                    .map(Span::as_std)
+                    .unwrap_or(DEFAULT_DRAIN_TIMEOUT),
             },
             issuers,
             databases,
@@ -482,6 +545,17 @@ impl Config {
     /// The port written into DSNs: `public_port`, else the proxy's listening port.
     pub fn proxy_public_port(&self) -> u16 {
         self.proxy.public_port.unwrap_or(self.proxy.listen.port())
+    }
+}
+
+fn is_local_host(h: &tokio_postgres::config::Host) -> bool {
+    match h {
+        tokio_postgres::config::Host::Tcp(h) => {
+            h == "localhost"
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        tokio_postgres::config::Host::Unix(_) => true,
     }
 }
 

@@ -31,6 +31,8 @@ pub struct Database {
     pub admin_user: String,
     /// Host and port of the upstream server (first host of admin_url).
     pub upstream: Upstream,
+    pub upstream_tls: crate::config::UpstreamTls,
+    pub upstream_ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -102,6 +104,8 @@ impl Database {
             dbname,
             admin_user,
             upstream,
+            upstream_tls: c.upstream_tls,
+            upstream_ca_file: c.upstream_ca_file.clone(),
         })
     }
 }

@@ -32,6 +32,7 @@ pub mod identity;
 pub mod keys;
 pub mod metrics;
 pub mod policy;
+pub mod proxy;
 pub mod roles;
 pub mod secret;
 pub mod store;

@@ -48,7 +48,10 @@ async fn a_valid_token_buys_a_working_least_privilege_role() {
     );
     assert_eq!(
         lease["dsn"],
-        format!("postgresql://{user}:{secret}@127.0.0.1:7432/app")
+        format!(
+            "postgresql://{user}:{secret}@127.0.0.1:{}/app",
+            h.proxy_port()
+        )
     );
     let expires: chrono::DateTime<chrono::Utc> =
         lease["expires_at"].as_str().unwrap().parse().unwrap();

@@ -11,7 +11,10 @@ pub async fn run(config: &Path) -> anyhow::Result<u8> {
     let config = Config::load(config)?;
     let app = App::build(config).await.context("starting pgid")?;
     let running = app.start().await?;
-    eprintln!("pgid: broker listening on https://{}", running.broker_addr);
+    eprintln!(
+        "pgid: broker on https://{}, proxy on {}",
+        running.broker_addr, running.proxy_addr
+    );
     super::shutdown_signal().await;
     tracing::info!("shutting down");
     running.shutdown().await;

@@ -98,6 +98,22 @@ pub fn revoke_table(p: &[Privilege], schema: &str, name: &str, role: &str) -> St
     )
 }
 
+pub fn grant_sequence_usage(schema: &str, name: &str, role: &str) -> String {
+    format!(
+        "GRANT USAGE ON SEQUENCE {} TO {}",
+        table(schema, name),
+        ident(role)
+    )
+}
+
+pub fn revoke_sequence_usage(schema: &str, name: &str, role: &str) -> String {
+    format!(
+        "REVOKE USAGE ON SEQUENCE {} FROM {}",
+        table(schema, name),
+        ident(role)
+    )
+}
+
 pub fn grant_schema_usage(schema: &str, role: &str) -> String {
     format!("GRANT USAGE ON SCHEMA {} TO {}", ident(schema), ident(role))
 }

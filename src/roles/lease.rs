@@ -15,6 +15,7 @@ use rand::{Rng, RngCore};
 use uuid::Uuid;
 
 use super::ddl;
+use super::watch::{EndReason, LeaseStatus, LeaseWatch};
 use super::LEASE_MARKER_ROLE;
 use crate::database::{Database, Databases};
 use crate::identity::VerifiedToken;
@@ -72,7 +73,12 @@ pub struct Leases {
     grace: Duration,
     instance_id: i32,
     metrics: Arc<Metrics>,
+    watch: Arc<LeaseWatch>,
+    notifier: Option<Notifier>,
 }
+
+/// Tells other pgid instances about lease changes (`NOTIFY pgid_lease_events`).
+pub type Notifier = Arc<dyn Fn(Uuid, LeaseStatus) + Send + Sync>;
 
 /// `pgid_<policy prefix>_<random>`: generated, ASCII, at most 63 bytes, never from claims.
 pub fn lease_role_name(policy: &str) -> String {
@@ -116,6 +122,7 @@ impl Leases {
         grace: Duration,
         instance_id: i32,
         metrics: Arc<Metrics>,
+        watch: Arc<LeaseWatch>,
     ) -> Leases {
         Leases {
             store,
@@ -124,6 +131,29 @@ impl Leases {
             grace,
             instance_id,
             metrics,
+            watch,
+            notifier: None,
+        }
+    }
+
+    /// Sends lease changes to other instances too.
+    pub fn with_notifier(mut self, notifier: Notifier) -> Leases {
+        self.notifier = Some(notifier);
+        self
+    }
+
+    pub fn watch(&self) -> &Arc<LeaseWatch> {
+        &self.watch
+    }
+
+    pub fn key(&self) -> &ServerKey {
+        &self.key
+    }
+
+    fn publish(&self, id: Uuid, status: LeaseStatus) {
+        self.watch.publish(id, status);
+        if let Some(n) = &self.notifier {
+            n(id, status);
         }
     }
 
@@ -270,6 +300,7 @@ impl Leases {
         if !self.store.set_expiry(row.id, expires_at).await? {
             return Err(LeaseError::NotActive("no longer active"));
         }
+        self.publish(row.id, LeaseStatus::Active { expires_at });
         self.metrics.leases_renewed.fetch_add(1, Ordering::Relaxed);
         tracing::info!(lease = %row.id, expires_at = %expires_at, "lease renewed");
         self.get(row.id).await
@@ -294,6 +325,12 @@ impl Leases {
 
     /// Runs the removal steps for a lease in `revoking` and records the outcome.
     pub(super) async fn remove(&self, row: &LeaseRow) -> Result<(), LeaseError> {
+        // Sessions through the proxy end first, then the role goes.
+        let reason = match row.final_state {
+            Some(LeaseState::Expired) => EndReason::Expired,
+            _ => EndReason::Revoked,
+        };
+        self.publish(row.id, LeaseStatus::Ended(reason));
         let result = match self.database(&row.database) {
             Ok(db) => drop_lease_role(db, &row.role_name).await,
             Err(e) => Err(e),

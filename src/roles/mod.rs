@@ -8,12 +8,14 @@ pub mod ddl;
 mod lease;
 mod reaper;
 mod reconcile;
+mod watch;
 
 pub use lease::{
-    database_password, lease_role_name, ClientSecret, IssuedLease, LeaseError, Leases,
+    database_password, lease_role_name, ClientSecret, IssuedLease, LeaseError, Leases, Notifier,
 };
 pub use reaper::{reap_once, Reaper};
 pub use reconcile::{apply_policy, ensure_marker_role, plan_policy, GroupPlan, ReconcileError};
+pub use watch::{EndReason, LeaseStatus, LeaseWatch};
 
 /// The NOLOGIN role every lease role is a member of: how pgid recognises its own roles.
 pub const LEASE_MARKER_ROLE: &str = "pgid_lease";

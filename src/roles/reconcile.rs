@@ -132,13 +132,34 @@ pub async fn plan_policy(
         }
     }
 
+    // INSERT into a table with a serial column needs USAGE on the sequence it owns.
+    let mut want_sequences: BTreeSet<(String, String)> = BTreeSet::new();
+    for ((schema, table), privileges) in &want_tables {
+        if privileges.contains(&Privilege::Insert) {
+            let rows = client
+                .query(
+                    "SELECT sn.nspname, s.relname FROM pg_class s \
+                     JOIN pg_namespace sn ON sn.oid = s.relnamespace \
+                     JOIN pg_depend d ON d.objid = s.oid AND d.classid = 'pg_class'::regclass \
+                       AND d.refclassid = 'pg_class'::regclass AND d.deptype = 'a' \
+                     JOIN pg_class t ON t.oid = d.refobjid JOIN pg_namespace tn ON tn.oid = t.relnamespace \
+                     WHERE s.relkind = 'S' AND tn.nspname = $1 AND t.relname = $2",
+                    &[schema, table],
+                )
+                .await
+                .map_err(pg)?;
+            want_sequences.extend(rows.iter().map(|r| (r.get(0), r.get(1))));
+        }
+    }
+
+    let mut have_sequences: BTreeSet<(String, String)> = BTreeSet::new();
     let mut have_tables: BTreeMap<(String, String), BTreeSet<Privilege>> = BTreeMap::new();
     let mut have_schemas: BTreeSet<String> = BTreeSet::new();
     let mut has_connect = false;
     if exists {
         let rows = client
             .query(
-                "SELECT n.nspname, c.relname, a.privilege_type FROM pg_class c \
+                "SELECT n.nspname, c.relname, a.privilege_type, c.relkind = 'S' FROM pg_class c \
                  JOIN pg_namespace n ON n.oid = c.relnamespace CROSS JOIN LATERAL aclexplode(c.relacl) a \
                  WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $1)",
                 &[&role],
@@ -147,7 +168,12 @@ pub async fn plan_policy(
             .map_err(pg)?;
         for r in rows {
             let privilege: String = r.get(2);
-            if let Some(p) = Privilege::parse(&privilege) {
+            let sequence: bool = r.get(3);
+            if sequence {
+                if privilege == "USAGE" {
+                    have_sequences.insert((r.get(0), r.get(1)));
+                }
+            } else if let Some(p) = Privilege::parse(&privilege) {
                 have_tables
                     .entry((r.get(0), r.get(1)))
                     .or_default()
@@ -202,6 +228,12 @@ pub async fn plan_policy(
         if !remove.is_empty() {
             statements.push(ddl::revoke_table(&remove, schema, table, &role));
         }
+    }
+    for (schema, seq) in want_sequences.difference(&have_sequences) {
+        statements.push(ddl::grant_sequence_usage(schema, seq, &role));
+    }
+    for (schema, seq) in have_sequences.difference(&want_sequences) {
+        statements.push(ddl::revoke_sequence_usage(schema, seq, &role));
     }
     for schema in have_schemas.difference(&want_schemas) {
         statements.push(ddl::revoke_schema_usage(schema, &role));

@@ -2,13 +2,16 @@
 //! a dedicated connection for as long as the process lives. Lease intent rows carry the instance
 //! id, so a reaper can tell a lease being created right now from one whose creator crashed.
 
+use futures::StreamExt;
 use rand::Rng;
-use tokio_postgres::NoTls;
+use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::StoreError;
 
 /// First key of pgid's instance advisory locks (the second is the instance id).
 pub const INSTANCE_LOCK_SPACE: i32 = 0x7067_6964;
+/// LISTEN/NOTIFY channel carrying lease changes between instances.
+pub const LEASE_EVENTS_CHANNEL: &str = "pgid_lease_events";
 
 pub struct InstanceLock {
     pub id: i32,
@@ -16,13 +19,28 @@ pub struct InstanceLock {
 }
 
 impl InstanceLock {
-    pub async fn acquire(config: &tokio_postgres::Config) -> Result<InstanceLock, StoreError> {
-        let (client, conn) = config.connect(NoTls).await?;
+    /// Takes the lock and listens for lease events from other instances on the same connection.
+    pub async fn acquire(
+        config: &tokio_postgres::Config,
+        on_event: impl Fn(&str) + Send + 'static,
+    ) -> Result<InstanceLock, StoreError> {
+        let (client, mut conn) = config.connect(NoTls).await?;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::warn!(error = %e, "instance lock connection closed");
+            let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+            while let Some(m) = messages.next().await {
+                match m {
+                    Ok(AsyncMessage::Notification(n)) => on_event(n.payload()),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "instance lock connection closed; lease events from other instances stop");
+                        break;
+                    }
+                }
             }
         });
+        client
+            .batch_execute(&format!("LISTEN {LEASE_EVENTS_CHANNEL}"))
+            .await?;
         loop {
             // Ids are positive so they map to an oid unchanged.
             let id: i32 = rand::thread_rng().gen_range(1..i32::MAX);

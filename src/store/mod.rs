@@ -5,7 +5,7 @@ mod instance;
 mod leases;
 mod migrate;
 
-pub use instance::{InstanceLock, INSTANCE_LOCK_SPACE};
+pub use instance::{InstanceLock, INSTANCE_LOCK_SPACE, LEASE_EVENTS_CHANNEL};
 pub use leases::{LeaseRow, LeaseState, NewLease, Store};
 pub use migrate::{migrate, MIGRATIONS};
 

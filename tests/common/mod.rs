@@ -82,7 +82,7 @@ impl Harness {
         std::fs::write(
             &config_path,
             format!(
-                "state_dir = \"state\"\npolicies = \"policies\"\n[broker]\nlisten = \"127.0.0.1:0\"\n[proxy]\nlisten = \"127.0.0.1:7432\"\n\
+                "state_dir = \"state\"\npolicies = \"policies\"\n[broker]\nlisten = \"127.0.0.1:0\"\n[proxy]\nlisten = \"127.0.0.1:0\"\nhandshake_timeout = \"3s\"\ndrain_timeout = \"2s\"\n\
                  [[issuers]]\nissuer = \"{}\"\naudiences = [\"pgid\"]\njwks_refetch_cooldown = \"1s\"\n\
                  [[databases]]\nname = \"app\"\nadmin_url = \"{admin_url}\"\n[leases]\nreaper_interval = \"1s\"\n{extra_config}",
                 issuer.url()
@@ -122,6 +122,42 @@ impl Harness {
         if let Some(r) = self.pgid.take() {
             r.shutdown().await;
         }
+    }
+
+    pub fn proxy_port(&self) -> u16 {
+        self.pgid.as_ref().expect("pgid running").proxy_addr.port()
+    }
+
+    /// Issues a lease for `subject` and returns (lease JSON).
+    pub async fn lease(&self, subject: &str, body: Value) -> Value {
+        let (status, lease) = self.issue(&self.token(subject), body).await;
+        assert_eq!(status, StatusCode::CREATED, "{lease}");
+        lease
+    }
+
+    /// Connects through pgid's proxy with a lease's DSN (plaintext on loopback).
+    pub async fn connect_proxy(&self, lease: &Value) -> Result<Client, tokio_postgres::Error> {
+        connect(lease["dsn"].as_str().unwrap()).await
+    }
+
+    /// The same role, directly at Postgres (derived password): the reference for comparisons.
+    pub async fn connect_lease_direct(&self, lease: &Value) -> Client {
+        self.connect_direct(
+            lease["username"].as_str().unwrap(),
+            &self.database_password(lease["lease_id"].as_str().unwrap()),
+        )
+        .await
+        .expect("direct login")
+    }
+
+    /// A libpq-style connection string for the direct reference connection.
+    pub fn direct_dsn(&self, lease: &Value) -> String {
+        format!(
+            "postgresql://{}:{}@127.0.0.1:{}/app",
+            lease["username"].as_str().unwrap(),
+            self.database_password(lease["lease_id"].as_str().unwrap()),
+            self.pg.port
+        )
     }
 
     pub fn state_dir(&self) -> PathBuf {

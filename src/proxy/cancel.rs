@@ -1,0 +1,73 @@
+//! CancelRequest: clients get pgid's own (pid, secret) pair; a cancel for it is forwarded to the
+//! upstream backend the session is bound to, with that backend's real key.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rand::Rng;
+use tokio::io::AsyncWriteExt;
+
+use super::upstream::connect_socket;
+use crate::database::Upstream as UpstreamAddr;
+
+#[derive(Clone)]
+pub struct CancelTarget {
+    pub addr: UpstreamAddr,
+    pub pid: i32,
+    pub secret: i32,
+}
+
+#[derive(Default)]
+pub struct CancelMap {
+    map: Mutex<HashMap<(i32, i32), CancelTarget>>,
+}
+
+/// Removes the session's key when the session ends.
+pub struct CancelKey {
+    pub pid: i32,
+    pub secret: i32,
+    map: Arc<CancelMap>,
+}
+
+impl Drop for CancelKey {
+    fn drop(&mut self) {
+        self.map
+            .map
+            .lock()
+            .unwrap()
+            .remove(&(self.pid, self.secret));
+    }
+}
+
+impl CancelMap {
+    pub fn register(self: &Arc<Self>, target: CancelTarget) -> CancelKey {
+        let mut rng = rand::thread_rng();
+        let mut map = self.map.lock().unwrap();
+        loop {
+            let key = (rng.gen_range(1..i32::MAX), rng.gen::<i32>());
+            if let std::collections::hash_map::Entry::Vacant(e) = map.entry(key) {
+                e.insert(target);
+                return CancelKey {
+                    pid: key.0,
+                    secret: key.1,
+                    map: self.clone(),
+                };
+            }
+        }
+    }
+
+    /// Forwards a cancel; unknown keys are ignored silently, as Postgres does.
+    pub async fn cancel(&self, pid: i32, secret: i32) {
+        let target = self.map.lock().unwrap().get(&(pid, secret)).cloned();
+        let Some(t) = target else { return };
+        match connect_socket(&t.addr).await {
+            Ok(mut s) => {
+                let _ = s
+                    .write_all(&super::wire::frontend::cancel_request(t.pid, t.secret))
+                    .await;
+                let _ = s.flush().await;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot forward cancel request"),
+        }
+    }
+}

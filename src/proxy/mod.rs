@@ -1,0 +1,104 @@
+//! The wire proxy (DESIGN §7): clients connect here with a lease's client secret (or a JWT over
+//! TLS); pgid logs in upstream as the lease's role with the derived database password and relays
+//! the session, ending it when the lease expires or is revoked.
+//!
+//! `wire` is the protocol without I/O; `scram` both SCRAM sides; `handshake` a client's way in;
+//! `upstream` pgid's login to Postgres; `pool` idle upstream reuse; `session` the relay;
+//! `cancel` CancelRequest forwarding; `stream` the socket types.
+
+pub mod cancel;
+pub mod handshake;
+pub mod pool;
+pub mod scram;
+pub mod session;
+pub mod stream;
+pub mod upstream;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ProxyConfig;
+use crate::identity::Verifier;
+use crate::policy::PolicySet;
+use crate::roles::Leases;
+
+/// Everything a connection needs. Shared behind an `Arc`.
+pub struct Proxy {
+    pub leases: Arc<Leases>,
+    pub verifier: Arc<Verifier>,
+    pub policies: Arc<RwLock<Arc<PolicySet>>>,
+    /// Server TLS for clients; `None` answers SSLRequest with `N`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Client TLS towards each database (by configured name).
+    pub upstream_tls: HashMap<String, Option<Arc<rustls::ClientConfig>>>,
+    pub settings: ProxyConfig,
+    pub cancels: Arc<cancel::CancelMap>,
+    pub pool: pool::Pool,
+    pub salts: upstream::SaltCache,
+}
+
+const POOL_REAP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Accepts connections until `shutdown`; then stops accepting and lets sessions drain (each closes
+/// itself at the drain deadline).
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    let reaper = {
+        let proxy = proxy.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(POOL_REAP_INTERVAL) => proxy.pool.reap(),
+                }
+            }
+        })
+    };
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "proxy accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let proxy = proxy.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move { connection(proxy, tcp, peer, shutdown).await });
+    }
+    drop(listener);
+    tracker.close();
+    tracker.wait().await;
+    let _ = reaper.await;
+}
+
+async fn connection(
+    proxy: Arc<Proxy>,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let outcome = tokio::time::timeout(
+        proxy.settings.handshake_timeout,
+        handshake::handshake(&proxy, tcp, peer),
+    )
+    .await;
+    match outcome {
+        Ok(Ok(handshake::Outcome::Session(est))) => session::run(&proxy, *est, shutdown).await,
+        Ok(Ok(handshake::Outcome::Done)) => {}
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "handshake ended"),
+        Err(_) => tracing::debug!(%peer, "handshake timed out"),
+    }
+}

@@ -1,0 +1,137 @@
+//! Upstream connections kept after their client leaves, for the same lease's next client with the
+//! same startup parameters. Session state is reset with `DISCARD ALL` before reuse; a connection
+//! that cannot be reset is closed. Pools never mix leases.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use uuid::Uuid;
+
+use super::upstream::{PoolKey, Upstream};
+use super::wire::{backend, frontend};
+
+const MAX_IDLE_PER_KEY: usize = 64;
+const RESET_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Pool {
+    idle: Mutex<HashMap<PoolKey, Vec<(Upstream, Instant)>>>,
+    idle_timeout: Duration,
+}
+
+impl Pool {
+    pub fn new(idle_timeout: Duration) -> Pool {
+        Pool {
+            idle: Mutex::new(HashMap::new()),
+            idle_timeout,
+        }
+    }
+
+    pub fn take(&self, key: &PoolKey) -> Option<Upstream> {
+        let mut idle = self.idle.lock().unwrap();
+        let list = idle.get_mut(key)?;
+        while let Some((up, since)) = list.pop() {
+            if since.elapsed() < self.idle_timeout {
+                return Some(up);
+            }
+            close(up);
+        }
+        None
+    }
+
+    /// Resets and keeps `up`, or closes it if it cannot be reset.
+    pub async fn give_back(&self, mut up: Upstream) {
+        match tokio::time::timeout(RESET_TIMEOUT, reset(&mut up)).await {
+            Ok(Ok(())) => {
+                let mut idle = self.idle.lock().unwrap();
+                let list = idle.entry(up.key.clone()).or_default();
+                if list.len() < MAX_IDLE_PER_KEY {
+                    list.push((up, Instant::now()));
+                    return;
+                }
+                drop(idle);
+                close(up);
+            }
+            _ => close(up),
+        }
+    }
+
+    /// Closes one idle connection of `lease` (to free a slot under its connection limit).
+    pub fn evict_one(&self, lease: Uuid) -> bool {
+        let mut idle = self.idle.lock().unwrap();
+        for (key, list) in idle.iter_mut() {
+            if key.lease == lease {
+                if let Some((up, _)) = list.pop() {
+                    close(up);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    pub fn forget_lease(&self, lease: Uuid) {
+        let mut idle = self.idle.lock().unwrap();
+        idle.retain(|k, list| {
+            if k.lease == lease {
+                list.drain(..).for_each(|(up, _)| close(up));
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Closes connections idle for longer than the timeout.
+    pub fn reap(&self) {
+        let mut idle = self.idle.lock().unwrap();
+        for list in idle.values_mut() {
+            let (keep, old): (Vec<_>, Vec<_>) = list
+                .drain(..)
+                .partition(|(_, since)| since.elapsed() < self.idle_timeout);
+            *list = keep;
+            old.into_iter().for_each(|(up, _)| close(up));
+        }
+        idle.retain(|_, l| !l.is_empty());
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().unwrap().values().map(Vec::len).sum()
+    }
+}
+
+async fn reset(up: &mut Upstream) -> Result<(), ()> {
+    let mut out = BytesMut::new();
+    frontend::query(&mut out, "DISCARD ALL");
+    up.stream.write_all(&out).await.map_err(|_| ())?;
+    loop {
+        let m = up.frames.read(&mut up.stream).await.map_err(|_| ())?;
+        match m.tag {
+            b'S' => {
+                let (k, v) = backend::parse_parameter_status(&m.body).map_err(|_| ())?;
+                up.set_param(k, v);
+            }
+            b'E' => return Err(()),
+            b'Z' => {
+                return if m.body.first() == Some(&b'I') && up.frames.buf.is_empty() {
+                    Ok(())
+                } else {
+                    Err(())
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Sends Terminate and closes, in the background.
+pub fn close(mut up: Upstream) {
+    tokio::spawn(async move {
+        let mut out = BytesMut::new();
+        frontend::terminate(&mut out);
+        let _ = up.stream.write_all(&out).await;
+        let _ = up.stream.shutdown().await;
+    });
+}

@@ -1,0 +1,215 @@
+//! The relay: messages pass between client and upstream untouched, in whole frames, while pgid
+//! tracks what it must know — transaction status and outstanding requests (to reuse an idle
+//! upstream), reported parameters — and ends the session when the lease does.
+
+use bytes::BytesMut;
+use chrono::Utc;
+use tokio::io::AsyncWriteExt;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::handshake::Established;
+use super::upstream::Upstream;
+use super::wire::backend::{self, Severity};
+use super::wire::framing::{frame_at, MAX_MESSAGE_BYTES};
+use super::wire::WireError;
+use super::Proxy;
+use crate::roles::{EndReason, LeaseStatus};
+
+enum End {
+    /// The client left (Terminate or closed socket).
+    ClientGone,
+    /// pgid ends the session and tells the client why.
+    Fatal(&'static str, String),
+    /// The upstream closed or broke.
+    UpstreamGone,
+}
+
+fn deadline_of(status: LeaseStatus) -> Option<Instant> {
+    match status {
+        LeaseStatus::Active { expires_at } => {
+            let left = (expires_at - Utc::now()).to_std().unwrap_or_default();
+            Some(Instant::now() + left)
+        }
+        LeaseStatus::Ended(_) => None,
+    }
+}
+
+pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
+    let Established {
+        mut client,
+        mut frames,
+        mut upstream,
+        lease,
+        cancel,
+        mut watch,
+    } = est;
+    frames.set_max(MAX_MESSAGE_BYTES);
+    // Requests (Query, Sync, FunctionCall) that have not yet been answered by ReadyForQuery.
+    let mut pending: i64 = 0;
+    let mut status = b'I';
+    let mut expiry = deadline_of(*watch.borrow()).unwrap_or_else(Instant::now);
+    let mut drain_until: Option<Instant> = None;
+
+    let end = loop {
+        let drain = drain_until
+            .unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(86_400 * 365));
+        tokio::select! {
+            changed = watch.changed() => {
+                let now = *watch.borrow_and_update();
+                match (changed, now) {
+                    (_, LeaseStatus::Ended(reason)) => break End::Fatal("57P01", reason.message().into()),
+                    (Ok(()), s) => expiry = deadline_of(s).unwrap_or_else(Instant::now),
+                    (Err(_), _) => break End::Fatal("57P01", EndReason::Revoked.message().into()),
+                }
+            }
+            _ = sleep_until(expiry) => {
+                let now = *watch.borrow();
+                match now {
+                    LeaseStatus::Active { expires_at } if expires_at > Utc::now() => expiry = deadline_of(now).unwrap_or_else(Instant::now),
+                    _ => break End::Fatal("57P01", EndReason::Expired.message().into()),
+                }
+            }
+            _ = shutdown.cancelled(), if drain_until.is_none() => {
+                drain_until = Some(Instant::now() + p.settings.drain_timeout);
+            }
+            _ = sleep_until(drain), if drain_until.is_some() => break End::Fatal("57P01", "pgid: server shutting down".into()),
+            r = frames.fill(&mut client) => {
+                if r.is_err() {
+                    break End::ClientGone;
+                }
+                match client_to_server(&mut frames.buf, &mut upstream, &mut pending).await {
+                    Ok(true) => {}
+                    Ok(false) => break End::ClientGone,
+                    Err(Flow::Upstream) => break End::UpstreamGone,
+                    Err(Flow::Protocol(m)) => break End::Fatal("08P01", format!("pgid: invalid message from client: {m}")),
+                }
+            }
+            r = upstream.frames.fill(&mut upstream.stream) => {
+                if r.is_err() {
+                    break End::UpstreamGone;
+                }
+                match server_to_client(&mut upstream, &mut client, &mut pending, &mut status).await {
+                    Ok(()) => {}
+                    Err(Flow::Upstream) => break End::UpstreamGone,
+                    Err(Flow::Protocol(_)) => break End::ClientGone,
+                }
+            }
+        }
+    };
+    drop(cancel);
+    match end {
+        End::ClientGone if pending == 0 && status == b'I' && upstream.frames.buf.is_empty() => {
+            p.pool.give_back(upstream).await;
+        }
+        End::ClientGone | End::UpstreamGone => {
+            super::pool::close(upstream);
+            let _ = client.shutdown().await;
+        }
+        End::Fatal(code, message) => {
+            tracing::info!(lease = %lease.id, reason = %message, "closing session");
+            let mut out = BytesMut::new();
+            backend::error_response(&mut out, Severity::Fatal, code, &message);
+            let _ = client.write_all(&out).await;
+            let _ = client.flush().await;
+            let _ = client.shutdown().await;
+            super::pool::close(upstream);
+            let ended = matches!(*watch.borrow(), LeaseStatus::Ended(_));
+            if ended {
+                p.pool.forget_lease(lease.id);
+                p.salts.forget(lease.id);
+            }
+        }
+    }
+}
+
+enum Flow {
+    Upstream,
+    Protocol(String),
+}
+
+/// Forwards the client's complete messages. `Ok(false)` on Terminate.
+async fn client_to_server(
+    buf: &mut BytesMut,
+    upstream: &mut Upstream,
+    pending: &mut i64,
+) -> Result<bool, Flow> {
+    let mut end = 0;
+    let mut terminate = false;
+    loop {
+        match frame_at(buf, end, MAX_MESSAGE_BYTES) {
+            Ok(Some((tag, total))) => {
+                match tag {
+                    b'X' => {
+                        terminate = true;
+                        break;
+                    }
+                    b'Q' | b'S' | b'F' => *pending += 1,
+                    _ => {}
+                }
+                end += total;
+            }
+            Ok(None) => break,
+            Err(e) => return Err(Flow::Protocol(e.to_string())),
+        }
+    }
+    if end > 0 {
+        let chunk = buf.split_to(end);
+        upstream
+            .stream
+            .write_all(&chunk)
+            .await
+            .map_err(|_| Flow::Upstream)?;
+        upstream.stream.flush().await.map_err(|_| Flow::Upstream)?;
+    }
+    if terminate {
+        buf.clear();
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Forwards the server's complete messages, noting ReadyForQuery and ParameterStatus.
+async fn server_to_client(
+    upstream: &mut Upstream,
+    client: &mut super::stream::ClientStream,
+    pending: &mut i64,
+    status: &mut u8,
+) -> Result<(), Flow> {
+    let mut end = 0;
+    loop {
+        match frame_at(&upstream.frames.buf, end, MAX_MESSAGE_BYTES) {
+            Ok(Some((tag, total))) => {
+                match tag {
+                    b'Z' if total == 6 => {
+                        *pending = (*pending - 1).max(0);
+                        *status = upstream.frames.buf[end + 5];
+                    }
+                    b'S' => {
+                        if let Ok((k, v)) = backend::parse_parameter_status(
+                            &upstream.frames.buf[end + 5..end + total],
+                        ) {
+                            upstream.set_param(k, v);
+                        }
+                    }
+                    _ => {}
+                }
+                end += total;
+            }
+            Ok(None) => break,
+            Err(WireError::TooLarge(_)) | Err(_) => return Err(Flow::Upstream),
+        }
+    }
+    if end > 0 {
+        let chunk = upstream.frames.buf.split_to(end);
+        client
+            .write_all(&chunk)
+            .await
+            .map_err(|e| Flow::Protocol(e.to_string()))?;
+        client
+            .flush()
+            .await
+            .map_err(|e| Flow::Protocol(e.to_string()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,337 @@
+//! pgid's own login to Postgres as a lease role: socket, optional TLS, startup, SCRAM with the
+//! derived password (the salted password is cached per lease, so reconnects cost no PBKDF2).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use rand::RngCore;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use uuid::Uuid;
+
+use super::scram::{self, ClientExchange};
+use super::stream::ServerStream;
+use super::wire::framing::{Frames, MAX_AUTH_MESSAGE_BYTES, MAX_MESSAGE_BYTES};
+use super::wire::{backend, frontend, WireError};
+use crate::config::UpstreamTls;
+use crate::database::{Database, Upstream as UpstreamAddr};
+use crate::secret::Secret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot reach the database: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("database protocol: {0}")]
+    Wire(#[from] WireError),
+    #[error("{message}")]
+    Server { code: String, message: String },
+    #[error("database authentication: {0}")]
+    Auth(String),
+    #[error("database TLS: {0}")]
+    Tls(String),
+}
+
+/// What makes two upstream connections interchangeable: same lease, same startup parameters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub lease: Uuid,
+    pub params: Vec<(String, String)>,
+}
+
+/// A logged-in upstream connection, ready for queries.
+pub struct Upstream {
+    pub stream: ServerStream,
+    pub frames: Frames,
+    pub pid: i32,
+    pub secret: i32,
+    /// ParameterStatus values as the server last reported them.
+    pub params: Vec<(String, String)>,
+    pub key: PoolKey,
+}
+
+impl Upstream {
+    pub fn set_param(&mut self, name: String, value: String) {
+        match self.params.iter_mut().find(|(k, _)| *k == name) {
+            Some(p) => p.1 = value,
+            None => self.params.push((name, value)),
+        }
+    }
+}
+
+/// (lease, salt, iterations)
+type SaltKey = (Uuid, Vec<u8>, u32);
+
+/// Salted passwords by (lease, salt, iterations).
+#[derive(Default)]
+pub struct SaltCache {
+    map: Mutex<HashMap<SaltKey, [u8; 32]>>,
+}
+
+const SALT_CACHE_MAX: usize = 100_000;
+
+impl SaltCache {
+    async fn get(
+        &self,
+        lease: Uuid,
+        password: &Secret<String>,
+        salt: Vec<u8>,
+        iterations: u32,
+    ) -> [u8; 32] {
+        let key = (lease, salt, iterations);
+        if let Some(v) = self.map.lock().unwrap().get(&key) {
+            return *v;
+        }
+        let (pw, s, i) = (password.clone(), key.1.clone(), iterations);
+        let salted = tokio::task::spawn_blocking(move || {
+            scram::salted_password(pw.expose().as_bytes(), &s, i)
+        })
+        .await
+        .expect("PBKDF2 task");
+        let mut map = self.map.lock().unwrap();
+        if map.len() >= SALT_CACHE_MAX {
+            map.clear();
+        }
+        map.insert(key, salted);
+        salted
+    }
+
+    pub fn forget(&self, lease: Uuid) {
+        self.map.lock().unwrap().retain(|(l, _, _), _| *l != lease);
+    }
+}
+
+pub async fn connect_socket(addr: &UpstreamAddr) -> std::io::Result<ServerStream> {
+    Ok(match addr {
+        UpstreamAddr::Tcp { host, port } => {
+            let s = TcpStream::connect((host.as_str(), *port)).await?;
+            s.set_nodelay(true)?;
+            ServerStream::Tcp(s)
+        }
+        UpstreamAddr::Unix { dir, port } => {
+            ServerStream::Unix(UnixStream::connect(dir.join(format!(".s.PGSQL.{port}"))).await?)
+        }
+    })
+}
+
+pub struct Login<'a> {
+    pub db: &'a Database,
+    pub role: &'a str,
+    pub password: &'a Secret<String>,
+    pub lease: Uuid,
+    /// Startup parameters besides user and database.
+    pub params: &'a [(String, String)],
+    pub salts: &'a SaltCache,
+    pub tls: Option<&'a Arc<rustls::ClientConfig>>,
+}
+
+pub async fn connect(l: Login<'_>) -> Result<Upstream, UpstreamError> {
+    let mut stream = connect_socket(&l.db.upstream).await?;
+    if l.db.upstream_tls != UpstreamTls::Disable {
+        stream = start_tls(stream, &l.db.upstream, l.tls).await?;
+    }
+    let mut out = BytesMut::new();
+    let mut params = vec![
+        ("user".to_string(), l.role.to_string()),
+        ("database".to_string(), l.db.dbname.clone()),
+    ];
+    params.extend(l.params.iter().cloned());
+    frontend::startup(&mut out, &params);
+    stream.write_all(&out).await?;
+
+    let mut frames = Frames::new(MAX_AUTH_MESSAGE_BYTES);
+    let mut scram: Option<(ClientExchange, [u8; 32])> = None;
+    let mut up = Upstream {
+        stream,
+        frames: Frames::new(MAX_MESSAGE_BYTES),
+        pid: 0,
+        secret: 0,
+        params: Vec::new(),
+        key: PoolKey {
+            lease: l.lease,
+            params: l.params.to_vec(),
+        },
+    };
+    loop {
+        let m = frames.read(&mut up.stream).await?;
+        let mut out = BytesMut::new();
+        match m.tag {
+            b'R' => {
+                let (code, rest) = backend::parse_authentication(&m.body)?;
+                match code {
+                    backend::AUTH_OK => {}
+                    backend::AUTH_CLEARTEXT => frontend::password(&mut out, l.password.expose()),
+                    backend::AUTH_SASL => {
+                        if !backend::sasl_mechanisms(rest)
+                            .iter()
+                            .any(|m| m == scram::MECHANISM)
+                        {
+                            return Err(UpstreamError::Auth(
+                                "server does not offer SCRAM-SHA-256".into(),
+                            ));
+                        }
+                        let ex = ClientExchange::new(&nonce());
+                        frontend::sasl_initial_response(
+                            &mut out,
+                            scram::MECHANISM,
+                            ex.client_first().as_bytes(),
+                        );
+                        scram = Some((ex, [0; 32]));
+                    }
+                    backend::AUTH_SASL_CONTINUE => {
+                        let (ex, expected) = scram
+                            .as_mut()
+                            .ok_or(UpstreamError::Auth("unexpected SASL continue".into()))?;
+                        let (salt, iterations) = ex
+                            .server_params(rest)
+                            .map_err(|e| UpstreamError::Auth(e.to_string()))?;
+                        let salted = l.salts.get(l.lease, l.password, salt, iterations).await;
+                        let (msg, sig) = ex
+                            .client_final(rest, &salted)
+                            .map_err(|e| UpstreamError::Auth(e.to_string()))?;
+                        *expected = sig;
+                        frontend::sasl_response(&mut out, msg.as_bytes());
+                    }
+                    backend::AUTH_SASL_FINAL => {
+                        let (_, expected) = scram
+                            .as_ref()
+                            .ok_or(UpstreamError::Auth("unexpected SASL final".into()))?;
+                        ClientExchange::check_server_final(rest, expected)
+                            .map_err(|e| UpstreamError::Auth(e.to_string()))?;
+                    }
+                    other => {
+                        return Err(UpstreamError::Auth(format!(
+                            "unsupported authentication method {other}"
+                        )))
+                    }
+                }
+            }
+            b'S' => {
+                let (k, v) = backend::parse_parameter_status(&m.body)?;
+                up.set_param(k, v);
+            }
+            b'K' => (up.pid, up.secret) = backend::parse_backend_key_data(&m.body)?,
+            b'N' => {}
+            b'E' => {
+                return Err(UpstreamError::Server {
+                    code: backend::error_field(&m.body, b'C').unwrap_or_else(|| "08000".into()),
+                    message: backend::error_field(&m.body, b'M').unwrap_or_default(),
+                })
+            }
+            b'Z' => {
+                up.frames.buf = frames.buf;
+                return Ok(up);
+            }
+            _ => {
+                return Err(WireError::Invalid("unexpected message during upstream startup").into())
+            }
+        }
+        if !out.is_empty() {
+            up.stream.write_all(&out).await?;
+        }
+    }
+}
+
+fn nonce() -> String {
+    let mut b = [0u8; 18];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b)
+}
+
+async fn start_tls(
+    stream: ServerStream,
+    addr: &UpstreamAddr,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<ServerStream, UpstreamError> {
+    let (ServerStream::Tcp(mut tcp), UpstreamAddr::Tcp { host, .. }) = (stream, addr) else {
+        return Err(UpstreamError::Tls(
+            "TLS is configured for a Unix socket".into(),
+        ));
+    };
+    tcp.write_all(&frontend::ssl_request()).await?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await?;
+    if answer[0] != b'S' {
+        return Err(UpstreamError::Tls("the server does not accept TLS".into()));
+    }
+    let cfg = tls.ok_or_else(|| UpstreamError::Tls("no TLS configuration".into()))?;
+    let name = rustls::pki_types::ServerName::try_from(host.clone())
+        .map_err(|e| UpstreamError::Tls(e.to_string()))?;
+    let s = tokio_rustls::TlsConnector::from(cfg.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| UpstreamError::Tls(e.to_string()))?;
+    Ok(ServerStream::Tls(Box::new(s)))
+}
+
+/// TLS client settings for a database: verify against its CA (`verify-full`), or encrypt without
+/// verifying (`require`, like libpq's sslmode=require).
+pub fn tls_config(db: &Database) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+    match db.upstream_tls {
+        UpstreamTls::Disable => Ok(None),
+        UpstreamTls::VerifyFull => {
+            let cfg = crate::tls::client_config(db.upstream_ca_file.as_deref())
+                .map_err(|e| e.to_string())?;
+            Ok(Some(Arc::new(cfg)))
+        }
+        UpstreamTls::Require => {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
+                .with_no_client_auth();
+            Ok(Some(Arc::new(cfg)))
+        }
+    }
+}
+
+/// Accepts any certificate (still checking handshake signatures): `upstream_tls = "require"`.
+#[derive(Debug)]
+struct Unverified(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

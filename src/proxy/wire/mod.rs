@@ -1,0 +1,62 @@
+//! The Postgres wire protocol (v3), as far as pgid needs it. No I/O here except the startup
+//! reader: `framing` finds message boundaries under size caps; `backend` builds and reads the
+//! messages a server sends; `frontend` those a client sends. Original bytes are forwarded
+//! untouched; only what pgid inspects or builds gets a typed view.
+
+pub mod backend;
+pub mod framing;
+pub mod frontend;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("connection closed")]
+    Closed,
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("message too large ({0} bytes)")]
+    TooLarge(usize),
+    #[error("invalid message: {0}")]
+    Invalid(&'static str),
+    #[error("unsupported protocol version {0}.{1}")]
+    Version(u16, u16),
+}
+
+/// Reads a NUL-terminated string at `pos`, advancing it.
+pub fn cstr<'a>(body: &'a [u8], pos: &mut usize) -> Result<&'a str, WireError> {
+    let rest = body
+        .get(*pos..)
+        .ok_or(WireError::Invalid("string past end"))?;
+    let end = rest
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or(WireError::Invalid("unterminated string"))?;
+    let s =
+        std::str::from_utf8(&rest[..end]).map_err(|_| WireError::Invalid("string is not UTF-8"))?;
+    *pos += end + 1;
+    Ok(s)
+}
+
+pub fn int32(body: &[u8], pos: &mut usize) -> Result<i32, WireError> {
+    let b = body
+        .get(*pos..*pos + 4)
+        .ok_or(WireError::Invalid("int32 past end"))?;
+    *pos += 4;
+    Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Appends a message with `tag` whose body is written by `f` (length filled in after).
+pub fn message(out: &mut bytes::BytesMut, tag: u8, f: impl FnOnce(&mut bytes::BytesMut)) {
+    use bytes::BufMut;
+    out.put_u8(tag);
+    let at = out.len();
+    out.put_i32(0);
+    f(out);
+    let len = (out.len() - at) as i32;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+pub fn put_cstr(out: &mut bytes::BytesMut, s: &str) {
+    use bytes::BufMut;
+    out.put_slice(s.as_bytes());
+    out.put_u8(0);
+}
