@@ -475,3 +475,202 @@ async fn upstream_connections_are_reused_with_their_state_reset() {
     );
     let _ = Value::Null;
 }
+
+mod hostile {
+    use super::*;
+    use bytes::BytesMut;
+    use pgid::proxy::scram::{salted_password, ClientExchange};
+    use pgid::proxy::wire::framing::{Frames, MAX_MESSAGE_BYTES};
+    use pgid::proxy::wire::{backend, frontend};
+    use rand::{Rng, RngCore};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// Reads until EOF; false if the peer keeps the connection open past `limit`.
+    async fn closes_within(s: &mut TcpStream, limit: Duration) -> bool {
+        let mut buf = vec![0u8; 4096];
+        tokio::time::timeout(limit, async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    /// Logs in with SCRAM by hand, leaving the raw socket after ReadyForQuery.
+    async fn raw_login(port: u16, user: &str, password: &str) -> TcpStream {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut out = BytesMut::new();
+        frontend::startup(
+            &mut out,
+            &[
+                ("user".into(), user.into()),
+                ("database".into(), "app".into()),
+            ],
+        );
+        s.write_all(&out).await.unwrap();
+        let mut frames = Frames::new(MAX_MESSAGE_BYTES);
+        let ex = ClientExchange::new("hostile-test-nonce");
+        let mut expected = [0u8; 32];
+        loop {
+            let m = frames.read(&mut s).await.unwrap();
+            let mut out = BytesMut::new();
+            match m.tag {
+                b'R' => {
+                    let (code, rest) = backend::parse_authentication(&m.body).unwrap();
+                    match code {
+                        10 => frontend::sasl_initial_response(
+                            &mut out,
+                            "SCRAM-SHA-256",
+                            ex.client_first().as_bytes(),
+                        ),
+                        11 => {
+                            let (salt, i) = ex.server_params(rest).unwrap();
+                            let (msg, sig) = ex
+                                .client_final(rest, &salted_password(password.as_bytes(), &salt, i))
+                                .unwrap();
+                            expected = sig;
+                            frontend::sasl_response(&mut out, msg.as_bytes());
+                        }
+                        12 => ClientExchange::check_server_final(rest, &expected).unwrap(),
+                        _ => {}
+                    }
+                }
+                b'Z' => return s,
+                b'E' => panic!("login failed: {:?}", backend::error_fields(&m.body)),
+                _ => {}
+            }
+            if !out.is_empty() {
+                s.write_all(&out).await.unwrap();
+            }
+        }
+    }
+
+    fn startup_with(version: i32, body: &[u8]) -> Vec<u8> {
+        let mut v = ((body.len() + 8) as i32).to_be_bytes().to_vec();
+        v.extend_from_slice(&version.to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn hostile_input_never_panics_hangs_or_leaks() {
+        let h = Harness::start(&[AGENT]).await;
+        let lease = h.lease("agent:app", json!({})).await;
+        let healthy = h.connect_proxy(&lease).await.unwrap();
+        let port = h.proxy_port();
+        let user = lease["username"].as_str().unwrap().to_string();
+        let secret = lease["password"].as_str().unwrap().to_string();
+
+        // Before authentication.
+        let mut cases: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0, 0, 0, 4],
+            vec![0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0],
+            vec![0, 0, 0, 100, 0, 3, 0, 0, b'u'],
+            startup_with(0x0002_0000, b""),
+            startup_with(196608, b"user\0x"),
+            startup_with(196608, b"user\0a\0user\0b\0\0"),
+            startup_with(196608, b"\0"),
+            [
+                &[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f][..],
+                b"\x16\x03\x01garbage not a client hello",
+            ]
+            .concat(),
+            [
+                &[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f][..],
+                &[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f][..],
+            ]
+            .concat(),
+        ];
+        let mut rng = rand::thread_rng();
+        for _ in 0..100 {
+            let mut junk = vec![0u8; rng.gen_range(1..2000)];
+            rng.fill_bytes(&mut junk);
+            cases.push(junk);
+        }
+        for (i, bytes) in cases.iter().enumerate() {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let _ = s.write_all(bytes).await;
+            let _ = s.shutdown().await;
+            assert!(
+                closes_within(&mut s, Duration::from_secs(5)).await,
+                "case {i} hung"
+            );
+        }
+
+        // After authentication.
+        let after: Vec<Vec<u8>> = vec![
+            vec![b'Q', 0, 0, 0, 3],
+            vec![b'Q', 0x7f, 0xff, 0xff, 0xff],
+            vec![b'Q', 0, 0, 0, 100, b'S', b'E'],
+            vec![b'Z', 0, 0, 0, 5, b'I'],
+            vec![b'p', 0, 0, 0, 8, 1, 2, 3, 4],
+            vec![b'P', 0, 0, 0, 6, 0, 0],
+            vec![b'B', 0, 0, 0, 4],
+        ];
+        for (i, bytes) in after.iter().enumerate() {
+            let mut s = raw_login(port, &user, &secret).await;
+            let _ = s.write_all(bytes).await;
+            let _ = s.shutdown().await;
+            assert!(
+                closes_within(&mut s, Duration::from_secs(5)).await,
+                "post-auth case {i} hung"
+            );
+        }
+        for _ in 0..20 {
+            let mut s = raw_login(port, &user, &secret).await;
+            let mut junk = Vec::new();
+            for _ in 0..rng.gen_range(1..10) {
+                let body_len = rng.gen_range(0..200);
+                junk.push(rng.gen_range(b'A'..=b'z'));
+                junk.extend_from_slice(&((body_len + 4) as i32).to_be_bytes());
+                junk.extend((0..body_len).map(|_| rng.gen::<u8>()));
+            }
+            let _ = s.write_all(&junk).await;
+            let _ = s.shutdown().await;
+            assert!(
+                closes_within(&mut s, Duration::from_secs(5)).await,
+                "random frames hung"
+            );
+        }
+
+        // 200 connections that stall mid-handshake: timed out by pgid, and nobody else notices.
+        let mut stalled = Vec::new();
+        for i in 0..200 {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let partial: &[u8] = if i % 2 == 0 {
+                &[0, 0, 0, 40, 0, 3]
+            } else {
+                &[]
+            };
+            s.write_all(partial).await.unwrap();
+            stalled.push(s);
+        }
+        let started = Instant::now();
+        healthy
+            .simple_query("SELECT 1")
+            .await
+            .expect("existing sessions keep working");
+        let fresh = h
+            .connect_proxy(&lease)
+            .await
+            .expect("new sessions still work");
+        fresh.simple_query("SELECT 1").await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "service slowed by stalled clients"
+        );
+        for s in stalled.iter_mut() {
+            assert!(
+                closes_within(s, Duration::from_secs(10)).await,
+                "a stalled handshake was not timed out"
+            );
+        }
+        healthy.simple_query("SELECT 1").await.expect("still fine");
+    }
+}

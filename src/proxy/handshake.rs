@@ -19,7 +19,7 @@ use super::wire::framing::{read_startup, Frames, Startup, MAX_AUTH_MESSAGE_BYTES
 use super::wire::{backend, frontend, WireError};
 use super::Proxy;
 use crate::policy::{self, Selection};
-use crate::roles::{database_password, LeaseStatus};
+use crate::roles::{database_password, EndReason, LeaseStatus};
 use crate::store::{LeaseRow, LeaseState};
 
 /// A client that passed the handshake, bound to an upstream session.
@@ -190,12 +190,18 @@ pub async fn handshake(
         }
     };
 
-    match row.state {
-        LeaseState::Active if row.expires_at > Utc::now() => {}
-        LeaseState::Active | LeaseState::Expired => {
-            return Err(refuse(&mut client, "28000", "pgid: credential expired").await)
-        }
-        _ => return Err(refuse(&mut client, "28000", "pgid: credential revoked").await),
+    if row.state != LeaseState::Active || row.expires_at <= Utc::now() {
+        let expired = match row.state {
+            LeaseState::Active | LeaseState::Expired => true,
+            LeaseState::Revoking => row.final_state == Some(LeaseState::Expired),
+            _ => false,
+        };
+        let reason = if expired {
+            EndReason::Expired
+        } else {
+            EndReason::Revoked
+        };
+        return Err(refuse(&mut client, "28000", reason.message()).await);
     }
     let Some(db) = p.leases.databases().get(&row.database) else {
         return Err(refuse(
