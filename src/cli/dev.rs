@@ -166,8 +166,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
     eprintln!("  clients    {}", session.client_names());
     eprintln!();
     eprintln!("Next, in another terminal:");
-    eprintln!("  pgid login --dev --client analyst-agent --format json   # a lease for the analyst policy");
     eprintln!("  DSN=$(pgid login --dev --client analyst-agent) && psql \"$DSN\"");
+    eprintln!("  pgid login --dev --client support-bot --format json   # the whole lease");
     eprintln!();
     eprintln!("Ctrl-C stops pgid and removes everything it created.");
 

@@ -43,6 +43,11 @@ pub struct TempPostgres {
 
 impl TempPostgres {
     pub fn start() -> Result<TempPostgres, TempPostgresError> {
+        TempPostgres::start_with(&[])
+    }
+
+    /// Starts with extra `-c name=value` server settings (they override the defaults).
+    pub fn start_with(settings: &[(&str, &str)]) -> Result<TempPostgres, TempPostgresError> {
         let bin = find_bin_dir().ok_or(TempPostgresError::NoBinaries)?;
         let run_as = if unsafe { libc::geteuid() } == 0 {
             Some(postgres_user().ok_or(TempPostgresError::NoPostgresUser)?)
@@ -113,6 +118,11 @@ impl TempPostgres {
                     "-c",
                     "password_encryption=scram-sha-256",
                 ])
+                .args(
+                    settings
+                        .iter()
+                        .flat_map(|(k, v)| ["-c".to_string(), format!("{k}={v}")]),
+                )
                 .stdin(Stdio::null())
                 .stdout(logfile.try_clone().map_err(|e| failed("log", e))?)
                 .stderr(logfile)

@@ -16,7 +16,7 @@ use crate::config::{line_of, toml_error};
 use crate::units::{ByteSize, Span};
 
 const DEFAULT_MAX_CONNECTIONS: u32 = 4;
-const MAX_MAX_CONNECTIONS: u32 = 1000;
+const MAX_MAX_CONNECTIONS: u32 = 10_000;
 const DEFAULT_PARTIAL_KEEP: usize = 4;
 const DEFAULT_APPROVAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 

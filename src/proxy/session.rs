@@ -25,13 +25,28 @@ enum End {
     UpstreamGone,
 }
 
-fn deadline_of(status: LeaseStatus) -> Option<Instant> {
-    match status {
-        LeaseStatus::Active { expires_at } => {
-            let left = (expires_at - Utc::now()).to_std().unwrap_or_default();
-            Some(Instant::now() + left)
+/// Resolves when the lease ends: revoked, or expired (renewals move the deadline).
+async fn lease_end(mut watch: tokio::sync::watch::Receiver<LeaseStatus>) -> EndReason {
+    loop {
+        let status = *watch.borrow_and_update();
+        let deadline = match status {
+            LeaseStatus::Ended(reason) => return reason,
+            LeaseStatus::Active { expires_at } => {
+                let left = (expires_at - Utc::now()).to_std().unwrap_or_default();
+                if left.is_zero() {
+                    return EndReason::Expired;
+                }
+                Instant::now() + left
+            }
+        };
+        tokio::select! {
+            changed = watch.changed() => {
+                if changed.is_err() {
+                    return EndReason::Revoked;
+                }
+            }
+            _ = sleep_until(deadline) => {}
         }
-        LeaseStatus::Ended(_) => None,
     }
 }
 
@@ -42,38 +57,25 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
         mut upstream,
         lease,
         cancel,
-        mut watch,
+        watch,
     } = est;
     frames.set_max(MAX_MESSAGE_BYTES);
     // Requests (Query, Sync, FunctionCall) that have not yet been answered by ReadyForQuery.
     let mut pending: i64 = 0;
     let mut status = b'I';
-    let mut expiry = deadline_of(*watch.borrow()).unwrap_or_else(Instant::now);
-    let mut drain_until: Option<Instant> = None;
+    // Created once: re-creating timers and waiters per message would cost on every round trip.
+    let lease_end = lease_end(watch);
+    tokio::pin!(lease_end);
+    let shutting_down = shutdown.cancelled();
+    tokio::pin!(shutting_down);
+    let drain = sleep_until(Instant::now() + std::time::Duration::from_secs(86_400 * 365));
+    tokio::pin!(drain);
+    let mut draining = false;
+    let mut ended: Option<EndReason> = None;
 
     let end = loop {
-        let drain = drain_until
-            .unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(86_400 * 365));
         tokio::select! {
-            changed = watch.changed() => {
-                let now = *watch.borrow_and_update();
-                match (changed, now) {
-                    (_, LeaseStatus::Ended(reason)) => break End::Fatal("57P01", reason.message().into()),
-                    (Ok(()), s) => expiry = deadline_of(s).unwrap_or_else(Instant::now),
-                    (Err(_), _) => break End::Fatal("57P01", EndReason::Revoked.message().into()),
-                }
-            }
-            _ = sleep_until(expiry) => {
-                let now = *watch.borrow();
-                match now {
-                    LeaseStatus::Active { expires_at } if expires_at > Utc::now() => expiry = deadline_of(now).unwrap_or_else(Instant::now),
-                    _ => break End::Fatal("57P01", EndReason::Expired.message().into()),
-                }
-            }
-            _ = shutdown.cancelled(), if drain_until.is_none() => {
-                drain_until = Some(Instant::now() + p.settings.drain_timeout);
-            }
-            _ = sleep_until(drain), if drain_until.is_some() => break End::Fatal("57P01", "pgid: server shutting down".into()),
+            biased;
             r = frames.fill(&mut client) => {
                 if r.is_err() {
                     break End::ClientGone;
@@ -95,6 +97,15 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
                     Err(Flow::Protocol(_)) => break End::ClientGone,
                 }
             }
+            reason = &mut lease_end => {
+                ended = Some(reason);
+                break End::Fatal("57P01", reason.message().into());
+            }
+            _ = &mut shutting_down, if !draining => {
+                draining = true;
+                drain.as_mut().reset(Instant::now() + p.settings.drain_timeout);
+            }
+            _ = &mut drain, if draining => break End::Fatal("57P01", "pgid: server shutting down".into()),
         }
     };
     drop(cancel);
@@ -114,8 +125,7 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
             let _ = client.flush().await;
             let _ = client.shutdown().await;
             super::pool::close(upstream);
-            let ended = matches!(*watch.borrow(), LeaseStatus::Ended(_));
-            if ended {
+            if ended.is_some() {
                 p.pool.forget_lease(lease.id);
                 p.salts.forget(lease.id);
             }

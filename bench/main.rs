@@ -1,0 +1,373 @@
+//! pgid benchmark (run with `bench/run`): starts a throwaway PostgreSQL, pgid (`pgid serve`, a
+//! separate process) and PgBouncer in session mode when installed, then runs interleaved rounds of
+//! pgbench against each and prints TPS, latency and the ratios pgid/direct and pgid/PgBouncer.
+//! Finally it opens idle client connections to pgid and reports its memory per connection.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use pgid::dev::{demo, DevIssuer, TempPostgres};
+use serde_json::json;
+
+fn env_or(name: &str, default: u32) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Target {
+    name: &'static str,
+    port: u16,
+    user: String,
+    password: String,
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn postgres_user() -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 3 && f[0] == "postgres")
+            .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+    })
+}
+
+struct Result {
+    tps: f64,
+    latency_ms: f64,
+}
+
+fn pgbench(t: &Target, args: &[&str], clients: u32, seconds: u32) -> anyhow::Result<Result> {
+    let out = Command::new("pgbench")
+        .args([
+            "-n",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &t.port.to_string(),
+            "-U",
+            &t.user,
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+        ])
+        .args(args)
+        .arg("app")
+        .env("PGPASSWORD", &t.password)
+        .env("PGSSLMODE", "disable")
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "pgbench against {} failed: {}{}",
+            t.name,
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let num = |prefix: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l[prefix.len()..].split_whitespace().next()?.parse().ok())
+    };
+    Ok(Result {
+        tps: num("tps = ").context("no tps in pgbench output")?,
+        latency_ms: num("latency average = ").unwrap_or(0.0),
+    })
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let seconds = env_or("BENCH_SECONDS", 10);
+    let rounds = env_or("BENCH_ROUNDS", 3);
+    let clients = env_or("BENCH_CLIENTS", 8);
+    let scale = env_or("BENCH_SCALE", 10);
+    let idle = env_or("BENCH_IDLE", 1000);
+    let pgid_bin = std::env::current_exe()?
+        .parent()
+        .and_then(Path::parent)
+        .context("binary dir")?
+        .join("pgid");
+
+    eprintln!("bench: starting PostgreSQL…");
+    let pg = tokio::task::spawn_blocking(|| {
+        TempPostgres::start_with(&[("max_connections", "1400"), ("shared_buffers", "256MB")])
+    })
+    .await??;
+    let admin_url = demo::provision(&pg, "app").await?;
+    let admin: tokio_postgres::Config = admin_url.parse()?;
+    let admin_password =
+        String::from_utf8(admin.get_password().context("admin password")?.to_vec())?;
+    let init = Command::new("pgbench")
+        .args([
+            "-i",
+            "-q",
+            "-s",
+            &scale.to_string(),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            demo::ADMIN_ROLE,
+            "app",
+        ])
+        .env("PGPASSWORD", &admin_password)
+        .output()?;
+    if !init.status.success() {
+        bail!(
+            "pgbench -i failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+    }
+
+    let issuer = DevIssuer::start(0, "pgid", vec![]).await?;
+    let state = tempfile::Builder::new().prefix("pgid-bench-").tempdir()?;
+    std::fs::create_dir_all(state.path().join("policies"))?;
+    std::fs::write(
+        state.path().join("policies/bench.toml"),
+        "name = \"bench\"\ndatabase = \"app\"\nttl = \"2h\"\nmax_connections = 2000\n[identity]\nsubject = \"bench:pgbench\"\n\
+         [[grant]]\nprivileges = [\"SELECT\", \"INSERT\", \"UPDATE\"]\n\
+         on = [\"public.pgbench_accounts\", \"public.pgbench_branches\", \"public.pgbench_tellers\", \"public.pgbench_history\"]\n",
+    )?;
+    let (broker_port, proxy_port) = (free_port(), free_port());
+    std::fs::write(
+        state.path().join("pgid.toml"),
+        format!(
+            "state_dir = \"state\"\npolicies = \"policies\"\n[broker]\nlisten = \"127.0.0.1:{broker_port}\"\n[proxy]\nlisten = \"127.0.0.1:{proxy_port}\"\n\
+             [[issuers]]\nissuer = \"{}\"\naudiences = [\"pgid\"]\n[[databases]]\nname = \"app\"\nadmin_url = \"{admin_url}\"\n",
+            issuer.url()
+        ),
+    )?;
+    let pgid = Killed(
+        Command::new(&pgid_bin)
+            .args(["serve", "--config"])
+            .arg(state.path().join("pgid.toml"))
+            .env("PGID_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", pgid_bin.display()))?,
+    );
+    let ca = state.path().join("state/tls/ca.crt");
+    let mut http = None;
+    for _ in 0..100 {
+        if let Ok(pem) = std::fs::read(&ca) {
+            let client = reqwest::Client::builder()
+                .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
+                .build()?;
+            if client
+                .get(format!("https://127.0.0.1:{broker_port}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                http = Some(client);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let http = http.context("pgid did not start")?;
+    let token = issuer.mint(&issuer.claims("bench:pgbench"));
+    let lease: serde_json::Value = http
+        .post(format!("https://127.0.0.1:{broker_port}/v1/credentials"))
+        .bearer_auth(token)
+        .json(&json!({}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let user = lease["username"].as_str().context("no lease")?.to_string();
+    let key = pgid::keys::ServerKey::load_or_create(&state.path().join("state/server.key"))
+        .map_err(anyhow::Error::msg)?;
+    let derived =
+        pgid::roles::database_password(&key, lease["lease_id"].as_str().unwrap().parse()?)
+            .expose()
+            .clone();
+
+    let mut targets = vec![
+        Target {
+            name: "direct",
+            port: pg.port,
+            user: user.clone(),
+            password: derived.clone(),
+        },
+        Target {
+            name: "pgid",
+            port: proxy_port,
+            user: user.clone(),
+            password: lease["password"].as_str().unwrap().to_string(),
+        },
+    ];
+    let _bouncer = match which("pgbouncer") {
+        Some(bin) => {
+            let port = free_port();
+            let dir = tempfile::Builder::new()
+                .prefix("pgid-bench-bouncer-")
+                .tempdir()?;
+            std::fs::write(
+                dir.path().join("userlist.txt"),
+                format!("\"{user}\" \"{derived}\"\n"),
+            )?;
+            std::fs::write(
+                dir.path().join("pgbouncer.ini"),
+                format!(
+                    "[databases]\napp = host=127.0.0.1 port={} dbname=app\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
+                     auth_type = scram-sha-256\nauth_file = {}\npool_mode = session\nmax_client_conn = 2000\ndefault_pool_size = 100\n\
+                     unix_socket_dir =\nlogfile = {}\n",
+                    pg.port,
+                    dir.path().join("userlist.txt").display(),
+                    dir.path().join("pgbouncer.log").display()
+                ),
+            )?;
+            let mut cmd = Command::new(bin);
+            cmd.arg(dir.path().join("pgbouncer.ini"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null());
+            if unsafe { libc::geteuid() } == 0 {
+                let (uid, gid) =
+                    postgres_user().context("pgbouncer refuses root; no postgres user")?;
+                for f in ["", "userlist.txt", "pgbouncer.ini"] {
+                    std::os::unix::fs::chown(dir.path().join(f), Some(uid), Some(gid))?;
+                }
+                cmd.uid(uid).gid(gid);
+            }
+            let child = Killed(cmd.spawn()?);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            targets.push(Target {
+                name: "pgbouncer",
+                port,
+                user: user.clone(),
+                password: derived.clone(),
+            });
+            Some((child, dir))
+        }
+        None => None,
+    };
+
+    let modes: [(&str, &[&str]); 3] = [
+        ("select-only", &["-S"]),
+        ("tpcb-like", &[]),
+        ("connect", &["-S", "-C"]),
+    ];
+    let mut results: Vec<(&str, &str, Vec<f64>, Vec<f64>)> = Vec::new();
+    for round in 1..=rounds {
+        for (mode, args) in &modes {
+            for t in &targets {
+                let r = pgbench(t, args, clients, seconds)?;
+                eprintln!(
+                    "round {round} {mode:12} {:10} tps {:10.1}  latency {:7.3} ms",
+                    t.name, r.tps, r.latency_ms
+                );
+                match results
+                    .iter_mut()
+                    .find(|(m, n, _, _)| m == mode && *n == t.name)
+                {
+                    Some(e) => {
+                        e.2.push(r.tps);
+                        e.3.push(r.latency_ms);
+                    }
+                    None => results.push((mode, t.name, vec![r.tps], vec![r.latency_ms])),
+                }
+            }
+        }
+    }
+    println!("\npgbench, {clients} clients, {seconds} s per run, {rounds} interleaved rounds, scale {scale} (medians)");
+    println!(
+        "{:12} {:10} {:>10} {:>12}",
+        "workload", "target", "tps", "latency ms"
+    );
+    let med = |mode: &str, name: &str| {
+        results
+            .iter()
+            .find(|(m, n, _, _)| *m == mode && *n == name)
+            .map(|e| (median(e.2.clone()), median(e.3.clone())))
+    };
+    for (mode, _) in &modes {
+        for t in &targets {
+            if let Some((tps, lat)) = med(mode, t.name) {
+                println!("{mode:12} {:10} {tps:>10.1} {lat:>12.3}", t.name);
+            }
+        }
+        let (p, d) = (med(mode, "pgid").unwrap().0, med(mode, "direct").unwrap().0);
+        let vs_bouncer = med(mode, "pgbouncer")
+            .map(|b| format!("{:.2}", p / b.0))
+            .unwrap_or_else(|| "n/a".into());
+        println!(
+            "{mode:12} ratio pgid/direct {:.2}  pgid/pgbouncer {vs_bouncer}",
+            p / d
+        );
+    }
+
+    // Memory per idle client connection.
+    let pid = pgid.0.id();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = rss_kib(pid);
+    let dsn = lease["dsn"].as_str().unwrap().to_string();
+    let mut conns = Vec::new();
+    for _ in 0..idle {
+        let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        conns.push(c);
+    }
+    for c in conns.iter().take(10) {
+        c.simple_query("SELECT 1").await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid);
+    println!(
+        "\nmemory: pgid RSS {before} KiB → {after} KiB with {idle} idle client connections: {:.1} KiB per connection",
+        (after.saturating_sub(before)) as f64 / idle as f64
+    );
+    drop(conns);
+    Ok(())
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|f| f.exists())
+    })
+}
