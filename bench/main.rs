@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use pgid::dev::{demo, DevIssuer, TempPostgres};
+use pgid::dev::{demo, postgres_user, DevIssuer, TempPostgres};
 use serde_json::json;
 
 fn env_or(name: &str, default: u32) -> u32 {
@@ -43,15 +43,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn postgres_user() -> Option<(u32, u32)> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() > 3 && f[0] == "postgres")
-            .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
-    })
 }
 
 struct Result {
@@ -226,6 +217,31 @@ async fn main() -> anyhow::Result<()> {
             .expose()
             .clone();
 
+    // A second pgid instance on the same state with one runtime worker thread, measured side by
+    // side: on a small, saturated machine, parking and waking worker threads costs more than
+    // spreading work across them gains.
+    let (broker1_port, proxy1_port) = (free_port(), free_port());
+    let _pgid_single = Killed(
+        Command::new(&pgid_bin)
+            .args(["serve", "--config"])
+            .arg(state.path().join("pgid.toml"))
+            .env("PGID_LOG", "warn")
+            .env("TOKIO_WORKER_THREADS", "1")
+            .env("PGID_BROKER_LISTEN", format!("127.0.0.1:{broker1_port}"))
+            .env("PGID_PROXY_LISTEN", format!("127.0.0.1:{proxy1_port}"))
+            .stdin(Stdio::null())
+            .spawn()?,
+    );
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", proxy1_port))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     let mut targets = vec![
         Target {
             name: "direct",
@@ -236,6 +252,12 @@ async fn main() -> anyhow::Result<()> {
         Target {
             name: "pgid",
             port: proxy_port,
+            user: user.clone(),
+            password: lease["password"].as_str().unwrap().to_string(),
+        },
+        Target {
+            name: "pgid-1t",
+            port: proxy1_port,
             user: user.clone(),
             password: lease["password"].as_str().unwrap().to_string(),
         },
@@ -264,7 +286,8 @@ async fn main() -> anyhow::Result<()> {
             let mut cmd = Command::new(bin);
             cmd.arg(dir.path().join("pgbouncer.ini"))
                 .stdin(Stdio::null())
-                .stdout(Stdio::null());
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
             if unsafe { libc::geteuid() } == 0 {
                 let (uid, gid) =
                     postgres_user().context("pgbouncer refuses root; no postgres user")?;
@@ -330,14 +353,16 @@ async fn main() -> anyhow::Result<()> {
                 println!("{mode:12} {:10} {tps:>10.1} {lat:>12.3}", t.name);
             }
         }
-        let (p, d) = (med(mode, "pgid").unwrap().0, med(mode, "direct").unwrap().0);
-        let vs_bouncer = med(mode, "pgbouncer")
-            .map(|b| format!("{:.2}", p / b.0))
-            .unwrap_or_else(|| "n/a".into());
-        println!(
-            "{mode:12} ratio pgid/direct {:.2}  pgid/pgbouncer {vs_bouncer}",
-            p / d
-        );
+        for name in ["pgid", "pgid-1t"] {
+            let (p, d) = (med(mode, name).unwrap().0, med(mode, "direct").unwrap().0);
+            let vs_bouncer = med(mode, "pgbouncer")
+                .map(|b| format!("{:.2}", p / b.0))
+                .unwrap_or_else(|| "n/a".into());
+            println!(
+                "{mode:12} ratio {name}/direct {:.2}  {name}/pgbouncer {vs_bouncer}",
+                p / d
+            );
+        }
     }
 
     // Memory per idle client connection.

@@ -124,7 +124,7 @@ impl App {
         let notify_pool = state_pool.clone();
         let notifier: Notifier = Arc::new(move |id, status| {
             let pool = notify_pool.clone();
-            tokio::spawn(async move {
+            Box::pin(async move {
                 let payload = LeaseStatus::encode(id, status);
                 let sent = match pool.get().await {
                     Ok(c) => c
@@ -133,16 +133,14 @@ impl App {
                             &[&LEASE_EVENTS_CHANNEL, &payload],
                         )
                         .await
-                        .map(|_| ()),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot tell other instances about a lease change");
-                        return;
-                    }
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
                 };
                 if let Err(e) = sent {
                     tracing::warn!(error = %e, "cannot tell other instances about a lease change");
                 }
-            });
+            })
         });
         let leases = Arc::new(
             Leases::new(

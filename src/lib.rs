@@ -31,6 +31,7 @@ pub mod dev;
 pub mod identity;
 pub mod keys;
 pub mod metrics;
+pub mod net;
 pub mod policy;
 pub mod proxy;
 pub mod roles;

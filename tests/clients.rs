@@ -6,23 +6,8 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{repo_path, Harness};
+use common::{repo_path, Harness, AGENT};
 use serde_json::json;
-
-const AGENT: &str = r#"
-name = "app-agent"
-database = "app"
-ttl = "15m"
-max_connections = 20
-[identity]
-subject = "agent:app"
-[[grant]]
-privileges = ["SELECT"]
-on = ["crm.customers", "crm.orders"]
-[[grant]]
-privileges = ["SELECT", "INSERT"]
-on = ["crm.notes"]
-"#;
 
 struct Run {
     stdout: String,

@@ -5,27 +5,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{connect, eventually, Harness};
+use common::{connect, eventually, Harness, AGENT};
 use futures::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
-
-pub const AGENT: &str = r#"
-name = "app-agent"
-database = "app"
-ttl = "15m"
-max_ttl = "1h"
-max_connections = 20
-[identity]
-subject = "agent:app"
-[[grant]]
-privileges = ["SELECT"]
-on = ["crm.customers", "crm.orders", "reporting.*"]
-[[grant]]
-privileges = ["SELECT", "INSERT", "UPDATE", "DELETE"]
-on = ["crm.notes", "crm.tickets"]
-"#;
 
 fn code(e: &tokio_postgres::Error) -> String {
     e.code()
@@ -358,6 +342,39 @@ async fn sessions_end_when_the_lease_expires_or_is_revoked() {
     c.simple_query("SELECT 1")
         .await
         .expect("renewed session is alive");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_through_one_instance_closes_sessions_on_another() {
+    let h = Harness::start(&[AGENT]).await;
+    let second = h.start_second().await;
+    let token = h.token("agent:app");
+    let lease = h.lease("agent:app", json!({})).await;
+    let dsn = format!(
+        "postgresql://{}:{}@127.0.0.1:{}/app",
+        lease["username"].as_str().unwrap(),
+        lease["password"].as_str().unwrap(),
+        second.proxy_addr.port()
+    );
+    let (c, ended) = connect_watching(&dsn).await;
+    c.simple_query("SELECT 1").await.unwrap();
+    let started = Instant::now();
+    let (status, _) = h
+        .call(
+            Method::DELETE,
+            &format!("/v1/credentials/{}", lease["lease_id"].as_str().unwrap()),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let why = tokio::time::timeout(Duration::from_secs(2), ended)
+        .await
+        .expect("session on the other instance survived")
+        .unwrap();
+    assert!(why.contains("pgid: credential revoked"), "{why}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    second.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -8,4 +8,4 @@ mod issuer;
 mod postgres;
 
 pub use issuer::{DevClient, DevIssuer, KeyAlg};
-pub use postgres::{TempPostgres, TempPostgresError};
+pub use postgres::{postgres_user, TempPostgres, TempPostgresError};

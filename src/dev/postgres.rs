@@ -240,7 +240,8 @@ fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<(), TempPostgresError> 
     Ok(())
 }
 
-fn postgres_user() -> Option<(u32, u32)> {
+/// uid and gid of the `postgres` system user, if there is one.
+pub fn postgres_user() -> Option<(u32, u32)> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|line| {
         let f: Vec<&str> = line.split(':').collect();

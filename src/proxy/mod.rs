@@ -62,18 +62,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Cancellat
             }
         })
     };
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "proxy accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((tcp, peer)) = crate::net::accept(&listener, &shutdown, "proxy").await {
         let proxy = proxy.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move { connection(proxy, tcp, peer, shutdown).await });

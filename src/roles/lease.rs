@@ -78,7 +78,12 @@ pub struct Leases {
 }
 
 /// Tells other pgid instances about lease changes (`NOTIFY pgid_lease_events`).
-pub type Notifier = Arc<dyn Fn(Uuid, LeaseStatus) + Send + Sync>;
+pub type Notifier =
+    Arc<dyn Fn(Uuid, LeaseStatus) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// After a revocation is announced, the time other instances get to close their sessions with
+/// pgid's own message before the role's backends are terminated.
+const SESSION_CLOSE_GRACE: Duration = Duration::from_millis(150);
 
 /// `pgid_<policy prefix>_<random>`: generated, ASCII, at most 63 bytes, never from claims.
 pub fn lease_role_name(policy: &str) -> String {
@@ -150,10 +155,10 @@ impl Leases {
         &self.key
     }
 
-    fn publish(&self, id: Uuid, status: LeaseStatus) {
+    async fn publish(&self, id: Uuid, status: LeaseStatus) {
         self.watch.publish(id, status);
         if let Some(n) = &self.notifier {
-            n(id, status);
+            n(id, status).await;
         }
     }
 
@@ -300,7 +305,8 @@ impl Leases {
         if !self.store.set_expiry(row.id, expires_at).await? {
             return Err(LeaseError::NotActive("no longer active"));
         }
-        self.publish(row.id, LeaseStatus::Active { expires_at });
+        self.publish(row.id, LeaseStatus::Active { expires_at })
+            .await;
         self.metrics.leases_renewed.fetch_add(1, Ordering::Relaxed);
         tracing::info!(lease = %row.id, expires_at = %expires_at, "lease renewed");
         self.get(row.id).await
@@ -330,7 +336,11 @@ impl Leases {
             Some(LeaseState::Expired) => EndReason::Expired,
             _ => EndReason::Revoked,
         };
-        self.publish(row.id, LeaseStatus::Ended(reason));
+        self.publish(row.id, LeaseStatus::Ended(reason)).await;
+        // Expiry ends sessions everywhere by its own timer; a revocation needs the announcement.
+        if reason == EndReason::Revoked && self.notifier.is_some() {
+            tokio::time::sleep(SESSION_CLOSE_GRACE).await;
+        }
         let result = match self.database(&row.database) {
             Ok(db) => drop_lease_role(db, &row.role_name).await,
             Err(e) => Err(e),

@@ -26,6 +26,23 @@ privileges = ["SELECT"]
 on = ["crm.customers", "reporting.*"]
 "#;
 
+/// An agent that reads the CRM and writes notes and tickets (proxy and client tests).
+pub const AGENT: &str = r#"
+name = "app-agent"
+database = "app"
+ttl = "15m"
+max_ttl = "1h"
+max_connections = 20
+[identity]
+subject = "agent:app"
+[[grant]]
+privileges = ["SELECT"]
+on = ["crm.customers", "crm.orders", "reporting.*"]
+[[grant]]
+privileges = ["SELECT", "INSERT", "UPDATE", "DELETE"]
+on = ["crm.notes", "crm.tickets"]
+"#;
+
 pub struct Harness {
     pub pg: TempPostgres,
     pub admin_url: String,
@@ -116,6 +133,12 @@ impl Harness {
         self.base = format!("https://127.0.0.1:{}", running.broker_addr.port());
         self.pgid = Some(running);
         Ok(())
+    }
+
+    /// A second pgid instance on the same configuration and state (other ports).
+    pub async fn start_second(&self) -> Running {
+        let config = Config::load(&self.config_path).unwrap();
+        App::build(config).await.unwrap().start().await.unwrap()
     }
 
     pub async fn stop_pgid(&mut self) {
