@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::audit::AuditLog;
 use crate::broker::{self, BrokerState, ProxyAddress};
 use crate::config::Config;
 use crate::database::{self, Databases};
@@ -16,7 +17,7 @@ use crate::keys::ServerKey;
 use crate::metrics::Metrics;
 use crate::policy::{self, PolicySet};
 use crate::proxy::{self, Proxy};
-use crate::roles::{self, LeaseStatus, LeaseWatch, Leases, Notifier, Reaper};
+use crate::roles::{self, LeaseSetup, LeaseStatus, LeaseWatch, Leases, Notifier, Reaper};
 use crate::store::{self, InstanceLock, Store, LEASE_EVENTS_CHANNEL};
 use crate::tls::TlsMaterial;
 
@@ -121,6 +122,7 @@ impl App {
         }
 
         let metrics = Arc::new(Metrics::default());
+        let audit = AuditLog::open(&config.audit.file).map_err(|e| StartError(e.to_string()))?;
         let notify_pool = state_pool.clone();
         let notifier: Notifier = Arc::new(move |id, status| {
             let pool = notify_pool.clone();
@@ -143,15 +145,16 @@ impl App {
             })
         });
         let leases = Arc::new(
-            Leases::new(
-                Store::new(state_pool),
+            Leases::new(LeaseSetup {
+                store: Store::new(state_pool),
                 databases,
-                key.clone(),
-                config.leases.grace,
-                instance.id,
+                key: key.clone(),
+                grace: config.leases.grace,
+                instance_id: instance.id,
                 metrics,
                 watch,
-            )
+                audit,
+            })
             .with_notifier(notifier),
         );
         let report = roles::reap_once(&leases).await;

@@ -12,17 +12,21 @@
 //! 2. `policy` picks the one policy whose `[identity]` matches; `roles` issues a lease: a login
 //!    role in the policy's group role, `VALID UNTIL` its expiry, with a database password derived
 //!    from the server key that the agent never sees. The agent gets a client secret instead.
-//! 3. The agent connects to the proxy with that secret; 4. the proxy (next milestone) logs in
-//!    upstream as the role.
+//! 3. The agent connects to the [`proxy`] with that secret; 4. the proxy logs in upstream as the
+//!    role, relays the session, and ends it when the lease ends. Every credential action and
+//!    session is recorded in the [`audit`] chain.
 //!
 //! ## Layout
-//! Pure core, no I/O: [`policy`], [`units`], [`roles::ddl`].
+//! Pure core, no I/O: [`policy`], [`units`], [`roles::ddl`], [`audit::chain`], [`proxy::wire`],
+//! [`proxy::scram`].
 //! Services: [`identity`] (JWKS fetching, verification), [`roles`] (leases, reconcile, reaper),
-//! [`store`] (the `pgid` schema), [`database`] (admin pools), [`keys`], [`tls`], [`metrics`].
-//! Edges: [`broker`] (HTTP API), [`cli`]; [`app`] wires services together.
+//! [`store`] (the `pgid` schema), [`database`] (admin pools), [`audit`] (the hash-chained log),
+//! [`keys`], [`tls`], [`metrics`].
+//! Edges: [`broker`] (HTTP API), [`proxy`] (wire protocol), [`cli`]; [`app`] wires services together.
 //! [`dev`] runs a throwaway Postgres and a development issuer for `pgid dev` and the tests.
 
 pub mod app;
+pub mod audit;
 pub mod broker;
 pub mod cli;
 pub mod config;

@@ -306,3 +306,105 @@ async fn policy_plan_prints_the_sql_for_the_group_roles() {
         out.stdout
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_audit_log_records_credentials_and_sessions_and_detects_tampering() {
+    let h = Harness::start(&[NIGHTLY]).await;
+    let token = h.token("svc:nightly-report");
+    let (_, lease) = h.issue(&token, serde_json::json!({})).await;
+    let id = lease["lease_id"].as_str().unwrap().to_string();
+    h.issue("garbage", serde_json::json!({})).await;
+    h.issue(&h.token("svc:nobody"), serde_json::json!({})).await;
+    let c = common::connect(lease["dsn"].as_str().unwrap())
+        .await
+        .unwrap();
+    c.simple_query("SELECT 1").await.unwrap();
+    drop(c);
+    let bad = lease["dsn"]
+        .as_str()
+        .unwrap()
+        .replace(lease["password"].as_str().unwrap(), "wrong");
+    assert!(common::connect(&bad).await.is_err());
+    h.call(
+        reqwest::Method::DELETE,
+        &format!("/v1/credentials/{id}"),
+        Some(&token),
+        None,
+    )
+    .await;
+
+    let path = h.state_dir().join("audit.jsonl");
+    let mut text = String::new();
+    let complete = common::eventually(Duration::from_secs(5), || {
+        text = std::fs::read_to_string(&path).unwrap_or_default();
+        let t = text.clone();
+        async move { t.contains("\"session.end\"") && t.contains("\"credential.revoked\"") }
+    })
+    .await;
+    assert!(complete, "{text}");
+    let records: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = records
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    for kind in [
+        "credential.issued",
+        "credential.denied",
+        "session.start",
+        "session.end",
+        "session.refused",
+        "credential.revoked",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    let issued = records
+        .iter()
+        .find(|r| r["kind"] == "credential.issued")
+        .unwrap();
+    assert_eq!(issued["lease_id"], id.as_str());
+    assert_eq!(issued["subject"], "svc:nightly-report");
+    assert_eq!(issued["policy"], "nightly-report");
+    assert!(records.iter().any(|r| r["kind"] == "credential.denied"
+        && r["reason"].as_str().unwrap().contains("invalid_token")));
+    assert!(records
+        .iter()
+        .any(|r| r["kind"] == "credential.denied" && r["reason"] == "no_policy"));
+    assert!(
+        !text.contains(lease["password"].as_str().unwrap()),
+        "the client secret is never audited"
+    );
+
+    let verify = |p: &std::path::Path| {
+        let mut c = pgid();
+        c.args(["audit", "verify"]).arg(p);
+        run(c)
+    };
+    let out = verify(&path).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .starts_with(&format!("ok: {} records", records.len())),
+        "{}",
+        out.stdout
+    );
+
+    let copy = h.state.path().join("copy.jsonl");
+    let lines: Vec<&str> = text.lines().collect();
+    // Flip one byte inside line 3.
+    let mut flipped: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    flipped[2] = flipped[2].replacen("\"kind\"", "\"kinD\"", 1);
+    std::fs::write(&copy, flipped.join("\n") + "\n").unwrap();
+    let out = verify(&copy).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("copy.jsonl:3:"), "{}", out.stderr);
+    // Delete line 2.
+    let mut deleted: Vec<&str> = lines.clone();
+    deleted.remove(1);
+    std::fs::write(&copy, deleted.join("\n") + "\n").unwrap();
+    let out = verify(&copy).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("copy.jsonl:2:"), "{}", out.stderr);
+}

@@ -1,11 +1,14 @@
 //! The `Caller` extractor: a handler that takes a `Caller` only runs for a verified bearer token.
 
-use axum::extract::FromRequestParts;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
 use super::error::ApiError;
 use super::BrokerState;
+use crate::audit::{Event, Kind};
 use crate::identity::{TokenError, VerifiedToken, MAX_TOKEN_BYTES};
 
 pub struct Caller(pub VerifiedToken);
@@ -21,11 +24,24 @@ impl FromRequestParts<BrokerState> for Caller {
             Ok(token) => state.verifier.verify(token).await,
             Err(e) => Err(e),
         };
-        result.map(Caller).map_err(|e| {
-            state.leases.metrics().deny(e.code());
-            tracing::info!(reason = %e, code = e.code(), path = %parts.uri.path(), "credential request refused");
-            ApiError::from(e)
-        })
+        match result {
+            Ok(who) => Ok(Caller(who)),
+            Err(e) => {
+                state.leases.metrics().deny(e.code());
+                tracing::info!(reason = %e, code = e.code(), path = %parts.uri.path(), "credential request refused");
+                let mut event =
+                    Event::new(Kind::CredentialDenied).reason(format!("invalid_token: {e}"));
+                event.via = Some("broker");
+                event.client_addr = parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0.to_string());
+                if let Err(err) = state.leases.audit().record(&event).await {
+                    tracing::error!(error = %err, "cannot audit a refused credential request");
+                }
+                Err(ApiError::from(e))
+            }
+        }
     }
 }
 

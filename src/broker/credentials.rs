@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::caller::Caller;
 use super::error::ApiError;
 use super::BrokerState;
+use crate::audit::{Event, Kind};
 use crate::identity::VerifiedToken;
 use crate::policy::{self, Selection};
 use crate::store::{LeaseRow, LeaseState};
@@ -111,6 +112,7 @@ pub async fn issue(
         Selection::One(p) => p,
         Selection::None => {
             s.leases.metrics().deny("no_policy");
+            audit_denial(&s, &who, "no_policy").await;
             tracing::info!(issuer = %who.issuer, subject = %crate::roles::ddl::printable_subject(&who.subject), "no policy matches");
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -120,6 +122,7 @@ pub async fn issue(
         }
         Selection::Ambiguous(names) => {
             s.leases.metrics().deny("ambiguous_policy");
+            audit_denial(&s, &who, &format!("ambiguous_policy: {}", names.join(", "))).await;
             let mut e = ApiError::new(
                 StatusCode::CONFLICT,
                 "ambiguous_policy",
@@ -135,7 +138,7 @@ pub async fn issue(
     let ttl = chosen
         .lease_ttl(ttl(req.ttl.as_deref())?)
         .map_err(ApiError::bad_request)?;
-    let lease = s.leases.issue(&chosen, &who, ttl).await?;
+    let lease = s.leases.issue(&chosen, &who, ttl, "broker").await?;
     let secret = lease.secret.0.expose().clone();
     let row = lease.row;
     let dsn = dsn(
@@ -159,6 +162,17 @@ pub async fn issue(
             policy: row.policy,
         }),
     ))
+}
+
+/// Records a refusal of a verified identity (best effort: the request is refused either way).
+async fn audit_denial(s: &BrokerState, who: &VerifiedToken, reason: &str) {
+    let mut e = Event::new(Kind::CredentialDenied).reason(reason);
+    e.subject = Some(who.subject.clone());
+    e.issuer = Some(who.issuer.clone());
+    e.via = Some("broker");
+    if let Err(err) = s.leases.audit().record(&e).await {
+        tracing::error!(error = %err, "cannot audit a refused credential request");
+    }
 }
 
 /// `postgresql://user:secret@host:port/database`; TLS is required unless the proxy is local.

@@ -1,5 +1,6 @@
 //! The `pgid` command line: `serve`, `dev`, `login`, `policy check|plan`.
 
+mod audit;
 mod dev;
 mod login;
 mod policy;
@@ -33,6 +34,11 @@ pub enum Command {
         #[command(subcommand)]
         command: policy::PolicyCommand,
     },
+    /// Work with the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -41,6 +47,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Dev(args) => dev::run(args).await,
         Command::Login(args) => login::run(*args).await,
         Command::Policy { command } => policy::run(command).await,
+        Command::Audit { command } => audit::run(command),
     }
 }
 

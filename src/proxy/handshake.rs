@@ -18,6 +18,7 @@ use super::upstream::{self, Login, PoolKey, Upstream, UpstreamError};
 use super::wire::framing::{read_startup, Frames, Startup, MAX_AUTH_MESSAGE_BYTES};
 use super::wire::{backend, frontend, WireError};
 use super::Proxy;
+use crate::audit::{Event, Kind};
 use crate::policy::{self, Selection};
 use crate::roles::{database_password, EndReason, LeaseStatus};
 use crate::store::{LeaseRow, LeaseState};
@@ -30,6 +31,8 @@ pub struct Established {
     pub lease: LeaseRow,
     pub cancel: CancelKey,
     pub watch: watch::Receiver<LeaseStatus>,
+    pub session_id: uuid::Uuid,
+    pub peer: SocketAddr,
 }
 
 /// Why a handshake ended without a session (already reported to the client where possible).
@@ -255,6 +258,17 @@ pub async fn handshake(
         secret: upstream.secret,
     });
 
+    // The session is on record before the client may send its first statement.
+    let session_id = uuid::Uuid::new_v4();
+    let mut event = Event::new(Kind::SessionStart).lease(&row);
+    event.session_id = Some(session_id);
+    event.client_addr = Some(peer.to_string());
+    if let Err(e) = p.leases.audit().record(&event).await {
+        tracing::error!(error = %e, "cannot audit a session start");
+        super::pool::close(upstream);
+        return Err(refuse(&mut client, "58000", "pgid: the audit log is unavailable").await);
+    }
+
     let mut out = BytesMut::new();
     backend::authentication(&mut out, backend::AUTH_OK, &[]);
     for (k, v) in &upstream.params {
@@ -271,6 +285,8 @@ pub async fn handshake(
         lease: row,
         cancel,
         watch,
+        session_id,
+        peer,
     })))
 }
 
@@ -411,7 +427,7 @@ async fn token_auth(
             )))
         }
     };
-    match p.leases.issue(&chosen, &who, chosen.ttl).await {
+    match p.leases.issue(&chosen, &who, chosen.ttl, "proxy").await {
         Ok(lease) => {
             tracing::info!(lease = %lease.row.id, policy = %chosen.name, "lease issued for a token presented as password");
             Ok(Ok(lease.row))

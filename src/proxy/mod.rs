@@ -87,6 +87,15 @@ async fn connection(
     match outcome {
         Ok(Ok(handshake::Outcome::Session(est))) => session::run(&proxy, *est, shutdown).await,
         Ok(Ok(handshake::Outcome::Done)) => {}
+        Ok(Err(handshake::HandshakeError::Refused(reason))) => {
+            tracing::info!(%peer, %reason, "connection refused");
+            let mut event =
+                crate::audit::Event::new(crate::audit::Kind::SessionRefused).reason(reason);
+            event.client_addr = Some(peer.to_string());
+            if let Err(e) = proxy.leases.audit().record(&event).await {
+                tracing::error!(error = %e, "cannot audit a refused connection");
+            }
+        }
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "handshake ended"),
         Err(_) => tracing::debug!(%peer, "handshake timed out"),
     }

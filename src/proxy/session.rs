@@ -14,6 +14,7 @@ use super::wire::backend::{self, Severity};
 use super::wire::framing::{frame_at, MAX_MESSAGE_BYTES};
 use super::wire::WireError;
 use super::Proxy;
+use crate::audit::{Event, Kind};
 use crate::roles::{EndReason, LeaseStatus};
 
 enum End {
@@ -58,6 +59,8 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
         lease,
         cancel,
         watch,
+        session_id,
+        peer,
     } = est;
     frames.set_max(MAX_MESSAGE_BYTES);
     // Requests (Query, Sync, FunctionCall) that have not yet been answered by ReadyForQuery.
@@ -109,6 +112,17 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
         }
     };
     drop(cancel);
+    let why = match &end {
+        End::ClientGone => "client disconnected".to_string(),
+        End::UpstreamGone => "database closed the connection".to_string(),
+        End::Fatal(_, m) => m.clone(),
+    };
+    let mut event = Event::new(Kind::SessionEnd).lease(&lease).reason(why);
+    event.session_id = Some(session_id);
+    event.client_addr = Some(peer.to_string());
+    if let Err(e) = p.leases.audit().record(&event).await {
+        tracing::error!(error = %e, "cannot audit a session end");
+    }
     match end {
         End::ClientGone if pending == 0 && status == b'I' && upstream.frames.buf.is_empty() => {
             p.pool.give_back(upstream).await;

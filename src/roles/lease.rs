@@ -17,6 +17,7 @@ use uuid::Uuid;
 use super::ddl;
 use super::watch::{EndReason, LeaseStatus, LeaseWatch};
 use super::LEASE_MARKER_ROLE;
+use crate::audit::{AuditError, AuditLog, Event, Kind};
 use crate::database::{Database, Databases};
 use crate::identity::VerifiedToken;
 use crate::keys::ServerKey;
@@ -46,6 +47,8 @@ pub enum LeaseError {
     NotFound,
     #[error("lease is {0}")]
     NotActive(&'static str),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
 }
 
 fn db_error(database: &str, e: impl std::fmt::Display) -> LeaseError {
@@ -75,6 +78,7 @@ pub struct Leases {
     metrics: Arc<Metrics>,
     watch: Arc<LeaseWatch>,
     notifier: Option<Notifier>,
+    audit: AuditLog,
 }
 
 /// Tells other pgid instances about lease changes (`NOTIFY pgid_lease_events`).
@@ -84,6 +88,20 @@ pub type Notifier =
 /// After a revocation is announced, the time other instances get to close their sessions with
 /// pgid's own message before the role's backends are terminated.
 const SESSION_CLOSE_GRACE: Duration = Duration::from_millis(150);
+
+/// What the lease service is built from.
+pub struct LeaseSetup {
+    pub store: Store,
+    pub databases: Databases,
+    pub key: ServerKey,
+    /// Added to `VALID UNTIL` beyond the lease's expiry.
+    pub grace: Duration,
+    /// This process's instance id (its advisory lock), written into intent rows.
+    pub instance_id: i32,
+    pub metrics: Arc<Metrics>,
+    pub watch: Arc<LeaseWatch>,
+    pub audit: AuditLog,
+}
 
 /// `pgid_<policy prefix>_<random>`: generated, ASCII, at most 63 bytes, never from claims.
 pub fn lease_role_name(policy: &str) -> String {
@@ -120,24 +138,17 @@ fn backoff(attempts: i32) -> Duration {
 }
 
 impl Leases {
-    pub fn new(
-        store: Store,
-        databases: Databases,
-        key: ServerKey,
-        grace: Duration,
-        instance_id: i32,
-        metrics: Arc<Metrics>,
-        watch: Arc<LeaseWatch>,
-    ) -> Leases {
+    pub fn new(s: LeaseSetup) -> Leases {
         Leases {
-            store,
-            databases,
-            key,
-            grace,
-            instance_id,
-            metrics,
-            watch,
+            store: s.store,
+            databases: s.databases,
+            key: s.key,
+            grace: s.grace,
+            instance_id: s.instance_id,
+            metrics: s.metrics,
+            watch: s.watch,
             notifier: None,
+            audit: s.audit,
         }
     }
 
@@ -153,6 +164,10 @@ impl Leases {
 
     pub fn key(&self) -> &ServerKey {
         &self.key
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
     }
 
     async fn publish(&self, id: Uuid, status: LeaseStatus) {
@@ -185,6 +200,7 @@ impl Leases {
         policy: &Policy,
         who: &VerifiedToken,
         ttl: Duration,
+        via: &'static str,
     ) -> Result<IssuedLease, LeaseError> {
         let started = Instant::now();
         let db = self.database(&policy.database)?;
@@ -265,6 +281,16 @@ impl Leases {
             return Err(LeaseError::NotActive("abandoned during creation"));
         }
         let row = self.store.get(id).await?.ok_or(LeaseError::NotFound)?;
+        // No unrecorded credential: if the audit log cannot take the record, the lease goes.
+        let mut event = Event::new(Kind::CredentialIssued).lease(&row);
+        event.via = Some(via);
+        if let Err(e) = self.audit.record(&event).await {
+            tracing::error!(lease = %id, error = %e, "cannot audit an issued lease; revoking it");
+            let _ = self
+                .revoke(id, LeaseState::Failed, "audit log unavailable")
+                .await;
+            return Err(e.into());
+        }
         self.metrics.leases_issued.fetch_add(1, Ordering::Relaxed);
         self.metrics.observe_issue(started.elapsed().as_secs_f64());
         tracing::info!(
@@ -309,7 +335,11 @@ impl Leases {
             .await;
         self.metrics.leases_renewed.fetch_add(1, Ordering::Relaxed);
         tracing::info!(lease = %row.id, expires_at = %expires_at, "lease renewed");
-        self.get(row.id).await
+        let renewed = self.get(row.id).await?;
+        self.audit
+            .record(&Event::new(Kind::CredentialRenewed).lease(&renewed))
+            .await?;
+        Ok(renewed)
     }
 
     /// Ends a lease now. Returns the row as it ended; a lease that had already ended is returned
@@ -348,6 +378,18 @@ impl Leases {
         match result {
             Ok(()) => {
                 self.store.finish_revoke(row.id).await?;
+                let kind = if reason == EndReason::Expired {
+                    Kind::CredentialExpired
+                } else {
+                    Kind::CredentialRevoked
+                };
+                let event = Event::new(kind)
+                    .lease(row)
+                    .reason(row.end_reason.clone().unwrap_or_default());
+                if let Err(e) = self.audit.record(&event).await {
+                    // The role is gone either way; the missing record is an error to look at.
+                    tracing::error!(lease = %row.id, error = %e, "cannot audit the end of a lease");
+                }
                 let counter = match row.final_state {
                     Some(LeaseState::Expired) => &self.metrics.leases_expired,
                     _ => &self.metrics.leases_revoked,

@@ -11,7 +11,8 @@ mod reconcile;
 mod watch;
 
 pub use lease::{
-    database_password, lease_role_name, ClientSecret, IssuedLease, LeaseError, Leases, Notifier,
+    database_password, lease_role_name, ClientSecret, IssuedLease, LeaseError, LeaseSetup, Leases,
+    Notifier,
 };
 pub use reaper::{reap_once, Reaper};
 pub use reconcile::{apply_policy, ensure_marker_role, plan_policy, GroupPlan, ReconcileError};

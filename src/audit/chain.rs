@@ -1,0 +1,180 @@
+//! The hash chain of the audit file, pure. Each line is a JSON object whose last two fields are
+//! `"prev"` (the previous line's hash) and `"hash"`: SHA-256, in hex, of the line's bytes up to
+//! and including the `"prev"` field, closed with `}`. Verifying needs no JSON re-serialisation: it
+//! hashes exactly the bytes that were written, so any flipped byte or removed line breaks the
+//! chain at that line.
+
+use sha2::{Digest, Sha256};
+
+/// `prev` of the first line of a new chain.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// `,"hash":"<64 hex>"}`
+const HASH_SUFFIX_LEN: usize = ",\"hash\":\"".len() + 64 + "\"}".len();
+
+/// Appends `prev` and `hash` to a serialised JSON object; returns the line (no newline) and its hash.
+pub fn seal(object_json: &str, prev: &str) -> (String, String) {
+    debug_assert!(object_json.starts_with('{') && object_json.ends_with('}'));
+    let open = &object_json[..object_json.len() - 1];
+    let sep = if open.len() > 1 { "," } else { "" };
+    let body = format!(r#"{open}{sep}"prev":"{prev}"}}"#);
+    let hash = hex::encode(Sha256::digest(body.as_bytes()));
+    let line = format!(r#"{},"hash":"{hash}"}}"#, &body[..body.len() - 1]);
+    (line, hash)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Broken {
+    /// The line is not a sealed object.
+    Malformed(&'static str),
+    /// Its `prev` is not the previous line's hash (a line was removed, reordered or edited).
+    Chain { expected: String, found: String },
+    /// Its bytes do not hash to its `hash` (the line was edited).
+    Hash,
+}
+
+impl std::fmt::Display for Broken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Broken::Malformed(why) => write!(f, "not an audit record: {why}"),
+            Broken::Chain { expected, found } => {
+                write!(
+                    f,
+                    "chain broken: prev is {}…, expected {}…",
+                    &found[..found.len().min(12)],
+                    &expected[..expected.len().min(12)]
+                )
+            }
+            Broken::Hash => write!(
+                f,
+                "record was modified: its hash does not match its content"
+            ),
+        }
+    }
+}
+
+/// Checks one line against the previous hash; returns this line's hash.
+pub fn check(line: &str, prev: &str) -> Result<String, Broken> {
+    if line.len() < HASH_SUFFIX_LEN + 2 || !line.starts_with('{') || !line.ends_with("\"}") {
+        return Err(Broken::Malformed("truncated"));
+    }
+    let split = line.len() - HASH_SUFFIX_LEN;
+    let (body_open, suffix) = line.split_at(split);
+    let hash = suffix
+        .strip_prefix(",\"hash\":\"")
+        .and_then(|s| s.strip_suffix("\"}"))
+        .ok_or(Broken::Malformed("no hash"))?;
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Broken::Malformed("bad hash"));
+    }
+    let body = format!("{body_open}}}");
+    let found_prev = body_open
+        .rsplit_once(",\"prev\":\"")
+        .or_else(|| body_open.rsplit_once("{\"prev\":\""))
+        .map(|(_, p)| p.trim_end_matches('"'))
+        .ok_or(Broken::Malformed("no prev"))?;
+    if found_prev != prev {
+        return Err(Broken::Chain {
+            expected: prev.to_string(),
+            found: found_prev.to_string(),
+        });
+    }
+    if hex::encode(Sha256::digest(body.as_bytes())) != hash {
+        return Err(Broken::Hash);
+    }
+    // The content must still be a JSON object, so tools can read what the chain protects.
+    if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(line).is_err() {
+        return Err(Broken::Malformed("not JSON"));
+    }
+    Ok(hash.to_string())
+}
+
+/// Verifies consecutive lines (a file, or files in rotation order) from `start`.
+/// Returns the last hash, or the 0-based index of the first bad line and why.
+pub fn verify<'a>(
+    lines: impl IntoIterator<Item = &'a str>,
+    start: &str,
+) -> Result<String, (usize, Broken)> {
+    let mut prev = start.to_string();
+    for (i, line) in lines.into_iter().enumerate() {
+        prev = check(line, &prev).map_err(|e| (i, e))?;
+    }
+    Ok(prev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(n: usize) -> Vec<String> {
+        let mut prev = GENESIS.to_string();
+        (0..n)
+            .map(|i| {
+                let (line, hash) = seal(&format!(r#"{{"n":{i},"text":"statement {i}"}}"#), &prev);
+                prev = hash;
+                line
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_sealed_chain_verifies() {
+        let lines = chain(5);
+        assert!(lines[0].ends_with("\"}") && lines[0].contains(&format!("\"prev\":\"{GENESIS}\"")));
+        assert!(serde_json::from_str::<serde_json::Value>(&lines[0]).unwrap()["hash"].is_string());
+        verify(lines.iter().map(String::as_str), GENESIS).unwrap();
+    }
+
+    #[test]
+    fn any_flipped_byte_breaks_that_line() {
+        let lines = chain(4);
+        for target in 0..lines.len() {
+            for pos in 0..lines[target].len() {
+                let mut bytes = lines[target].clone().into_bytes();
+                bytes[pos] ^= 0x01;
+                let Ok(edited) = String::from_utf8(bytes) else {
+                    continue;
+                };
+                let mut copy = lines.clone();
+                copy[target] = edited;
+                let err = verify(copy.iter().map(String::as_str), GENESIS).unwrap_err();
+                assert_eq!(
+                    err.0, target,
+                    "flip at {target}:{pos} detected at line {}",
+                    err.0
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_removed_or_reordered_line_breaks_the_next() {
+        let mut lines = chain(5);
+        lines.remove(2);
+        assert!(matches!(
+            verify(lines.iter().map(String::as_str), GENESIS),
+            Err((2, Broken::Chain { .. }))
+        ));
+        let mut lines = chain(5);
+        lines.swap(1, 3);
+        assert_eq!(
+            verify(lines.iter().map(String::as_str), GENESIS)
+                .unwrap_err()
+                .0,
+            1
+        );
+        let lines = chain(3);
+        assert_eq!(
+            verify(lines.iter().map(String::as_str), &"1".repeat(64))
+                .unwrap_err()
+                .0,
+            0
+        );
+    }
+
+    #[test]
+    fn empty_object_seals() {
+        let (line, hash) = seal("{}", GENESIS);
+        assert_eq!(check(&line, GENESIS).unwrap(), hash);
+    }
+}

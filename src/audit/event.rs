@@ -1,0 +1,90 @@
+//! What an audit record says (DESIGN §8). One struct for every kind; absent fields are omitted.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub enum Kind {
+    #[serde(rename = "credential.issued")]
+    CredentialIssued,
+    #[serde(rename = "credential.denied")]
+    CredentialDenied,
+    #[serde(rename = "credential.renewed")]
+    CredentialRenewed,
+    #[serde(rename = "credential.revoked")]
+    CredentialRevoked,
+    #[serde(rename = "credential.expired")]
+    CredentialExpired,
+    #[serde(rename = "session.start")]
+    SessionStart,
+    #[serde(rename = "session.refused")]
+    SessionRefused,
+    #[serde(rename = "session.end")]
+    SessionEnd,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub time: DateTime<Utc>,
+    pub kind: Kind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl Event {
+    pub fn new(kind: Kind) -> Event {
+        Event {
+            time: Utc::now(),
+            kind,
+            lease_id: None,
+            subject: None,
+            issuer: None,
+            policy: None,
+            role: None,
+            database: None,
+            client_addr: None,
+            session_id: None,
+            via: None,
+            reason: None,
+            expires_at: None,
+        }
+    }
+
+    /// Fills the lease's fields from its row.
+    pub fn lease(mut self, row: &crate::store::LeaseRow) -> Event {
+        self.lease_id = Some(row.id);
+        self.subject = Some(row.subject.clone());
+        self.issuer = Some(row.issuer.clone());
+        self.policy = Some(row.policy.clone());
+        self.role = Some(row.role_name.clone());
+        self.database = Some(row.database.clone());
+        self.expires_at = Some(row.expires_at);
+        self
+    }
+
+    pub fn reason(mut self, reason: impl Into<String>) -> Event {
+        self.reason = Some(reason.into());
+        self
+    }
+}
