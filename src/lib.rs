@@ -40,6 +40,7 @@ pub mod policy;
 pub mod proxy;
 pub mod roles;
 pub mod secret;
+pub mod sql;
 pub mod store;
 pub mod tls;
 pub mod units;

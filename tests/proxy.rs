@@ -444,18 +444,22 @@ async fn upstream_connections_are_reused_with_their_state_reset() {
         .await
         .unwrap();
     drop(first);
-    let reused = eventually(Duration::from_secs(5), || async {
-        let c = h.connect_proxy(&lease).await.unwrap();
-        let again: i32 = c
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await
-            .unwrap()
-            .get(0);
-        again == pid
-    })
-    .await;
-    assert!(reused, "the upstream backend was not reused");
+    // The first backend is reset (DISCARD ALL) and parked; the next client gets it.
+    let proxy = h.pgid.as_ref().unwrap().proxy.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            proxy.pool.idle_count() == 1
+        })
+        .await,
+        "never parked"
+    );
     let c = h.connect_proxy(&lease).await.unwrap();
+    let again: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(again, pid, "the upstream backend was not reused");
     let state = c
         .query_one(
             "SELECT current_setting('work_mem'), to_regclass('pg_temp.scratch') IS NULL, \
