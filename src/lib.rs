@@ -32,6 +32,7 @@ pub mod cli;
 pub mod config;
 pub mod database;
 pub mod dev;
+pub mod guard;
 pub mod identity;
 pub mod keys;
 pub mod metrics;

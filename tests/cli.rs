@@ -408,3 +408,63 @@ async fn the_audit_log_records_credentials_and_sessions_and_detects_tampering() 
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("copy.jsonl:2:"), "{}", out.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_test_prints_each_verdict_and_the_rule_that_decided() {
+    let mut c = pgid();
+    c.args(["policy", "test", "--dir"])
+        .arg(repo_path("policies"))
+        .args([
+            "--claims",
+            r#"{"sub": "agent:support-bot", "iss": "https://idp.example.com"}"#,
+        ])
+        .args([
+            "SELECT * FROM crm.tickets WHERE id = 1",
+            "DELETE FROM crm.tickets",
+            "SELECT 1; DROP TABLE crm.tickets",
+        ]);
+    let out = run(c).await;
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.starts_with("policy support-bot"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("allow  SELECT * FROM crm.tickets WHERE id = 1"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("rule require_where: DELETE without a WHERE clause"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("rule deny: DROP statements are not allowed"),
+        "{}",
+        out.stdout
+    );
+
+    let mut c = pgid();
+    c.args(["policy", "test", "--dir"])
+        .arg(repo_path("policies"))
+        .args([
+            "--claims",
+            r#"{"sub": "agent:analyst"}"#,
+            "SELECT count(*) FROM crm.orders",
+        ]);
+    let out = run(c).await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+
+    let mut c = pgid();
+    c.args(["policy", "test", "--dir"])
+        .arg(repo_path("policies"))
+        .args(["--claims", r#"{"sub": "nobody"}"#, "SELECT 1"]);
+    let out = run(c).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stdout.contains("no policy matches"), "{}", out.stdout);
+}
