@@ -21,6 +21,9 @@ use crate::roles::{self, LeaseSetup, LeaseStatus, LeaseWatch, Leases, Notifier, 
 use crate::store::{self, InstanceLock, Store, LEASE_EVENTS_CHANNEL};
 use crate::tls::TlsMaterial;
 
+/// Threads that parse statements (each with a deep stack); results are cached by text.
+const ANALYSIS_THREADS: usize = 2;
+
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct StartError(pub String);
@@ -211,6 +214,8 @@ impl App {
             cancels: Default::default(),
             pool: proxy::pool::Pool::new(self.config.proxy.pool_idle_timeout),
             salts: Default::default(),
+            analyzer: crate::sql::Analyzer::start(ANALYSIS_THREADS)
+                .map_err(|e| StartError(format!("starting SQL analysis: {e}")))?,
         })
     }
 

@@ -7,6 +7,7 @@
 //! `cancel` CancelRequest forwarding; `stream` the socket types.
 
 pub mod cancel;
+pub mod enforce;
 pub mod handshake;
 pub mod pool;
 pub mod scram;
@@ -42,6 +43,8 @@ pub struct Proxy {
     pub cancels: Arc<cancel::CancelMap>,
     pub pool: pool::Pool,
     pub salts: upstream::SaltCache,
+    /// Statement analysis off the async threads, cached by text.
+    pub analyzer: Arc<crate::sql::Analyzer>,
 }
 
 const POOL_REAP_INTERVAL: Duration = Duration::from_secs(5);

@@ -8,14 +8,15 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
+use super::enforce::Enforcer;
 use super::handshake::Established;
 use super::upstream::Upstream;
 use super::wire::backend::{self, Severity};
 use super::wire::framing::{frame_at, MAX_MESSAGE_BYTES};
-use super::wire::WireError;
 use super::Proxy;
 use crate::audit::{Event, Kind};
 use crate::roles::{EndReason, LeaseStatus};
+use crate::sql::Dialect;
 
 enum End {
     /// The client left (Terminate or closed socket).
@@ -63,6 +64,14 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
         peer,
     } = est;
     frames.set_max(MAX_MESSAGE_BYTES);
+    let rules = p
+        .policies
+        .read()
+        .unwrap()
+        .get(&lease.policy)
+        .map(|pol| pol.guardrails.clone())
+        .unwrap_or_default();
+    let mut enforcer = Enforcer::new(rules, p.analyzer.clone());
     // Requests (Query, Sync, FunctionCall) that have not yet been answered by ReadyForQuery.
     let mut pending: i64 = 0;
     let mut status = b'I';
@@ -83,7 +92,7 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
                 if r.is_err() {
                     break End::ClientGone;
                 }
-                match client_to_server(&mut frames.buf, &mut upstream, &mut pending).await {
+                match client_to_server(&mut frames.buf, &mut upstream, &mut pending, &mut enforcer).await {
                     Ok(true) => {}
                     Ok(false) => break End::ClientGone,
                     Err(Flow::Upstream) => break End::UpstreamGone,
@@ -94,7 +103,7 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
                 if r.is_err() {
                     break End::UpstreamGone;
                 }
-                match server_to_client(&mut upstream, &mut client, &mut pending, &mut status).await {
+                match server_to_client(&mut upstream, &mut client, &mut pending, &mut status, &mut enforcer).await {
                     Ok(()) => {}
                     Err(Flow::Upstream) => break End::UpstreamGone,
                     Err(Flow::Protocol(_)) => break End::ClientGone,
@@ -152,11 +161,22 @@ enum Flow {
     Protocol(String),
 }
 
-/// Forwards the client's complete messages. `Ok(false)` on Terminate.
+/// Whether the server reads string literals with backslash escapes.
+fn dialect(params: &[(String, String)]) -> Dialect {
+    let off = params
+        .iter()
+        .any(|(k, v)| k == "standard_conforming_strings" && v == "off");
+    Dialect {
+        backslash_escapes: off,
+    }
+}
+
+/// Judges and forwards the client's complete messages. `Ok(false)` on Terminate.
 async fn client_to_server(
     buf: &mut BytesMut,
     upstream: &mut Upstream,
     pending: &mut i64,
+    enforcer: &mut Enforcer,
 ) -> Result<bool, Flow> {
     let mut end = 0;
     let mut terminate = false;
@@ -179,9 +199,14 @@ async fn client_to_server(
     }
     if end > 0 {
         let chunk = buf.split_to(end);
+        let judged = enforcer
+            .client_frames(&chunk, dialect(&upstream.params))
+            .await
+            .map_err(Flow::Protocol)?;
+        let bytes: &[u8] = judged.as_deref().unwrap_or(&chunk);
         upstream
             .stream
-            .write_all(&chunk)
+            .write_all(bytes)
             .await
             .map_err(|_| Flow::Upstream)?;
         upstream.stream.flush().await.map_err(|_| Flow::Upstream)?;
@@ -193,13 +218,16 @@ async fn client_to_server(
     Ok(true)
 }
 
-/// Forwards the server's complete messages, noting ReadyForQuery and ParameterStatus.
+/// Forwards the server's complete messages, noting ReadyForQuery and ParameterStatus, and turning
+/// stand-in errors into pgid's refusals.
 async fn server_to_client(
     upstream: &mut Upstream,
     client: &mut super::stream::ClientStream,
     pending: &mut i64,
     status: &mut u8,
+    enforcer: &mut Enforcer,
 ) -> Result<(), Flow> {
+    let rewrite = enforcer.rewriting();
     let mut end = 0;
     loop {
         match frame_at(&upstream.frames.buf, end, MAX_MESSAGE_BYTES) {
@@ -208,6 +236,9 @@ async fn server_to_client(
                     b'Z' if total == 6 => {
                         *pending = (*pending - 1).max(0);
                         *status = upstream.frames.buf[end + 5];
+                        if !rewrite {
+                            enforcer.answered();
+                        }
                     }
                     b'S' => {
                         if let Ok((k, v)) = backend::parse_parameter_status(
@@ -221,13 +252,15 @@ async fn server_to_client(
                 end += total;
             }
             Ok(None) => break,
-            Err(WireError::TooLarge(_)) | Err(_) => return Err(Flow::Upstream),
+            Err(_) => return Err(Flow::Upstream),
         }
     }
     if end > 0 {
         let chunk = upstream.frames.buf.split_to(end);
+        let rewritten = rewrite.then(|| enforcer.server_frames(&chunk));
+        let bytes: &[u8] = rewritten.as_deref().unwrap_or(&chunk);
         client
-            .write_all(&chunk)
+            .write_all(bytes)
             .await
             .map_err(|e| Flow::Protocol(e.to_string()))?;
         client

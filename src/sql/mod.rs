@@ -4,7 +4,10 @@
 //! statement classes, tables, functions and WHERE presence. A node type the walker does not know
 //! makes the string unanalysable; the guard refuses what cannot be analysed.
 
+mod cache;
 mod nodes;
+
+pub use cache::{Analyzer, Outcome};
 
 use std::collections::BTreeSet;
 

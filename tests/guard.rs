@@ -1,0 +1,263 @@
+//! Guardrails through the real proxy: a table of statements, simple and extended protocol,
+//! refused ones leave the data unchanged, allowed ones return what a direct connection returns,
+//! and the session carries on (inside a transaction, a refusal aborts it like a server error).
+
+mod common;
+
+use common::Harness;
+use serde_json::json;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+const STRICT: &str = r#"
+name = "strict"
+database = "app"
+ttl = "15m"
+max_connections = 10
+[identity]
+subject = "agent:strict"
+[[grant]]
+privileges = ["SELECT"]
+on = ["crm.customers", "crm.orders"]
+[[grant]]
+privileges = ["SELECT", "UPDATE", "DELETE"]
+on = ["crm.tickets"]
+[[grant]]
+privileges = ["SELECT", "INSERT"]
+on = ["crm.notes"]
+"#;
+
+const ALLOWED: &[&str] = &[
+    "SELECT count(*) FROM crm.customers",
+    "select COUNT(*) from CRM.CUSTOMERS",
+    "SELECT 'DROP TABLE crm.customers'",
+    "SELECT 1 AS \"delete\"",
+    "SELECT \"name\" AS \"drop\" FROM crm.customers ORDER BY 1",
+    "SELECT id FROM crm.tickets WHERE id = 1",
+    "UPDATE crm.tickets SET status = 'open' WHERE id = 1",
+    "DELETE FROM crm.tickets WHERE id = -1",
+    "WITH t AS (SELECT 1 AS x) SELECT x FROM t",
+    "SELECT /* DROP TABLE x */ 1",
+    "SELECT 1 -- ; DROP TABLE crm.customers",
+    "SELECT U&'\\0044ROP TABLE'",
+    "SELECT E'it\\'s; DROP TABLE crm.customers'",
+    "SELECT $$DROP TABLE crm.customers$$",
+    "SELECT $x$;DELETE FROM crm.tickets$x$",
+    "EXPLAIN SELECT 1",
+    "SHOW search_path",
+    "SELECT lower(name), upper(email) FROM crm.customers ORDER BY 1",
+    "INSERT INTO crm.notes (customer_id, body) SELECT 1, 'x' WHERE false",
+    "SET statement_timeout = '5s'",
+    "SELECT 'ünïcødé', 'データ'",
+];
+
+const ALLOWED_SIMPLE_ONLY: &[&str] = &["BEGIN; SELECT 1; COMMIT", "SELECT 1; SELECT 2"];
+
+const REFUSED: &[(&str, &str)] = &[
+    ("DROP TABLE crm.customers", "deny"),
+    ("drop table crm.customers", "deny"),
+    ("DrOp TaBlE crm.customers", "deny"),
+    ("/* hello */ DROP /* x */ TABLE crm.customers", "deny"),
+    ("TRUNCATE crm.tickets", "deny"),
+    ("DELETE FROM crm.tickets", "require_where"),
+    ("UPDATE crm.tickets SET status = 'x'", "require_where"),
+    ("delete from \"crm\".\"tickets\"", "require_where"),
+    (
+        "WITH d AS (DELETE FROM crm.tickets RETURNING *) SELECT count(*) FROM d",
+        "require_where",
+    ),
+    ("EXPLAIN ANALYZE DELETE FROM crm.tickets", "require_where"),
+    ("ALTER TABLE crm.customers ADD COLUMN x int", "deny"),
+    ("GRANT SELECT ON crm.customers TO PUBLIC", "deny"),
+    ("SET ROLE pgid_admin", "identity"),
+    ("SET SESSION AUTHORIZATION pgid_admin", "identity"),
+    ("RESET ROLE", "identity"),
+    ("ALTER ROLE CURRENT_USER VALID UNTIL 'infinity'", "identity"),
+    ("ALTER USER CURRENT_USER PASSWORD 'mine'", "identity"),
+    (
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        "deny",
+    ),
+    ("DO $$ BEGIN PERFORM 1; END $$", "deny"),
+    ("COPY crm.customers TO PROGRAM 'cat'", "identity"),
+    ("COPY crm.customers FROM '/etc/passwd'", "identity"),
+    ("LOAD 'plpgsql'", "identity"),
+    ("SELECT pg_read_file('/etc/passwd')", "deny_functions"),
+    (
+        "SELECT * FROM pg_catalog.pg_read_file('/etc/passwd')",
+        "deny_functions",
+    ),
+    ("SELECT pg_terminate_backend(1)", "deny_functions"),
+    (
+        "SELECT set_config('role', 'pgid_admin', false)",
+        "deny_functions",
+    ),
+    ("SELECT * FROM pgid.leases", "pgid_schema"),
+    ("PREPARE p AS DELETE FROM crm.tickets", "require_where"),
+    ("SELEC 1", "analysis"),
+];
+
+const REFUSED_SIMPLE_ONLY: &[(&str, &str)] = &[
+    ("SELECT 1; DROP TABLE crm.customers", "deny"),
+    (
+        "SELECT 1 FROM crm.customers; DELETE FROM crm.tickets",
+        "require_where",
+    ),
+    ("select 1;DrOp TABLE crm.tickets;select 2", "deny"),
+];
+
+fn rows(msgs: Vec<SimpleQueryMessage>) -> Vec<String> {
+    msgs.into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("NULL").to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            ),
+            SimpleQueryMessage::CommandComplete(n) => Some(format!("complete {n}")),
+            _ => None,
+        })
+        .collect()
+}
+
+fn refusal(e: &tokio_postgres::Error) -> (String, String) {
+    let db = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a server error: {e}"));
+    (db.code().code().to_string(), db.message().to_string())
+}
+
+async fn snapshot(c: &Client) -> Vec<String> {
+    rows(c
+        .simple_query(
+            "SELECT (SELECT count(*) FROM crm.customers), (SELECT count(*) FROM crm.tickets), \
+             (SELECT string_agg(status, ',' ORDER BY id) FROM crm.tickets), \
+             (SELECT count(*) FROM pg_proc WHERE proname = 'f'), to_regclass('crm.customers') IS NOT NULL",
+        )
+        .await
+        .unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_statement_is_judged_before_it_reaches_postgres() {
+    let h = Harness::start(&[STRICT]).await;
+    let lease = h.lease("agent:strict", json!({})).await;
+    let direct = h.connect_lease_direct(&lease).await;
+    let proxied = h.connect_proxy(&lease).await.unwrap();
+    let su = h.superuser().await;
+    let before = snapshot(&su).await;
+    let mut checked = 0;
+
+    for sql in ALLOWED.iter().chain(ALLOWED_SIMPLE_ONLY) {
+        let want = rows(
+            direct
+                .simple_query(sql)
+                .await
+                .unwrap_or_else(|e| panic!("direct {sql}: {e}")),
+        );
+        let got = rows(
+            proxied
+                .simple_query(sql)
+                .await
+                .unwrap_or_else(|e| panic!("through pgid {sql}: {e}")),
+        );
+        assert_eq!(got, want, "{sql}");
+        checked += 1;
+    }
+    for sql in ALLOWED {
+        // Extended protocol: Parse/Bind/Execute.
+        proxied
+            .query(*sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("extended {sql}: {e}"));
+        checked += 1;
+    }
+    for (sql, rule) in REFUSED.iter().chain(REFUSED_SIMPLE_ONLY) {
+        let e = proxied.simple_query(sql).await.map(|_| ()).expect_err(sql);
+        let (code, message) = refusal(&e);
+        assert_eq!(code, "42501", "{sql}: {message}");
+        assert!(
+            message.starts_with(&format!("pgid: {rule}:")),
+            "{sql}: {message}"
+        );
+        proxied
+            .simple_query("SELECT 1")
+            .await
+            .unwrap_or_else(|e| panic!("session unusable after {sql}: {e}"));
+        checked += 1;
+    }
+    for (sql, rule) in REFUSED {
+        let e = proxied.query(*sql, &[]).await.map(|_| ()).expect_err(sql);
+        let (code, message) = refusal(&e);
+        assert_eq!(code, "42501", "extended {sql}: {message}");
+        assert!(
+            message.starts_with(&format!("pgid: {rule}:")),
+            "extended {sql}: {message}"
+        );
+        proxied
+            .query("SELECT 1", &[])
+            .await
+            .unwrap_or_else(|e| panic!("session unusable after extended {sql}: {e}"));
+        checked += 1;
+    }
+    assert!(checked >= 60, "only {checked} statement runs");
+    assert_eq!(
+        snapshot(&su).await,
+        before,
+        "a refused statement changed the data"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusal_aborts_the_transaction_and_pipelines_keep_their_order() {
+    let h = Harness::start(&[STRICT]).await;
+    let lease = h.lease("agent:strict", json!({})).await;
+    let c = h.connect_proxy(&lease).await.unwrap();
+
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute("UPDATE crm.tickets SET status = 'mid' WHERE id = 2")
+        .await
+        .unwrap();
+    let e = c
+        .batch_execute("DELETE FROM crm.tickets")
+        .await
+        .unwrap_err();
+    assert_eq!(refusal(&e).0, "42501");
+    let e = c.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(
+        refusal(&e).0,
+        "25P02",
+        "the transaction is aborted, as after a server error"
+    );
+    c.batch_execute("ROLLBACK").await.unwrap();
+    let status: String = c
+        .query_one("SELECT status FROM crm.tickets WHERE id = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "open", "the transaction was rolled back");
+
+    // Extended protocol, pipelined: allowed, refused, allowed — answered in order.
+    let (a, b, d) = tokio::join!(
+        c.query_one("SELECT 'first'::text", &[]),
+        c.query("DROP TABLE crm.notes", &[]),
+        c.query_one("SELECT 'third'::text", &[])
+    );
+    assert_eq!(a.unwrap().get::<_, String>(0), "first");
+    assert_eq!(refusal(&b.unwrap_err()).0, "42501");
+    assert_eq!(d.unwrap().get::<_, String>(0), "third");
+
+    // SQL-level PREPARE/EXECUTE: judged at PREPARE; EXECUTE of unknown names refused.
+    c.batch_execute("PREPARE ok (int) AS SELECT name FROM crm.customers WHERE id = $1")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(c.simple_query("EXECUTE ok(1)").await.unwrap())[0],
+        "Ada Lovelace"
+    );
+    let e = c
+        .simple_query("EXECUTE not_prepared_here")
+        .await
+        .unwrap_err();
+    assert!(refusal(&e).1.starts_with("pgid: prepared:"));
+}
