@@ -11,6 +11,10 @@ use super::{analyze, Analysis, AnalyzeError, Dialect, ANALYSIS_STACK};
 
 /// Entries kept before the cache starts over (a statement text is at most max_statement_bytes).
 const CACHE_ENTRIES: usize = 20_000;
+/// Statements at most this long are analysed on the calling thread: they cannot nest deeply
+/// enough to need the analysis stack, and a hop to another thread costs two context switches —
+/// more than the analysis itself. Longer ones go to the deep-stack threads.
+const INLINE_BYTES: usize = 512;
 
 pub type Outcome = Arc<Result<Analysis, AnalyzeError>>;
 
@@ -57,17 +61,24 @@ impl Analyzer {
         if sql.len() > max_bytes {
             return Arc::new(Err(AnalyzeError::TooLarge(max_bytes)));
         }
+        // Keyed by shape (literals blanked) where the lexer allows, else by the exact text.
+        let key = super::shape(sql, dialect).unwrap_or_else(|| sql.to_string());
         if let Some(hit) = self
             .cache
             .lock()
             .unwrap()
             .get(&dialect)
-            .and_then(|m| m.get(sql))
+            .and_then(|m| m.get(&key))
         {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return hit.clone();
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
+        if sql.len() <= INLINE_BYTES {
+            let outcome = Arc::new(analyze(sql, dialect, usize::MAX));
+            self.remember(key, dialect, &outcome);
+            return outcome;
+        }
         let (reply, answer) = oneshot::channel();
         let sent = self.jobs.lock().unwrap().send(Job {
             sql: sql.to_string(),
@@ -80,13 +91,17 @@ impl Analyzer {
                 .unwrap_or_else(|_| Arc::new(Err(AnalyzeError::Parse("analysis failed".into())))),
             Err(_) => Arc::new(Err(AnalyzeError::Parse("analysis is unavailable".into()))),
         };
+        self.remember(key, dialect, &outcome);
+        outcome
+    }
+
+    fn remember(&self, key: String, dialect: Dialect, outcome: &Outcome) {
         let mut cache = self.cache.lock().unwrap();
         let entries = cache.entry(dialect).or_default();
         if entries.len() >= CACHE_ENTRIES {
             entries.clear();
         }
-        entries.insert(sql.to_string(), outcome.clone());
-        outcome
+        entries.insert(key, outcome.clone());
     }
 }
 

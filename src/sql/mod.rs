@@ -94,6 +94,49 @@ pub fn analyze(sql: &str, dialect: Dialect, max_bytes: usize) -> Result<Analysis
     Ok(out)
 }
 
+/// The statement with every literal value blanked, token by token as Postgres's own lexer reads
+/// it (so a string's end is where the server sees it, never guessed). Two statements with the
+/// same shape have the same analysis: nothing pgid decides depends on a literal's value. `None`
+/// when the text does not scan, or when literals are read with backslash escapes (the scanner
+/// reads them as standard_conforming_strings = on).
+pub fn shape(sql: &str, dialect: Dialect) -> Option<String> {
+    use pg_query::protobuf::Token;
+    if dialect.backslash_escapes {
+        return None;
+    }
+    let scanned = pg_query::scan(sql).ok()?;
+    let mut out = String::with_capacity(sql.len());
+    let mut last = 0usize;
+    for t in &scanned.tokens {
+        let (start, end) = (t.start as usize, t.end as usize);
+        let piece = sql.get(start..end)?;
+        let kind = Token::try_from(t.token).ok()?;
+        if matches!(kind, Token::SqlComment | Token::CComment) {
+            last = end;
+            continue;
+        }
+        // Text between tokens is white space or comments; keep one separator.
+        if start > last {
+            out.push(' ');
+        }
+        last = end;
+        match kind {
+            Token::Iconst => out.push_str("<int>"),
+            Token::Fconst => out.push_str("<num>"),
+            Token::Sconst | Token::Usconst => out.push_str("<str>"),
+            Token::Bconst => out.push_str("<bits>"),
+            Token::Xconst => out.push_str("<hex>"),
+            _ => out.push_str(piece),
+        }
+    }
+    // A statement that ends inside a token (unterminated string, comment) does not scan cleanly.
+    if sql[last..].trim().is_empty() {
+        Some(out)
+    } else {
+        None
+    }
+}
+
 fn text(v: &Value) -> Option<&str> {
     v.as_str().filter(|s| !s.is_empty())
 }
@@ -409,6 +452,34 @@ mod tests {
             analyze("SELECT 1", Dialect::default(), 3),
             Err(AnalyzeError::TooLarge(3))
         ));
+    }
+
+    #[test]
+    fn shapes_blank_literals_and_nothing_else() {
+        let d = Dialect::default();
+        assert_eq!(
+            shape("SELECT abalance FROM t WHERE aid = 42", d),
+            shape("select  abalance FROM t WHERE aid = 7", d)
+                .map(|s| s.replace("select", "SELECT"))
+        );
+        assert_eq!(shape("SELECT 'a' /* c */", d), shape("SELECT 'b'", d));
+        assert_ne!(shape("SELECT 1", d), shape("SELECT 1; DROP TABLE t", d));
+        assert_ne!(shape("COPY t TO STDOUT", d), shape("COPY t TO '/tmp/x'", d));
+        assert_ne!(shape("SELECT f(1)", d), shape("SELECT g(1)", d));
+        // The lexer decides where strings end: under standard_conforming_strings a backslash
+        // does not escape, so this is a string and then a DROP.
+        let s = shape(r"SELECT 'a'; DROP TABLE t; --'", d).unwrap();
+        assert!(s.contains("DROP"), "{s}");
+        assert_eq!(shape("SELECT 'open", d), None);
+        assert_eq!(
+            shape(
+                "SELECT 1",
+                Dialect {
+                    backslash_escapes: true
+                }
+            ),
+            None
+        );
     }
 
     /// A broad corpus: none of it may hit an unknown node type.
