@@ -634,15 +634,20 @@ async fn a_short_lease_is_removed_by_the_reaper_after_expiry() {
     })
     .await;
     assert!(gone, "role removed after expiry");
-    let state: String = su
-        .query_one(
-            "SELECT state FROM pgid.leases WHERE id = $1::text::uuid",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(state, "expired");
+    // The row reaches its final state in the step after DROP ROLE.
+    let expired = eventually(Duration::from_secs(5), || async {
+        let state: String = su
+            .query_one(
+                "SELECT state FROM pgid.leases WHERE id = $1::text::uuid",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        state == "expired"
+    })
+    .await;
+    assert!(expired, "lease recorded as expired");
     assert!(
         live.query_one("SELECT 1", &[]).await.is_err(),
         "its session was terminated"
