@@ -275,6 +275,23 @@ async fn connect_watching(dsn: &str) -> (Client, tokio::sync::oneshot::Receiver<
     (client, rx)
 }
 
+/// Opens a session on `dsn`, revokes the lease through the broker, and expects the session to
+/// end with pgid's FATAL within 2 s.
+async fn revoke_and_expect_fatal(h: &Harness, token: &str, lease: &Value, dsn: &str) {
+    let (c, ended) = connect_watching(dsn).await;
+    c.simple_query("SELECT 1").await.unwrap();
+    let started = Instant::now();
+    let path = format!("/v1/credentials/{}", lease["lease_id"].as_str().unwrap());
+    let (status, _) = h.call(Method::DELETE, &path, Some(token), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let why = tokio::time::timeout(Duration::from_secs(2), ended)
+        .await
+        .expect("session survived revocation")
+        .unwrap();
+    assert!(why.contains("pgid: credential revoked"), "{why}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sessions_end_when_the_lease_expires_or_is_revoked() {
     let h = Harness::start(&[AGENT]).await;
@@ -302,24 +319,7 @@ async fn sessions_end_when_the_lease_expires_or_is_revoked() {
     // Revocation: the live session gets FATAL within 2 s.
     let token = h.token("agent:app");
     let lease = h.lease("agent:app", json!({})).await;
-    let (c, ended) = connect_watching(lease["dsn"].as_str().unwrap()).await;
-    c.simple_query("SELECT 1").await.unwrap();
-    let started = Instant::now();
-    let (status, _) = h
-        .call(
-            Method::DELETE,
-            &format!("/v1/credentials/{}", lease["lease_id"].as_str().unwrap()),
-            Some(&token),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    let why = tokio::time::timeout(Duration::from_secs(2), ended)
-        .await
-        .expect("session survived revocation")
-        .unwrap();
-    assert!(why.contains("pgid: credential revoked"), "{why}");
-    assert!(started.elapsed() < Duration::from_secs(2));
+    revoke_and_expect_fatal(&h, &token, &lease, lease["dsn"].as_str().unwrap()).await;
     let err = h.connect_proxy(&lease).await.unwrap_err();
     assert!(message(&err).contains("credential revoked"), "{err}");
 
@@ -356,24 +356,7 @@ async fn a_revocation_through_one_instance_closes_sessions_on_another() {
         lease["password"].as_str().unwrap(),
         second.proxy_addr.port()
     );
-    let (c, ended) = connect_watching(&dsn).await;
-    c.simple_query("SELECT 1").await.unwrap();
-    let started = Instant::now();
-    let (status, _) = h
-        .call(
-            Method::DELETE,
-            &format!("/v1/credentials/{}", lease["lease_id"].as_str().unwrap()),
-            Some(&token),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    let why = tokio::time::timeout(Duration::from_secs(2), ended)
-        .await
-        .expect("session on the other instance survived")
-        .unwrap();
-    assert!(why.contains("pgid: credential revoked"), "{why}");
-    assert!(started.elapsed() < Duration::from_secs(2));
+    revoke_and_expect_fatal(&h, &token, &lease, &dsn).await;
     second.shutdown().await;
 }
 
