@@ -261,3 +261,106 @@ async fn a_refusal_aborts_the_transaction_and_pipelines_keep_their_order() {
         .unwrap_err();
     assert!(refusal(&e).1.starts_with("pgid: prepared:"));
 }
+
+const EXPORT: &str = r#"
+name = "export"
+database = "app"
+ttl = "15m"
+max_connections = 10
+[identity]
+subject = "agent:export"
+[[grant]]
+privileges = ["SELECT"]
+on = ["crm.orders"]
+[guardrails]
+max_rows = 1000
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_rows_stops_a_bulk_export_and_cancels_the_query() {
+    use futures::{pin_mut, StreamExt};
+    let h = Harness::start(&[EXPORT]).await;
+    let admin = common::connect(&h.admin_url).await.unwrap();
+    admin
+        .batch_execute("INSERT INTO crm.orders (customer_id, amount) SELECT 1 + g % 4, g FROM generate_series(1, 100000) g")
+        .await
+        .unwrap();
+    let lease = h.lease("agent:export", json!({})).await;
+    let c = h.connect_proxy(&lease).await.unwrap();
+    let user = lease["username"].as_str().unwrap().to_string();
+
+    // A SELECT, streamed row by row (extended protocol, binary results).
+    let stream = c
+        .query_raw("SELECT * FROM crm.orders", std::iter::empty::<i32>())
+        .await
+        .unwrap();
+    pin_mut!(stream);
+    let mut rows = 0;
+    let mut error = None;
+    while let Some(r) = stream.next().await {
+        match r {
+            Ok(_) => rows += 1,
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        }
+    }
+    assert!(rows <= 1000, "{rows} rows got through");
+    let (code, message) = refusal(&error.expect("the export was not stopped"));
+    assert_eq!(code, "54000");
+    assert!(message.starts_with("pgid: max_rows:"), "{message}");
+
+    // COPY TO STDOUT: the same limit on lines.
+    let out = c.copy_out("COPY crm.orders TO STDOUT").await.unwrap();
+    pin_mut!(out);
+    let mut lines = 0;
+    let mut copy_error = None;
+    while let Some(chunk) = out.next().await {
+        match chunk {
+            Ok(b) => lines += b.iter().filter(|c| **c == b'\n').count(),
+            Err(e) => {
+                copy_error = Some(e);
+                break;
+            }
+        }
+    }
+    assert!(lines <= 1000, "{lines} COPY lines got through");
+    assert!(refusal(&copy_error.expect("the COPY was not stopped"))
+        .1
+        .starts_with("pgid: max_rows:"));
+
+    // The upstream query was cancelled, not left running; the session goes on.
+    let su = h.superuser().await;
+    let idle = common::eventually(std::time::Duration::from_secs(5), || async {
+        su.query_opt(
+            "SELECT 1 FROM pg_stat_activity WHERE usename = $1 AND state = 'active'",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .is_none()
+    })
+    .await;
+    assert!(idle, "the upstream query is still running");
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM crm.orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 100_040);
+    let small = rows_of(
+        c.simple_query("SELECT id FROM crm.orders ORDER BY id LIMIT 1000")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        small.len(),
+        1001,
+        "exactly max_rows rows pass (plus the completion)"
+    );
+}
+
+fn rows_of(msgs: Vec<SimpleQueryMessage>) -> Vec<String> {
+    rows(msgs)
+}

@@ -183,47 +183,23 @@ impl Enforcer {
         Ok(out)
     }
 
-    /// Whether server messages may need rewriting (fast path when not).
-    pub fn rewriting(&self) -> bool {
-        !self.refusals.is_empty()
-    }
-
-    /// Counts a ReadyForQuery seen on the fast path.
-    pub fn answered(&mut self) {
-        self.answered += 1;
-    }
-
-    /// Rewrites stand-in errors into pgid's refusals; refusals whose group was answered without
-    /// reaching their stand-in (skipped after an earlier error) are forgotten.
-    pub fn server_frames(&mut self, frames: &[u8]) -> BytesMut {
-        let mut out = BytesMut::with_capacity(frames.len());
-        let mut pos = 0;
-        while pos < frames.len() {
-            let tag = frames[pos];
-            let total = frame_len(frames, pos);
-            let body = &frames[pos + 5..pos + total];
-            let mut replaced = false;
-            if tag == b'E' {
-                if let Some(n) =
-                    backend::error_field(body, b'M').and_then(|m| self.stand_in_number(&m))
-                {
-                    if let Some((_, err)) = self.refusals.remove(&n) {
-                        out.extend_from_slice(&err);
-                        replaced = true;
-                    }
-                }
-            }
-            if tag == b'Z' {
-                self.answered += 1;
-                let done = self.answered;
-                self.refusals.retain(|_, (group, _)| *group > done);
-            }
-            if !replaced {
-                out.extend_from_slice(&frames[pos..pos + total]);
-            }
-            pos += total;
+    /// The refusal to send instead of this ErrorResponse, if it is a stand-in's.
+    pub fn refusal_for(&mut self, error_body: &[u8]) -> Option<BytesMut> {
+        if self.refusals.is_empty() {
+            return None;
         }
-        out
+        let n = backend::error_field(error_body, b'M').and_then(|m| self.stand_in_number(&m))?;
+        self.refusals.remove(&n).map(|(_, err)| err)
+    }
+
+    /// A ReadyForQuery: refusals whose group is answered without reaching their stand-in
+    /// (skipped after an earlier error) are forgotten.
+    pub fn ready_for_query(&mut self) {
+        self.answered += 1;
+        if !self.refusals.is_empty() {
+            let done = self.answered;
+            self.refusals.retain(|_, (group, _)| *group > done);
+        }
     }
 
     fn stand_in_number(&self, message: &str) -> Option<u64> {

@@ -9,6 +9,7 @@
 pub mod cancel;
 pub mod enforce;
 pub mod handshake;
+pub mod limits;
 pub mod pool;
 pub mod scram;
 pub mod session;

@@ -8,8 +8,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
+use super::cancel::CancelTarget;
 use super::enforce::Enforcer;
 use super::handshake::Established;
+use super::limits::{Action, ExportLimit};
 use super::upstream::Upstream;
 use super::wire::backend::{self, Severity};
 use super::wire::framing::{frame_at, MAX_MESSAGE_BYTES};
@@ -71,7 +73,17 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
         .get(&lease.policy)
         .map(|pol| pol.guardrails.clone())
         .unwrap_or_default();
+    let mut limit = ExportLimit::new(rules.max_rows, rules.max_bytes);
     let mut enforcer = Enforcer::new(rules, p.analyzer.clone());
+    let cancel_target = p
+        .leases
+        .databases()
+        .get(&lease.database)
+        .map(|db| CancelTarget {
+            addr: db.upstream.clone(),
+            pid: upstream.pid,
+            secret: upstream.secret,
+        });
     // Requests (Query, Sync, FunctionCall) that have not yet been answered by ReadyForQuery.
     let mut pending: i64 = 0;
     let mut status = b'I';
@@ -103,7 +115,8 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
                 if r.is_err() {
                     break End::UpstreamGone;
                 }
-                match server_to_client(&mut upstream, &mut client, &mut pending, &mut status, &mut enforcer).await {
+                let Some(target) = cancel_target.as_ref() else { break End::UpstreamGone };
+                match server_to_client(&mut upstream, &mut client, &mut pending, &mut status, &mut enforcer, &mut limit, target).await {
                     Ok(()) => {}
                     Err(Flow::Upstream) => break End::UpstreamGone,
                     Err(Flow::Protocol(_)) => break End::ClientGone,
@@ -218,55 +231,94 @@ async fn client_to_server(
     Ok(true)
 }
 
-/// Forwards the server's complete messages, noting ReadyForQuery and ParameterStatus, and turning
-/// stand-in errors into pgid's refusals.
+/// Forwards the server's complete messages, noting ReadyForQuery and ParameterStatus, turning
+/// stand-in errors into pgid's refusals, and enforcing the export limits.
 async fn server_to_client(
     upstream: &mut Upstream,
     client: &mut super::stream::ClientStream,
     pending: &mut i64,
     status: &mut u8,
     enforcer: &mut Enforcer,
+    limit: &mut ExportLimit,
+    cancel: &CancelTarget,
 ) -> Result<(), Flow> {
-    let rewrite = enforcer.rewriting();
     let mut end = 0;
+    // Built only once a message is dropped or replaced; until then the bytes go out as they came.
+    let mut out: Option<BytesMut> = None;
     loop {
-        match frame_at(&upstream.frames.buf, end, MAX_MESSAGE_BYTES) {
-            Ok(Some((tag, total))) => {
-                match tag {
-                    b'Z' if total == 6 => {
-                        *pending = (*pending - 1).max(0);
-                        *status = upstream.frames.buf[end + 5];
-                        if !rewrite {
-                            enforcer.answered();
-                        }
-                    }
-                    b'S' => {
-                        if let Ok((k, v)) = backend::parse_parameter_status(
-                            &upstream.frames.buf[end + 5..end + total],
-                        ) {
-                            upstream.set_param(k, v);
-                        }
-                    }
-                    _ => {}
-                }
-                end += total;
-            }
+        let (tag, total) = match frame_at(&upstream.frames.buf, end, MAX_MESSAGE_BYTES) {
+            Ok(Some(f)) => f,
             Ok(None) => break,
             Err(_) => return Err(Flow::Upstream),
+        };
+        match tag {
+            b'Z' if total == 6 => {
+                *pending = (*pending - 1).max(0);
+                *status = upstream.frames.buf[end + 5];
+                enforcer.ready_for_query();
+            }
+            b'S' => {
+                if let Ok((k, v)) =
+                    backend::parse_parameter_status(&upstream.frames.buf[end + 5..end + total])
+                {
+                    upstream.set_param(k, v);
+                }
+            }
+            _ => {}
         }
+        let frame = &upstream.frames.buf[end..end + total];
+        let (mut action, cancel_now) = limit.on_message(tag, total);
+        if cancel_now {
+            let t = cancel.clone();
+            tokio::spawn(async move { send_cancel(&t).await });
+        }
+        if tag == b'E' && action == Action::Pass {
+            if let Some(err) = enforcer.refusal_for(&frame[5..]) {
+                action = Action::Replace(err);
+            }
+        }
+        match action {
+            Action::Pass => {
+                if let Some(o) = out.as_mut() {
+                    o.extend_from_slice(frame);
+                }
+            }
+            Action::Drop => {
+                out.get_or_insert_with(|| BytesMut::from(&upstream.frames.buf[..end]));
+            }
+            Action::Replace(bytes) => {
+                out.get_or_insert_with(|| BytesMut::from(&upstream.frames.buf[..end]))
+                    .extend_from_slice(&bytes);
+            }
+        }
+        end += total;
     }
     if end > 0 {
         let chunk = upstream.frames.buf.split_to(end);
-        let rewritten = rewrite.then(|| enforcer.server_frames(&chunk));
-        let bytes: &[u8] = rewritten.as_deref().unwrap_or(&chunk);
-        client
-            .write_all(bytes)
-            .await
-            .map_err(|e| Flow::Protocol(e.to_string()))?;
-        client
-            .flush()
-            .await
-            .map_err(|e| Flow::Protocol(e.to_string()))?;
+        let bytes: &[u8] = out.as_deref().unwrap_or(&chunk);
+        if !bytes.is_empty() {
+            client
+                .write_all(bytes)
+                .await
+                .map_err(|e| Flow::Protocol(e.to_string()))?;
+            client
+                .flush()
+                .await
+                .map_err(|e| Flow::Protocol(e.to_string()))?;
+        }
     }
     Ok(())
+}
+
+/// Asks the upstream backend to cancel what it is running (a CancelRequest with its own key).
+async fn send_cancel(t: &CancelTarget) {
+    match super::upstream::connect_socket(&t.addr).await {
+        Ok(mut s) => {
+            let _ = s
+                .write_all(&super::wire::frontend::cancel_request(t.pid, t.secret))
+                .await;
+            let _ = s.flush().await;
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot cancel a query past its export limit"),
+    }
 }
