@@ -63,11 +63,6 @@ impl Databases {
     pub fn iter(&self) -> impl Iterator<Item = &Database> {
         self.by_name.values()
     }
-
-    /// The first configured database: home of pgid's state unless `state_url` is set.
-    pub fn first(&self) -> Option<&Database> {
-        self.by_name.values().next()
-    }
 }
 
 impl Database {

@@ -17,7 +17,7 @@ pub struct Metrics {
     /// Leases whose removal keeps failing: reported until it succeeds.
     pub leases_stuck: AtomicU64,
     denials: Mutex<BTreeMap<&'static str, u64>>,
-    issue_latency: Mutex<Vec<f64>>,
+    issue_latency: Mutex<std::collections::VecDeque<f64>>,
 }
 
 /// Buckets (seconds) for the lease issue latency histogram.
@@ -32,9 +32,9 @@ impl Metrics {
     pub fn observe_issue(&self, seconds: f64) {
         let mut v = self.issue_latency.lock().unwrap();
         if v.len() >= LATENCY_SAMPLES {
-            v.remove(0);
+            v.pop_front();
         }
-        v.push(seconds);
+        v.push_back(seconds);
     }
 
     pub fn render(&self, lease_states: &[(String, i64)]) -> String {

@@ -31,14 +31,11 @@ impl FromRequestParts<BrokerState> for Caller {
                 tracing::info!(reason = %e, code = e.code(), path = %parts.uri.path(), "credential request refused");
                 let mut event =
                     Event::new(Kind::CredentialDenied).reason(format!("invalid_token: {e}"));
-                event.via = Some("broker");
                 event.client_addr = parts
                     .extensions
                     .get::<ConnectInfo<SocketAddr>>()
                     .map(|c| c.0.to_string());
-                if let Err(err) = state.leases.audit().record(&event).await {
-                    tracing::error!(error = %err, "cannot audit a refused credential request");
-                }
+                super::record_denial(state, event).await;
                 Err(ApiError::from(e))
             }
         }

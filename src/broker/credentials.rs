@@ -169,10 +169,7 @@ async fn audit_denial(s: &BrokerState, who: &VerifiedToken, reason: &str) {
     let mut e = Event::new(Kind::CredentialDenied).reason(reason);
     e.subject = Some(who.subject.clone());
     e.issuer = Some(who.issuer.clone());
-    e.via = Some("broker");
-    if let Err(err) = s.leases.audit().record(&e).await {
-        tracing::error!(error = %err, "cannot audit a refused credential request");
-    }
+    super::record_denial(s, e).await;
 }
 
 /// `postgresql://user:secret@host:port/database`; TLS is required unless the proxy is local.

@@ -66,6 +66,14 @@ pub fn router(state: BrokerState) -> Router {
         .with_state(state)
 }
 
+/// Records a refused credential request (best effort: the request is refused either way).
+pub(crate) async fn record_denial(s: &BrokerState, mut event: crate::audit::Event) {
+    event.via = Some("broker");
+    if let Err(err) = s.leases.audit().record(&event).await {
+        tracing::error!(error = %err, "cannot audit a refused credential request");
+    }
+}
+
 async fn healthz(State(s): State<BrokerState>) -> impl IntoResponse {
     let ok = match s.leases.store().pool().get().await {
         Ok(c) => c.query_one("SELECT 1", &[]).await.is_ok(),

@@ -59,15 +59,21 @@ impl CancelMap {
     /// Forwards a cancel; unknown keys are ignored silently, as Postgres does.
     pub async fn cancel(&self, pid: i32, secret: i32) {
         let target = self.map.lock().unwrap().get(&(pid, secret)).cloned();
-        let Some(t) = target else { return };
-        match connect_socket(&t.addr).await {
-            Ok(mut s) => {
-                let _ = s
-                    .write_all(&super::wire::frontend::cancel_request(t.pid, t.secret))
-                    .await;
-                let _ = s.flush().await;
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot forward cancel request"),
+        if let Some(t) = target {
+            send(&t).await;
         }
+    }
+}
+
+/// Asks the upstream backend to cancel what it is running (a CancelRequest with its own key).
+pub async fn send(t: &CancelTarget) {
+    match connect_socket(&t.addr).await {
+        Ok(mut s) => {
+            let _ = s
+                .write_all(&super::wire::frontend::cancel_request(t.pid, t.secret))
+                .await;
+            let _ = s.flush().await;
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot send a cancel request upstream"),
     }
 }

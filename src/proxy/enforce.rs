@@ -16,7 +16,7 @@ use super::wire::backend::{self, Severity};
 use super::wire::{cstr, message, put_cstr};
 use crate::guard::{self, Verdict};
 use crate::policy::Guardrails;
-use crate::sql::{Analyzer, Dialect, Statement};
+use crate::sql::{Analyzer, Dialect, Outcome, Statement};
 
 pub struct Enforcer {
     rules: Guardrails,
@@ -58,27 +58,23 @@ impl Enforcer {
         }
     }
 
-    async fn judge(&mut self, sql: &str, dialect: Dialect) -> (Verdict, Vec<Statement>) {
+    /// The verdict, and the cached analysis it came from (shared, not copied).
+    async fn judge(&mut self, sql: &str, dialect: Dialect) -> (Verdict, Outcome) {
         let outcome = self
             .analyzer
             .analyze(sql, dialect, self.rules.max_statement_bytes as usize)
             .await;
-        match &*outcome {
-            Err(e) => (
-                Verdict::Deny {
-                    rule: "analysis",
-                    reason: e.to_string(),
-                },
-                Vec::new(),
-            ),
+        let verdict = match &*outcome {
+            Err(e) => Verdict::Deny {
+                rule: "analysis",
+                reason: e.to_string(),
+            },
             Ok(a) => {
                 let prepared = &self.prepared;
-                (
-                    guard::check(a, &self.rules, &|name| prepared.get(name).cloned()),
-                    a.statements.clone(),
-                )
+                guard::check(a, &self.rules, &|name| prepared.get(name).cloned())
             }
-        }
+        };
+        (verdict, outcome)
     }
 
     /// Registers a refusal answered in request group `group`; returns the query that stands in.
@@ -114,11 +110,12 @@ impl Enforcer {
                     self.sent += 1;
                     let mut at = 0;
                     let sql = cstr(body, &mut at).map_err(|e| e.to_string())?.to_string();
-                    let (verdict, statements) = self.judge(&sql, dialect).await;
+                    let (verdict, outcome) = self.judge(&sql, dialect).await;
                     if verdict == Verdict::Allow {
-                        for st in statements {
-                            if let Some(name) = st.prepares.clone() {
-                                self.prepared.insert(name, st);
+                        // Only SQL PREPARE needs remembering; everything else is judged and gone.
+                        for st in outcome.iter().flat_map(|a| &a.statements) {
+                            if let Some(name) = &st.prepares {
+                                self.prepared.insert(name.clone(), st.clone());
                             }
                         }
                         None
@@ -133,10 +130,14 @@ impl Enforcer {
                     let mut at = 0;
                     let name = cstr(body, &mut at).map_err(|e| e.to_string())?.to_string();
                     let sql = cstr(body, &mut at).map_err(|e| e.to_string())?.to_string();
-                    let (verdict, statements) = self.judge(&sql, dialect).await;
+                    let (verdict, outcome) = self.judge(&sql, dialect).await;
                     if verdict == Verdict::Allow {
-                        self.prepared
-                            .insert(name, statements.into_iter().next().unwrap_or_default());
+                        let first = outcome
+                            .iter()
+                            .flat_map(|a| a.statements.first())
+                            .next()
+                            .cloned();
+                        self.prepared.insert(name, first.unwrap_or_default());
                         None
                     } else {
                         self.prepared.remove(&name);

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 
 use bytes::BytesMut;
 use chrono::Utc;
-use rand::RngCore;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -343,7 +342,7 @@ async fn scram_auth(
     if mechanism != scram::MECHANISM {
         return Err(refuse(client, "28000", "pgid: only SCRAM-SHA-256 is supported").await);
     }
-    let exchange = match ServerExchange::start(verifier, &data, &server_nonce()) {
+    let exchange = match ServerExchange::start(verifier, &data, &scram::nonce()) {
         Ok(e) => e,
         Err(e) => return Err(refuse(client, "08P01", &format!("pgid: {e}")).await),
     };
@@ -453,12 +452,6 @@ fn mock_verifier(p: &Proxy, user: &str) -> StoredVerifier {
         stored_key: p.leases.key().derive(&d),
         server_key: d,
     }
-}
-
-fn server_nonce() -> String {
-    let mut b = [0u8; 18];
-    rand::rngs::OsRng.fill_bytes(&mut b);
-    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b)
 }
 
 /// The `options` startup parameter, read as Postgres does (`-c name=value`, `--name=value`).

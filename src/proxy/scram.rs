@@ -38,6 +38,14 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A fresh random nonce (18 bytes, base64).
+pub fn nonce() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 18];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    B64.encode(b)
+}
+
 /// Hi() of RFC 5802: PBKDF2-HMAC-SHA256 with one output block.
 pub fn salted_password(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
     let mac = Hmac::<Sha256>::new_from_slice(password).expect("any key length");

@@ -270,7 +270,7 @@ async fn server_to_client(
         let (mut action, cancel_now) = limit.on_message(tag, total);
         if cancel_now {
             let t = cancel.clone();
-            tokio::spawn(async move { send_cancel(&t).await });
+            tokio::spawn(async move { super::cancel::send(&t).await });
         }
         if tag == b'E' && action == Action::Pass {
             if let Some(err) = enforcer.refusal_for(&frame[5..]) {
@@ -308,17 +308,4 @@ async fn server_to_client(
         }
     }
     Ok(())
-}
-
-/// Asks the upstream backend to cancel what it is running (a CancelRequest with its own key).
-async fn send_cancel(t: &CancelTarget) {
-    match super::upstream::connect_socket(&t.addr).await {
-        Ok(mut s) => {
-            let _ = s
-                .write_all(&super::wire::frontend::cancel_request(t.pid, t.secret))
-                .await;
-            let _ = s.flush().await;
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot cancel a query past its export limit"),
-    }
 }

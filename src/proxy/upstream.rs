@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
-use rand::RngCore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use uuid::Uuid;
@@ -170,7 +169,7 @@ pub async fn connect(l: Login<'_>) -> Result<Upstream, UpstreamError> {
                                 "server does not offer SCRAM-SHA-256".into(),
                             ));
                         }
-                        let ex = ClientExchange::new(&nonce());
+                        let ex = ClientExchange::new(&scram::nonce());
                         frontend::sasl_initial_response(
                             &mut out,
                             scram::MECHANISM,
@@ -230,12 +229,6 @@ pub async fn connect(l: Login<'_>) -> Result<Upstream, UpstreamError> {
             up.stream.write_all(&out).await?;
         }
     }
-}
-
-fn nonce() -> String {
-    let mut b = [0u8; 18];
-    rand::rngs::OsRng.fill_bytes(&mut b);
-    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b)
 }
 
 async fn start_tls(

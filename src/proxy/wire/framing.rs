@@ -123,10 +123,6 @@ impl Frames {
         self.max = max;
     }
 
-    pub fn max(&self) -> usize {
-        self.max
-    }
-
     /// Reads more bytes; `Closed` at end of stream.
     pub async fn fill<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> Result<(), WireError> {
         if self.buf.capacity() - self.buf.len() < 1024 {
