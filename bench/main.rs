@@ -217,30 +217,29 @@ async fn main() -> anyhow::Result<()> {
             .expose()
             .clone();
 
-    // A second pgid instance on the same state with one runtime worker thread, measured side by
-    // side: on a small, saturated machine, parking and waking worker threads costs more than
-    // spreading work across them gains.
-    let (broker1_port, proxy1_port) = (free_port(), free_port());
-    let _pgid_single = Killed(
-        Command::new(&pgid_bin)
-            .args(["serve", "--config"])
-            .arg(state.path().join("pgid.toml"))
-            .env("PGID_LOG", "warn")
-            .env("TOKIO_WORKER_THREADS", "1")
-            .env("PGID_BROKER_LISTEN", format!("127.0.0.1:{broker1_port}"))
-            .env("PGID_PROXY_LISTEN", format!("127.0.0.1:{proxy1_port}"))
-            .stdin(Stdio::null())
-            .spawn()?,
-    );
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", proxy1_port))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // More pgid instances on the same state, each with its own audit file, measured side by
+    // side: `pgid-relay` checks and records nothing (inspect = false), the baseline for what
+    // guardrails and audit cost; `pgid-fsync` (audit sync = "always") fsyncs every group commit
+    // before forwarding, where the default writes records before forwarding and fsyncs them
+    // within 10 ms.
+    let relay_port = instance(
+        &pgid_bin,
+        &state.path().join("pgid.toml"),
+        &[
+            ("PGID_PROXY_INSPECT", "false"),
+            ("PGID_AUDIT_FILE", "audit-relay.jsonl"),
+        ],
+    )
+    .await?;
+    let fsync_port = instance(
+        &pgid_bin,
+        &state.path().join("pgid.toml"),
+        &[
+            ("PGID_AUDIT_SYNC", "always"),
+            ("PGID_AUDIT_FILE", "audit-fsync.jsonl"),
+        ],
+    )
+    .await?;
 
     let mut targets = vec![
         Target {
@@ -256,8 +255,14 @@ async fn main() -> anyhow::Result<()> {
             password: lease["password"].as_str().unwrap().to_string(),
         },
         Target {
-            name: "pgid-1t",
-            port: proxy1_port,
+            name: "pgid-fsync",
+            port: fsync_port.1,
+            user: user.clone(),
+            password: lease["password"].as_str().unwrap().to_string(),
+        },
+        Target {
+            name: "pgid-relay",
+            port: relay_port.1,
             user: user.clone(),
             password: lease["password"].as_str().unwrap().to_string(),
         },
@@ -309,15 +314,22 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
 
-    let modes: [(&str, &[&str]); 3] = [
-        ("select-only", &["-S"]),
-        ("tpcb-like", &[]),
-        ("connect", &["-S", "-C"]),
-    ];
+    let wanted = std::env::var("BENCH_MODES").unwrap_or_default();
+    let modes: Vec<(&str, &[&str])> = [
+        ("select-only", &["-S"][..]),
+        ("tpcb-like", &[][..]),
+        ("connect", &["-S", "-C"][..]),
+    ]
+    .into_iter()
+    .filter(|(m, _)| wanted.is_empty() || wanted.split(',').any(|w| w == *m))
+    .collect();
     let mut results: Vec<(&str, &str, Vec<f64>, Vec<f64>)> = Vec::new();
     for round in 1..=rounds {
         for (mode, args) in &modes {
             for t in &targets {
+                // Each run starts with no dirty pages left by the one before (audit files).
+                let _ = Command::new("sync").status();
+                tokio::time::sleep(Duration::from_millis(500)).await;
                 let r = pgbench(t, args, clients, seconds)?;
                 eprintln!(
                     "round {round} {mode:12} {:10} tps {:10.1}  latency {:7.3} ms",
@@ -353,17 +365,42 @@ async fn main() -> anyhow::Result<()> {
                 println!("{mode:12} {:10} {tps:>10.1} {lat:>12.3}", t.name);
             }
         }
-        for name in ["pgid", "pgid-1t"] {
+        for name in ["pgid", "pgid-fsync", "pgid-relay"] {
             let (p, d) = (med(mode, name).unwrap().0, med(mode, "direct").unwrap().0);
+            let relay = med(mode, "pgid-relay").unwrap().0;
             let vs_bouncer = med(mode, "pgbouncer")
                 .map(|b| format!("{:.2}", p / b.0))
                 .unwrap_or_else(|| "n/a".into());
             println!(
-                "{mode:12} ratio {name}/direct {:.2}  {name}/pgbouncer {vs_bouncer}",
-                p / d
+                "{mode:12} ratio {name}/direct {:.2}  {name}/pgbouncer {vs_bouncer}  {name}/pgid-relay {:.2}",
+                p / d,
+                p / relay
             );
         }
     }
+
+    // The statement analysis cache of the main instance over the whole run.
+    let metrics = http
+        .get(format!("https://127.0.0.1:{broker_port}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let counter = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let (hits, misses) = (
+        counter("pgid_sql_cache_hits_total "),
+        counter("pgid_sql_cache_misses_total "),
+    );
+    println!(
+        "\nparse cache (pgid): {hits} hits, {misses} misses, hit rate {:.4}",
+        hits / (hits + misses).max(1.0)
+    );
+    let _keep = (&relay_port.0, &fsync_port.0);
 
     // Memory per idle client connection.
     let pid = pgid.0.id();
@@ -387,6 +424,37 @@ async fn main() -> anyhow::Result<()> {
     );
     drop(conns);
     Ok(())
+}
+
+/// Starts another `pgid serve` on the same configuration with `env` overrides and fresh ports;
+/// returns it (killed on drop) and its proxy port once that accepts connections.
+async fn instance(
+    bin: &Path,
+    config: &Path,
+    env: &[(&str, &str)],
+) -> anyhow::Result<(Killed, u16)> {
+    let (broker, proxy) = (free_port(), free_port());
+    let child = Killed(
+        Command::new(bin)
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("PGID_LOG", "warn")
+            .env("PGID_BROKER_LISTEN", format!("127.0.0.1:{broker}"))
+            .env("PGID_PROXY_LISTEN", format!("127.0.0.1:{proxy}"))
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .spawn()?,
+    );
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", proxy))
+            .await
+            .is_ok()
+        {
+            return Ok((child, proxy));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("pgid instance with {env:?} did not start")
 }
 
 fn which(name: &str) -> Option<PathBuf> {

@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, AuditSetup};
 use crate::broker::{self, BrokerState, ProxyAddress};
 use crate::config::Config;
 use crate::database::{self, Databases};
@@ -65,6 +65,8 @@ pub struct App {
     pub verifier: Arc<Verifier>,
     pub tls: TlsMaterial,
     pub key: ServerKey,
+    /// Statement analysis for the proxy (its cache counters are in /metrics).
+    pub analyzer: Arc<crate::sql::Analyzer>,
     _instance: InstanceLock,
 }
 
@@ -125,7 +127,20 @@ impl App {
         }
 
         let metrics = Arc::new(Metrics::default());
-        let audit = AuditLog::open(&config.audit.file).map_err(|e| StartError(e.to_string()))?;
+        let state_url = config
+            .state_url
+            .clone()
+            .unwrap_or_else(|| config.databases[0].admin_url.clone());
+        let audit = AuditLog::open(AuditSetup {
+            file: config.audit.file.clone(),
+            sync: config.audit.sync,
+            rotate_size: config.audit.rotate_size,
+            table: config.audit.table.then_some((state_url, instance.id)),
+        })
+        .map_err(|e| StartError(e.to_string()))?;
+        if !config.proxy.inspect {
+            tracing::warn!("[proxy] inspect = false: statements are neither checked nor recorded");
+        }
         let notify_pool = state_pool.clone();
         let notifier: Notifier = Arc::new(move |id, status| {
             let pool = notify_pool.clone();
@@ -178,12 +193,15 @@ impl App {
             verifier,
             tls,
             key,
+            analyzer: crate::sql::Analyzer::start(ANALYSIS_THREADS)
+                .map_err(|e| StartError(format!("starting SQL analysis: {e}")))?,
             _instance: instance,
         })
     }
 
     pub fn broker_state(&self, proxy: ProxyAddress) -> BrokerState {
         BrokerState {
+            analyzer: Some(self.analyzer.clone()),
             leases: self.leases.clone(),
             policies: self.policies.clone(),
             verifier: self.verifier.clone(),
@@ -214,8 +232,7 @@ impl App {
             cancels: Default::default(),
             pool: proxy::pool::Pool::new(self.config.proxy.pool_idle_timeout),
             salts: Default::default(),
-            analyzer: crate::sql::Analyzer::start(ANALYSIS_THREADS)
-                .map_err(|e| StartError(format!("starting SQL analysis: {e}")))?,
+            analyzer: self.analyzer.clone(),
         })
     }
 

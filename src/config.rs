@@ -16,7 +16,7 @@ use toml::Spanned;
 
 use crate::policy::IdentityMatch;
 use crate::secret::Secret;
-use crate::units::Span;
+use crate::units::{ByteSize, Span};
 
 /// The longest clock skew pgid tolerates on token times (DESIGN §3).
 pub const MAX_LEEWAY: Duration = Duration::from_secs(60);
@@ -28,6 +28,8 @@ const DEFAULT_POOL_SIZE: usize = 16;
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_AUDIT_SYNC_INTERVAL: Duration = Duration::from_millis(10);
+const DEFAULT_AUDIT_ROTATE_SIZE: u64 = 256 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -77,6 +79,9 @@ pub struct ProxyConfig {
     pub public_port: Option<u16>,
     /// Accept unencrypted client connections from non-loopback addresses (default: no).
     pub allow_plaintext: bool,
+    /// Check and record every statement (the default). `false` makes the proxy a plain relay:
+    /// for measuring pgid's own cost only.
+    pub inspect: bool,
     /// Deadline for a client to complete TLS, startup and authentication.
     pub handshake_timeout: Duration,
     /// How long an idle upstream connection is kept for the same lease's next client.
@@ -118,6 +123,13 @@ pub struct DatabaseConfig {
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
     pub file: PathBuf,
+    /// `always`: fsync every group commit before the actions it records go ahead; `interval`:
+    /// written to the OS first (survives a crash of pgid), fsynced within `sync_interval`.
+    pub sync: crate::audit::Sync,
+    /// Rotate the file once it reaches this size (`None`: never).
+    pub rotate_size: Option<u64>,
+    /// Also write every record to `pgid.audit_events` in the state database.
+    pub table: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +183,7 @@ struct RawProxy {
     handshake_timeout: Option<Span>,
     pool_idle_timeout: Option<Span>,
     drain_timeout: Option<Span>,
+    inspect: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -200,6 +213,10 @@ struct RawDatabase {
 #[serde(deny_unknown_fields)]
 struct RawAudit {
     file: Option<String>,
+    sync: Option<Spanned<String>>,
+    sync_interval: Option<Span>,
+    rotate_size: Option<ByteSize>,
+    table: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -481,6 +498,44 @@ impl Config {
                 state_dir.join(p)
             }
         };
+        let sync_env = env("PGID_AUDIT_SYNC");
+        let sync_text = match sync_env.as_deref() {
+            Some(v) => Some((v, None)),
+            None => raw
+                .audit
+                .sync
+                .as_ref()
+                .map(|s| (s.get_ref().as_str(), Some(s.span()))),
+        };
+        let sync = match sync_text {
+            Some(("always", _)) => crate::audit::Sync::Always,
+            None | Some(("interval", _)) => crate::audit::Sync::Interval(
+                raw.audit
+                    .sync_interval
+                    .map(Span::as_std)
+                    .unwrap_or(DEFAULT_AUDIT_SYNC_INTERVAL),
+            ),
+            Some((other, span)) => {
+                return Err(loc.at(
+                    span,
+                    "audit.sync",
+                    format!("{other:?} is not a sync mode (use \"always\" or \"interval\")"),
+                ))
+            }
+        };
+        let audit = AuditConfig {
+            file: audit_file,
+            sync,
+            rotate_size: match raw.audit.rotate_size {
+                Some(ByteSize(0)) => None,
+                Some(ByteSize(n)) => Some(n),
+                None => Some(DEFAULT_AUDIT_ROTATE_SIZE),
+            },
+            table: match env("PGID_AUDIT_TABLE") {
+                Some(v) => v == "true" || v == "1",
+                None => raw.audit.table.unwrap_or(false),
+            },
+        };
         let span_env =
             |name: &str, value: Option<Span>, default: Duration| -> Result<Duration, ConfigError> {
                 match env(name) {
@@ -515,6 +570,10 @@ impl Config {
                 public_host,
                 public_port,
                 allow_plaintext: raw.proxy.allow_plaintext.unwrap_or(false),
+                inspect: match env("PGID_PROXY_INSPECT") {
+                    Some(v) => v != "false" && v != "0",
+                    None => raw.proxy.inspect.unwrap_or(true),
+                },
                 handshake_timeout: raw
                     .proxy
                     .handshake_timeout
@@ -533,7 +592,7 @@ impl Config {
             },
             issuers,
             databases,
-            audit: AuditConfig { file: audit_file },
+            audit,
             leases,
         })
     }

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::collections::HashMap;
+
 use common::Harness;
 use serde_json::json;
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -147,6 +149,14 @@ async fn every_statement_is_judged_before_it_reaches_postgres() {
     let su = h.superuser().await;
     let before = snapshot(&su).await;
     let mut checked = 0;
+    // What the audit must hold afterwards: (protocol, statement) → (decision, times).
+    let mut expected: HashMap<(&str, String), (&str, usize)> = HashMap::new();
+    let mut expect = |protocol: &'static str, sql: &str, decision: &'static str| {
+        expected
+            .entry((protocol, sql.to_string()))
+            .or_insert((decision, 0))
+            .1 += 1;
+    };
 
     for sql in ALLOWED.iter().chain(ALLOWED_SIMPLE_ONLY) {
         let want = rows(
@@ -162,6 +172,7 @@ async fn every_statement_is_judged_before_it_reaches_postgres() {
                 .unwrap_or_else(|e| panic!("through pgid {sql}: {e}")),
         );
         assert_eq!(got, want, "{sql}");
+        expect("simple", sql, "allow");
         checked += 1;
     }
     for sql in ALLOWED {
@@ -170,6 +181,7 @@ async fn every_statement_is_judged_before_it_reaches_postgres() {
             .query(*sql, &[])
             .await
             .unwrap_or_else(|e| panic!("extended {sql}: {e}"));
+        expect("extended", sql, "allow");
         checked += 1;
     }
     for (sql, rule) in REFUSED.iter().chain(REFUSED_SIMPLE_ONLY) {
@@ -184,6 +196,8 @@ async fn every_statement_is_judged_before_it_reaches_postgres() {
             .simple_query("SELECT 1")
             .await
             .unwrap_or_else(|e| panic!("session unusable after {sql}: {e}"));
+        expect("simple", sql, "deny");
+        expect("simple", "SELECT 1", "allow");
         checked += 1;
     }
     for (sql, rule) in REFUSED {
@@ -198,6 +212,8 @@ async fn every_statement_is_judged_before_it_reaches_postgres() {
             .query("SELECT 1", &[])
             .await
             .unwrap_or_else(|e| panic!("session unusable after extended {sql}: {e}"));
+        expect("extended", sql, "deny");
+        expect("extended", "SELECT 1", "allow");
         checked += 1;
     }
     assert!(checked >= 60, "only {checked} statement runs");
@@ -206,6 +222,58 @@ async fn every_statement_is_judged_before_it_reaches_postgres() {
         before,
         "a refused statement changed the data"
     );
+
+    // Every statement run through pgid is in the audit exactly once, with its decision, and
+    // each allowed one with exactly one outcome.
+    let (decisions, outcomes) = h.statement_audit(lease["lease_id"].as_str().unwrap()).await;
+    let mut seen: HashMap<(&str, String), (&str, usize)> = HashMap::new();
+    for d in &decisions {
+        let key = (
+            d["protocol"].as_str().unwrap(),
+            d["statement"].as_str().unwrap().to_string(),
+        );
+        let decision = d["decision"].as_str().unwrap();
+        let entry = seen.entry(key.clone()).or_insert((decision, 0));
+        assert_eq!(entry.0, decision, "{key:?} decided both ways");
+        entry.1 += 1;
+        let outcome = outcomes.get(&(
+            d["session_id"].as_str().unwrap().to_string(),
+            d["seq"].as_u64().unwrap(),
+        ));
+        match decision {
+            "allow" => assert!(outcome.is_some(), "no outcome for {d}"),
+            _ => {
+                assert!(outcome.is_none(), "a refused statement has an outcome: {d}");
+                assert_eq!(d["sqlstate"], "42501");
+                assert!(d["rule"].is_string() && d["reason"].is_string(), "{d}");
+            }
+        }
+        assert_eq!(d["subject"], "agent:strict");
+        assert_eq!(d["policy"], "strict");
+    }
+    for (key, want) in &expected {
+        assert_eq!(seen.get(key), Some(want), "audit of {key:?}");
+    }
+    assert_eq!(seen.len(), expected.len(), "unexpected records: {seen:?}");
+    let drop = decisions
+        .iter()
+        .find(|d| d["statement"] == "DROP TABLE crm.customers")
+        .unwrap();
+    assert_eq!(drop["classes"], json!(["DROP"]));
+    assert_eq!(drop["rule"], "deny");
+    let count = decisions
+        .iter()
+        .find(|d| d["statement"] == "SELECT count(*) FROM crm.customers")
+        .unwrap();
+    let o = &outcomes[&(
+        count["session_id"].as_str().unwrap().to_string(),
+        count["seq"].as_u64().unwrap(),
+    )];
+    assert_eq!(
+        (o["result"].as_str(), o["rows"].as_u64()),
+        (Some("ok"), Some(1))
+    );
+    assert!(o["duration_ms"].as_f64().unwrap() >= 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

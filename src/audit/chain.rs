@@ -14,13 +14,39 @@ const HASH_SUFFIX_LEN: usize = ",\"hash\":\"".len() + 64 + "\"}".len();
 
 /// Appends `prev` and `hash` to a serialised JSON object; returns the line (no newline) and its hash.
 pub fn seal(object_json: &str, prev: &str) -> (String, String) {
+    let mut line = String::new();
+    let hash = seal_into(&mut line, object_json, prev);
+    (line, hash)
+}
+
+/// [`seal`], appending the line to `out` (on the statement path: one buffer, no temporaries).
+pub fn seal_into(out: &mut String, object_json: &str, prev: &str) -> String {
     debug_assert!(object_json.starts_with('{') && object_json.ends_with('}'));
     let open = &object_json[..object_json.len() - 1];
-    let sep = if open.len() > 1 { "," } else { "" };
-    let body = format!(r#"{open}{sep}"prev":"{prev}"}}"#);
-    let hash = hex::encode(Sha256::digest(body.as_bytes()));
-    let line = format!(r#"{},"hash":"{hash}"}}"#, &body[..body.len() - 1]);
-    (line, hash)
+    let start = out.len();
+    out.reserve(open.len() + prev.len() + 100);
+    out.push_str(open);
+    if open.len() > 1 {
+        out.push(',');
+    }
+    out.push_str("\"prev\":\"");
+    out.push_str(prev);
+    out.push('"');
+    let mut hasher = Sha256::new();
+    hasher.update(&out.as_bytes()[start..]);
+    hasher.update(b"}");
+    let digest = hasher.finalize();
+    let mut hex = [0u8; 64];
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in digest.iter().enumerate() {
+        hex[2 * i] = DIGITS[(b >> 4) as usize];
+        hex[2 * i + 1] = DIGITS[(b & 15) as usize];
+    }
+    let hash = std::str::from_utf8(&hex).unwrap_or_default();
+    out.push_str(",\"hash\":\"");
+    out.push_str(hash);
+    out.push_str("\"}");
+    hash.to_string()
 }
 
 #[derive(Debug, PartialEq, Eq)]

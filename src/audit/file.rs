@@ -1,45 +1,41 @@
-//! The JSON Lines sink. One writer task owns the file: appenders send records and wait for the
-//! acknowledgement, the writer seals everything queued, writes it with one `write`, fsyncs once
-//! and acknowledges the batch.
+//! The JSON Lines file: opening it where the chain left off, appending, and rotation that keeps
+//! the chain. A rotated file is renamed `<stem>.<UTC time>.<ext>`; the new file starts with an
+//! `audit.continued` record whose `prev` is the last hash of the one before, so each file verifies
+//! alone (from that record) and the files verify together in name order.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use tokio::sync::{mpsc, oneshot};
+use chrono::Utc;
 
 use super::chain;
-use super::event::Event;
 
-const QUEUE: usize = 4096;
-const MAX_BATCH: usize = 512;
-
-#[derive(Debug, thiserror::Error, Clone)]
-pub enum AuditError {
-    #[error("audit log {path}: {message}")]
-    Io { path: String, message: String },
-    #[error("audit log is not accepting records")]
-    Closed,
-}
-
-type Request = (String, oneshot::Sender<Result<(), AuditError>>);
-
-/// Handle to the audit file. Cheap to clone.
-#[derive(Clone)]
-pub struct AuditLog {
-    tx: mpsc::Sender<Request>,
+pub struct FileSink {
     path: PathBuf,
+    file: std::fs::File,
+    len: u64,
+    rotate_size: Option<u64>,
 }
 
-impl AuditLog {
-    /// Opens (or creates, mode 0600) `path`, continuing the chain from its last record.
-    pub fn open(path: &Path) -> Result<AuditLog, AuditError> {
-        let err = |e: std::io::Error| AuditError::Io {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        };
+/// What opening found: where the chain continues, and the first record to write if the file is
+/// new but an older rotated file exists.
+pub struct Opened {
+    pub sink: FileSink,
+    pub prev: String,
+    pub continuation: Option<String>,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> String + '_ {
+    move |e| format!("audit log {}: {e}", path.display())
+}
+
+impl FileSink {
+    /// Opens (or creates, mode 0600) `path`. An empty file continues the newest rotated file's
+    /// chain, if there is one (a crash between rename and first write loses no link).
+    pub fn open(path: &Path, rotate_size: Option<u64>) -> Result<Opened, String> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(err)?;
+            std::fs::create_dir_all(dir).map_err(io(path))?;
         }
         let mut file = std::fs::OpenOptions::new()
             .read(true)
@@ -47,40 +43,149 @@ impl AuditLog {
             .create(true)
             .mode(0o600)
             .open(path)
-            .map_err(err)?;
-        let last = last_hash(&mut file).map_err(|message| AuditError::Io {
-            path: path.display().to_string(),
-            message,
-        })?;
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let p = path.to_path_buf();
-        std::thread::Builder::new()
-            .name("pgid-audit".into())
-            .spawn(move || writer(file, p, last, rx))
-            .map_err(err)?;
-        Ok(AuditLog {
-            tx,
-            path: path.to_path_buf(),
+            .map_err(io(path))?;
+        let len = file.metadata().map_err(io(path))?.len();
+        let (prev, continuation) = if len > 0 {
+            let last =
+                last_hash(&mut file).map_err(|m| format!("audit log {}: {m}", path.display()))?;
+            (last, None)
+        } else {
+            match newest_rotated(path) {
+                Some(old) => {
+                    let mut f = std::fs::File::open(&old).map_err(io(&old))?;
+                    let last = last_hash(&mut f)
+                        .map_err(|m| format!("audit log {}: {m}", old.display()))?;
+                    (last, Some(continued_record(&old)))
+                }
+                None => (chain::GENESIS.to_string(), None),
+            }
+        };
+        Ok(Opened {
+            sink: FileSink {
+                path: path.to_path_buf(),
+                file,
+                len,
+                rotate_size,
+            },
+            prev,
+            continuation,
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn append(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.file.write_all(bytes).map_err(io(&self.path))?;
+        self.len += bytes.len() as u64;
+        Ok(())
     }
 
-    /// Appends `event`; returns once it is durable.
-    pub async fn record(&self, event: &Event) -> Result<(), AuditError> {
-        let json = serde_json::to_string(event).map_err(|e| AuditError::Io {
-            path: self.path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        let (ack, done) = oneshot::channel();
-        self.tx
-            .send((json, ack))
-            .await
-            .map_err(|_| AuditError::Closed)?;
-        done.await.map_err(|_| AuditError::Closed)?
+    /// Another handle on the file, to fsync it without holding the sink.
+    pub fn handle(&self) -> Option<std::fs::File> {
+        self.file.try_clone().ok()
     }
+
+    pub fn sync(&mut self) -> Result<(), String> {
+        self.file.sync_data().map_err(io(&self.path))
+    }
+
+    pub fn wants_rotation(&self) -> bool {
+        self.rotate_size.is_some_and(|max| self.len >= max)
+    }
+
+    /// Renames the current file aside and opens a fresh one; returns the unsealed
+    /// `audit.continued` record to write first.
+    pub fn rotate(&mut self) -> Result<String, String> {
+        self.sync()?;
+        // Names have microseconds; never overwrite an earlier rotation within the same one.
+        let mut rotated = rotated_name(&self.path);
+        while rotated.exists() {
+            std::thread::sleep(std::time::Duration::from_micros(50));
+            rotated = rotated_name(&self.path);
+        }
+        std::fs::rename(&self.path, &rotated).map_err(io(&self.path))?;
+        self.file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&self.path)
+            .map_err(io(&self.path))?;
+        self.len = 0;
+        if let Some(dir) = self.path.parent() {
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        tracing::info!(rotated = %rotated.display(), "audit log rotated");
+        Ok(continued_record(&rotated))
+    }
+}
+
+fn continued_record(previous: &Path) -> String {
+    serde_json::json!({
+        "time": Utc::now(),
+        "kind": "audit.continued",
+        "previous_file": previous.file_name().map(|n| n.to_string_lossy().into_owned()),
+    })
+    .to_string()
+}
+
+fn split_name(path: &Path) -> (String, String) {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "audit".into());
+    let ext = path
+        .extension()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    (stem, ext)
+}
+
+/// `<stem>.<YYYYmmddTHHMMSS.ffffff>Z.<ext>`: sorts by name in rotation order.
+fn rotated_name(path: &Path) -> PathBuf {
+    let (stem, ext) = split_name(path);
+    let stamp = Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
+    let name = if ext.is_empty() {
+        format!("{stem}.{stamp}")
+    } else {
+        format!("{stem}.{stamp}.{ext}")
+    };
+    path.with_file_name(name)
+}
+
+/// Rotated files of `path`, oldest first.
+pub fn rotated_files(path: &Path) -> Vec<PathBuf> {
+    let (stem, ext) = split_name(path);
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let prefix = format!("{stem}.");
+    let suffix = if ext.is_empty() {
+        String::new()
+    } else {
+        format!(".{ext}")
+    };
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let middle = name.strip_prefix(&prefix)?.strip_suffix(&suffix)?;
+            let stamp_like = middle.len() == 23
+                && middle.ends_with('Z')
+                && middle.as_bytes()[8] == b'T'
+                && middle[..8].bytes().all(|b| b.is_ascii_digit());
+            stamp_like.then(|| e.path())
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+fn newest_rotated(path: &Path) -> Option<PathBuf> {
+    rotated_files(path).pop()
 }
 
 /// The last record's hash, checking that the file ends with a complete line.
@@ -89,7 +194,7 @@ fn last_hash(file: &mut std::fs::File) -> Result<String, String> {
     if len == 0 {
         return Ok(chain::GENESIS.to_string());
     }
-    let tail = len.min(1 << 20);
+    let tail = len.min(4 << 20);
     file.seek(SeekFrom::Start(len - tail))
         .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
@@ -110,102 +215,32 @@ fn last_hash(file: &mut std::fs::File) -> Result<String, String> {
         .ok_or_else(|| "the last record has no hash".into())
 }
 
-fn writer(
-    mut file: std::fs::File,
-    path: PathBuf,
-    mut prev: String,
-    mut rx: mpsc::Receiver<Request>,
-) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
-        let mut out = String::new();
-        let mut next = prev.clone();
-        for (json, _) in &batch {
-            let (line, hash) = chain::seal(json, &next);
-            out.push_str(&line);
-            out.push('\n');
-            next = hash;
-        }
-        let result = file
-            .write_all(out.as_bytes())
-            .and_then(|_| file.sync_data());
-        match result {
-            Ok(()) => {
-                prev = next;
-                for (_, ack) in batch {
-                    let _ = ack.send(Ok(()));
-                }
-            }
-            Err(e) => {
-                // The chain state is unknown now: stop accepting; every later record fails too.
-                tracing::error!(path = %path.display(), error = %e, "audit write failed; refusing audited actions");
-                let err = AuditError::Io {
-                    path: path.display().to_string(),
-                    message: e.to_string(),
-                };
-                for (_, ack) in batch {
-                    let _ = ack.send(Err(err.clone()));
-                }
-                rx.close();
-                while let Ok((_, ack)) = rx.try_recv() {
-                    let _ = ack.send(Err(err.clone()));
-                }
-                return;
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::event::Kind;
-
-    #[tokio::test]
-    async fn records_are_chained_durable_and_continued_after_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.jsonl");
-        let log = AuditLog::open(&path).unwrap();
-        let writes: Vec<_> = (0..50)
-            .map(|i| {
-                let log = log.clone();
-                tokio::spawn(async move {
-                    log.record(&Event::new(Kind::SessionStart).reason(format!("r{i}")))
-                        .await
-                })
-            })
-            .collect();
-        for w in writes {
-            w.await.unwrap().unwrap();
-        }
-        drop(log);
-        let log = AuditLog::open(&path).unwrap();
-        log.record(&Event::new(Kind::SessionEnd)).await.unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text.lines().count(), 51);
-        chain::verify(text.lines(), chain::GENESIS).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-    }
 
     #[test]
     fn an_incomplete_last_record_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         std::fs::write(&path, "{\"kind\":\"x\"").unwrap();
-        assert!(AuditLog::open(&path)
+        assert!(FileSink::open(&path, None)
             .err()
             .unwrap()
-            .to_string()
             .contains("incomplete"));
+    }
+
+    #[test]
+    fn rotated_names_sort_in_rotation_order_and_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let a = rotated_name(&path);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = rotated_name(&path);
+        std::fs::write(&a, "").unwrap();
+        std::fs::write(&b, "").unwrap();
+        std::fs::write(dir.path().join("audit.backup.jsonl"), "").unwrap();
+        std::fs::write(dir.path().join("other.jsonl"), "").unwrap();
+        assert_eq!(rotated_files(&path), vec![a, b]);
     }
 }

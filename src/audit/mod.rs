@@ -1,11 +1,14 @@
-//! The audit log (DESIGN §8): every credential action and session, as JSON Lines in a SHA-256
-//! hash chain. `chain` is the pure sealing and verification; `event` the record; `file` the
-//! durable sink: appends are acknowledged only after they are written and fsynced, in group
-//! commits so concurrent appenders share one fsync. If the sink fails, callers refuse the action.
+//! The audit log (DESIGN §8): every credential action, session and statement, as JSON Lines in a
+//! SHA-256 hash chain, optionally copied to the `pgid.audit_events` table. `chain` is the pure
+//! sealing and verification; `event` the credential and session records; `statement` the
+//! statement records; `file` the file with its rotation; `log` the writer that makes records
+//! durable in group commits. If a sink fails, callers refuse the action.
 
 pub mod chain;
 pub mod event;
-mod file;
+pub mod file;
+mod log;
+pub mod statement;
 
 pub use event::{Event, Kind};
-pub use file::{AuditError, AuditLog};
+pub use log::{AuditError, AuditLog, AuditSetup, Sync};

@@ -41,6 +41,7 @@ pub struct BrokerState {
     pub verifier: Arc<Verifier>,
     pub admins: Arc<Vec<IdentityMatch>>,
     pub proxy: ProxyAddress,
+    pub analyzer: Option<Arc<crate::sql::Analyzer>>,
 }
 
 impl BrokerState {
@@ -93,8 +94,26 @@ async fn healthz(State(s): State<BrokerState>) -> impl IntoResponse {
 
 async fn metrics(State(s): State<BrokerState>) -> impl IntoResponse {
     let counts = s.leases.store().counts().await.unwrap_or_default();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.leases.metrics().render(&counts),
-    )
+    let mut text = s.leases.metrics().render(&counts);
+    if let Some(a) = &s.analyzer {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (name, help, v) in [
+            (
+                "pgid_sql_cache_hits_total",
+                "Statements whose analysis came from the cache.",
+                &a.hits,
+            ),
+            (
+                "pgid_sql_cache_misses_total",
+                "Statements parsed and analysed.",
+                &a.misses,
+            ),
+        ] {
+            text.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                v.load(Relaxed)
+            ));
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

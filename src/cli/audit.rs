@@ -1,11 +1,17 @@
-//! `pgid audit verify FILE…`: checks the hash chain, across rotated files in the order given.
+//! `pgid audit verify FILE…` checks the hash chain, across rotated files in the order given;
+//! `pgid audit tail` prints (and follows) records, filtered by subject, lease, decision or kind.
 
-use std::path::PathBuf;
+use std::collections::VecDeque;
+use std::io::{BufRead, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
+use serde_json::Value;
 
 use crate::audit::chain;
+use crate::config::Config;
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
@@ -14,17 +20,57 @@ pub enum AuditCommand {
         /// Audit files, oldest first (a rotated file's chain continues in the next).
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// Hash the first file's chain starts from (default: a new chain).
-        #[arg(long, default_value = chain::GENESIS)]
-        start: String,
+        /// Hash the first file's chain starts from (default: a new chain, or — for a file that
+        /// begins with an `audit.continued` record — the hash that record continues from).
+        #[arg(long)]
+        start: Option<String>,
     },
+    /// Print the last records, optionally following the file as it grows (and rotates).
+    Tail(TailArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TailArgs {
+    /// The audit file (default: the one configured in --config).
+    #[arg(long)]
+    file: Option<PathBuf>,
+    #[arg(long, short, env = "PGID_CONFIG", default_value = "pgid.toml")]
+    config: PathBuf,
+    /// How many matching records to print first.
+    #[arg(long, short = 'n', default_value_t = 20)]
+    lines: usize,
+    /// Keep printing records as they are written.
+    #[arg(long, short)]
+    follow: bool,
+    /// Only records of this subject (exact, or a glob such as `ci:*`).
+    #[arg(long)]
+    subject: Option<String>,
+    /// Only records of this lease id.
+    #[arg(long)]
+    lease: Option<String>,
+    /// Only statement decisions: `allow` or `deny`.
+    #[arg(long)]
+    decision: Option<String>,
+    /// Only records of this kind (`statement`, `session.start`, `credential.*`, …).
+    #[arg(long)]
+    kind: Option<String>,
+    /// Print the records as stored (JSON Lines) instead of one readable line each.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(cmd: AuditCommand) -> anyhow::Result<u8> {
-    let AuditCommand::Verify { files, start } = cmd;
-    let mut prev = start;
+    match cmd {
+        AuditCommand::Verify { files, start } => verify(&files, start),
+        AuditCommand::Tail(args) => tail(args),
+    }
+}
+
+fn verify(files: &[PathBuf], start: Option<String>) -> anyhow::Result<u8> {
+    let mut prev = start.clone().unwrap_or_else(|| chain::GENESIS.to_string());
     let mut records = 0usize;
-    for file in &files {
+    let mut continues_from = None;
+    for (i, file) in files.iter().enumerate() {
         let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
         let text = String::from_utf8_lossy(&bytes);
         if !text.is_empty() && !text.ends_with('\n') {
@@ -34,6 +80,12 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<u8> {
                 file.display()
             );
             return Ok(1);
+        }
+        if i == 0 && start.is_none() {
+            if let Some(from) = text.lines().next().and_then(continued_from) {
+                continues_from = Some(from.clone());
+                prev = from;
+            }
         }
         match chain::verify(text.lines(), &prev) {
             Ok(last) => {
@@ -51,5 +103,190 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<u8> {
         files.len(),
         if files.len() == 1 { "" } else { "s" }
     );
+    if let Some(from) = continues_from {
+        println!(
+            "note: the first file continues a rotated chain from hash {from}; verify it together with the file before it to check that link"
+        );
+    }
     Ok(0)
+}
+
+/// The hash an `audit.continued` record (the first of a rotated-to file) continues from.
+fn continued_from(line: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(line).ok()?;
+    (v["kind"] == "audit.continued")
+        .then(|| v["prev"].as_str().map(str::to_string))
+        .flatten()
+}
+
+struct Filter {
+    subject: Option<String>,
+    lease: Option<String>,
+    decision: Option<String>,
+    kind: Option<String>,
+}
+
+impl Filter {
+    fn matches(&self, r: &Value) -> bool {
+        let field = |k: &str| r[k].as_str().unwrap_or_default();
+        self.subject
+            .as_ref()
+            .is_none_or(|s| crate::policy::glob_matches(s, field("subject")))
+            && self.lease.as_ref().is_none_or(|l| field("lease_id") == l)
+            && self
+                .decision
+                .as_ref()
+                .is_none_or(|d| field("decision") == d)
+            && self
+                .kind
+                .as_ref()
+                .is_none_or(|k| crate::policy::glob_matches(k, field("kind")))
+    }
+}
+
+fn readable(r: &Value) -> String {
+    let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
+    let mut out = format!("{} {:<18}", s("time"), s("kind"));
+    for k in ["subject", "policy", "decision", "result", "rule"] {
+        if r[k].is_string() {
+            out.push_str(&format!(" {k}={}", s(k)));
+        }
+    }
+    for k in ["seq", "rows", "duration_ms"] {
+        if !r[k].is_null() {
+            out.push_str(&format!(" {k}={}", r[k]));
+        }
+    }
+    if r["sqlstate"].is_string() {
+        out.push_str(&format!(" sqlstate={}", s("sqlstate")));
+    }
+    if r["statement"].is_string() {
+        out.push_str(&format!(" statement={}", r["statement"]));
+    }
+    if r["reason"].is_string() {
+        out.push_str(&format!(" reason={}", r["reason"]));
+    }
+    out
+}
+
+fn tail(args: TailArgs) -> anyhow::Result<u8> {
+    let path = match &args.file {
+        Some(f) => f.clone(),
+        None => {
+            let c = Config::load(&args.config).with_context(|| {
+                format!("no --file given and cannot read {}", args.config.display())
+            })?;
+            c.audit.file
+        }
+    };
+    let filter = Filter {
+        subject: args.subject.clone(),
+        lease: args.lease.clone(),
+        decision: args.decision.clone(),
+        kind: args.kind.clone(),
+    };
+    if let Some(d) = &filter.decision {
+        if d != "allow" && d != "deny" {
+            anyhow::bail!("--decision must be allow or deny, not {d:?}");
+        }
+    }
+    let print = |line: &str| -> bool {
+        let Ok(r) = serde_json::from_str::<Value>(line) else {
+            return false;
+        };
+        if !filter.matches(&r) {
+            return false;
+        }
+        if args.json {
+            println!("{line}");
+        } else {
+            println!("{}", readable(&r));
+        }
+        true
+    };
+    let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut last: VecDeque<String> = VecDeque::with_capacity(args.lines + 1);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            break;
+        }
+        if !line.ends_with('\n') {
+            break;
+        }
+        let trimmed = line.trim_end();
+        let matches = serde_json::from_str::<Value>(trimmed).is_ok_and(|r| filter.matches(&r));
+        if matches && args.lines > 0 {
+            if last.len() == args.lines {
+                last.pop_front();
+            }
+            last.push_back(trimmed.to_string());
+        }
+    }
+    for l in &last {
+        print(l);
+    }
+    if !args.follow {
+        return Ok(0);
+    }
+    // Whatever was read past the last newline is the start of a record still being written.
+    let mut partial = if line.ends_with('\n') {
+        String::new()
+    } else {
+        line.clone()
+    };
+    follow(&path, reader, &mut partial, &print)
+}
+
+fn identity(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.ino())
+}
+
+fn follow(
+    path: &Path,
+    mut reader: std::io::BufReader<std::fs::File>,
+    partial: &mut String,
+    print: &dyn Fn(&str) -> bool,
+) -> anyhow::Result<u8> {
+    use std::io::Write;
+    let mut inode = identity(path);
+    loop {
+        let mut chunk = String::new();
+        reader.read_to_string(&mut chunk)?;
+        if !chunk.is_empty() {
+            partial.push_str(&chunk);
+            while let Some(at) = partial.find('\n') {
+                let line: String = partial.drain(..=at).collect();
+                print(line.trim_end());
+            }
+            let _ = std::io::stdout().flush();
+            continue;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        // Rotated: the path names a new file; finish the old one above, then switch.
+        let now = identity(path);
+        if now.is_some() && now != inode {
+            let mut rest = String::new();
+            reader.read_to_string(&mut rest)?;
+            partial.push_str(&rest);
+            while let Some(at) = partial.find('\n') {
+                let line: String = partial.drain(..=at).collect();
+                print(line.trim_end());
+            }
+            partial.clear();
+            let file = std::fs::File::open(path)?;
+            reader = std::io::BufReader::new(file);
+            inode = now;
+        } else {
+            // Truncated in place: start over from its beginning.
+            let pos = reader.stream_position()?;
+            if std::fs::metadata(path).map(|m| m.len()).unwrap_or(pos) < pos {
+                reader.seek(SeekFrom::Start(0))?;
+                partial.clear();
+            }
+        }
+    }
 }

@@ -151,6 +151,14 @@ struct RawPolicy {
     mask: Vec<RawMask>,
     #[serde(default)]
     approval: Vec<RawApproval>,
+    audit: Option<RawAudit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    parameters: Option<bool>,
+    literals: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -411,6 +419,21 @@ pub fn parse_policy(path: &Path, text: &str) -> Result<Policy, Vec<PolicyError>>
         });
     }
 
+    let mut audit = StatementAudit::default();
+    if let Some(a) = raw.audit {
+        audit.parameters = a.parameters.unwrap_or(true);
+        if let Some(l) = a.literals {
+            match l.get_ref().as_str() {
+                "keep" => {}
+                "normalize" => audit.normalize_literals = true,
+                other => errs.at(
+                    l.span(),
+                    format!("audit.literals: {other:?} is not \"keep\" or \"normalize\""),
+                ),
+            }
+        }
+    }
+
     if !errs.list.is_empty() {
         return Err(errs.list);
     }
@@ -426,6 +449,7 @@ pub fn parse_policy(path: &Path, text: &str) -> Result<Policy, Vec<PolicyError>>
         guardrails,
         masks,
         approvals,
+        audit,
         source: path.to_path_buf(),
     })
 }

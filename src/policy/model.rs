@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::matcher::IdentityMatch;
 
@@ -21,6 +21,7 @@ pub struct Policy {
     pub guardrails: Guardrails,
     pub masks: Vec<Mask>,
     pub approvals: Vec<Approval>,
+    pub audit: StatementAudit,
     pub source: PathBuf,
 }
 
@@ -118,7 +119,7 @@ pub struct Grant {
 }
 
 /// Statement classes used by guardrails and approval rules (DESIGN §4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum StatementClass {
     Select,
@@ -152,6 +153,24 @@ impl StatementClass {
         StatementClass::Load,
         StatementClass::CopyProgram,
     ];
+}
+
+/// What the statement records of a policy's sessions keep (`[audit]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatementAudit {
+    /// Record Bind parameter values (default true).
+    pub parameters: bool,
+    /// Record statements with their literal values replaced by `$n` (default false).
+    pub normalize_literals: bool,
+}
+
+impl Default for StatementAudit {
+    fn default() -> Self {
+        StatementAudit {
+            parameters: true,
+            normalize_literals: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

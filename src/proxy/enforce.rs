@@ -1,6 +1,10 @@
-//! Guardrails on the data path. Each Query, Parse and FunctionCall a client sends is judged
-//! before it reaches Postgres. A refused one is not dropped — dropping would break the order of
-//! responses in a pipeline — but replaced by a call to a function that cannot exist,
+//! Guardrails and statement audit on the data path. Each Query, Parse and FunctionCall a client
+//! sends is judged before it reaches Postgres; each statement that will run (a Query, or an
+//! Execute of a portal) gets a decision record that must be durable before the bytes go on, and
+//! its outcome is recorded when the response completes ([`super::outcome`]).
+//!
+//! A refused statement is not dropped — dropping would break the order of responses in a
+//! pipeline — but replaced by a call to a function that cannot exist,
 //! `pgid_refused_<session token>_<n>()`, which fails at parse time exactly where the refused
 //! statement stood: the server answers it in sequence, skips to Sync in the extended protocol,
 //! and aborts an open transaction block as any error would. That ErrorResponse is then rewritten
@@ -8,21 +12,54 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{BufMut, BytesMut};
 use rand::RngCore;
 
+use super::outcome::{Audited, Done, Tracker};
 use super::wire::backend::{self, Severity};
 use super::wire::{cstr, message, put_cstr};
+use crate::audit::statement::SessionRecords;
+use crate::audit::statement::{self, Decision, DecisionKind, Outcome as OutcomeRecord, Protocol};
 use crate::guard::{self, Verdict};
-use crate::policy::Guardrails;
-use crate::sql::{Analyzer, Dialect, Outcome, Statement};
+use crate::policy::{Guardrails, StatementAudit, StatementClass};
+use crate::sql::{Analyzer, Dialect, Outcome};
+
+/// A statement prepared in this session (SQL PREPARE or protocol Parse).
+struct Prepared {
+    text: String,
+    analysis: Outcome,
+    /// For SQL PREPARE: which statement of the analysis it is.
+    index: usize,
+}
+
+struct Portal {
+    statement: Option<Arc<Prepared>>,
+    parameters: Vec<Option<String>>,
+}
+
+/// What the statements of one batch of client messages became.
+pub struct Judged {
+    /// `None`: forward the messages as they are.
+    pub frames: Option<BytesMut>,
+    /// Decision records to make durable before forwarding.
+    pub records: Vec<String>,
+    /// Messages as forwarded, for the outcome tracker, committed once forwarding goes ahead:
+    /// (tag, decision record, statement described).
+    sent: Vec<(u8, Option<u64>, Option<String>)>,
+    groups_before: u64,
+}
 
 pub struct Enforcer {
     rules: Guardrails,
+    audit: StatementAudit,
     analyzer: Arc<Analyzer>,
-    /// Prepared statements of this session (SQL PREPARE and protocol Parse), by name.
-    prepared: HashMap<String, Statement>,
+    records: SessionRecords,
+    prepared: HashMap<String, Arc<Prepared>>,
+    /// Parameter types of prepared statements, from Parse and ParameterDescription.
+    parameter_types: HashMap<String, Vec<u32>>,
+    portals: HashMap<String, Portal>,
     token: String,
     next: u64,
     /// Refusal number → (request group it belongs to, the ErrorResponse to send).
@@ -30,6 +67,10 @@ pub struct Enforcer {
     /// Request groups (a Query, FunctionCall, or messages up to a Sync) sent and answered.
     sent: u64,
     answered: u64,
+    /// Statement records of this session so far.
+    seq: u64,
+    tracker: Tracker,
+    done: Vec<Done>,
 }
 
 fn frame_len(frames: &[u8], pos: usize) -> usize {
@@ -42,19 +83,122 @@ fn frame_len(frames: &[u8], pos: usize) -> usize {
         + 1
 }
 
+fn names(st: &crate::sql::Statement) -> (Vec<StatementClass>, Vec<String>) {
+    let classes = st.classes.iter().copied().collect();
+    let tables = st
+        .tables
+        .iter()
+        .map(|(s, t)| {
+            if s.is_empty() {
+                t.clone()
+            } else {
+                format!("{s}.{t}")
+            }
+        })
+        .collect();
+    (classes, tables)
+}
+
+/// Type OIDs: a count (i16) and that many i32, as in Parse and ParameterDescription.
+fn type_oids(body: &[u8]) -> Vec<u32> {
+    let Some(n) = body
+        .get(..2)
+        .map(|b| i16::from_be_bytes([b[0], b[1]]).max(0) as usize)
+    else {
+        return Vec::new();
+    };
+    (0..n)
+        .map_while(|i| {
+            body.get(2 + 4 * i..6 + 4 * i)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        })
+        .collect()
+}
+
+/// The Bind message's portal, statement name and parameter values (`None` for NULL), decoded
+/// with `types` (the statement's parameter types, where known) when `values`.
+fn bind(
+    body: &[u8],
+    values: bool,
+    types: &HashMap<String, Vec<u32>>,
+) -> Result<(String, String, Vec<Option<String>>), String> {
+    let mut at = 0;
+    let portal = cstr(body, &mut at).map_err(|e| e.to_string())?.to_string();
+    let name = cstr(body, &mut at).map_err(|e| e.to_string())?.to_string();
+    if !values {
+        return Ok((portal, name, Vec::new()));
+    }
+    let types = types.get(&name).map(Vec::as_slice).unwrap_or_default();
+    let bad = || "malformed Bind".to_string();
+    let i16_at = |at: usize| -> Result<i16, String> {
+        body.get(at..at + 2)
+            .map(|b| i16::from_be_bytes([b[0], b[1]]))
+            .ok_or_else(bad)
+    };
+    let n_formats = i16_at(at)?.max(0) as usize;
+    let formats: Vec<i16> = (0..n_formats)
+        .map(|i| i16_at(at + 2 + 2 * i))
+        .collect::<Result<_, _>>()?;
+    at += 2 + 2 * n_formats;
+    let n_params = i16_at(at)?.max(0) as usize;
+    at += 2;
+    let mut params = Vec::with_capacity(n_params);
+    for i in 0..n_params {
+        let len = body
+            .get(at..at + 4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or_else(bad)?;
+        at += 4;
+        let binary = match formats.len() {
+            0 => false,
+            1 => formats[0] == 1,
+            _ => formats.get(i).copied() == Some(1),
+        };
+        if len < 0 {
+            params.push(None);
+        } else {
+            let v = body.get(at..at + len as usize).ok_or_else(bad)?;
+            at += len as usize;
+            let oid = types.get(i).copied().unwrap_or(0);
+            params.push(statement::parameter(Some(v), binary, oid));
+        }
+    }
+    Ok((portal, name, params))
+}
+
+pub struct EnforcerSetup {
+    pub rules: Guardrails,
+    pub audit: StatementAudit,
+    pub analyzer: Arc<Analyzer>,
+    pub records: SessionRecords,
+}
+
+/// A message in the batch, as judged.
+enum Replace {
+    Keep,
+    With(BytesMut),
+}
+
 impl Enforcer {
-    pub fn new(rules: Guardrails, analyzer: Arc<Analyzer>) -> Enforcer {
+    pub fn new(setup: EnforcerSetup) -> Enforcer {
         let mut b = [0u8; 8];
         rand::rngs::OsRng.fill_bytes(&mut b);
         Enforcer {
-            rules,
-            analyzer,
+            rules: setup.rules,
+            audit: setup.audit,
+            analyzer: setup.analyzer,
+            records: setup.records,
             prepared: HashMap::new(),
+            parameter_types: HashMap::new(),
+            portals: HashMap::new(),
             token: format!("pgid_refused_{}", hex::encode(b)),
             next: 0,
             refusals: HashMap::new(),
             sent: 0,
             answered: 0,
+            seq: 0,
+            tracker: Tracker::default(),
+            done: Vec::new(),
         }
     }
 
@@ -71,7 +215,12 @@ impl Enforcer {
             },
             Ok(a) => {
                 let prepared = &self.prepared;
-                guard::check(a, &self.rules, &|name| prepared.get(name).cloned())
+                guard::check(a, &self.rules, &|name| {
+                    prepared.get(name).and_then(|p| match &*p.analysis {
+                        Ok(a) => a.statements.get(p.index).cloned(),
+                        Err(_) => None,
+                    })
+                })
             }
         };
         (verdict, outcome)
@@ -92,88 +241,290 @@ impl Enforcer {
         format!("SELECT {}_{}()", self.token, self.next)
     }
 
-    /// Judges the complete client messages in `frames`. `None`: forward them as they are;
-    /// `Some(bytes)`: forward these instead.
+    /// A Parse message that fails where `verdict` refused a statement: under the client's
+    /// statement name, or (standing in for an Execute) under a name of pgid's own.
+    fn refuse_parse(&mut self, verdict: &Verdict, name: Option<&str>) -> BytesMut {
+        let stand_in = self.refuse(verdict, self.sent + 1);
+        let mut p = BytesMut::new();
+        let own = format!("{}_{}", self.token, self.next);
+        message(&mut p, b'P', |b| {
+            put_cstr(b, name.unwrap_or(&own));
+            put_cstr(b, &stand_in);
+            b.put_i16(0);
+        });
+        p
+    }
+
+    fn refuse_query(&mut self, verdict: &Verdict) -> BytesMut {
+        let stand_in = self.refuse(verdict, self.sent);
+        let mut q = BytesMut::new();
+        message(&mut q, b'Q', |b| put_cstr(b, &stand_in));
+        q
+    }
+
+    fn shown<'a>(&self, sql: &'a str) -> std::borrow::Cow<'a, str> {
+        if self.audit.normalize_literals {
+            if let Some(n) = crate::sql::normalize(sql) {
+                return n.into();
+            }
+        }
+        sql.into()
+    }
+
+    /// A decision record; returns its sequence number.
+    #[allow(clippy::too_many_arguments)]
+    fn decision(
+        &mut self,
+        records: &mut Vec<String>,
+        protocol: Protocol,
+        sql: &str,
+        parameters: Option<&[Option<String>]>,
+        analysis: Option<&crate::sql::Statement>,
+        verdict: &Verdict,
+    ) -> u64 {
+        self.seq += 1;
+        let (classes, tables) = analysis.map(names).unwrap_or_default();
+        let (decision, rule, reason) = match verdict {
+            Verdict::Allow => (DecisionKind::Allow, None, None),
+            Verdict::Deny { rule, reason } => {
+                (DecisionKind::Deny, Some(*rule), Some(reason.as_str()))
+            }
+        };
+        let text = self.shown(sql);
+        records.push(self.records.decision(&Decision {
+            seq: self.seq,
+            protocol,
+            statement: &text,
+            parameters: parameters.filter(|_| self.audit.parameters),
+            classes: &classes,
+            tables: &tables,
+            decision,
+            rule,
+            reason,
+            sqlstate: (decision == DecisionKind::Deny).then_some("42501"),
+        }));
+        self.seq
+    }
+
+    /// Judges the complete client messages in `frames`. With `audit_down`, every statement is
+    /// refused (the audit log cannot take its record).
     pub async fn client_frames(
         &mut self,
         frames: &[u8],
         dialect: Dialect,
-    ) -> Result<Option<BytesMut>, String> {
+        audit_down: bool,
+    ) -> Result<Judged, String> {
+        let groups_before = self.sent;
         let mut out: Option<BytesMut> = None;
+        let mut records = Vec::new();
+        let mut sent = Vec::new();
+        let down = Verdict::Deny {
+            rule: "audit",
+            reason: "the audit log is unavailable; statements are refused until it recovers".into(),
+        };
         let mut pos = 0;
         while pos < frames.len() {
             let tag = frames[pos];
             let total = frame_len(frames, pos);
             let body = &frames[pos + 5..pos + total];
-            let replacement = match tag {
+            let (replace, sent_as) = match tag {
                 b'Q' => {
                     self.sent += 1;
                     let mut at = 0;
-                    let sql = cstr(body, &mut at).map_err(|e| e.to_string())?.to_string();
-                    let (verdict, outcome) = self.judge(&sql, dialect).await;
+                    let sql = cstr(body, &mut at).map_err(|e| e.to_string())?;
+                    let (mut verdict, outcome) = self.judge(sql, dialect).await;
+                    if audit_down {
+                        verdict = down.clone();
+                    }
+                    let first = outcome
+                        .as_ref()
+                        .as_ref()
+                        .ok()
+                        .and_then(|a| (a.statements.len() == 1).then(|| &a.statements[0]));
+                    let merged;
+                    let shown = match (&*outcome, first) {
+                        (_, Some(st)) => Some(st),
+                        (Ok(a), None) if !a.statements.is_empty() => {
+                            merged = merge(a);
+                            Some(&merged)
+                        }
+                        _ => None,
+                    };
+                    let seq = (!audit_down).then(|| {
+                        self.decision(&mut records, Protocol::Simple, sql, None, shown, &verdict)
+                    });
                     if verdict == Verdict::Allow {
                         // Only SQL PREPARE needs remembering; everything else is judged and gone.
-                        for st in outcome.iter().flat_map(|a| &a.statements) {
-                            if let Some(name) = &st.prepares {
-                                self.prepared.insert(name.clone(), st.clone());
+                        if let Ok(a) = &*outcome {
+                            for (index, st) in a.statements.iter().enumerate() {
+                                if let Some(name) = &st.prepares {
+                                    self.prepared.insert(
+                                        name.clone(),
+                                        Arc::new(Prepared {
+                                            text: sql.to_string(),
+                                            analysis: outcome.clone(),
+                                            index,
+                                        }),
+                                    );
+                                }
                             }
                         }
-                        None
+                        (Replace::Keep, (b'Q', seq, None))
                     } else {
-                        let stand_in = self.refuse(&verdict, self.sent);
-                        let mut q = BytesMut::new();
-                        message(&mut q, b'Q', |b| put_cstr(b, &stand_in));
-                        Some(q)
+                        (
+                            Replace::With(self.refuse_query(&verdict)),
+                            (b'Q', None, None),
+                        )
                     }
                 }
                 b'P' => {
                     let mut at = 0;
                     let name = cstr(body, &mut at).map_err(|e| e.to_string())?.to_string();
-                    let sql = cstr(body, &mut at).map_err(|e| e.to_string())?.to_string();
-                    let (verdict, outcome) = self.judge(&sql, dialect).await;
-                    if verdict == Verdict::Allow {
-                        let first = outcome
-                            .iter()
-                            .flat_map(|a| a.statements.first())
-                            .next()
-                            .cloned();
-                        self.prepared.insert(name, first.unwrap_or_default());
-                        None
-                    } else {
-                        self.prepared.remove(&name);
-                        let stand_in = self.refuse(&verdict, self.sent + 1);
-                        let mut p = BytesMut::new();
-                        message(&mut p, b'P', |b| {
-                            put_cstr(b, &name);
-                            put_cstr(b, &stand_in);
-                            b.put_i16(0);
-                        });
-                        Some(p)
+                    let sql = cstr(body, &mut at).map_err(|e| e.to_string())?;
+                    let (mut verdict, outcome) = self.judge(sql, dialect).await;
+                    if audit_down {
+                        verdict = down.clone();
                     }
+                    if verdict == Verdict::Allow {
+                        if self.audit.parameters {
+                            let types = type_oids(&body[at..]);
+                            self.parameter_types.insert(name.clone(), types);
+                        }
+                        self.prepared.insert(
+                            name,
+                            Arc::new(Prepared {
+                                text: sql.to_string(),
+                                analysis: outcome,
+                                index: 0,
+                            }),
+                        );
+                        (Replace::Keep, (b'P', None, None))
+                    } else {
+                        if !audit_down {
+                            let first = outcome
+                                .as_ref()
+                                .as_ref()
+                                .ok()
+                                .and_then(|a| a.statements.first());
+                            self.decision(
+                                &mut records,
+                                Protocol::Extended,
+                                sql,
+                                None,
+                                first,
+                                &verdict,
+                            );
+                        }
+                        let p = self.refuse_parse(&verdict, Some(&name));
+                        self.prepared.remove(&name);
+                        (Replace::With(p), (b'P', None, None))
+                    }
+                }
+                b'B' => {
+                    let (portal, name, parameters) =
+                        bind(body, self.audit.parameters, &self.parameter_types)?;
+                    let statement = self.prepared.get(&name).cloned();
+                    self.portals.insert(
+                        portal,
+                        Portal {
+                            statement,
+                            parameters,
+                        },
+                    );
+                    (Replace::Keep, (b'B', None, None))
+                }
+                b'E' => {
+                    let mut at = 0;
+                    let portal = cstr(body, &mut at).map_err(|e| e.to_string())?;
+                    if audit_down {
+                        (
+                            Replace::With(self.refuse_parse(&down, None)),
+                            (b'P', None, None),
+                        )
+                    } else {
+                        let known = self
+                            .portals
+                            .get(portal)
+                            .and_then(|p| p.statement.clone().map(|s| (s, p.parameters.clone())));
+                        let seq = known.map(|(st, params)| {
+                            let analysis = match &*st.analysis {
+                                Ok(a) => a.statements.get(st.index),
+                                Err(_) => None,
+                            };
+                            self.decision(
+                                &mut records,
+                                Protocol::Extended,
+                                &st.text,
+                                Some(&params),
+                                analysis,
+                                &Verdict::Allow,
+                            )
+                        });
+                        (Replace::Keep, (b'E', seq, None))
+                    }
+                }
+                b'C' => {
+                    let kind = body.first().copied();
+                    let mut at = 1;
+                    let name = cstr(body, &mut at).map_err(|e| e.to_string())?;
+                    match kind {
+                        Some(b'S') => {
+                            self.prepared.remove(name);
+                            self.parameter_types.remove(name);
+                        }
+                        _ => {
+                            self.portals.remove(name);
+                        }
+                    }
+                    (Replace::Keep, (b'C', None, None))
+                }
+                b'D' => {
+                    let mut at = 1;
+                    let statement = (body.first() == Some(&b'S'))
+                        .then(|| cstr(body, &mut at).ok().map(str::to_string))
+                        .flatten();
+                    (Replace::Keep, (b'D', None, statement))
                 }
                 b'F' => {
                     // FunctionCall names a function by OID, which no policy can be checked against.
                     self.sent += 1;
-                    let verdict = Verdict::Deny {
-                        rule: "deny",
-                        reason: "the FunctionCall protocol message is not allowed".into(),
+                    let verdict = if audit_down {
+                        down.clone()
+                    } else {
+                        let v = Verdict::Deny {
+                            rule: "deny",
+                            reason: "the FunctionCall protocol message is not allowed".into(),
+                        };
+                        self.decision(
+                            &mut records,
+                            Protocol::Extended,
+                            "<FunctionCall>",
+                            None,
+                            None,
+                            &v,
+                        );
+                        v
                     };
-                    let stand_in = self.refuse(&verdict, self.sent);
-                    let mut q = BytesMut::new();
-                    message(&mut q, b'Q', |b| put_cstr(b, &stand_in));
-                    Some(q)
+                    (
+                        Replace::With(self.refuse_query(&verdict)),
+                        (b'Q', None, None),
+                    )
                 }
                 b'S' => {
                     self.sent += 1;
-                    None
+                    (Replace::Keep, (b'S', None, None))
                 }
-                _ => None,
+                // Flush, CopyData, CopyDone, CopyFail: no response of their own.
+                _ => (Replace::Keep, (0, None, None)),
             };
-            match replacement {
-                Some(r) => out
+            if sent_as.0 != 0 {
+                sent.push(sent_as);
+            }
+            match replace {
+                Replace::With(r) => out
                     .get_or_insert_with(|| BytesMut::from(&frames[..pos]))
                     .extend_from_slice(&r),
-                None => {
+                Replace::Keep => {
                     if let Some(o) = out.as_mut() {
                         o.extend_from_slice(&frames[pos..pos + total]);
                     }
@@ -181,7 +532,77 @@ impl Enforcer {
             }
             pos += total;
         }
-        Ok(out)
+        Ok(Judged {
+            frames: out,
+            records,
+            sent,
+            groups_before,
+        })
+    }
+
+    /// The audit log could not take `judged`'s decision records: forgets what judging counted,
+    /// to judge the same messages again, and returns outcome records saying the statements did
+    /// not run (a sink that did take the decisions — the file, when only the table failed — gets
+    /// these too, so no decision is left looking as if it ran).
+    pub fn rewind(&mut self, judged: &Judged) -> Vec<String> {
+        self.sent = judged.groups_before;
+        judged
+            .sent
+            .iter()
+            .filter_map(|(_, seq, _)| *seq)
+            .map(|seq| {
+                self.records.outcome(&OutcomeRecord {
+                    seq,
+                    result: statement::Result::NotRun,
+                    rows: None,
+                    duration_ms: 0.0,
+                    sqlstate: Some("42501"),
+                })
+            })
+            .collect()
+    }
+
+    /// The messages of `judged` are going upstream now.
+    pub fn forwarding(&mut self, judged: &Judged) {
+        let now = Instant::now();
+        for (tag, seq, described) in &judged.sent {
+            let audited = seq.map(|seq| Audited { seq, started: now });
+            self.tracker.sent(*tag, audited, now, &mut self.done);
+            if let Some(name) = described {
+                self.tracker.describing(name.clone());
+            }
+        }
+    }
+
+    /// A server message, for the outcome records; returns the records of completed statements.
+    pub fn server_message(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        replaced_by: Option<&str>,
+    ) -> impl Iterator<Item = String> + '_ {
+        if tag == b'D' && replaced_by.is_none() {
+            self.tracker.data_row();
+        } else {
+            if tag == b't' && self.audit.parameters {
+                if let Some(name) = self.tracker.described() {
+                    self.parameter_types
+                        .insert(name.to_string(), type_oids(body));
+                }
+            }
+            self.tracker
+                .received(tag, body, replaced_by, Instant::now(), &mut self.done);
+        }
+        let records = &self.records;
+        self.done.drain(..).map(move |d| {
+            records.outcome(&OutcomeRecord {
+                seq: d.seq,
+                result: d.result,
+                rows: d.rows,
+                duration_ms: (d.duration_ms * 1000.0).round() / 1000.0,
+                sqlstate: d.sqlstate.as_deref(),
+            })
+        })
     }
 
     /// The refusal to send instead of this ErrorResponse, if it is a stand-in's.
@@ -211,4 +632,14 @@ impl Enforcer {
             .collect();
         digits.parse().ok()
     }
+}
+
+/// The classes and tables of every statement of a multi-statement string, for its record.
+fn merge(a: &crate::sql::Analysis) -> crate::sql::Statement {
+    let mut m = crate::sql::Statement::default();
+    for st in &a.statements {
+        m.classes.extend(st.classes.iter().copied());
+        m.tables.extend(st.tables.iter().cloned());
+    }
+    m
 }

@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use super::wire::backend::{self, Severity};
 
 /// SQLSTATE program_limit_exceeded.
-const LIMIT_SQLSTATE: &str = "54000";
+pub const LIMIT_SQLSTATE: &str = "54000";
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {

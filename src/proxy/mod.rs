@@ -10,6 +10,7 @@ pub mod cancel;
 pub mod enforce;
 pub mod handshake;
 pub mod limits;
+pub mod outcome;
 pub mod pool;
 pub mod scram;
 pub mod session;

@@ -9,14 +9,15 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::cancel::CancelTarget;
-use super::enforce::Enforcer;
+use super::enforce::{Enforcer, EnforcerSetup};
 use super::handshake::Established;
-use super::limits::{Action, ExportLimit};
+use super::limits::{Action, ExportLimit, LIMIT_SQLSTATE};
 use super::upstream::Upstream;
 use super::wire::backend::{self, Severity};
 use super::wire::framing::{frame_at, MAX_MESSAGE_BYTES};
 use super::Proxy;
-use crate::audit::{Event, Kind};
+use crate::audit::statement::SessionRecords;
+use crate::audit::{AuditLog, Event, Kind};
 use crate::roles::{EndReason, LeaseStatus};
 use crate::sql::Dialect;
 
@@ -66,15 +67,23 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
         peer,
     } = est;
     frames.set_max(MAX_MESSAGE_BYTES);
-    let rules = p
+    let (rules, audit_rules) = p
         .policies
         .read()
         .unwrap()
         .get(&lease.policy)
-        .map(|pol| pol.guardrails.clone())
+        .map(|pol| (pol.guardrails.clone(), pol.audit))
         .unwrap_or_default();
     let mut limit = ExportLimit::new(rules.max_rows, rules.max_bytes);
-    let mut enforcer = Enforcer::new(rules, p.analyzer.clone());
+    let mut enforcer = p.settings.inspect.then(|| {
+        Enforcer::new(EnforcerSetup {
+            rules,
+            audit: audit_rules,
+            analyzer: p.analyzer.clone(),
+            records: SessionRecords::new(&lease, session_id, &peer.to_string()),
+        })
+    });
+    let audit = p.leases.audit().clone();
     let cancel_target = p
         .leases
         .databases()
@@ -104,7 +113,7 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
                 if r.is_err() {
                     break End::ClientGone;
                 }
-                match client_to_server(&mut frames.buf, &mut upstream, &mut pending, &mut enforcer).await {
+                match client_to_server(&mut frames.buf, &mut upstream, &mut pending, enforcer.as_mut(), &audit).await {
                     Ok(true) => {}
                     Ok(false) => break End::ClientGone,
                     Err(Flow::Upstream) => break End::UpstreamGone,
@@ -116,7 +125,8 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
                     break End::UpstreamGone;
                 }
                 let Some(target) = cancel_target.as_ref() else { break End::UpstreamGone };
-                match server_to_client(&mut upstream, &mut client, &mut pending, &mut status, &mut enforcer, &mut limit, target).await {
+                let relay = Relay { pending: &mut pending, status: &mut status, enforcer: enforcer.as_mut(), limit: &mut limit, cancel: target, audit: &audit };
+                match server_to_client(&mut upstream, &mut client, relay).await {
                     Ok(()) => {}
                     Err(Flow::Upstream) => break End::UpstreamGone,
                     Err(Flow::Protocol(_)) => break End::ClientGone,
@@ -184,12 +194,14 @@ fn dialect(params: &[(String, String)]) -> Dialect {
     }
 }
 
-/// Judges and forwards the client's complete messages. `Ok(false)` on Terminate.
+/// Judges and forwards the client's complete messages, their decision records durable first.
+/// `Ok(false)` on Terminate.
 async fn client_to_server(
     buf: &mut BytesMut,
     upstream: &mut Upstream,
     pending: &mut i64,
-    enforcer: &mut Enforcer,
+    enforcer: Option<&mut Enforcer>,
+    audit: &AuditLog,
 ) -> Result<bool, Flow> {
     let mut end = 0;
     let mut terminate = false;
@@ -212,11 +224,30 @@ async fn client_to_server(
     }
     if end > 0 {
         let chunk = buf.split_to(end);
-        let judged = enforcer
-            .client_frames(&chunk, dialect(&upstream.params))
-            .await
-            .map_err(Flow::Protocol)?;
-        let bytes: &[u8] = judged.as_deref().unwrap_or(&chunk);
+        let replaced = match enforcer {
+            None => None,
+            Some(enforcer) => {
+                let d = dialect(&upstream.params);
+                let mut judged = enforcer
+                    .client_frames(&chunk, d, false)
+                    .await
+                    .map_err(Flow::Protocol)?;
+                let records = std::mem::take(&mut judged.records);
+                if let Err(e) = audit.record_lines(records).await {
+                    tracing::error!(error = %e, "cannot record statements; refusing them");
+                    for record in enforcer.rewind(&judged) {
+                        audit.submit(record);
+                    }
+                    judged = enforcer
+                        .client_frames(&chunk, d, true)
+                        .await
+                        .map_err(Flow::Protocol)?;
+                }
+                enforcer.forwarding(&judged);
+                judged.frames
+            }
+        };
+        let bytes: &[u8] = replaced.as_deref().unwrap_or(&chunk);
         upstream
             .stream
             .write_all(bytes)
@@ -233,15 +264,28 @@ async fn client_to_server(
 
 /// Forwards the server's complete messages, noting ReadyForQuery and ParameterStatus, turning
 /// stand-in errors into pgid's refusals, and enforcing the export limits.
+struct Relay<'a> {
+    pending: &'a mut i64,
+    status: &'a mut u8,
+    enforcer: Option<&'a mut Enforcer>,
+    limit: &'a mut ExportLimit,
+    cancel: &'a CancelTarget,
+    audit: &'a AuditLog,
+}
+
 async fn server_to_client(
     upstream: &mut Upstream,
     client: &mut super::stream::ClientStream,
-    pending: &mut i64,
-    status: &mut u8,
-    enforcer: &mut Enforcer,
-    limit: &mut ExportLimit,
-    cancel: &CancelTarget,
+    relay: Relay<'_>,
 ) -> Result<(), Flow> {
+    let Relay {
+        pending,
+        status,
+        mut enforcer,
+        limit,
+        cancel,
+        audit,
+    } = relay;
     let mut end = 0;
     // Built only once a message is dropped or replaced; until then the bytes go out as they came.
     let mut out: Option<BytesMut> = None;
@@ -255,7 +299,9 @@ async fn server_to_client(
             b'Z' if total == 6 => {
                 *pending = (*pending - 1).max(0);
                 *status = upstream.frames.buf[end + 5];
-                enforcer.ready_for_query();
+                if let Some(e) = enforcer.as_mut() {
+                    e.ready_for_query();
+                }
             }
             b'S' => {
                 if let Ok((k, v)) =
@@ -272,9 +318,15 @@ async fn server_to_client(
             let t = cancel.clone();
             tokio::spawn(async move { super::cancel::send(&t).await });
         }
-        if tag == b'E' && action == Action::Pass {
-            if let Some(err) = enforcer.refusal_for(&frame[5..]) {
-                action = Action::Replace(err);
+        if let Some(enforcer) = enforcer.as_mut() {
+            let limited = matches!(action, Action::Replace(_)).then_some(LIMIT_SQLSTATE);
+            if tag == b'E' && action == Action::Pass {
+                if let Some(err) = enforcer.refusal_for(&frame[5..]) {
+                    action = Action::Replace(err);
+                }
+            }
+            for record in enforcer.server_message(tag, &frame[5..], limited) {
+                audit.submit(record);
             }
         }
         match action {

@@ -94,6 +94,12 @@ pub fn analyze(sql: &str, dialect: Dialect, max_bytes: usize) -> Result<Analysis
     Ok(out)
 }
 
+/// The statement with each literal value replaced by a `$n` placeholder (for audit records
+/// that must not keep values). `None` when it does not parse.
+pub fn normalize(sql: &str) -> Option<String> {
+    pg_query::normalize(sql).ok()
+}
+
 /// The statement with every literal value blanked, token by token as Postgres's own lexer reads
 /// it (so a string's end is where the server sees it, never guessed). Two statements with the
 /// same shape have the same analysis: nothing pgid decides depends on a literal's value. `None`

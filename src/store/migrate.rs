@@ -4,8 +4,14 @@
 use super::StoreError;
 
 /// (version, name, SQL). Compiled in, so a binary always carries the schema it expects.
-pub const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "leases", include_str!("../../sql/001_leases.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "leases", include_str!("../../sql/001_leases.sql")),
+    (
+        2,
+        "audit_events",
+        include_str!("../../sql/002_audit_events.sql"),
+    ),
+];
 
 /// Arbitrary constant naming pgid's migration lock.
 const MIGRATION_LOCK: i64 = 0x0070_6769_646d_6967;

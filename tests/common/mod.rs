@@ -2,6 +2,7 @@
 //! in-process on port 0 — the same parts a user runs.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -194,6 +195,76 @@ impl Harness {
 
     pub fn ca_path(&self) -> PathBuf {
         self.state_dir().join("tls/ca.crt")
+    }
+
+    /// The audit file's records so far.
+    pub fn audit_records(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.state_dir().join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// The statement records of one lease, once every allowed statement has its outcome:
+    /// (decision records in order, outcome records by (session id, seq)). Panics if an outcome
+    /// is missing after a few seconds or appears twice.
+    pub async fn statement_audit(
+        &self,
+        lease_id: &str,
+    ) -> (Vec<Value>, HashMap<(String, u64), Value>) {
+        let mut last = (Vec::new(), HashMap::new());
+        for _ in 0..50 {
+            let records = self.audit_records();
+            let mine = |r: &&Value| r["lease_id"] == lease_id;
+            let decisions: Vec<Value> = records
+                .iter()
+                .filter(mine)
+                .filter(|r| r["kind"] == "statement")
+                .cloned()
+                .collect();
+            let mut outcomes = HashMap::new();
+            for r in records
+                .iter()
+                .filter(mine)
+                .filter(|r| r["kind"] == "statement.outcome")
+            {
+                let key = (
+                    r["session_id"].as_str().unwrap().to_string(),
+                    r["seq"].as_u64().unwrap(),
+                );
+                assert!(
+                    outcomes.insert(key, r.clone()).is_none(),
+                    "two outcomes for {r}"
+                );
+            }
+            let complete = decisions
+                .iter()
+                .filter(|d| d["decision"] == "allow")
+                .all(|d| {
+                    outcomes.contains_key(&(
+                        d["session_id"].as_str().unwrap().to_string(),
+                        d["seq"].as_u64().unwrap(),
+                    ))
+                });
+            last = (decisions, outcomes);
+            if complete {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let missing: Vec<&Value> = last
+            .0
+            .iter()
+            .filter(|d| {
+                d["decision"] == "allow"
+                    && !last.1.contains_key(&(
+                        d["session_id"].as_str().unwrap().to_string(),
+                        d["seq"].as_u64().unwrap(),
+                    ))
+            })
+            .collect();
+        panic!("statements without an outcome record: {missing:?}");
     }
 
     pub fn token(&self, subject: &str) -> String {
