@@ -162,6 +162,13 @@ async fn main() -> anyhow::Result<()> {
          [[grant]]\nprivileges = [\"SELECT\", \"INSERT\", \"UPDATE\"]\n\
          on = [\"public.pgbench_accounts\", \"public.pgbench_branches\", \"public.pgbench_tellers\", \"public.pgbench_history\"]\n",
     )?;
+    // The same reads with a masked column in every result row.
+    std::fs::write(
+        state.path().join("policies/bench-masked.toml"),
+        "name = \"bench-masked\"\ndatabase = \"app\"\nttl = \"2h\"\nmax_connections = 2000\n[identity]\nsubject = \"bench:masked\"\n\
+         [[grant]]\nprivileges = [\"SELECT\"]\non = [\"public.pgbench_accounts\"]\n\
+         [[mask]]\ncolumns = [\"public.pgbench_accounts.filler\"]\nmethod = \"redact\"\n",
+    )?;
     let (broker_port, proxy_port) = (free_port(), free_port());
     std::fs::write(
         state.path().join("pgid.toml"),
@@ -200,15 +207,15 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let http = http.context("pgid did not start")?;
-    let token = issuer.mint(&issuer.claims("bench:pgbench"));
-    let lease: serde_json::Value = http
-        .post(format!("https://127.0.0.1:{broker_port}/v1/credentials"))
-        .bearer_auth(token)
-        .json(&json!({}))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let issue = |subject: &str| {
+        let token = issuer.mint(&issuer.claims(subject));
+        let request = http
+            .post(format!("https://127.0.0.1:{broker_port}/v1/credentials"))
+            .bearer_auth(token)
+            .json(&json!({}));
+        async move { anyhow::Ok(request.send().await?.json::<serde_json::Value>().await?) }
+    };
+    let lease = issue("bench:pgbench").await?;
     let user = lease["username"].as_str().context("no lease")?.to_string();
     let key = pgid::keys::ServerKey::load_or_create(&state.path().join("state/server.key"))
         .map_err(anyhow::Error::msg)?;
@@ -377,6 +384,78 @@ async fn main() -> anyhow::Result<()> {
                 p / relay
             );
         }
+    }
+
+    // Masking: the same lookups through the same pgid, by a lease whose policy masks `filler`
+    // (one row per statement, and 100 rows to see the cost per row).
+    let masked = issue("bench:masked").await?;
+    let mask_targets = [
+        Target {
+            name: "pgid",
+            port: proxy_port,
+            user: user.clone(),
+            password: lease["password"].as_str().unwrap().to_string(),
+        },
+        Target {
+            name: "pgid-masked",
+            port: proxy_port,
+            user: masked["username"]
+                .as_str()
+                .context("no masked lease")?
+                .to_string(),
+            password: masked["password"].as_str().unwrap().to_string(),
+        },
+    ];
+    let scripts = [
+        (
+            "1 row",
+            1.0,
+            format!("\\set aid random(1, {})\nSELECT aid, abalance, filler FROM pgbench_accounts WHERE aid = :aid;\n", 100_000 * scale),
+        ),
+        (
+            "100 rows",
+            100.0,
+            format!("\\set aid random(1, {})\nSELECT aid, abalance, filler FROM pgbench_accounts WHERE aid BETWEEN :aid AND :aid + 99;\n", 100_000 * scale - 100),
+        ),
+    ];
+    let mut mask_results: Vec<(&str, &str, Vec<f64>)> = Vec::new();
+    for (label, _, text) in &scripts {
+        let file = state
+            .path()
+            .join(format!("{}.sql", label.replace(' ', "-")));
+        std::fs::write(&file, text)?;
+        let path = file.display().to_string();
+        for _ in 0..rounds {
+            for t in &mask_targets {
+                let _ = Command::new("sync").status();
+                let r = pgbench(t, &["-f", &path], clients, seconds)?;
+                eprintln!("masking {label:8} {:12} tps {:10.1}", t.name, r.tps);
+                match mask_results
+                    .iter_mut()
+                    .find(|(l, n, _)| l == label && *n == t.name)
+                {
+                    Some(e) => e.2.push(r.tps),
+                    None => mask_results.push((label, t.name, vec![r.tps])),
+                }
+            }
+        }
+    }
+    println!("\nmasking (same pgid; a lease whose policy masks pgbench_accounts.filler vs one that does not)");
+    for (label, rows, _) in &scripts {
+        let tps = |name: &str| {
+            mask_results
+                .iter()
+                .find(|(l, n, _)| l == label && *n == name)
+                .map(|e| median(e.2.clone()))
+                .unwrap_or(0.0)
+        };
+        let (plain, with_mask) = (tps("pgid"), tps("pgid-masked"));
+        // Extra wall time per statement spread over its rows, at `clients` in parallel.
+        let per_row_us = (1.0 / with_mask - 1.0 / plain) * 1e6 * clients as f64 / rows;
+        println!(
+            "{label:8} unmasked {plain:10.1} tps  masked {with_mask:10.1} tps  ratio {:.2}  cost {per_row_us:.2} µs per row",
+            with_mask / plain
+        );
     }
 
     // The statement analysis cache of the main instance over the whole run.

@@ -232,6 +232,7 @@ impl App {
             cancels: Default::default(),
             pool: proxy::pool::Pool::new(self.config.proxy.pool_idle_timeout),
             salts: Default::default(),
+            mask_catalog: Default::default(),
             analyzer: self.analyzer.clone(),
         })
     }

@@ -35,6 +35,7 @@ pub mod dev;
 pub mod guard;
 pub mod identity;
 pub mod keys;
+pub mod mask;
 pub mod metrics;
 pub mod net;
 pub mod policy;

@@ -56,6 +56,9 @@ pub struct Decision<'a> {
     pub classes: &'a [StatementClass],
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     pub tables: &'a [String],
+    /// Masked columns the statement reads (their values reach the client masked).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub masked: &'a [String],
     pub decision: DecisionKind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<&'a str>,
@@ -223,6 +226,7 @@ mod tests {
             parameters: Some(&params),
             classes: &[StatementClass::Select],
             tables: &["crm.customers".into()],
+            masked: &[],
             decision: DecisionKind::Allow,
             rule: None,
             reason: None,

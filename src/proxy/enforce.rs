@@ -17,12 +17,16 @@ use std::time::Instant;
 use bytes::{BufMut, BytesMut};
 use rand::RngCore;
 
-use super::outcome::{Audited, Done, Tracker};
+use super::catalog::MaskSetup;
+use super::limits::Action;
+use super::masking::Masker;
+use super::outcome::{Audited, Done, Note, Tracker};
 use super::wire::backend::{self, Severity};
 use super::wire::{cstr, message, put_cstr};
 use crate::audit::statement::SessionRecords;
 use crate::audit::statement::{self, Decision, DecisionKind, Outcome as OutcomeRecord, Protocol};
 use crate::guard::{self, Verdict};
+use crate::mask::{self, MaskPlan};
 use crate::policy::{Guardrails, StatementAudit, StatementClass};
 use crate::sql::{Analyzer, Dialect, Outcome};
 
@@ -32,11 +36,14 @@ struct Prepared {
     analysis: Outcome,
     /// For SQL PREPARE: which statement of the analysis it is.
     index: usize,
+    mask: MaskPlan,
 }
 
 struct Portal {
     statement: Option<Arc<Prepared>>,
+    statement_name: String,
     parameters: Vec<Option<String>>,
+    formats: Vec<i16>,
 }
 
 /// What the statements of one batch of client messages became.
@@ -47,7 +54,7 @@ pub struct Judged {
     pub records: Vec<String>,
     /// Messages as forwarded, for the outcome tracker, committed once forwarding goes ahead:
     /// (tag, decision record, statement described).
-    sent: Vec<(u8, Option<u64>, Option<String>)>,
+    sent: Vec<(u8, Option<u64>, Option<Arc<Note>>)>,
     groups_before: u64,
 }
 
@@ -71,6 +78,7 @@ pub struct Enforcer {
     seq: u64,
     tracker: Tracker,
     done: Vec<Done>,
+    masker: Option<Masker>,
 }
 
 fn frame_len(frames: &[u8], pos: usize) -> usize {
@@ -115,19 +123,20 @@ fn type_oids(body: &[u8]) -> Vec<u32> {
         .collect()
 }
 
-/// The Bind message's portal, statement name and parameter values (`None` for NULL), decoded
-/// with `types` (the statement's parameter types, where known) when `values`.
-fn bind(
-    body: &[u8],
-    values: bool,
-    types: &HashMap<String, Vec<u32>>,
-) -> Result<(String, String, Vec<Option<String>>), String> {
+/// A Bind message: portal, statement, parameter values (when recorded), result formats.
+struct Bound {
+    portal: String,
+    statement: String,
+    parameters: Vec<Option<String>>,
+    formats: Vec<i16>,
+}
+
+/// Reads a Bind message; parameter values (`None` for NULL) are decoded with `types` (the
+/// statement's parameter types, where known) when `values`.
+fn bind(body: &[u8], values: bool, types: &HashMap<String, Vec<u32>>) -> Result<Bound, String> {
     let mut at = 0;
     let portal = cstr(body, &mut at).map_err(|e| e.to_string())?.to_string();
     let name = cstr(body, &mut at).map_err(|e| e.to_string())?.to_string();
-    if !values {
-        return Ok((portal, name, Vec::new()));
-    }
     let types = types.get(&name).map(Vec::as_slice).unwrap_or_default();
     let bad = || "malformed Bind".to_string();
     let i16_at = |at: usize| -> Result<i16, String> {
@@ -159,11 +168,25 @@ fn bind(
         } else {
             let v = body.get(at..at + len as usize).ok_or_else(bad)?;
             at += len as usize;
-            let oid = types.get(i).copied().unwrap_or(0);
-            params.push(statement::parameter(Some(v), binary, oid));
+            if values {
+                let oid = types.get(i).copied().unwrap_or(0);
+                params.push(statement::parameter(Some(v), binary, oid));
+            }
         }
     }
-    Ok((portal, name, params))
+    if !values {
+        params.clear();
+    }
+    let n_results = i16_at(at)?.max(0) as usize;
+    let formats = (0..n_results)
+        .map(|i| i16_at(at + 2 + 2 * i))
+        .collect::<Result<_, _>>()?;
+    Ok(Bound {
+        portal,
+        statement: name,
+        parameters: params,
+        formats,
+    })
 }
 
 pub struct EnforcerSetup {
@@ -171,6 +194,8 @@ pub struct EnforcerSetup {
     pub audit: StatementAudit,
     pub analyzer: Arc<Analyzer>,
     pub records: SessionRecords,
+    /// The policy's masks, resolved in the database (`None`: no masks).
+    pub masks: Option<Arc<MaskSetup>>,
 }
 
 /// A message in the batch, as judged.
@@ -199,11 +224,13 @@ impl Enforcer {
             seq: 0,
             tracker: Tracker::default(),
             done: Vec::new(),
+            masker: setup.masks.map(Masker::new),
         }
     }
 
-    /// The verdict, and the cached analysis it came from (shared, not copied).
-    async fn judge(&mut self, sql: &str, dialect: Dialect) -> (Verdict, Outcome) {
+    /// The verdict, the cached analysis it came from (shared, not copied), and the masking plan
+    /// of each statement (empty when the policy masks nothing).
+    async fn judge(&mut self, sql: &str, dialect: Dialect) -> (Verdict, Outcome, Vec<MaskPlan>) {
         let outcome = self
             .analyzer
             .analyze(sql, dialect, self.rules.max_statement_bytes as usize)
@@ -223,7 +250,38 @@ impl Enforcer {
                 })
             }
         };
-        (verdict, outcome)
+        let (Some(masker), Verdict::Allow, Ok(a)) = (&self.masker, &verdict, &*outcome) else {
+            return (verdict, outcome, Vec::new());
+        };
+        let setup = masker.setup();
+        let mut plans = Vec::with_capacity(a.statements.len());
+        for st in &a.statements {
+            if let Some(f) = mask::plan::user_function(st, &setup.user_functions) {
+                let refused = Verdict::Deny {
+                    rule: "mask",
+                    reason: format!(
+                        "function {f} is not built in; under a policy with masked columns only built-in functions may be called"
+                    ),
+                };
+                return (refused, outcome, Vec::new());
+            }
+            let mut plan = mask::plan(st, &setup.columns);
+            // EXECUTE name: the prepared statement's plan.
+            for name in &st.executes {
+                if let Some(p) = self.prepared.get(name) {
+                    plan = mask::plan::merge(plan, p.mask.clone());
+                }
+            }
+            if let MaskPlan::Refuse(reason) = plan {
+                let refused = Verdict::Deny {
+                    rule: "mask",
+                    reason,
+                };
+                return (refused, outcome, Vec::new());
+            }
+            plans.push(plan);
+        }
+        (verdict, outcome, plans)
     }
 
     /// Registers a refusal answered in request group `group`; returns the query that stands in.
@@ -280,6 +338,7 @@ impl Enforcer {
         sql: &str,
         parameters: Option<&[Option<String>]>,
         analysis: Option<&crate::sql::Statement>,
+        masked: &[String],
         verdict: &Verdict,
     ) -> u64 {
         self.seq += 1;
@@ -298,6 +357,7 @@ impl Enforcer {
             parameters: parameters.filter(|_| self.audit.parameters),
             classes: &classes,
             tables: &tables,
+            masked,
             decision,
             rule,
             reason,
@@ -332,10 +392,11 @@ impl Enforcer {
                     self.sent += 1;
                     let mut at = 0;
                     let sql = cstr(body, &mut at).map_err(|e| e.to_string())?;
-                    let (mut verdict, outcome) = self.judge(sql, dialect).await;
+                    let (mut verdict, outcome, plans) = self.judge(sql, dialect).await;
                     if audit_down {
                         verdict = down.clone();
                     }
+                    let masked = masked_columns(&plans);
                     let first = outcome
                         .as_ref()
                         .as_ref()
@@ -351,7 +412,15 @@ impl Enforcer {
                         _ => None,
                     };
                     let seq = (!audit_down).then(|| {
-                        self.decision(&mut records, Protocol::Simple, sql, None, shown, &verdict)
+                        self.decision(
+                            &mut records,
+                            Protocol::Simple,
+                            sql,
+                            None,
+                            shown,
+                            &masked,
+                            &verdict,
+                        )
                     });
                     if verdict == Verdict::Allow {
                         // Only SQL PREPARE needs remembering; everything else is judged and gone.
@@ -364,12 +433,22 @@ impl Enforcer {
                                             text: sql.to_string(),
                                             analysis: outcome.clone(),
                                             index,
+                                            mask: plans
+                                                .get(index)
+                                                .cloned()
+                                                .unwrap_or(MaskPlan::Untouched),
                                         }),
                                     );
                                 }
                             }
                         }
-                        (Replace::Keep, (b'Q', seq, None))
+                        let note = (!plans.is_empty()).then(|| {
+                            Arc::new(Note {
+                                plans,
+                                ..Note::default()
+                            })
+                        });
+                        (Replace::Keep, (b'Q', seq, note))
                     } else {
                         (
                             Replace::With(self.refuse_query(&verdict)),
@@ -381,9 +460,12 @@ impl Enforcer {
                     let mut at = 0;
                     let name = cstr(body, &mut at).map_err(|e| e.to_string())?.to_string();
                     let sql = cstr(body, &mut at).map_err(|e| e.to_string())?;
-                    let (mut verdict, outcome) = self.judge(sql, dialect).await;
+                    let (mut verdict, outcome, plans) = self.judge(sql, dialect).await;
                     if audit_down {
                         verdict = down.clone();
+                    }
+                    if let Some(m) = self.masker.as_mut() {
+                        m.parsed(&name);
                     }
                     if verdict == Verdict::Allow {
                         if self.audit.parameters {
@@ -396,6 +478,7 @@ impl Enforcer {
                                 text: sql.to_string(),
                                 analysis: outcome,
                                 index: 0,
+                                mask: plans.into_iter().next().unwrap_or(MaskPlan::Untouched),
                             }),
                         );
                         (Replace::Keep, (b'P', None, None))
@@ -412,6 +495,7 @@ impl Enforcer {
                                 sql,
                                 None,
                                 first,
+                                &[],
                                 &verdict,
                             );
                         }
@@ -421,14 +505,18 @@ impl Enforcer {
                     }
                 }
                 b'B' => {
-                    let (portal, name, parameters) =
-                        bind(body, self.audit.parameters, &self.parameter_types)?;
-                    let statement = self.prepared.get(&name).cloned();
+                    let b = bind(body, self.audit.parameters, &self.parameter_types)?;
+                    let statement = self.prepared.get(&b.statement).cloned();
+                    if let Some(m) = self.masker.as_mut() {
+                        m.bound(&b.portal);
+                    }
                     self.portals.insert(
-                        portal,
+                        b.portal,
                         Portal {
                             statement,
-                            parameters,
+                            statement_name: b.statement,
+                            parameters: b.parameters,
+                            formats: b.formats,
                         },
                     );
                     (Replace::Keep, (b'B', None, None))
@@ -446,21 +534,37 @@ impl Enforcer {
                             .portals
                             .get(portal)
                             .and_then(|p| p.statement.clone().map(|s| (s, p.parameters.clone())));
-                        let seq = known.map(|(st, params)| {
+                        let seq = known.as_ref().map(|(st, params)| {
                             let analysis = match &*st.analysis {
                                 Ok(a) => a.statements.get(st.index),
                                 Err(_) => None,
                             };
+                            let masked = masked_columns(std::slice::from_ref(&st.mask));
                             self.decision(
                                 &mut records,
                                 Protocol::Extended,
                                 &st.text,
-                                Some(&params),
+                                Some(params),
                                 analysis,
+                                &masked,
                                 &Verdict::Allow,
                             )
                         });
-                        (Replace::Keep, (b'E', seq, None))
+                        match self.execute_note(portal, known.map(|k| k.0)) {
+                            None => (Replace::Keep, (b'E', seq, None)),
+                            Some((note, None)) => (Replace::Keep, (b'E', seq, Some(note))),
+                            Some((note, Some(describe))) => {
+                                // pgid's own Describe first; its answer stays with pgid.
+                                sent.push((b'D', None, Some(describe)));
+                                let mut both = BytesMut::new();
+                                message(&mut both, b'D', |b| {
+                                    b.put_u8(b'P');
+                                    put_cstr(b, portal);
+                                });
+                                both.extend_from_slice(&frames[pos..pos + total]);
+                                (Replace::With(both), (b'E', seq, Some(note)))
+                            }
+                        }
                     }
                 }
                 b'C' => {
@@ -476,14 +580,30 @@ impl Enforcer {
                             self.portals.remove(name);
                         }
                     }
+                    if let Some(m) = self.masker.as_mut() {
+                        m.closed(kind.unwrap_or(b'P'), name);
+                    }
                     (Replace::Keep, (b'C', None, None))
                 }
                 b'D' => {
                     let mut at = 1;
-                    let statement = (body.first() == Some(&b'S'))
-                        .then(|| cstr(body, &mut at).ok().map(str::to_string))
-                        .flatten();
-                    (Replace::Keep, (b'D', None, statement))
+                    let kind = body.first().copied().unwrap_or(b'S');
+                    let name = cstr(body, &mut at).map_err(|e| e.to_string())?;
+                    if let Some(m) = self.masker.as_mut() {
+                        m.describing(kind, name);
+                    }
+                    let note = if kind == b'S' {
+                        Note {
+                            statement: Some(name.to_string()),
+                            ..Note::default()
+                        }
+                    } else {
+                        Note {
+                            portal: Some(name.to_string()),
+                            ..Note::default()
+                        }
+                    };
+                    (Replace::Keep, (b'D', None, Some(Arc::new(note))))
                 }
                 b'F' => {
                     // FunctionCall names a function by OID, which no policy can be checked against.
@@ -501,6 +621,7 @@ impl Enforcer {
                             "<FunctionCall>",
                             None,
                             None,
+                            &[],
                             &v,
                         );
                         v
@@ -565,11 +686,11 @@ impl Enforcer {
     /// The messages of `judged` are going upstream now.
     pub fn forwarding(&mut self, judged: &Judged) {
         let now = Instant::now();
-        for (tag, seq, described) in &judged.sent {
+        for (tag, seq, note) in &judged.sent {
             let audited = seq.map(|seq| Audited { seq, started: now });
             self.tracker.sent(*tag, audited, now, &mut self.done);
-            if let Some(name) = described {
-                self.tracker.describing(name.clone());
+            if let Some(note) = note {
+                self.tracker.annotate(note.clone());
             }
         }
     }
@@ -605,6 +726,48 @@ impl Enforcer {
         })
     }
 
+    /// For an Execute of `portal` whose statement reads masked columns: the note its answer is
+    /// read with, and — when pgid will not otherwise learn the result's columns — the note of
+    /// a Describe pgid sends first.
+    fn execute_note(
+        &mut self,
+        portal: &str,
+        statement: Option<Arc<Prepared>>,
+    ) -> Option<(Arc<Note>, Option<Arc<Note>>)> {
+        let masker = self.masker.as_mut()?;
+        let st = statement?;
+        if !matches!(st.mask, MaskPlan::Mask { .. }) {
+            return None;
+        }
+        let p = self.portals.get(portal)?;
+        let note = Arc::new(Note {
+            plans: vec![st.mask.clone()],
+            statement: Some(p.statement_name.clone()),
+            portal: Some(portal.to_string()),
+            formats: p.formats.clone(),
+            swallow: false,
+        });
+        if masker.knows(portal, &p.statement_name) {
+            return Some((note, None));
+        }
+        masker.describing(b'P', portal);
+        let describe = Arc::new(Note {
+            portal: Some(portal.to_string()),
+            swallow: true,
+            ..Note::default()
+        });
+        Some((note, Some(describe)))
+    }
+
+    /// Masking of a server message (one the other filters passed).
+    pub fn mask_message(&mut self, tag: u8, body: &[u8]) -> Action {
+        let Some(m) = self.masker.as_mut() else {
+            return Action::Pass;
+        };
+        let any = matches!(tag, b'E' | b'N') && self.tracker.any_masked();
+        m.on_message(tag, body, self.tracker.head(), any)
+    }
+
     /// The refusal to send instead of this ErrorResponse, if it is a stand-in's.
     pub fn refusal_for(&mut self, error_body: &[u8]) -> Option<BytesMut> {
         if self.refusals.is_empty() {
@@ -632,6 +795,20 @@ impl Enforcer {
             .collect();
         digits.parse().ok()
     }
+}
+
+/// The masked columns the plans read, for the decision record.
+fn masked_columns(plans: &[MaskPlan]) -> Vec<String> {
+    let mut all: Vec<String> = plans
+        .iter()
+        .flat_map(|p| match p {
+            MaskPlan::Mask { columns, .. } => columns.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
+    all.sort();
+    all.dedup();
+    all
 }
 
 /// The classes and tables of every statement of a multi-statement string, for its record.

@@ -7,9 +7,11 @@
 //! `cancel` CancelRequest forwarding; `stream` the socket types.
 
 pub mod cancel;
+pub mod catalog;
 pub mod enforce;
 pub mod handshake;
 pub mod limits;
+pub mod masking;
 pub mod outcome;
 pub mod pool;
 pub mod scram;
@@ -47,6 +49,8 @@ pub struct Proxy {
     pub salts: upstream::SaltCache,
     /// Statement analysis off the async threads, cached by text.
     pub analyzer: Arc<crate::sql::Analyzer>,
+    /// Policies' masked columns resolved in their databases.
+    pub mask_catalog: catalog::MaskCatalog,
 }
 
 const POOL_REAP_INTERVAL: Duration = Duration::from_secs(5);

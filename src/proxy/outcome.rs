@@ -6,9 +6,41 @@
 //! statements it skips are reported as not run. Pure: no I/O, no clock but the one passed in.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::audit::statement::Result as Finish;
+use crate::mask::MaskPlan;
+
+/// What pgid attached to a message it sent, read back while its response arrives.
+#[derive(Debug, Default)]
+pub struct Note {
+    /// Masking: per statement of a Query; the one statement of an Execute.
+    pub plans: Vec<MaskPlan>,
+    /// Describe: the statement or portal described; Execute: its portal and statement.
+    pub statement: Option<String>,
+    pub portal: Option<String>,
+    /// Execute: the result formats its Bind asked for.
+    pub formats: Vec<i16>,
+    /// A Describe pgid added for itself: its answer is not the client's.
+    pub swallow: bool,
+}
+
+impl Note {
+    pub fn masked(&self) -> bool {
+        self.plans
+            .iter()
+            .any(|p| matches!(p, MaskPlan::Mask { .. }))
+    }
+}
+
+/// The message whose response is arriving.
+pub struct Head<'a> {
+    pub tag: u8,
+    pub note: Option<&'a Note>,
+    /// Query: statements completed so far (the index of the one answering now).
+    pub completed: usize,
+}
 
 /// A statement whose outcome is recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,8 +51,8 @@ pub struct Audited {
 
 struct Entry {
     tag: u8,
-    /// For Describe of a statement: its name (its ParameterDescription names the types).
-    describes: Option<String>,
+    note: Option<Arc<Note>>,
+    completed: usize,
     audited: Option<Audited>,
     data_rows: u64,
     completed_rows: Option<u64>,
@@ -81,7 +113,8 @@ impl Tracker {
     pub fn sent(&mut self, tag: u8, audited: Option<Audited>, now: Instant, out: &mut Vec<Done>) {
         let entry = Entry {
             tag,
-            describes: None,
+            note: None,
+            completed: 0,
             audited,
             data_rows: 0,
             completed_rows: None,
@@ -97,16 +130,34 @@ impl Tracker {
         self.queue.push_back(entry);
     }
 
-    /// The message just passed to [`Tracker::sent`] is a Describe of statement `name`.
-    pub fn describing(&mut self, name: String) {
-        if let Some(e) = self.queue.back_mut().filter(|e| e.tag == b'D') {
-            e.describes = Some(name);
+    /// Attaches `note` to the message just passed to [`Tracker::sent`].
+    pub fn annotate(&mut self, note: Arc<Note>) {
+        if let Some(e) = self.queue.back_mut() {
+            e.note = Some(note);
         }
     }
 
     /// The statement whose ParameterDescription is arriving now.
     pub fn described(&self) -> Option<&str> {
-        self.queue.front().and_then(|e| e.describes.as_deref())
+        self.queue
+            .front()
+            .filter(|e| e.tag == b'D')
+            .and_then(|e| e.note.as_ref()?.statement.as_deref())
+    }
+
+    pub fn head(&self) -> Option<Head<'_>> {
+        self.queue.front().map(|e| Head {
+            tag: e.tag,
+            note: e.note.as_deref(),
+            completed: e.completed,
+        })
+    }
+
+    /// Whether any message awaiting its answer reads masked columns.
+    pub fn any_masked(&self) -> bool {
+        self.queue
+            .iter()
+            .any(|e| e.note.as_ref().is_some_and(|n| n.masked()))
     }
 
     /// A DataRow from the server.
@@ -139,10 +190,12 @@ impl Tracker {
             b'N' | b'A' | b'S' | b'K' | b't' => {}
             b'D' => head.data_rows += 1,
             b'C' if simple => {
+                head.completed += 1;
                 if let Some(n) = tag_rows(body) {
                     *head.completed_rows.get_or_insert(0) += n;
                 }
             }
+            b'I' if simple => head.completed += 1,
             b'E' if simple && head.sqlstate.is_none() => head.sqlstate = error_code(body),
             b'E' if simple => {}
             b'Z' => {

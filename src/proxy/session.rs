@@ -67,13 +67,35 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
         peer,
     } = est;
     frames.set_max(MAX_MESSAGE_BYTES);
-    let (rules, audit_rules) = p
-        .policies
-        .read()
-        .unwrap()
-        .get(&lease.policy)
+    let policy = p.policies.read().unwrap().get(&lease.policy).cloned();
+    let (rules, audit_rules) = policy
+        .as_ref()
         .map(|pol| (pol.guardrails.clone(), pol.audit))
         .unwrap_or_default();
+    // Masked columns as the database knows them; no session if they cannot be looked up.
+    let masks = match (&policy, p.leases.databases().get(&lease.database)) {
+        (Some(pol), Some(db)) if p.settings.inspect => {
+            let key = p.leases.key().derive(b"pgid mask hash");
+            match p.mask_catalog.resolve(pol, &db.pool, key).await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot resolve masked columns; closing the session");
+                    let mut out = BytesMut::new();
+                    backend::error_response(
+                        &mut out,
+                        Severity::Fatal,
+                        "58000",
+                        "pgid: masked columns cannot be resolved in the database; try again later",
+                    );
+                    let _ = client.write_all(&out).await;
+                    let _ = client.shutdown().await;
+                    super::pool::close(upstream);
+                    return;
+                }
+            }
+        }
+        _ => None,
+    };
     let mut limit = ExportLimit::new(rules.max_rows, rules.max_bytes);
     let mut enforcer = p.settings.inspect.then(|| {
         Enforcer::new(EnforcerSetup {
@@ -81,6 +103,7 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
             audit: audit_rules,
             analyzer: p.analyzer.clone(),
             records: SessionRecords::new(&lease, session_id, &peer.to_string()),
+            masks,
         })
     });
     let audit = p.leases.audit().clone();
@@ -324,6 +347,9 @@ async fn server_to_client(
                 if let Some(err) = enforcer.refusal_for(&frame[5..]) {
                     action = Action::Replace(err);
                 }
+            }
+            if action == Action::Pass {
+                action = enforcer.mask_message(tag, &frame[5..]);
             }
             for record in enforcer.server_message(tag, &frame[5..], limited) {
                 audit.submit(record);

@@ -50,6 +50,32 @@ pub struct Statement {
     pub prepares: Option<String>,
     /// Touches pgid's own schema.
     pub touches_pgid: bool,
+    /// The statement's own kind (`SelectStmt`, `ExplainStmt`, `CopyStmt`, …).
+    pub root: String,
+    /// Every column reference and where it stands (what masking needs).
+    pub columns: Vec<ColumnUse>,
+    /// Tables and views with the name they go by in the statement: (alias, schema, table).
+    pub aliases: BTreeSet<(String, String, String)>,
+}
+
+/// Where a column reference stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Position {
+    /// A bare column (or `*`) that is itself an output of the outermost SELECT: Postgres reports
+    /// where such a column comes from in RowDescription.
+    Output,
+    /// In WHERE, JOIN … ON, GROUP BY, HAVING, ORDER BY, DISTINCT ON or a window definition: it
+    /// decides which rows come back, not what they contain.
+    Predicate,
+    /// Anywhere else: inside an expression, a nested query's output, RETURNING, SET, VALUES.
+    Other,
+}
+
+/// One column reference: its name parts as written, lower-cased unless quoted (`*` for a star).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ColumnUse {
+    pub fields: Vec<String>,
+    pub position: Position,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -88,7 +114,14 @@ pub fn analyze(sql: &str, dialect: Dialect, max_bytes: usize) -> Result<Analysis
     let mut out = Analysis::default();
     for raw in tree.as_array().into_iter().flatten() {
         let mut st = Statement::default();
-        walk(raw, &mut st)?;
+        if let Some((kind, _)) = raw
+            .get("stmt")
+            .and_then(|s| s.get("node"))
+            .and_then(node_of)
+        {
+            st.root = kind.to_string();
+        }
+        walk(raw, &mut st, Ctx::default())?;
         out.statements.push(st);
     }
     Ok(out)
@@ -171,7 +204,37 @@ fn node_of(v: &Value) -> Option<(&str, &Value)> {
         .then_some((kind.as_str(), body))
 }
 
-fn walk(v: &Value, st: &mut Statement) -> Result<(), AnalyzeError> {
+/// Where the walk is, for classifying column references.
+#[derive(Debug, Clone, Copy, Default)]
+struct Ctx {
+    /// Nesting of SELECTs around this point (1 = inside the outermost one).
+    selects: u8,
+    /// Directly in the body of a SelectStmt.
+    in_select: bool,
+    /// Under a predicate clause.
+    predicate: bool,
+    /// In the target list of the outermost SELECT.
+    output_list: bool,
+    /// Directly in an output ResTarget's body.
+    output_target: bool,
+    /// The value of an output ResTarget: a ColumnRef here is an [`Position::Output`].
+    output_value: bool,
+}
+
+/// Fields whose contents decide which rows come back rather than what they hold.
+const PREDICATE_FIELDS: &[&str] = &[
+    "where_clause",
+    "having_clause",
+    "group_clause",
+    "sort_clause",
+    "quals",
+    "distinct_clause",
+    "window_clause",
+    "limit_count",
+    "limit_offset",
+];
+
+fn walk(v: &Value, st: &mut Statement, ctx: Ctx) -> Result<(), AnalyzeError> {
     match v {
         Value::Array(items) => {
             if let Some(names) = name_list(v) {
@@ -180,15 +243,31 @@ fn walk(v: &Value, st: &mut Statement) -> Result<(), AnalyzeError> {
                 }
             }
             for i in items {
-                walk(i, st)?;
+                walk(i, st, ctx)?;
             }
             Ok(())
         }
         Value::Object(map) => {
             for (k, child) in map {
+                let mut c = ctx;
+                if PREDICATE_FIELDS.contains(&k.as_str()) {
+                    c.predicate = true;
+                }
+                // A list's items and a value sit one `node` wrapper further down.
+                c.output_list = (ctx.in_select && ctx.selects == 1 && k == "target_list")
+                    || (ctx.output_list && k == "node");
+                c.output_value =
+                    (ctx.output_target && k == "val") || (ctx.output_value && k == "node");
+                c.in_select = false;
+                c.output_target = false;
+                // A RangeVar held directly in a typed field (UPDATE's `relation`, COPY's,
+                // SELECT INTO's `rel` …) rather than in a node wrapper.
+                if child.get("relname").is_some() {
+                    special("RangeVar", child, st);
+                }
                 match (k.as_str(), node_of(child)) {
-                    ("node", Some((kind, body))) => visit(kind, body, st)?,
-                    _ => walk(child, st)?,
+                    ("node", Some((kind, body))) => visit(kind, body, st, c)?,
+                    _ => walk(child, st, c)?,
                 }
             }
             Ok(())
@@ -197,7 +276,7 @@ fn walk(v: &Value, st: &mut Statement) -> Result<(), AnalyzeError> {
     }
 }
 
-fn visit(kind: &str, body: &Value, st: &mut Statement) -> Result<(), AnalyzeError> {
+fn visit(kind: &str, body: &Value, st: &mut Statement, ctx: Ctx) -> Result<(), AnalyzeError> {
     match nodes::role(kind).ok_or_else(|| AnalyzeError::Unknown(kind.to_string()))? {
         Role::Class(c) => {
             st.classes.insert(c);
@@ -205,7 +284,46 @@ fn visit(kind: &str, body: &Value, st: &mut Statement) -> Result<(), AnalyzeErro
         Role::Neutral => {}
         Role::Special => special(kind, body, st),
     }
-    walk(body, st)
+    if kind == "ColumnRef" {
+        st.columns.push(column_use(body, &ctx));
+    }
+    let child = Ctx {
+        selects: ctx.selects + u8::from(kind == "SelectStmt"),
+        in_select: kind == "SelectStmt",
+        predicate: ctx.predicate,
+        output_list: false,
+        output_target: kind == "ResTarget" && ctx.output_list,
+        output_value: false,
+    };
+    walk(body, st, child)
+}
+
+fn column_use(body: &Value, ctx: &Ctx) -> ColumnUse {
+    let fields = body
+        .get("fields")
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .map(|i| match i.get("node").and_then(node_of) {
+                    Some(("String", s)) => s
+                        .get("sval")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                    _ => "*".to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let position = if ctx.output_value {
+        Position::Output
+    } else if ctx.predicate {
+        Position::Predicate
+    } else {
+        Position::Other
+    };
+    ColumnUse { fields, position }
 }
 
 fn special(kind: &str, body: &Value, st: &mut Statement) {
@@ -289,6 +407,13 @@ fn special(kind: &str, body: &Value, st: &mut Statement) {
             if schema == "pgid" {
                 st.touches_pgid = true;
             }
+            let alias = body
+                .get("alias")
+                .and_then(|a| a.get("aliasname"))
+                .and_then(Value::as_str)
+                .unwrap_or(&table)
+                .to_string();
+            st.aliases.insert((alias, schema.clone(), table.clone()));
             st.tables.insert((schema, table));
         }
         _ => {}
@@ -308,6 +433,33 @@ mod tests {
 
     fn set(c: &[StatementClass]) -> BTreeSet<StatementClass> {
         c.iter().copied().collect()
+    }
+
+    #[test]
+    fn target_tables_of_writes_are_found() {
+        for (sql, table) in [
+            (
+                "UPDATE crm.customers SET name = 'x' WHERE id = 1",
+                "customers",
+            ),
+            ("INSERT INTO crm.notes (body) VALUES ('x')", "notes"),
+            ("DELETE FROM pgid.leases WHERE true", "leases"),
+            ("COPY crm.orders TO STDOUT", "orders"),
+        ] {
+            let a = analyze(sql, Dialect::default(), 1 << 20).unwrap();
+            assert!(
+                a.statements[0].tables.iter().any(|(_, t)| t == table),
+                "{sql}: {:?}",
+                a.statements[0].tables
+            );
+        }
+        let a = analyze(
+            "UPDATE pgid.leases SET state = 'x' WHERE true",
+            Dialect::default(),
+            1 << 20,
+        )
+        .unwrap();
+        assert!(a.statements[0].touches_pgid);
     }
 
     #[test]

@@ -1,0 +1,516 @@
+//! Whether and how a statement's results are masked, from its analysis and the masked columns.
+//! Pure.
+//!
+//! A reference to a masked column (or a `*`, or a whole-row reference, over a table that has
+//! masked columns) is fine as a bare output of the outermost SELECT — Postgres then names the
+//! column's table and attribute in RowDescription and the proxy masks it there — and fine in a
+//! predicate (WHERE, JOIN … ON, GROUP BY, ORDER BY …), which chooses rows without returning the
+//! value. Anywhere else (inside an expression, a nested query's output, a whole-row value) it
+//! *taints* the statement: every output Postgres cannot attribute to a column is then masked as a
+//! whole. A statement using masked columns is refused when it could move the value somewhere
+//! else: anything but a SELECT (EXPLAIN too: it quotes expressions), a function outside a list of side-effect-free
+//! built-ins, COPY of a masked table, and — under any policy with masks — the statistics views,
+//! whose histograms and most-common values hold column contents.
+
+use std::collections::BTreeSet;
+
+use crate::policy::{MaskMethod, StatementClass};
+use crate::sql::{Position, Statement};
+
+/// A masked column, or every column of a view built on masked columns (`column: None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaskedColumn {
+    pub schema: String,
+    pub table: String,
+    pub column: Option<String>,
+    pub method: MaskMethod,
+    pub keep: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MaskPlan {
+    /// No masked column is involved.
+    Untouched,
+    /// Refused: the reason.
+    Refuse(String),
+    /// Masked columns are read: mask outputs by origin; when `tainted`, also every output with no
+    /// origin, by `method`. Error and notice texts are withheld.
+    Mask {
+        tainted: bool,
+        method: MaskMethod,
+        keep: usize,
+        /// The masked columns the statement uses (`schema.table.column`, or `schema.view.*`).
+        columns: Vec<String>,
+    },
+}
+
+/// Relations whose contents describe other tables' data.
+const STATISTICS: &[&str] = &[
+    "pg_stats",
+    "pg_statistic",
+    "pg_stats_ext",
+    "pg_stats_ext_exprs",
+    "pg_statistic_ext_data",
+    "pg_stat_statements",
+    "pg_stat_activity",
+];
+
+/// Built-in functions that read tables named in a string (or run a query given as text): pgid
+/// cannot see what they read, so under a policy with masks they are refused.
+const READS_BY_NAME: &[&str] = &[
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
+    "table_to_xml",
+    "table_to_xmlschema",
+    "table_to_xml_and_xmlschema",
+    "schema_to_xml",
+    "schema_to_xmlschema",
+    "schema_to_xml_and_xmlschema",
+    "database_to_xml",
+    "database_to_xmlschema",
+    "database_to_xml_and_xmlschema",
+    "ts_stat",
+];
+
+/// Built-in functions with no side effects and no way to send a value anywhere but the result.
+const SAFE_FUNCTIONS: &[&str] = &[
+    // aggregates
+    "count",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "string_agg",
+    "array_agg",
+    "bool_and",
+    "bool_or",
+    "every",
+    "json_agg",
+    "jsonb_agg",
+    "json_object_agg",
+    "jsonb_object_agg",
+    "stddev",
+    "variance",
+    "percentile_cont",
+    "percentile_disc",
+    "mode",
+    // strings
+    "lower",
+    "upper",
+    "initcap",
+    "length",
+    "char_length",
+    "character_length",
+    "octet_length",
+    "substr",
+    "substring",
+    "left",
+    "right",
+    "trim",
+    "btrim",
+    "ltrim",
+    "rtrim",
+    "replace",
+    "concat",
+    "concat_ws",
+    "position",
+    "strpos",
+    "split_part",
+    "reverse",
+    "repeat",
+    "lpad",
+    "rpad",
+    "md5",
+    "sha256",
+    "encode",
+    "decode",
+    "to_hex",
+    "format",
+    "translate",
+    "regexp_replace",
+    "regexp_match",
+    "regexp_matches",
+    "regexp_like",
+    "starts_with",
+    "ascii",
+    "chr",
+    "quote_literal",
+    "quote_ident",
+    "overlay",
+    "string_to_array",
+    "array_to_string",
+    // numbers, dates
+    "abs",
+    "round",
+    "floor",
+    "ceil",
+    "ceiling",
+    "trunc",
+    "mod",
+    "power",
+    "sqrt",
+    "random",
+    "now",
+    "current_date",
+    "date_trunc",
+    "date_part",
+    "extract",
+    "to_char",
+    "to_date",
+    "to_timestamp",
+    "to_number",
+    "age",
+    "make_date",
+    "coalesce",
+    "nullif",
+    "greatest",
+    "least",
+    // rows, json, arrays
+    "row_to_json",
+    "to_json",
+    "to_jsonb",
+    "json_build_object",
+    "jsonb_build_object",
+    "json_build_array",
+    "jsonb_build_array",
+    "array_length",
+    "cardinality",
+    "unnest",
+    "generate_series",
+    "row_number",
+    "rank",
+    "dense_rank",
+    "lag",
+    "lead",
+    "first_value",
+    "last_value",
+    "ntile",
+];
+
+/// A function the statement calls that is defined in the database rather than built in
+/// (`user_functions`: names of functions outside pg_catalog and information_schema). Under a
+/// policy with masks such a function is refused: it could read a masked column itself.
+pub fn user_function<'a>(st: &'a Statement, user_functions: &BTreeSet<String>) -> Option<&'a str> {
+    st.functions
+        .iter()
+        .find(|f| {
+            let (schema, name) = f.rsplit_once('.').unwrap_or(("", f));
+            schema != "pg_catalog" && user_functions.contains(name)
+        })
+        .map(String::as_str)
+}
+
+/// One plan for a statement and what it EXECUTEs: a refusal wins, then masking.
+pub fn merge(a: MaskPlan, b: MaskPlan) -> MaskPlan {
+    match (a, b) {
+        (MaskPlan::Refuse(r), _) | (_, MaskPlan::Refuse(r)) => MaskPlan::Refuse(r),
+        (MaskPlan::Untouched, other) | (other, MaskPlan::Untouched) => other,
+        (
+            MaskPlan::Mask {
+                tainted: t1,
+                method: m1,
+                keep: k1,
+                columns: mut c1,
+            },
+            MaskPlan::Mask {
+                tainted: t2,
+                method: m2,
+                keep: k2,
+                columns: c2,
+            },
+        ) => {
+            c1.extend(c2);
+            let (method, keep) = if (m1, k1) == (m2, k2) {
+                (m1, k1)
+            } else {
+                (MaskMethod::Redact, 0)
+            };
+            MaskPlan::Mask {
+                tainted: t1 || t2,
+                method,
+                keep,
+                columns: c1,
+            }
+        }
+    }
+}
+
+fn lower(s: &str) -> String {
+    s.to_ascii_lowercase()
+}
+
+/// Decides `st` under `masks`.
+pub fn plan(st: &Statement, masks: &[MaskedColumn]) -> MaskPlan {
+    if masks.is_empty() {
+        return MaskPlan::Untouched;
+    }
+    if let Some((_, t)) = st
+        .tables
+        .iter()
+        .find(|(s, t)| (s.is_empty() || s == "pg_catalog") && STATISTICS.contains(&t.as_str()))
+    {
+        return MaskPlan::Refuse(format!(
+            "{t} can reveal the contents of masked columns; it is not readable under this policy"
+        ));
+    }
+    if let Some(f) = st.functions.iter().find(|f| {
+        let name = f.rsplit('.').next().unwrap_or(f);
+        READS_BY_NAME.contains(&name)
+    }) {
+        return MaskPlan::Refuse(format!(
+            "{f} reads tables pgid cannot see in the statement; it is not allowed under a policy with masked columns"
+        ));
+    }
+    // Masked tables the statement names; an unqualified name matches any schema.
+    let involved: Vec<&MaskedColumn> = masks
+        .iter()
+        .filter(|m| {
+            st.tables
+                .iter()
+                .any(|(s, t)| *t == m.table && (s.is_empty() || *s == m.schema))
+        })
+        .collect();
+    if involved.is_empty() {
+        return MaskPlan::Untouched;
+    }
+    // What the masked tables go by in the statement, and their masked column names.
+    let names: BTreeSet<String> = st
+        .aliases
+        .iter()
+        .filter(|(_, s, t)| {
+            involved
+                .iter()
+                .any(|m| m.table == *t && (s.is_empty() || *s == m.schema))
+        })
+        .map(|(a, _, _)| a.clone())
+        .collect();
+    let all_columns = involved.iter().any(|m| m.column.is_none());
+    let columns: BTreeSet<String> = involved
+        .iter()
+        .filter_map(|m| m.column.as_deref().map(lower))
+        .collect();
+    let relevant = |fields: &[String]| -> bool {
+        match fields {
+            [one] if one == "*" => true,
+            [one] => columns.contains(one) || names.contains(one) || all_columns,
+            [.., q, last] => {
+                let qualifier_masked = names.contains(q);
+                (last == "*" && qualifier_masked)
+                    || (last != "*" && columns.contains(last))
+                    || (all_columns && qualifier_masked)
+            }
+            [] => false,
+        }
+    };
+    let mut used = false;
+    let mut tainted = false;
+    let mut touched: BTreeSet<String> = BTreeSet::new();
+    for c in &st.columns {
+        if !relevant(&c.fields) {
+            continue;
+        }
+        used = true;
+        let last = c.fields.last().map(String::as_str).unwrap_or("*");
+        for m in &involved {
+            match &m.column {
+                Some(col) if last == "*" || names.contains(last) || lower(col) == last => {
+                    touched.insert(format!("{}.{}.{col}", m.schema, m.table));
+                }
+                None => {
+                    touched.insert(format!("{}.{}.*", m.schema, m.table));
+                }
+                _ => {}
+            }
+        }
+        let whole_row = c.fields.len() == 1 && names.contains(&c.fields[0]);
+        match c.position {
+            Position::Output if !whole_row => {}
+            Position::Predicate => {}
+            _ => tainted = true,
+        }
+    }
+    if st.root == "CopyStmt" {
+        return MaskPlan::Refuse(
+            "COPY of a table with masked columns is not allowed; SELECT the columns instead".into(),
+        );
+    }
+    if !used {
+        return MaskPlan::Untouched;
+    }
+    let select_only = st.classes.iter().all(|c| *c == StatementClass::Select);
+    // EXPLAIN is out too: its plan text quotes the statement's expressions and constants.
+    if st.root != "SelectStmt" || !select_only {
+        return MaskPlan::Refuse(
+            "statements that use masked columns may only read them (SELECT)".into(),
+        );
+    }
+    if let Some(f) = st.functions.iter().find(|f| {
+        let (schema, name) = f.rsplit_once('.').unwrap_or(("pg_catalog", f));
+        schema != "pg_catalog" || !SAFE_FUNCTIONS.contains(&name)
+    }) {
+        return MaskPlan::Refuse(format!(
+            "function {f} is not allowed in a statement that uses masked columns"
+        ));
+    }
+    let first = involved[0];
+    let same = involved
+        .iter()
+        .all(|m| m.method == first.method && m.keep == first.keep);
+    let (method, keep) = if same {
+        (first.method, first.keep)
+    } else {
+        (MaskMethod::Redact, 0)
+    };
+    MaskPlan::Mask {
+        tainted,
+        method,
+        keep,
+        columns: touched.into_iter().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::{analyze, Dialect};
+
+    fn masks() -> Vec<MaskedColumn> {
+        ["email", "ssn"]
+            .iter()
+            .map(|c| MaskedColumn {
+                schema: "crm".into(),
+                table: "customers".into(),
+                column: Some(c.to_string()),
+                method: MaskMethod::Redact,
+                keep: 0,
+            })
+            .collect()
+    }
+
+    fn decide(sql: &str) -> MaskPlan {
+        let a = analyze(sql, Dialect::default(), 1 << 20).unwrap();
+        plan(&a.statements[0], &masks())
+    }
+
+    fn mask(tainted: bool) -> MaskPlan {
+        MaskPlan::Mask {
+            tainted,
+            method: MaskMethod::Redact,
+            keep: 0,
+            columns: Vec::new(),
+        }
+    }
+
+    /// The plan without the column list, for comparing kinds.
+    fn kind(p: MaskPlan) -> MaskPlan {
+        match p {
+            MaskPlan::Mask {
+                tainted,
+                method,
+                keep,
+                ..
+            } => MaskPlan::Mask {
+                tainted,
+                method,
+                keep,
+                columns: Vec::new(),
+            },
+            other => other,
+        }
+    }
+
+    #[test]
+    fn bare_outputs_and_predicates_are_masked_by_origin() {
+        for sql in [
+            "SELECT email FROM crm.customers",
+            "SELECT c.email AS x FROM crm.customers c",
+            "SELECT * FROM crm.customers",
+            "SELECT c.* FROM crm.customers c",
+            "TABLE crm.customers",
+            "SELECT name FROM crm.customers WHERE ssn = '1' ORDER BY email",
+            "SELECT o.id FROM crm.orders o JOIN crm.customers c ON c.email = o.note",
+            "SELECT id FROM crm.customers WHERE id IN (SELECT id FROM crm.customers WHERE ssn LIKE '1%')",
+        ] {
+            assert_eq!(kind(decide(sql)), mask(false), "{sql}");
+        }
+    }
+
+    #[test]
+    fn derived_outputs_taint_the_statement() {
+        for sql in [
+            "SELECT upper(email) FROM crm.customers",
+            "SELECT email || '' FROM crm.customers",
+            "SELECT ssn::text FROM crm.customers",
+            "SELECT CASE WHEN true THEN ssn END FROM crm.customers",
+            "SELECT (SELECT ssn FROM crm.customers LIMIT 1)",
+            "SELECT x FROM (SELECT email AS x FROM crm.customers) s",
+            "WITH t AS (SELECT ssn FROM crm.customers) SELECT * FROM t",
+            "SELECT email FROM crm.customers UNION SELECT 'x'",
+            "SELECT row_to_json(c) FROM crm.customers c",
+            "SELECT c FROM crm.customers c",
+            "SELECT ROW(c.*) FROM crm.customers c",
+            "SELECT json_build_object('e', email) FROM crm.customers",
+            "SELECT string_agg(ssn, ',') FROM crm.customers",
+        ] {
+            assert_eq!(kind(decide(sql)), mask(true), "{sql}");
+        }
+    }
+
+    #[test]
+    fn the_plan_lists_the_masked_columns_used() {
+        let MaskPlan::Mask { columns, .. } =
+            decide("SELECT c.email, name FROM crm.customers c WHERE ssn = '1'")
+        else {
+            panic!()
+        };
+        assert_eq!(columns, ["crm.customers.email", "crm.customers.ssn"]);
+        let MaskPlan::Mask { columns, .. } = decide("SELECT * FROM crm.customers") else {
+            panic!()
+        };
+        assert_eq!(columns.len(), 2);
+    }
+
+    #[test]
+    fn ways_to_move_a_value_are_refused() {
+        for sql in [
+            "INSERT INTO crm.notes (body) SELECT ssn FROM crm.customers",
+            "UPDATE crm.customers SET name = ssn WHERE id = 1",
+            "CREATE TABLE x AS SELECT email FROM crm.customers",
+            "SELECT email INTO x FROM crm.customers",
+            "SELECT set_config('pgid.x', ssn, false) FROM crm.customers",
+            "SELECT pg_notify('c', email) FROM crm.customers",
+            "SELECT my_func(email) FROM crm.customers",
+            "COPY crm.customers TO STDOUT",
+            "COPY (SELECT email FROM crm.customers) TO STDOUT",
+            "DELETE FROM crm.customers WHERE id = 1 RETURNING *",
+            "DECLARE c CURSOR FOR SELECT ssn FROM crm.customers",
+            "SELECT most_common_vals FROM pg_stats WHERE attname = 'ssn'",
+            "SELECT * FROM pg_catalog.pg_statistic",
+            "SELECT query_to_xml('SELECT ssn FROM crm.customers', true, true, '')",
+            "SELECT table_to_xml('crm.customers', true, true, '')",
+            "EXPLAIN SELECT email FROM crm.customers",
+        ] {
+            assert!(
+                matches!(decide(sql), MaskPlan::Refuse(_)),
+                "{sql}: {:?}",
+                decide(sql)
+            );
+        }
+    }
+
+    #[test]
+    fn statements_without_masked_columns_are_untouched() {
+        for sql in [
+            "SELECT 1",
+            "SELECT id, name FROM crm.customers",
+            "SELECT count(*) FROM crm.customers",
+            "SELECT email FROM crm.orders",
+            "DELETE FROM crm.customers WHERE id = 1",
+        ] {
+            assert_eq!(decide(sql), MaskPlan::Untouched, "{sql}");
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! What a policy's `[[mask]]` columns are in the database: their table OIDs and attribute numbers
+//! (RowDescription names result columns that way), and the views and materialized views built on
+//! them, whose every column is treated as masked (a view's RowDescription names the view, not
+//! the base column). Looked up with pgid's admin connection and cached for a short while per
+//! database and policy, so a table created or a view defined later is picked up.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::mask::rows::Origins;
+use crate::mask::MaskedColumn;
+use crate::policy::Policy;
+
+/// How long a resolved catalog is reused.
+const CATALOG_TTL: Duration = Duration::from_secs(30);
+/// Views on views on masked columns are followed this deep.
+const MAX_VIEW_DEPTH: usize = 8;
+
+/// A policy's masks as the proxy applies them.
+#[derive(Debug, Default)]
+pub struct MaskSetup {
+    /// For planning: masked columns and views by name.
+    pub columns: Vec<MaskedColumn>,
+    /// For results: masked columns and views by OID.
+    pub origins: Origins,
+    /// The deployment's key for `hash`.
+    pub key: [u8; 32],
+    /// Functions defined in the database (not built in), by name.
+    pub user_functions: BTreeSet<String>,
+}
+
+type Cache = HashMap<(String, String), (Instant, Arc<MaskSetup>)>;
+
+#[derive(Default)]
+pub struct MaskCatalog {
+    cache: Mutex<Cache>,
+}
+
+impl MaskCatalog {
+    /// The masks of `policy` in its database; `None` when it has none.
+    pub async fn resolve(
+        &self,
+        policy: &Policy,
+        pool: &deadpool_postgres::Pool,
+        key: [u8; 32],
+    ) -> Result<Option<Arc<MaskSetup>>, String> {
+        if policy.masks.is_empty() {
+            return Ok(None);
+        }
+        let id = (policy.database.clone(), policy.name.clone());
+        if let Some((at, setup)) = self.cache.lock().unwrap().get(&id) {
+            if at.elapsed() < CATALOG_TTL {
+                return Ok(Some(setup.clone()));
+            }
+        }
+        let setup = Arc::new(lookup(policy, pool, key).await?);
+        self.cache
+            .lock()
+            .unwrap()
+            .insert(id, (Instant::now(), setup.clone()));
+        Ok(Some(setup))
+    }
+}
+
+async fn lookup(
+    policy: &Policy,
+    pool: &deadpool_postgres::Pool,
+    key: [u8; 32],
+) -> Result<MaskSetup, String> {
+    let c = pool
+        .get()
+        .await
+        .map_err(|e| format!("masking catalog: {e}"))?;
+    let err = |e: tokio_postgres::Error| format!("masking catalog: {e}");
+    let mut setup = MaskSetup {
+        key,
+        ..MaskSetup::default()
+    };
+    let (mut schemas, mut tables, mut columns) = (Vec::new(), Vec::new(), Vec::new());
+    for m in &policy.masks {
+        for col in &m.columns {
+            schemas.push(col.schema.clone());
+            tables.push(col.table.clone());
+            columns.push(col.column.clone());
+            setup.columns.push(MaskedColumn {
+                schema: col.schema.clone(),
+                table: col.table.clone(),
+                column: Some(col.column.clone()),
+                method: m.method,
+                keep: m.keep,
+            });
+        }
+    }
+    let rows = c
+        .query(
+            "SELECT c.oid, a.attnum, n.nspname, c.relname, a.attname
+             FROM pg_attribute a
+             JOIN pg_class c ON c.oid = a.attrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             JOIN unnest($1::text[], $2::text[], $3::text[]) AS m(s, t, col)
+               ON n.nspname = m.s AND c.relname = m.t AND a.attname = m.col
+             WHERE a.attnum > 0 AND NOT a.attisdropped",
+            &[&schemas, &tables, &columns],
+        )
+        .await
+        .map_err(err)?;
+    let method_of = |schema: &str, table: &str, column: &str| {
+        setup
+            .columns
+            .iter()
+            .find(|m| m.schema == schema && m.table == table && m.column.as_deref() == Some(column))
+            .map(|m| (m.method, m.keep))
+    };
+    let mut found = HashMap::new();
+    for r in &rows {
+        let oid: u32 = r.get(0);
+        let attnum: i16 = r.get(1);
+        let (s, t, col): (String, String, String) = (r.get(2), r.get(3), r.get(4));
+        if let Some(m) = method_of(&s, &t, &col) {
+            found.insert((oid, attnum), m);
+        }
+    }
+    // Views (and materialized views) reading masked columns, then views reading those.
+    let mut masked_relations: HashMap<u32, (crate::policy::MaskMethod, usize)> = HashMap::new();
+    let mut frontier: BTreeSet<(u32, i16)> = found.keys().copied().collect();
+    let mut whole: BTreeSet<u32> = BTreeSet::new();
+    for _ in 0..MAX_VIEW_DEPTH {
+        if frontier.is_empty() && whole.is_empty() {
+            break;
+        }
+        let oids: Vec<u32> = frontier
+            .iter()
+            .map(|(o, _)| *o)
+            .chain(whole.iter().copied())
+            .collect();
+        let deps = c
+            .query(
+                "SELECT DISTINCT v.oid, vn.nspname, v.relname, d.refobjid, d.refobjsubid::int2
+                 FROM pg_depend d
+                 JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid
+                 JOIN pg_class v ON v.oid = r.ev_class
+                 JOIN pg_namespace vn ON vn.oid = v.relnamespace
+                 WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = ANY($1::oid[])
+                   AND v.oid <> d.refobjid",
+                &[&oids],
+            )
+            .await
+            .map_err(err)?;
+        let mut next_whole = BTreeSet::new();
+        for r in &deps {
+            let (view, schema, name, base, attnum): (u32, String, String, u32, i16) =
+                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+            let through = frontier.contains(&(base, attnum)) || whole.contains(&base);
+            if !through || masked_relations.contains_key(&view) {
+                continue;
+            }
+            let method = found
+                .get(&(base, attnum))
+                .or_else(|| masked_relations.get(&base))
+                .copied()
+                .unwrap_or((crate::policy::MaskMethod::Redact, 0));
+            masked_relations.insert(view, method);
+            setup.columns.push(MaskedColumn {
+                schema,
+                table: name,
+                column: None,
+                method: method.0,
+                keep: method.1,
+            });
+            next_whole.insert(view);
+        }
+        frontier.clear();
+        whole = next_whole;
+    }
+    setup.user_functions = c
+        .query(
+            "SELECT DISTINCT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')",
+            &[],
+        )
+        .await
+        .map_err(err)?
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    setup.origins = Origins {
+        columns: found,
+        relations: masked_relations,
+    };
+    Ok(setup)
+}
