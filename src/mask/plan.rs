@@ -37,6 +37,9 @@ pub enum MaskPlan {
     /// origin, by `method`. Error and notice texts are withheld.
     Mask {
         tainted: bool,
+        /// Outputs (by position) built from masked columns, when `tainted` is not set: only
+        /// these are masked as a whole.
+        tainted_outputs: Vec<usize>,
         method: MaskMethod,
         keep: usize,
         /// The masked columns the statement uses (`schema.table.column`, or `schema.view.*`).
@@ -211,12 +214,14 @@ pub fn merge(a: MaskPlan, b: MaskPlan) -> MaskPlan {
         (
             MaskPlan::Mask {
                 tainted: t1,
+                tainted_outputs: mut o1,
                 method: m1,
                 keep: k1,
                 columns: mut c1,
             },
             MaskPlan::Mask {
                 tainted: t2,
+                tainted_outputs: o2,
                 method: m2,
                 keep: k2,
                 columns: c2,
@@ -228,8 +233,10 @@ pub fn merge(a: MaskPlan, b: MaskPlan) -> MaskPlan {
             } else {
                 (MaskMethod::Redact, 0)
             };
+            o1.extend(o2);
             MaskPlan::Mask {
                 tainted: t1 || t2,
+                tainted_outputs: o1,
                 method,
                 keep,
                 columns: c1,
@@ -307,6 +314,12 @@ pub fn plan(st: &Statement, masks: &[MaskedColumn]) -> MaskPlan {
     };
     let mut used = false;
     let mut tainted = false;
+    let mut tainted_outputs: BTreeSet<usize> = BTreeSet::new();
+    // With `*` among the outputs, output positions no longer match result columns.
+    let star_output = st
+        .columns
+        .iter()
+        .any(|c| c.position == Position::Output && c.fields.last().is_some_and(|f| f == "*"));
     let mut touched: BTreeSet<String> = BTreeSet::new();
     for c in &st.columns {
         if !relevant(&c.fields) {
@@ -329,7 +342,12 @@ pub fn plan(st: &Statement, masks: &[MaskedColumn]) -> MaskPlan {
         match c.position {
             Position::Output if !whole_row => {}
             Position::Predicate => {}
-            _ => tainted = true,
+            _ => match c.output {
+                Some(i) if !star_output => {
+                    tainted_outputs.insert(i);
+                }
+                _ => tainted = true,
+            },
         }
     }
     if st.root == "CopyStmt" {
@@ -366,6 +384,11 @@ pub fn plan(st: &Statement, masks: &[MaskedColumn]) -> MaskPlan {
     };
     MaskPlan::Mask {
         tainted,
+        tainted_outputs: if tainted {
+            Vec::new()
+        } else {
+            tainted_outputs.into_iter().collect()
+        },
         method,
         keep,
         columns: touched.into_iter().collect(),
@@ -398,6 +421,7 @@ mod tests {
     fn mask(tainted: bool) -> MaskPlan {
         MaskPlan::Mask {
             tainted,
+            tainted_outputs: Vec::new(),
             method: MaskMethod::Redact,
             keep: 0,
             columns: Vec::new(),
@@ -409,11 +433,13 @@ mod tests {
         match p {
             MaskPlan::Mask {
                 tainted,
+                tainted_outputs,
                 method,
                 keep,
                 ..
             } => MaskPlan::Mask {
-                tainted,
+                tainted: tainted || !tainted_outputs.is_empty(),
+                tainted_outputs: Vec::new(),
                 method,
                 keep,
                 columns: Vec::new(),
@@ -471,6 +497,35 @@ mod tests {
             panic!()
         };
         assert_eq!(columns.len(), 2);
+    }
+
+    #[test]
+    fn a_derived_output_taints_only_itself_when_outputs_map_to_columns() {
+        let outputs = |sql: &str| match decide(sql) {
+            MaskPlan::Mask {
+                tainted,
+                tainted_outputs,
+                ..
+            } => (tainted, tainted_outputs),
+            other => panic!("{sql}: {other:?}"),
+        };
+        assert_eq!(
+            outputs("SELECT id, upper(email), count(*) OVER () FROM crm.customers"),
+            (false, vec![1])
+        );
+        assert_eq!(
+            outputs("SELECT (SELECT ssn FROM crm.customers LIMIT 1), 1"),
+            (false, vec![0])
+        );
+        // `*` shifts positions; a nested query's output is not an output of its own.
+        assert_eq!(
+            outputs("SELECT *, upper(email) FROM crm.customers"),
+            (true, vec![])
+        );
+        assert_eq!(
+            outputs("SELECT x FROM (SELECT email AS x FROM crm.customers) s"),
+            (true, vec![])
+        );
     }
 
     #[test]

@@ -112,18 +112,21 @@ pub fn with_formats(fields: &[Field], formats: &[i16]) -> Vec<Field> {
 
 /// The layout for a result under `plan`; `None` when no column is masked.
 pub fn layout(fields: &[Field], origins: &Origins, plan: &MaskPlan) -> Option<Layout> {
-    let (tainted, plan_method, plan_keep) = match plan {
+    let (tainted, outputs, plan_method, plan_keep) = match plan {
         MaskPlan::Mask {
             tainted,
+            tainted_outputs,
             method,
             keep,
             ..
-        } => (*tainted, *method, *keep),
-        _ => (false, MaskMethod::Redact, 0),
+        } => (*tainted, tainted_outputs.as_slice(), *method, *keep),
+        _ => (false, &[][..], MaskMethod::Redact, 0),
     };
     let columns: Vec<Option<ColumnMask>> = fields
         .iter()
-        .map(|f| {
+        .enumerate()
+        .map(|(i, f)| {
+            let tainted = tainted || outputs.contains(&i);
             // Tainted: whatever Postgres cannot name a column for is masked as a whole.
             let by = origins.of(f).or_else(|| {
                 (tainted && (f.table_oid == 0 || f.attnum <= 0)).then_some((plan_method, plan_keep))
@@ -278,6 +281,7 @@ mod tests {
         assert_eq!(fields[2].format, 1);
         let plan = MaskPlan::Mask {
             tainted: false,
+            tainted_outputs: Vec::new(),
             method: MaskMethod::Redact,
             keep: 0,
             columns: Vec::new(),
@@ -289,6 +293,7 @@ mod tests {
         );
         let tainted = MaskPlan::Mask {
             tainted: true,
+            tainted_outputs: Vec::new(),
             method: MaskMethod::Redact,
             keep: 0,
             columns: Vec::new(),

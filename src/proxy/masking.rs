@@ -202,3 +202,130 @@ impl Masker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use bytes::BufMut;
+
+    use super::*;
+    use crate::policy::MaskMethod;
+    use crate::proxy::outcome::{Note, Tracker};
+
+    fn setup() -> Arc<MaskSetup> {
+        let mut s = MaskSetup::default();
+        s.origins.columns.insert((100, 2), (MaskMethod::Redact, 0));
+        Arc::new(s)
+    }
+
+    /// A RowDescription body: (table oid, attnum, type) per column, text format.
+    fn description(cols: &[(u32, i16, u32)]) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        b.put_i16(cols.len() as i16);
+        for (table, attnum, ty) in cols {
+            b.put_slice(b"c\0");
+            b.put_u32(*table);
+            b.put_i16(*attnum);
+            b.put_u32(*ty);
+            b.put_i16(-1);
+            b.put_i32(-1);
+            b.put_i16(0);
+        }
+        b.to_vec()
+    }
+
+    fn row(values: &[&[u8]]) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        b.put_i16(values.len() as i16);
+        for v in values {
+            b.put_i32(v.len() as i32);
+            b.put_slice(v);
+        }
+        b.to_vec()
+    }
+
+    fn plan() -> MaskPlan {
+        MaskPlan::Mask {
+            tainted: false,
+            tainted_outputs: Vec::new(),
+            method: MaskMethod::Redact,
+            keep: 0,
+            columns: vec!["s.t.secret".into()],
+        }
+    }
+
+    #[test]
+    fn an_undescribed_execute_is_described_by_pgid_and_masked() {
+        let mut m = Masker::new(setup());
+        let mut t = Tracker::default();
+        let now = Instant::now();
+        let mut done = Vec::new();
+        assert!(!m.knows("", "s1"));
+        // What the enforcer sends for B/E/S of an undescribed masked statement: its own D first.
+        m.describing(b'P', "");
+        t.sent(b'B', None, now, &mut done);
+        t.sent(b'D', None, now, &mut done);
+        t.annotate(Arc::new(Note {
+            portal: Some(String::new()),
+            swallow: true,
+            ..Note::default()
+        }));
+        t.sent(b'E', None, now, &mut done);
+        t.annotate(Arc::new(Note {
+            plans: vec![plan()],
+            portal: Some(String::new()),
+            statement: Some("s1".into()),
+            ..Note::default()
+        }));
+        t.sent(b'S', None, now, &mut done);
+        let mut step = |tag: u8, body: &[u8]| {
+            let a = m.on_message(tag, body, t.head(), t.any_masked());
+            t.received(tag, body, None, now, &mut done);
+            a
+        };
+        assert_eq!(step(b'2', b""), Action::Pass);
+        assert_eq!(
+            step(b'T', &description(&[(100, 1, 23), (100, 2, 25)])),
+            Action::Drop,
+            "pgid's own Describe is not answered to the client"
+        );
+        match step(b'D', &row(&[b"1", b"secret@example.com"])) {
+            Action::Replace(r) => {
+                assert!(!r.windows(6).any(|w| w == b"secret"));
+                assert!(r.windows(8).any(|w| w == b"REDACTED"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(step(b'C', b"SELECT 1\0"), Action::Pass);
+        assert_eq!(step(b'Z', b"I"), Action::Pass);
+    }
+
+    #[test]
+    fn rows_that_cannot_be_attributed_are_not_sent() {
+        let mut m = Masker::new(setup());
+        let mut t = Tracker::default();
+        let now = Instant::now();
+        let mut done = Vec::new();
+        t.sent(b'E', None, now, &mut done);
+        t.annotate(Arc::new(Note {
+            plans: vec![plan()],
+            portal: Some("p".into()),
+            statement: Some("unknown".into()),
+            ..Note::default()
+        }));
+        t.sent(b'S', None, now, &mut done);
+        let a = m.on_message(b'D', &row(&[b"secret"]), t.head(), t.any_masked());
+        assert_eq!(a, Action::Drop);
+        t.received(b'D', b"", None, now, &mut done);
+        let end = m.on_message(b'C', b"SELECT 1\0", t.head(), t.any_masked());
+        assert!(matches!(end, Action::Replace(ref e) if e.windows(10).any(|w| w == b"pgid: mask")));
+        // Errors while a masked statement is in flight keep only their code.
+        let mut err = BytesMut::new();
+        backend::error_response(&mut err, Severity::Error, "22P02", "bad value \"secret\"");
+        let withheld = m.on_message(b'E', &err[5..], t.head(), t.any_masked());
+        assert!(
+            matches!(withheld, Action::Replace(ref e) if !e.windows(6).any(|w| w == b"secret"))
+        );
+    }
+}

@@ -76,6 +76,8 @@ pub enum Position {
 pub struct ColumnUse {
     pub fields: Vec<String>,
     pub position: Position,
+    /// The output of the outermost SELECT whose expression contains this reference.
+    pub output: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -219,6 +221,8 @@ struct Ctx {
     output_target: bool,
     /// The value of an output ResTarget: a ColumnRef here is an [`Position::Output`].
     output_value: bool,
+    /// Inside the expression of this output of the outermost SELECT.
+    output: Option<usize>,
 }
 
 /// Fields whose contents decide which rows come back rather than what they hold.
@@ -242,8 +246,12 @@ fn walk(v: &Value, st: &mut Statement, ctx: Ctx) -> Result<(), AnalyzeError> {
                     st.touches_pgid = true;
                 }
             }
-            for i in items {
-                walk(i, st, ctx)?;
+            for (n, i) in items.iter().enumerate() {
+                let mut c = ctx;
+                if ctx.output_list {
+                    c.output = Some(n);
+                }
+                walk(i, st, c)?;
             }
             Ok(())
         }
@@ -294,6 +302,7 @@ fn visit(kind: &str, body: &Value, st: &mut Statement, ctx: Ctx) -> Result<(), A
         output_list: false,
         output_target: kind == "ResTarget" && ctx.output_list,
         output_value: false,
+        output: ctx.output,
     };
     walk(body, st, child)
 }
@@ -323,7 +332,11 @@ fn column_use(body: &Value, ctx: &Ctx) -> ColumnUse {
     } else {
         Position::Other
     };
-    ColumnUse { fields, position }
+    ColumnUse {
+        fields,
+        position,
+        output: ctx.output,
+    }
 }
 
 fn special(kind: &str, body: &Value, st: &mut Statement) {
