@@ -188,6 +188,9 @@ const ATTEMPTS: &[&str] = &[
     "EXPLAIN ANALYZE SELECT ssn FROM crm.customers WHERE ssn = '078-05-1120'",
     "SELECT * FROM crm.customer_contacts",
     "SELECT upper(v.email) FROM crm.customer_contacts v",
+    "SELECT * FROM crm.contact_secrets",
+    "SELECT s, card FROM crm.contact_secrets",
+    "SELECT * FROM crm.contacts_again",
 ];
 
 /// Statements a masked agent still runs exactly as a direct connection would.
@@ -199,17 +202,22 @@ const BENIGN: &[&str] = &[
     "SELECT o.id, c.name FROM crm.orders o JOIN crm.customers c ON c.id = o.customer_id ORDER BY 1",
     "SELECT name FROM crm.customers ORDER BY email",
     "SELECT count(DISTINCT customer_id) FROM crm.orders",
+    "SELECT id, name FROM crm.customer_contacts ORDER BY id",
+    "SELECT id FROM crm.contact_secrets WHERE s IS NOT NULL ORDER BY id",
 ];
 
 #[tokio::test(flavor = "multi_thread")]
 async fn masked_columns_never_reach_the_client_in_clear() {
     let mut h = Harness::start(&[MASKED]).await;
-    // A view over masked columns: masked by origin too. Created before pgid (re)starts so the
-    // policy's grants cover it.
+    // Views over masked columns (and a view over such a view): their columns resolve to the base
+    // columns they come from. Created before pgid (re)starts so the policy's grants cover them.
     let admin = common::connect(&h.admin_url).await.unwrap();
     admin
         .batch_execute(
-            "CREATE VIEW crm.customer_contacts AS SELECT id, name, email FROM crm.customers",
+            "CREATE VIEW crm.customer_contacts AS SELECT id, name, email FROM crm.customers;
+             CREATE VIEW crm.contact_secrets AS
+                 SELECT id, lower(ssn) AS s, card_number AS card FROM crm.customers;
+             CREATE VIEW crm.contacts_again AS SELECT id, email FROM crm.customer_contacts;",
         )
         .await
         .unwrap();

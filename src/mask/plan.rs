@@ -245,6 +245,115 @@ pub fn merge(a: MaskPlan, b: MaskPlan) -> MaskPlan {
     }
 }
 
+/// The masked tables a statement names, what they go by in it, and their masked columns.
+struct Scope<'a> {
+    involved: Vec<&'a MaskedColumn>,
+    names: BTreeSet<String>,
+    columns: BTreeSet<String>,
+    all_columns: bool,
+}
+
+impl<'a> Scope<'a> {
+    fn of(st: &Statement, masks: &'a [MaskedColumn]) -> Option<Scope<'a>> {
+        // An unqualified name matches any schema.
+        let involved: Vec<&MaskedColumn> = masks
+            .iter()
+            .filter(|m| {
+                st.tables
+                    .iter()
+                    .any(|(s, t)| *t == m.table && (s.is_empty() || *s == m.schema))
+            })
+            .collect();
+        if involved.is_empty() {
+            return None;
+        }
+        let names = st
+            .aliases
+            .iter()
+            .filter(|(_, s, t)| {
+                involved
+                    .iter()
+                    .any(|m| m.table == *t && (s.is_empty() || *s == m.schema))
+            })
+            .map(|(a, _, _)| a.clone())
+            .collect();
+        let all_columns = involved.iter().any(|m| m.column.is_none());
+        let columns = involved
+            .iter()
+            .filter_map(|m| m.column.as_deref().map(lower))
+            .collect();
+        Some(Scope {
+            involved,
+            names,
+            columns,
+            all_columns,
+        })
+    }
+
+    /// Whether a column reference can reach a masked value.
+    fn relevant(&self, fields: &[String]) -> bool {
+        match fields {
+            [one] if one == "*" => true,
+            [one] => self.columns.contains(one) || self.names.contains(one) || self.all_columns,
+            [.., q, last] => {
+                let qualifier_masked = self.names.contains(q);
+                (last == "*" && qualifier_masked)
+                    || (last != "*" && self.columns.contains(last))
+                    || (self.all_columns && qualifier_masked)
+            }
+            [] => false,
+        }
+    }
+
+    /// The method for a reference ending in `last`: its column's, else the strictest around.
+    fn method(&self, last: &str) -> (MaskMethod, usize) {
+        let named = self
+            .involved
+            .iter()
+            .find(|m| m.column.as_deref().map(lower).as_deref() == Some(last));
+        match named {
+            Some(m) => (m.method, m.keep),
+            None if self
+                .involved
+                .iter()
+                .all(|m| m.method == self.involved[0].method) =>
+            {
+                (self.involved[0].method, self.involved[0].keep)
+            }
+            None => (MaskMethod::Redact, 0),
+        }
+    }
+}
+
+/// For a view's definition: which of its outputs (by position) carry masked values, and how.
+/// `None` when that cannot be told (a `*` left in the outputs, a set operation, a masked
+/// reference outside the outputs' expressions) — then every column of the view is masked.
+pub fn view_outputs(
+    st: &Statement,
+    masks: &[MaskedColumn],
+) -> Option<std::collections::BTreeMap<usize, (MaskMethod, usize)>> {
+    let mut out = std::collections::BTreeMap::new();
+    let Some(scope) = Scope::of(st, masks) else {
+        return Some(out);
+    };
+    if st.root != "SelectStmt" {
+        return None;
+    }
+    for c in &st.columns {
+        if !scope.relevant(&c.fields) || c.position == Position::Predicate {
+            continue;
+        }
+        let last = c.fields.last().map(String::as_str).unwrap_or("*");
+        match c.output {
+            Some(i) if last != "*" => {
+                out.entry(i).or_insert_with(|| scope.method(last));
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
 fn lower(s: &str) -> String {
     s.to_ascii_lowercase()
 }
@@ -271,47 +380,10 @@ pub fn plan(st: &Statement, masks: &[MaskedColumn]) -> MaskPlan {
             "{f} reads tables pgid cannot see in the statement; it is not allowed under a policy with masked columns"
         ));
     }
-    // Masked tables the statement names; an unqualified name matches any schema.
-    let involved: Vec<&MaskedColumn> = masks
-        .iter()
-        .filter(|m| {
-            st.tables
-                .iter()
-                .any(|(s, t)| *t == m.table && (s.is_empty() || *s == m.schema))
-        })
-        .collect();
-    if involved.is_empty() {
+    let Some(scope) = Scope::of(st, masks) else {
         return MaskPlan::Untouched;
-    }
-    // What the masked tables go by in the statement, and their masked column names.
-    let names: BTreeSet<String> = st
-        .aliases
-        .iter()
-        .filter(|(_, s, t)| {
-            involved
-                .iter()
-                .any(|m| m.table == *t && (s.is_empty() || *s == m.schema))
-        })
-        .map(|(a, _, _)| a.clone())
-        .collect();
-    let all_columns = involved.iter().any(|m| m.column.is_none());
-    let columns: BTreeSet<String> = involved
-        .iter()
-        .filter_map(|m| m.column.as_deref().map(lower))
-        .collect();
-    let relevant = |fields: &[String]| -> bool {
-        match fields {
-            [one] if one == "*" => true,
-            [one] => columns.contains(one) || names.contains(one) || all_columns,
-            [.., q, last] => {
-                let qualifier_masked = names.contains(q);
-                (last == "*" && qualifier_masked)
-                    || (last != "*" && columns.contains(last))
-                    || (all_columns && qualifier_masked)
-            }
-            [] => false,
-        }
     };
+    let (involved, names) = (&scope.involved, &scope.names);
     let mut used = false;
     let mut tainted = false;
     let mut tainted_outputs: BTreeSet<usize> = BTreeSet::new();
@@ -322,12 +394,12 @@ pub fn plan(st: &Statement, masks: &[MaskedColumn]) -> MaskPlan {
         .any(|c| c.position == Position::Output && c.fields.last().is_some_and(|f| f == "*"));
     let mut touched: BTreeSet<String> = BTreeSet::new();
     for c in &st.columns {
-        if !relevant(&c.fields) {
+        if !scope.relevant(&c.fields) {
             continue;
         }
         used = true;
         let last = c.fields.last().map(String::as_str).unwrap_or("*");
-        for m in &involved {
+        for m in involved {
             match &m.column {
                 Some(col) if last == "*" || names.contains(last) || lower(col) == last => {
                     touched.insert(format!("{}.{}.{col}", m.schema, m.table));
@@ -525,6 +597,24 @@ mod tests {
         assert_eq!(
             outputs("SELECT x FROM (SELECT email AS x FROM crm.customers) s"),
             (true, vec![])
+        );
+    }
+
+    #[test]
+    fn view_columns_resolve_to_the_base_columns_they_come_from() {
+        let outputs = |sql: &str| {
+            let a = analyze(sql, Dialect::default(), 1 << 20).unwrap();
+            view_outputs(&a.statements[0], &masks()).map(|m| m.into_keys().collect::<Vec<_>>())
+        };
+        assert_eq!(
+            outputs("SELECT c.id, c.name, c.email, upper(c.ssn) AS s FROM crm.customers c WHERE c.ssn <> ''"),
+            Some(vec![2, 3])
+        );
+        assert_eq!(outputs("SELECT id FROM crm.customers"), Some(vec![]));
+        assert_eq!(outputs("SELECT * FROM crm.customers"), None);
+        assert_eq!(
+            outputs("SELECT email FROM crm.customers UNION SELECT 'x'"),
+            None
         );
     }
 

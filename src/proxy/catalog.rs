@@ -1,7 +1,7 @@
 //! What a policy's `[[mask]]` columns are in the database: their table OIDs and attribute numbers
-//! (RowDescription names result columns that way), and the views and materialized views built on
-//! them, whose every column is treated as masked (a view's RowDescription names the view, not
-//! the base column). Looked up with pgid's admin connection and cached for a short while per
+//! (RowDescription names result columns that way), and the columns of views and materialized
+//! views built on them (a view's RowDescription names the view, not the base column), resolved
+//! through each view's definition. Looked up with pgid's admin connection and cached for a short while per
 //! database and policy, so a table created or a view defined later is picked up.
 
 use std::collections::{BTreeSet, HashMap};
@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::mask::rows::Origins;
 use crate::mask::MaskedColumn;
-use crate::policy::Policy;
+use crate::policy::{MaskMethod, Policy};
+use crate::sql::{Analyzer, Dialect};
 
 /// How long a resolved catalog is reused.
 const CATALOG_TTL: Duration = Duration::from_secs(30);
@@ -43,6 +44,7 @@ impl MaskCatalog {
         &self,
         policy: &Policy,
         pool: &deadpool_postgres::Pool,
+        analyzer: &Analyzer,
         key: [u8; 32],
     ) -> Result<Option<Arc<MaskSetup>>, String> {
         if policy.masks.is_empty() {
@@ -54,7 +56,7 @@ impl MaskCatalog {
                 return Ok(Some(setup.clone()));
             }
         }
-        let setup = Arc::new(lookup(policy, pool, key).await?);
+        let setup = Arc::new(lookup(policy, pool, analyzer, key).await?);
         self.cache
             .lock()
             .unwrap()
@@ -66,6 +68,7 @@ impl MaskCatalog {
 async fn lookup(
     policy: &Policy,
     pool: &deadpool_postgres::Pool,
+    analyzer: &Analyzer,
     key: [u8; 32],
 ) -> Result<MaskSetup, String> {
     let c = pool
@@ -121,22 +124,20 @@ async fn lookup(
             found.insert((oid, attnum), m);
         }
     }
-    // Views (and materialized views) reading masked columns, then views reading those.
-    let mut masked_relations: HashMap<u32, (crate::policy::MaskMethod, usize)> = HashMap::new();
-    let mut frontier: BTreeSet<(u32, i16)> = found.keys().copied().collect();
-    let mut whole: BTreeSet<u32> = BTreeSet::new();
+    // Views (and materialized views) reading masked columns, then views reading those. Each
+    // view's definition is analysed like a statement: an output that is a masked column, or is
+    // built from one, is masked; when that cannot be told, every column of the view is.
+    let mut masked_relations: HashMap<u32, (MaskMethod, usize)> = HashMap::new();
+    let mut done: BTreeSet<u32> = BTreeSet::new();
+    let mut frontier: BTreeSet<u32> = found.keys().map(|(oid, _)| *oid).collect();
     for _ in 0..MAX_VIEW_DEPTH {
-        if frontier.is_empty() && whole.is_empty() {
+        if frontier.is_empty() {
             break;
         }
-        let oids: Vec<u32> = frontier
-            .iter()
-            .map(|(o, _)| *o)
-            .chain(whole.iter().copied())
-            .collect();
-        let deps = c
+        let oids: Vec<u32> = frontier.iter().copied().collect();
+        let views = c
             .query(
-                "SELECT DISTINCT v.oid, vn.nspname, v.relname, d.refobjid, d.refobjsubid::int2
+                "SELECT DISTINCT v.oid, vn.nspname, v.relname, pg_get_viewdef(v.oid)
                  FROM pg_depend d
                  JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid
                  JOIN pg_class v ON v.oid = r.ev_class
@@ -147,31 +148,65 @@ async fn lookup(
             )
             .await
             .map_err(err)?;
-        let mut next_whole = BTreeSet::new();
-        for r in &deps {
-            let (view, schema, name, base, attnum): (u32, String, String, u32, i16) =
-                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
-            let through = frontier.contains(&(base, attnum)) || whole.contains(&base);
-            if !through || masked_relations.contains_key(&view) {
+        let mut next = BTreeSet::new();
+        for r in &views {
+            let (view, schema, name, definition): (u32, String, String, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            if !done.insert(view) {
                 continue;
             }
-            let method = found
-                .get(&(base, attnum))
-                .or_else(|| masked_relations.get(&base))
-                .copied()
-                .unwrap_or((crate::policy::MaskMethod::Redact, 0));
-            masked_relations.insert(view, method);
-            setup.columns.push(MaskedColumn {
-                schema,
-                table: name,
-                column: None,
-                method: method.0,
-                keep: method.1,
-            });
-            next_whole.insert(view);
+            let attributes: Vec<(i16, String)> = c
+                .query(
+                    "SELECT attnum, attname FROM pg_attribute
+                     WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                    &[&view],
+                )
+                .await
+                .map_err(err)?
+                .iter()
+                .map(|a| (a.get(0), a.get(1)))
+                .collect();
+            let analysis = analyzer
+                .analyze(&definition, Dialect::default(), usize::MAX)
+                .await;
+            let outputs = match &*analysis {
+                Ok(a) if a.statements.len() == 1 => {
+                    crate::mask::plan::view_outputs(&a.statements[0], &setup.columns)
+                }
+                _ => None,
+            };
+            match outputs {
+                Some(map) if map.is_empty() => {}
+                Some(map) => {
+                    for (i, method) in map {
+                        let Some((attnum, attname)) = attributes.get(i) else {
+                            continue;
+                        };
+                        found.insert((view, *attnum), method);
+                        setup.columns.push(MaskedColumn {
+                            schema: schema.clone(),
+                            table: name.clone(),
+                            column: Some(attname.clone()),
+                            method: method.0,
+                            keep: method.1,
+                        });
+                    }
+                    next.insert(view);
+                }
+                None => {
+                    masked_relations.insert(view, (MaskMethod::Redact, 0));
+                    setup.columns.push(MaskedColumn {
+                        schema,
+                        table: name,
+                        column: None,
+                        method: MaskMethod::Redact,
+                        keep: 0,
+                    });
+                    next.insert(view);
+                }
+            }
         }
-        frontier.clear();
-        whole = next_whole;
+        frontier = next;
     }
     setup.user_functions = c
         .query(

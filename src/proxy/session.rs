@@ -76,7 +76,11 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
     let masks = match (&policy, p.leases.databases().get(&lease.database)) {
         (Some(pol), Some(db)) if p.settings.inspect => {
             let key = p.leases.key().derive(b"pgid mask hash");
-            match p.mask_catalog.resolve(pol, &db.pool, key).await {
+            match p
+                .mask_catalog
+                .resolve(pol, &db.pool, &p.analyzer, key)
+                .await
+            {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot resolve masked columns; closing the session");
