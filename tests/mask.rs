@@ -191,6 +191,9 @@ const ATTEMPTS: &[&str] = &[
     "SELECT * FROM crm.contact_secrets",
     "SELECT s, card FROM crm.contact_secrets",
     "SELECT * FROM crm.contacts_again",
+    "PREPARE leak_p AS SELECT upper(ssn), email FROM crm.customers",
+    "EXECUTE leak_p",
+    "SELECT 1; SELECT email FROM crm.customers; SELECT upper(ssn) FROM crm.customers",
 ];
 
 /// Statements a masked agent still runs exactly as a direct connection would.
