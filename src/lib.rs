@@ -13,12 +13,15 @@
 //!    role in the policy's group role, `VALID UNTIL` its expiry, with a database password derived
 //!    from the server key that the agent never sees. The agent gets a client secret instead.
 //! 3. The agent connects to the [`proxy`] with that secret; 4. the proxy logs in upstream as the
-//!    role, relays the session, and ends it when the lease ends. Every credential action and
-//!    session is recorded in the [`audit`] chain.
+//!    role, relays the session, and ends it when the lease ends. On the way, every statement is
+//!    analysed ([`sql`]), judged ([`guard`]), its decision made durable in the [`audit`] chain
+//!    before it is forwarded, its outcome recorded after; results are masked ([`mask`]) where
+//!    the policy says so. Every credential action and session is recorded too.
 //!
 //! ## Layout
-//! Pure core, no I/O: [`policy`], [`units`], [`roles::ddl`], [`audit::chain`], [`proxy::wire`],
-//! [`proxy::scram`].
+//! Pure core, no I/O: [`policy`], [`units`], [`sql`] (the only user of pg_query), [`guard`],
+//! [`mask`], [`roles::ddl`], [`audit::chain`], [`audit::statement`], [`proxy::wire`],
+//! [`proxy::scram`], [`proxy::outcome`].
 //! Services: [`identity`] (JWKS fetching, verification), [`roles`] (leases, reconcile, reaper),
 //! [`store`] (the `pgid` schema), [`database`] (admin pools), [`audit`] (the hash-chained log),
 //! [`keys`], [`tls`], [`metrics`].
