@@ -75,12 +75,34 @@ impl App {
         let policies = load_policies(&config)?;
         let databases =
             Databases::connect(&config.databases).map_err(|e| StartError(e.to_string()))?;
+        // The state database: its own URL (TLS when it says sslmode=require, like libpq), or the
+        // first database's, with that database's TLS.
+        let state_tls = match &config.state_url {
+            Some(url) => {
+                let wants_tls = url
+                    .expose()
+                    .parse::<tokio_postgres::Config>()
+                    .is_ok_and(|c| c.get_ssl_mode() == tokio_postgres::config::SslMode::Require);
+                crate::postgres_tls::client_config(
+                    if wants_tls {
+                        crate::config::UpstreamTls::Require
+                    } else {
+                        crate::config::UpstreamTls::Disable
+                    },
+                    None,
+                )
+                .map_err(|e| StartError(format!("state_url: TLS: {e}")))?
+            }
+            None => databases
+                .get(&config.databases[0].name)
+                .and_then(|db| db.tls.clone()),
+        };
         let (state_pool, state_pg) = match &config.state_url {
-            Some(url) => database::pool(url.expose(), 8)
+            Some(url) => database::pool(url.expose(), 8, state_tls.clone())
                 .map_err(|e| StartError(format!("state_url: {e}")))?,
             None => {
                 let first = &config.databases[0];
-                database::pool(first.admin_url.expose(), first.pool_size)
+                database::pool(first.admin_url.expose(), first.pool_size, state_tls.clone())
                     .map_err(|e| StartError(format!("database {}: {e}", first.name)))?
             }
         };
@@ -99,7 +121,7 @@ impl App {
         let watch = Arc::new(LeaseWatch::default());
         let instance = {
             let watch = watch.clone();
-            InstanceLock::acquire(&state_pg, move |payload| {
+            InstanceLock::acquire(&state_pg, state_tls.clone(), move |payload| {
                 if let Some((id, status)) = LeaseStatus::decode(payload) {
                     watch.publish(id, status);
                 }
@@ -135,7 +157,10 @@ impl App {
             file: config.audit.file.clone(),
             sync: config.audit.sync,
             rotate_size: config.audit.rotate_size,
-            table: config.audit.table.then_some((state_url, instance.id)),
+            table: config
+                .audit
+                .table
+                .then_some((state_url, instance.id, state_tls.clone())),
         })
         .map_err(|e| StartError(e.to_string()))?;
         if !config.proxy.inspect {

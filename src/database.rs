@@ -4,7 +4,11 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+
+use crate::postgres_tls::RustlsConnect;
 
 use crate::config::DatabaseConfig;
 
@@ -33,6 +37,8 @@ pub struct Database {
     pub upstream: Upstream,
     pub upstream_tls: crate::config::UpstreamTls,
     pub upstream_ca_file: Option<std::path::PathBuf>,
+    /// TLS towards this server (`upstream_tls`), for admin and lease connections alike.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 #[derive(Clone, Debug)]
@@ -67,10 +73,17 @@ impl Databases {
 
 impl Database {
     fn new(c: &DatabaseConfig) -> Result<Database, DatabaseError> {
-        let (pool, pg) =
-            pool(c.admin_url.expose(), c.pool_size).map_err(|message| DatabaseError::Url {
+        let tls = crate::postgres_tls::client_config(c.upstream_tls, c.upstream_ca_file.as_deref())
+            .map_err(|message| DatabaseError::Pool {
                 name: c.name.clone(),
-                message,
+                message: format!("upstream TLS: {message}"),
+            })?;
+        let (pool, pg) =
+            pool(c.admin_url.expose(), c.pool_size, tls.clone()).map_err(|message| {
+                DatabaseError::Url {
+                    name: c.name.clone(),
+                    message,
+                }
             })?;
         let dbname = pg
             .get_dbname()
@@ -101,25 +114,34 @@ impl Database {
             upstream,
             upstream_tls: c.upstream_tls,
             upstream_ca_file: c.upstream_ca_file.clone(),
+            tls,
         })
     }
 }
 
-/// A pool for a connection string, with pgid's session settings on every connection.
-pub fn pool(url: &str, size: usize) -> Result<(Pool, tokio_postgres::Config), String> {
+/// A pool for a connection string, with pgid's session settings on every connection; over TLS
+/// (required) when `tls` is given.
+pub fn pool(
+    url: &str,
+    size: usize,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<(Pool, tokio_postgres::Config), String> {
     let mut pg = tokio_postgres::Config::from_str(url).map_err(|e| e.to_string())?;
     if pg.get_connect_timeout().is_none() {
         pg.connect_timeout(CONNECT_TIMEOUT);
     }
     pg.application_name("pgid");
     pg.options(format!("-c statement_timeout={ADMIN_STATEMENT_TIMEOUT}"));
-    let mgr = Manager::from_config(
-        pg.clone(),
-        tokio_postgres::NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    let recycling = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let mgr = match tls {
+        Some(cfg) => {
+            pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+            Manager::from_config(pg.clone(), RustlsConnect(cfg), recycling)
+        }
+        None => Manager::from_config(pg.clone(), tokio_postgres::NoTls, recycling),
+    };
     let pool = Pool::builder(mgr)
         .max_size(size)
         .wait_timeout(Some(CONNECT_TIMEOUT))

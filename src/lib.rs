@@ -42,6 +42,7 @@ pub mod mask;
 pub mod metrics;
 pub mod net;
 pub mod policy;
+pub mod postgres_tls;
 pub mod proxy;
 pub mod roles;
 pub mod secret;

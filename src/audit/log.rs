@@ -52,8 +52,12 @@ pub struct AuditSetup {
     pub file: PathBuf,
     pub sync: Sync,
     pub rotate_size: Option<u64>,
-    /// The `pgid.audit_events` sink: state database URL and this instance's id.
-    pub table: Option<(crate::secret::Secret<String>, i32)>,
+    /// The `pgid.audit_events` sink: state database URL, this instance's id, TLS towards it.
+    pub table: Option<(
+        crate::secret::Secret<String>,
+        i32,
+        Option<std::sync::Arc<rustls::ClientConfig>>,
+    )>,
 }
 
 impl AuditSetup {
@@ -157,7 +161,7 @@ impl AuditLog {
     pub fn open(setup: AuditSetup) -> Result<AuditLog, AuditError> {
         let opened = FileSink::open(&setup.file, setup.rotate_size).map_err(AuditError::Sink)?;
         let (synced_tx, synced) = watch::channel(0u64);
-        let table = setup.table.clone().map(|(url, instance)| {
+        let table = setup.table.clone().map(|(url, instance, tls)| {
             let (tx, rx) = mpsc::unbounded_channel();
             let spawned = std::thread::Builder::new()
                 .name("pgid-audit-table".into())
@@ -166,7 +170,7 @@ impl AuditLog {
                         .enable_all()
                         .build()
                         .expect("audit runtime");
-                    rt.block_on(table_writer(url, instance, rx));
+                    rt.block_on(table_writer(url, instance, tls, rx));
                 });
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "cannot start the audit table writer");
@@ -388,9 +392,10 @@ fn syncer(log: Weak<Inner>, kick: Arc<(Mutex<bool>, Condvar)>, synced: watch::Se
 async fn table_writer(
     url: crate::secret::Secret<String>,
     instance: i32,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     mut rx: mpsc::UnboundedReceiver<TableRequest>,
 ) {
-    let pool = match crate::database::pool(url.expose(), 1) {
+    let pool = match crate::database::pool(url.expose(), 1, tls) {
         Ok((pool, _)) => pool,
         Err(e) => {
             tracing::error!(error = %e, "audit table sink cannot be set up");

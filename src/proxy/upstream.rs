@@ -257,74 +257,7 @@ async fn start_tls(
     Ok(ServerStream::Tls(Box::new(s)))
 }
 
-/// TLS client settings for a database: verify against its CA (`verify-full`), or encrypt without
-/// verifying (`require`, like libpq's sslmode=require).
+/// TLS client settings for a database (see [`crate::postgres_tls`]).
 pub fn tls_config(db: &Database) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
-    match db.upstream_tls {
-        UpstreamTls::Disable => Ok(None),
-        UpstreamTls::VerifyFull => {
-            let cfg = crate::tls::client_config(db.upstream_ca_file.as_deref())
-                .map_err(|e| e.to_string())?;
-            Ok(Some(Arc::new(cfg)))
-        }
-        UpstreamTls::Require => {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
-                .with_no_client_auth();
-            Ok(Some(Arc::new(cfg)))
-        }
-    }
-}
-
-/// Accepts any certificate (still checking handshake signatures): `upstream_tls = "require"`.
-#[derive(Debug)]
-struct Unverified(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+    Ok(db.tls.clone())
 }

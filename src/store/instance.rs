@@ -18,26 +18,50 @@ pub struct InstanceLock {
     _client: tokio_postgres::Client,
 }
 
+/// Drives the lock's connection, handing each notification's payload to `on_event`.
+async fn listen<S, T>(
+    mut conn: tokio_postgres::Connection<S, T>,
+    on_event: impl Fn(&str) + Send + 'static,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+    while let Some(m) = messages.next().await {
+        match m {
+            Ok(AsyncMessage::Notification(n)) => on_event(n.payload()),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "instance lock connection closed; lease events from other instances stop");
+                break;
+            }
+        }
+    }
+}
+
 impl InstanceLock {
     /// Takes the lock and listens for lease events from other instances on the same connection.
     pub async fn acquire(
         config: &tokio_postgres::Config,
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
         on_event: impl Fn(&str) + Send + 'static,
     ) -> Result<InstanceLock, StoreError> {
-        let (client, mut conn) = config.connect(NoTls).await?;
-        tokio::spawn(async move {
-            let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-            while let Some(m) = messages.next().await {
-                match m {
-                    Ok(AsyncMessage::Notification(n)) => on_event(n.payload()),
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::error!(error = %e, "instance lock connection closed; lease events from other instances stop");
-                        break;
-                    }
-                }
+        let client = match tls {
+            Some(cfg) => {
+                let mut config = config.clone();
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let (client, conn) = config
+                    .connect(crate::postgres_tls::RustlsConnect(cfg))
+                    .await?;
+                tokio::spawn(listen(conn, on_event));
+                client
             }
-        });
+            None => {
+                let (client, conn) = config.connect(NoTls).await?;
+                tokio::spawn(listen(conn, on_event));
+                client
+            }
+        };
         client
             .batch_execute(&format!("LISTEN {LEASE_EVENTS_CHANNEL}"))
             .await?;

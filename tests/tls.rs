@@ -1,0 +1,100 @@
+//! pgid's own connections to a Postgres that accepts TLS only: with `upstream_tls =
+//! "verify-full"` the admin pool, the state connections, the instance lock and lease sessions all
+//! use TLS, checked against the configured CA.
+
+mod common;
+
+use common::Harness;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_connection_to_a_tls_only_postgres_uses_verified_tls() {
+    let mut h = Harness::start(&[common::NIGHTLY]).await;
+    h.stop_pgid().await;
+    // A server certificate for 127.0.0.1 from a CA of the test's own.
+    let dir = h.state.path().join("pg-tls");
+    let material = pgid::tls::TlsMaterial::resolve(&dir, None, &["127.0.0.1".into()]).unwrap();
+    let data = h.pg.data_dir();
+    for (from, to) in [
+        (&material.cert, "server.crt"),
+        (&material.key, "server.key"),
+    ] {
+        std::fs::copy(from, data.join(to)).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(data.join(to), std::fs::Permissions::from_mode(0o600)).unwrap();
+        if let Some((uid, gid)) = pgid::dev::postgres_user() {
+            if unsafe { libc::geteuid() } == 0 {
+                std::os::unix::fs::chown(data.join(to), Some(uid), Some(gid)).unwrap();
+            }
+        }
+    }
+    // From here on the server takes TLS connections only (over TCP).
+    let su = h.superuser().await;
+    let hba = std::fs::read_to_string(data.join("pg_hba.conf")).unwrap();
+    let tls_only: String = hba
+        .lines()
+        .map(|l| match l.strip_prefix("host ") {
+            Some(rest) => format!("hostssl {rest}\n"),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(data.join("pg_hba.conf"), tls_only).unwrap();
+    for sql in [
+        "ALTER SYSTEM SET ssl = on",
+        "ALTER SYSTEM SET ssl_cert_file = 'server.crt'",
+        "ALTER SYSTEM SET ssl_key_file = 'server.key'",
+        "SELECT pg_reload_conf()",
+    ] {
+        su.batch_execute(sql).await.unwrap();
+    }
+    // The reload is asynchronous.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let plain = tokio_postgres::connect(&h.admin_url, tokio_postgres::NoTls).await;
+    assert!(
+        plain.is_err(),
+        "the server still takes plaintext connections"
+    );
+
+    let config = std::fs::read_to_string(&h.config_path).unwrap();
+    let at = config.find("admin_url = ").unwrap();
+    let end = at + config[at..].find('\n').unwrap() + 1;
+    let config = format!(
+        "{}upstream_tls = \"verify-full\"\nupstream_ca_file = \"{}\"\n{}",
+        &config[..end],
+        material.ca.as_ref().unwrap().display(),
+        &config[end..]
+    );
+    std::fs::write(&h.config_path, config).unwrap();
+    h.start_pgid()
+        .await
+        .expect("pgid starts against a TLS-only server");
+
+    // A lease works end to end; its upstream session is encrypted.
+    let lease = h.lease("svc:nightly-report", json!({})).await;
+    let c = h.connect_proxy(&lease).await.unwrap();
+    let ssl: bool = c
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl, "the lease's upstream connection is not encrypted");
+    // And so is every connection pgid's admin role holds (pool, instance lock).
+    let (all, count): (bool, i64) = {
+        let r = su
+            .query_one(
+                "SELECT coalesce(bool_and(s.ssl), false), count(*) FROM pg_stat_activity a
+                 JOIN pg_stat_ssl s USING (pid) WHERE a.usename = 'pgid_admin'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(
+        count >= 2 && all,
+        "{count} admin connections, all TLS: {all}"
+    );
+}
