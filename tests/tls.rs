@@ -97,4 +97,55 @@ async fn every_connection_to_a_tls_only_postgres_uses_verified_tls() {
         count >= 2 && all,
         "{count} admin connections, all TLS: {all}"
     );
+    drop(c);
+
+    // `require`: encrypted without checking the certificate (no CA configured).
+    h.stop_pgid().await;
+    let config = std::fs::read_to_string(&h.config_path).unwrap();
+    let config: String = config
+        .lines()
+        .filter(|l| !l.starts_with("upstream_ca_file"))
+        .map(|l| {
+            if l.starts_with("upstream_tls") {
+                "upstream_tls = \"require\"\n".to_string()
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&h.config_path, config).unwrap();
+    h.start_pgid()
+        .await
+        .expect("pgid starts with upstream_tls = require");
+    let lease = h.lease("svc:nightly-report", json!({})).await;
+    let c = h.connect_proxy(&lease).await.unwrap();
+    let ssl: bool = c
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl);
+    drop(c);
+
+    // `verify-full` against a CA that did not sign the server's certificate: pgid refuses to
+    // start rather than talk to an unverified server.
+    h.stop_pgid().await;
+    let other =
+        pgid::tls::TlsMaterial::resolve(&h.state.path().join("other-ca"), None, &["x".into()])
+            .unwrap();
+    let config = std::fs::read_to_string(&h.config_path).unwrap().replace(
+        "upstream_tls = \"require\"\n",
+        &format!(
+            "upstream_tls = \"verify-full\"\nupstream_ca_file = \"{}\"\n",
+            other.ca.as_ref().unwrap().display()
+        ),
+    );
+    std::fs::write(&h.config_path, config).unwrap();
+    assert!(
+        h.start_pgid().await.is_err(),
+        "pgid accepted a certificate its CA did not sign"
+    );
 }
