@@ -7,6 +7,19 @@ mod common;
 use common::Harness;
 use serde_json::json;
 
+/// A new lease's session through pgid: whether its upstream connection is encrypted.
+async fn lease_session_is_encrypted(h: &Harness) -> bool {
+    let lease = h.lease("svc:nightly-report", json!({})).await;
+    let c = h.connect_proxy(&lease).await.unwrap();
+    c.query_one(
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_connection_to_a_tls_only_postgres_uses_verified_tls() {
     let mut h = Harness::start(&[common::NIGHTLY]).await;
@@ -70,17 +83,10 @@ async fn every_connection_to_a_tls_only_postgres_uses_verified_tls() {
         .expect("pgid starts against a TLS-only server");
 
     // A lease works end to end; its upstream session is encrypted.
-    let lease = h.lease("svc:nightly-report", json!({})).await;
-    let c = h.connect_proxy(&lease).await.unwrap();
-    let ssl: bool = c
-        .query_one(
-            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(ssl, "the lease's upstream connection is not encrypted");
+    assert!(
+        lease_session_is_encrypted(&h).await,
+        "the lease's upstream connection is not encrypted"
+    );
     // And so is every connection pgid's admin role holds (pool, instance lock).
     let (all, count): (bool, i64) = {
         let r = su
@@ -97,7 +103,6 @@ async fn every_connection_to_a_tls_only_postgres_uses_verified_tls() {
         count >= 2 && all,
         "{count} admin connections, all TLS: {all}"
     );
-    drop(c);
 
     // `require`: encrypted without checking the certificate (no CA configured).
     h.stop_pgid().await;
@@ -117,18 +122,7 @@ async fn every_connection_to_a_tls_only_postgres_uses_verified_tls() {
     h.start_pgid()
         .await
         .expect("pgid starts with upstream_tls = require");
-    let lease = h.lease("svc:nightly-report", json!({})).await;
-    let c = h.connect_proxy(&lease).await.unwrap();
-    let ssl: bool = c
-        .query_one(
-            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(ssl);
-    drop(c);
+    assert!(lease_session_is_encrypted(&h).await);
 
     // `verify-full` against a CA that did not sign the server's certificate: pgid refuses to
     // start rather than talk to an unverified server.
