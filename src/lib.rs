@@ -29,6 +29,7 @@
 //! [`dev`] runs a throwaway Postgres and a development issuer for `pgid dev` and the tests.
 
 pub mod app;
+pub mod approval;
 pub mod audit;
 pub mod broker;
 pub mod cli;

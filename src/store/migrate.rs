@@ -11,6 +11,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "audit_events",
         include_str!("../../sql/002_audit_events.sql"),
     ),
+    (3, "approvals", include_str!("../../sql/003_approvals.sql")),
 ];
 
 /// Arbitrary constant naming pgid's migration lock.

@@ -1,10 +1,12 @@
 //! pgid's own state in the `pgid` schema (DESIGN §9): migrations from `sql/`, and lease rows.
 //! Every query binds its values; no text is spliced into SQL here.
 
+mod approvals;
 mod instance;
 mod leases;
 mod migrate;
 
+pub use approvals::{ApprovalRow, Approvals, Decided, NewApproval};
 pub use instance::{InstanceLock, INSTANCE_LOCK_SPACE, LEASE_EVENTS_CHANNEL};
 pub use leases::{LeaseRow, LeaseState, NewLease, Store};
 pub use migrate::{migrate, MIGRATIONS};

@@ -1,0 +1,7 @@
+//! Just-in-time approval (DESIGN §4, §6): which statements a policy's `[[approval]]` rules send
+//! to a human reviewer, and who may decide. Pure; the requests themselves live in the `pgid`
+//! schema (`store::approvals`).
+
+pub mod rules;
+
+pub use rules::{may_decide, rule_for};

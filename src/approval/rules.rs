@@ -1,0 +1,155 @@
+//! Matching statements against `[[approval]]` rules, and reviewers against a rule's approvers.
+//! Pure.
+//!
+//! A rule applies to a statement when one of its statement classes occurs anywhere in it
+//! (nested in a CTE, behind EXPLAIN ANALYZE, in any statement of a multi-statement string) and
+//! — when the rule names tables — the statement names one of them. An unqualified table name
+//! matches a rule table of that name in any schema: pgid cannot tell which one `search_path`
+//! resolves to, so it asks rather than guesses.
+
+use crate::policy::{Approval, IdentityMatch, TableRef};
+use crate::sql::Analysis;
+
+fn table_matches(rule: &TableRef, schema: &str, table: &str) -> bool {
+    match rule {
+        TableRef::Table {
+            schema: s,
+            table: t,
+        } => t == table && (schema.is_empty() || s == schema),
+        TableRef::AllInSchema { schema: s } => schema.is_empty() || s == schema,
+    }
+}
+
+/// The first rule that sends `analysis` for approval.
+pub fn rule_for<'a>(analysis: &Analysis, rules: &'a [Approval]) -> Option<&'a Approval> {
+    rules.iter().find(|rule| {
+        analysis.statements.iter().any(|st| {
+            rule.statements.iter().any(|c| st.classes.contains(c))
+                && (rule.tables.is_empty()
+                    || st
+                        .tables
+                        .iter()
+                        .any(|(s, t)| rule.tables.iter().any(|r| table_matches(r, s, t))))
+        })
+    })
+}
+
+/// Whether a reviewer (issuer, subject, claims) may decide a request of `requester`: they must
+/// match the rule's approvers and must not be the requester (no self-approval).
+pub fn may_decide(
+    approvers: &IdentityMatch,
+    requester: (&str, &str),
+    reviewer_issuer: &str,
+    reviewer_subject: &str,
+    claims: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), &'static str> {
+    if requester == (reviewer_issuer, reviewer_subject) || requester.1 == reviewer_subject {
+        return Err("a request cannot be decided by the identity that made it");
+    }
+    if !approvers.matches(reviewer_issuer, reviewer_subject, claims) {
+        return Err("the reviewer does not match the rule's approvers");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::parse_policy;
+    use crate::sql::{analyze, Dialect};
+
+    fn rules() -> Vec<Approval> {
+        let text = r#"
+name = "p"
+database = "app"
+ttl = "5m"
+[identity]
+subject = "agent:x"
+[[approval]]
+statements = ["DELETE", "UPDATE"]
+tables = ["crm.orders"]
+approvers = { claims = { groups = "dba" } }
+[[approval]]
+statements = ["TRUNCATE"]
+approvers = { subject = "ops:*" }
+"#;
+        parse_policy(std::path::Path::new("p.toml"), text)
+            .unwrap()
+            .approvals
+    }
+
+    fn rule(sql: &str) -> Option<usize> {
+        let rules = rules();
+        let a = analyze(sql, Dialect::default(), 1 << 20).unwrap();
+        rule_for(&a, &rules).map(|r| rules.iter().position(|x| std::ptr::eq(x, r)).unwrap())
+    }
+
+    #[test]
+    fn statements_match_by_class_and_table_wherever_they_occur() {
+        assert_eq!(rule("DELETE FROM crm.orders WHERE id = 1"), Some(0));
+        assert_eq!(rule("delete from orders where id = 1"), Some(0));
+        assert_eq!(
+            rule("UPDATE crm.orders SET status = 'x' WHERE id = 1"),
+            Some(0)
+        );
+        assert_eq!(
+            rule("WITH d AS (DELETE FROM crm.orders WHERE id = 1 RETURNING id) SELECT * FROM d"),
+            Some(0)
+        );
+        assert_eq!(
+            rule("SELECT 1; DELETE FROM crm.orders WHERE id = 2"),
+            Some(0)
+        );
+        assert_eq!(rule("TRUNCATE crm.tickets"), Some(1));
+        assert_eq!(rule("DELETE FROM crm.tickets WHERE id = 1"), None);
+        assert_eq!(rule("SELECT * FROM crm.orders"), None);
+        assert_eq!(rule("DELETE FROM other.orders WHERE id = 1"), None);
+    }
+
+    #[test]
+    fn reviewers_need_the_claims_and_cannot_approve_themselves() {
+        let rules = rules();
+        let claims = |groups: &[&str]| {
+            serde_json::json!({ "groups": groups })
+                .as_object()
+                .unwrap()
+                .clone()
+        };
+        let who = ("https://i", "agent:x");
+        assert!(may_decide(
+            &rules[0].approvers,
+            who,
+            "https://i",
+            "alice",
+            &claims(&["dba"])
+        )
+        .is_ok());
+        assert!(may_decide(
+            &rules[0].approvers,
+            who,
+            "https://i",
+            "bob",
+            &claims(&["dev"])
+        )
+        .is_err());
+        assert!(
+            may_decide(
+                &rules[0].approvers,
+                who,
+                "https://i",
+                "agent:x",
+                &claims(&["dba"])
+            )
+            .is_err(),
+            "self-approval"
+        );
+        assert!(may_decide(
+            &rules[1].approvers,
+            who,
+            "https://i",
+            "ops:carol",
+            &claims(&[])
+        )
+        .is_ok());
+    }
+}

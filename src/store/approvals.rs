@@ -1,0 +1,216 @@
+//! Approval requests in `pgid.approvals`: created by the proxy, listed and decided by reviewers
+//! (any instance), expired when nobody decided in time. Deciding is a single conditional UPDATE,
+//! so a request is decided exactly once.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::StoreError;
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ApprovalRow {
+    pub id: Uuid,
+    pub state: String,
+    pub lease_id: Uuid,
+    pub issuer: String,
+    pub subject: String,
+    pub policy: String,
+    pub database: String,
+    pub statement: String,
+    pub parameters: Option<serde_json::Value>,
+    pub tables: Vec<String>,
+    pub estimated_rows: Option<i64>,
+    pub mode: String,
+    #[serde(skip)]
+    pub approvers: serde_json::Value,
+    pub requested_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub decided_at: Option<DateTime<Utc>>,
+    pub reviewer_issuer: Option<String>,
+    pub reviewer: Option<String>,
+    pub comment: Option<String>,
+}
+
+/// A request about to be made.
+pub struct NewApproval<'a> {
+    pub id: Uuid,
+    pub lease_id: Uuid,
+    pub issuer: &'a str,
+    pub subject: &'a str,
+    pub policy: &'a str,
+    pub database: &'a str,
+    pub statement: &'a str,
+    pub parameters: Option<serde_json::Value>,
+    pub tables: Vec<String>,
+    pub estimated_rows: Option<i64>,
+    pub mode: &'a str,
+    pub approvers: serde_json::Value,
+    pub expires_at: DateTime<Utc>,
+    pub instance_id: i32,
+}
+
+const COLUMNS: &str = "id, state, lease_id, issuer, subject, policy, database, statement, \
+     parameters, tables, estimated_rows, mode, approvers, requested_at, expires_at, decided_at, \
+     reviewer_issuer, reviewer, comment";
+
+fn row(r: &Row) -> ApprovalRow {
+    ApprovalRow {
+        id: r.get("id"),
+        state: r.get("state"),
+        lease_id: r.get("lease_id"),
+        issuer: r.get("issuer"),
+        subject: r.get("subject"),
+        policy: r.get("policy"),
+        database: r.get("database"),
+        statement: r.get("statement"),
+        parameters: r.get("parameters"),
+        tables: r.get("tables"),
+        estimated_rows: r.get("estimated_rows"),
+        mode: r.get("mode"),
+        approvers: r.get("approvers"),
+        requested_at: r.get("requested_at"),
+        expires_at: r.get("expires_at"),
+        decided_at: r.get("decided_at"),
+        reviewer_issuer: r.get("reviewer_issuer"),
+        reviewer: r.get("reviewer"),
+        comment: r.get("comment"),
+    }
+}
+
+/// The outcome of an attempt to decide a request.
+#[derive(Debug, PartialEq)]
+pub enum Decided {
+    Now(ApprovalRow),
+    /// Already decided, expired or withdrawn: its current row.
+    Already(ApprovalRow),
+    Missing,
+}
+
+pub struct Approvals {
+    pool: Pool,
+}
+
+impl Approvals {
+    pub fn new(pool: Pool) -> Approvals {
+        Approvals { pool }
+    }
+
+    pub async fn create(&self, a: &NewApproval<'_>) -> Result<ApprovalRow, StoreError> {
+        let c = self.pool.get().await?;
+        let r = c
+            .query_one(
+                &format!(
+                    "INSERT INTO pgid.approvals (id, state, lease_id, issuer, subject, policy, database,
+                         statement, parameters, tables, estimated_rows, mode, approvers, expires_at,
+                         instance_id)
+                     VALUES ($1, 'pending', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                     RETURNING {COLUMNS}"
+                ),
+                &[
+                    &a.id,
+                    &a.lease_id,
+                    &a.issuer,
+                    &a.subject,
+                    &a.policy,
+                    &a.database,
+                    &a.statement,
+                    &a.parameters,
+                    &a.tables,
+                    &a.estimated_rows,
+                    &a.mode,
+                    &a.approvers,
+                    &a.expires_at,
+                    &a.instance_id,
+                ],
+            )
+            .await?;
+        Ok(row(&r))
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<Option<ApprovalRow>, StoreError> {
+        let c = self.pool.get().await?;
+        let r = c
+            .query_opt(
+                &format!("SELECT {COLUMNS} FROM pgid.approvals WHERE id = $1"),
+                &[&id],
+            )
+            .await?;
+        Ok(r.as_ref().map(row))
+    }
+
+    /// Requests in `state` (all when `None`), newest first; pending ones past their deadline are
+    /// reported as expired.
+    pub async fn list(&self, state: Option<&str>) -> Result<Vec<ApprovalRow>, StoreError> {
+        self.expire().await?;
+        let c = self.pool.get().await?;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM pgid.approvals
+                     WHERE $1::text IS NULL OR state = $1
+                     ORDER BY requested_at DESC LIMIT 1000"
+                ),
+                &[&state],
+            )
+            .await?;
+        Ok(rows.iter().map(row).collect())
+    }
+
+    /// Approves or denies a pending, unexpired request, once.
+    pub async fn decide(
+        &self,
+        id: Uuid,
+        approve: bool,
+        reviewer: (&str, &str),
+        comment: Option<&str>,
+    ) -> Result<Decided, StoreError> {
+        let c = self.pool.get().await?;
+        let state = if approve { "approved" } else { "denied" };
+        let r = c
+            .query_opt(
+                &format!(
+                    "UPDATE pgid.approvals
+                     SET state = $2, decided_at = now(), reviewer_issuer = $3, reviewer = $4,
+                         comment = $5
+                     WHERE id = $1 AND state = 'pending' AND expires_at > now()
+                     RETURNING {COLUMNS}"
+                ),
+                &[&id, &state, &reviewer.0, &reviewer.1, &comment],
+            )
+            .await?;
+        if let Some(r) = r {
+            return Ok(Decided::Now(row(&r)));
+        }
+        self.expire().await?;
+        Ok(match self.get(id).await? {
+            Some(r) => Decided::Already(r),
+            None => Decided::Missing,
+        })
+    }
+
+    /// The requester gave up (client cancel, session end): a pending request is withdrawn.
+    pub async fn withdraw(&self, id: Uuid) -> Result<bool, StoreError> {
+        let c = self.pool.get().await?;
+        let n = c
+            .execute(
+                "UPDATE pgid.approvals SET state = 'withdrawn', decided_at = now()
+                 WHERE id = $1 AND state = 'pending'",
+                &[&id],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Marks pending requests past their deadline as expired; returns how many.
+    pub async fn expire(&self) -> Result<u64, StoreError> {
+        let c = self.pool.get().await?;
+        Ok(c.execute(
+            "UPDATE pgid.approvals SET state = 'expired', decided_at = now()
+             WHERE state = 'pending' AND expires_at <= now()",
+            &[],
+        )
+        .await?)
+    }
+}
