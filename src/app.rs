@@ -67,6 +67,8 @@ pub struct App {
     pub key: ServerKey,
     /// Statement analysis for the proxy (its cache counters are in /metrics).
     pub analyzer: Arc<crate::sql::Analyzer>,
+    /// Approval requests in the state database.
+    pub approvals: Arc<crate::store::Approvals>,
     _instance: InstanceLock,
 }
 
@@ -189,7 +191,7 @@ impl App {
         });
         let leases = Arc::new(
             Leases::new(LeaseSetup {
-                store: Store::new(state_pool),
+                store: Store::new(state_pool.clone()),
                 databases,
                 key: key.clone(),
                 grace: config.leases.grace,
@@ -200,6 +202,7 @@ impl App {
             })
             .with_notifier(notifier),
         );
+        let approvals = Arc::new(crate::store::Approvals::new(state_pool));
         let report = roles::reap_once(&leases).await;
         tracing::info!(?report, "startup reconciliation");
 
@@ -220,6 +223,7 @@ impl App {
             key,
             analyzer: crate::sql::Analyzer::start(ANALYSIS_THREADS)
                 .map_err(|e| StartError(format!("starting SQL analysis: {e}")))?,
+            approvals,
             _instance: instance,
         })
     }
@@ -227,6 +231,7 @@ impl App {
     pub fn broker_state(&self, proxy: ProxyAddress) -> BrokerState {
         BrokerState {
             analyzer: Some(self.analyzer.clone()),
+            approvals: self.approvals.clone(),
             leases: self.leases.clone(),
             policies: self.policies.clone(),
             verifier: self.verifier.clone(),

@@ -104,3 +104,115 @@ async fn requests_are_decided_once_expire_and_can_be_withdrawn() {
         Decided::Missing
     );
 }
+
+const GUARDED: &str = r#"
+name = "guarded"
+database = "app"
+ttl = "15m"
+[identity]
+subject = "agent:x"
+[[grant]]
+privileges = ["SELECT", "DELETE"]
+on = ["crm.orders"]
+[[approval]]
+statements = ["DELETE"]
+tables = ["crm.orders"]
+approvers = { claims = { groups = "dba" } }
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reviewers_decide_through_the_api_and_nobody_else_can() {
+    use reqwest::{Method, StatusCode};
+    let h = Harness::start(&[GUARDED]).await;
+    let (pool, _) = pgid::database::pool(&h.admin_url, 2, None).unwrap();
+    let store = Approvals::new(pool);
+    let id = Uuid::new_v4();
+    // A request as the proxy makes it for agent:x's DELETE.
+    let issuer = h.issuer.url().to_string();
+    let mut new = request(id, Duration::minutes(5));
+    new.issuer = &issuer;
+    store.create(&new).await.unwrap();
+
+    let token = |subject: &str, groups: &[&str]| {
+        let mut claims = h.issuer.claims(subject);
+        claims.insert("groups".into(), json!(groups));
+        h.issuer.mint(&claims)
+    };
+    let alice = token("alice", &["dba"]);
+    let bob = token("bob", &["dev"]);
+    let requester = token("agent:x", &["dba"]);
+
+    let (status, list) = h
+        .call(
+            Method::GET,
+            "/v1/approvals?state=pending",
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let found = &list["approvals"][0];
+    assert_eq!(found["id"], id.to_string());
+    assert_eq!(found["statement"], "DELETE FROM crm.orders WHERE id = 1");
+    assert_eq!(found["subject"], "agent:x");
+    assert!(found.get("approvers").is_none());
+    let (status, _) = h.call(Method::GET, "/v1/approvals", Some(&bob), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "bob approves nothing");
+
+    let path = format!("/v1/approvals/{id}/approve");
+    let (status, body) = h.call(Method::POST, &path, Some(&requester), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "self-approval: {body}");
+    let (status, body) = h.call(Method::POST, &path, Some(&bob), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = h
+        .call(
+            Method::POST,
+            &path,
+            Some(&alice),
+            Some(json!({"comment": "one row, fine"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], "approved");
+    assert_eq!(body["reviewer"], "alice");
+    assert_eq!(body["comment"], "one row, fine");
+    let (status, _) = h
+        .call(
+            Method::POST,
+            &format!("/v1/approvals/{id}/deny"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "decided once");
+    let (status, _) = h
+        .call(
+            Method::POST,
+            "/v1/approvals/not-an-id/approve",
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Every decision and every refused attempt is in the audit, with the reviewer.
+    let records = h.audit_records();
+    let decided: Vec<_> = records
+        .iter()
+        .filter(|r| r["kind"] == "approval.decided")
+        .collect();
+    assert_eq!(decided.len(), 1);
+    assert_eq!(decided[0]["reviewer"], "alice");
+    assert_eq!(decided[0]["approval_id"], id.to_string());
+    assert_eq!(decided[0]["comment"], "one row, fine");
+    let refused: Vec<_> = records
+        .iter()
+        .filter(|r| r["kind"] == "approval.refused")
+        .collect();
+    assert_eq!(
+        refused.len(),
+        3,
+        "self-approval, missing claims, already decided"
+    );
+    assert!(refused.iter().any(|r| r["reviewer"] == "agent:x"));
+}

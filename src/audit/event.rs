@@ -22,6 +22,10 @@ pub enum Kind {
     SessionRefused,
     #[serde(rename = "session.end")]
     SessionEnd,
+    #[serde(rename = "approval.decided")]
+    ApprovalDecided,
+    #[serde(rename = "approval.refused")]
+    ApprovalRefused,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -50,6 +54,17 @@ pub struct Event {
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<Uuid>,
+    /// Approvals: who decided (or tried to), `issuer` + subject, and what.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reviewer_issuer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reviewer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
 }
 
 impl Event {
@@ -68,6 +83,11 @@ impl Event {
             via: None,
             reason: None,
             expires_at: None,
+            approval_id: None,
+            reviewer_issuer: None,
+            reviewer: None,
+            decision: None,
+            comment: None,
         }
     }
 

@@ -3,6 +3,7 @@
 //! `router` builds the axum `Router` (tests drive it directly or over TLS); `caller` verifies
 //! bearer tokens; `credentials` holds the lease endpoints; `server` runs the router over rustls.
 
+mod approvals;
 mod caller;
 mod credentials;
 mod error;
@@ -42,6 +43,7 @@ pub struct BrokerState {
     pub admins: Arc<Vec<IdentityMatch>>,
     pub proxy: ProxyAddress,
     pub analyzer: Option<Arc<crate::sql::Analyzer>>,
+    pub approvals: Arc<crate::store::Approvals>,
 }
 
 impl BrokerState {
@@ -58,6 +60,9 @@ pub fn router(state: BrokerState) -> Router {
             get(credentials::show).delete(credentials::revoke),
         )
         .route("/v1/credentials/{id}/renew", post(credentials::renew))
+        .route("/v1/approvals", get(approvals::list))
+        .route("/v1/approvals/{id}/approve", post(approvals::approve))
+        .route("/v1/approvals/{id}/deny", post(approvals::deny))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(|| async {

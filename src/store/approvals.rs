@@ -88,6 +88,9 @@ pub enum Decided {
     Missing,
 }
 
+/// LISTEN/NOTIFY channel carrying decided request ids between instances.
+pub const APPROVAL_EVENTS_CHANNEL: &str = "pgid_approval_events";
+
 pub struct Approvals {
     pool: Pool,
 }
@@ -181,6 +184,12 @@ impl Approvals {
             )
             .await?;
         if let Some(r) = r {
+            // Wakes the instance where the statement waits.
+            c.execute(
+                "SELECT pg_notify($1, $2)",
+                &[&APPROVAL_EVENTS_CHANNEL, &id.to_string()],
+            )
+            .await?;
             return Ok(Decided::Now(row(&r)));
         }
         self.expire().await?;

@@ -1,0 +1,173 @@
+//! `GET /v1/approvals`, `POST /v1/approvals/{id}/approve|deny` (DESIGN §6): reviewers, with their
+//! own bearer token, list requests and decide them. A reviewer must match the approvers of the
+//! rule that made the request and may not be its requester; refusals are 403 and audited.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::caller::Caller;
+use super::error::ApiError;
+use super::BrokerState;
+use crate::approval::may_decide;
+use crate::audit::{Event, Kind};
+use crate::identity::VerifiedToken;
+use crate::policy::IdentityMatch;
+use crate::store::{ApprovalRow, Decided};
+
+/// Longest reviewer comment kept.
+const MAX_COMMENT_CHARS: usize = 2000;
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    state: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DecideBody {
+    comment: Option<String>,
+}
+
+/// Whether `who` may review anything: a broker admin, or an approver of some rule.
+fn is_reviewer(s: &BrokerState, who: &VerifiedToken) -> bool {
+    let m = |i: &IdentityMatch| i.matches(&who.issuer, &who.subject, &who.claims);
+    s.admins.iter().any(m)
+        || s.policies()
+            .iter()
+            .flat_map(|p| p.approvals.iter())
+            .any(|a| m(&a.approvers))
+}
+
+pub async fn list(
+    State(s): State<BrokerState>,
+    Caller(who): Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !is_reviewer(&s, &who) {
+        return Err(ApiError::forbidden(
+            "only approvers may list approval requests",
+        ));
+    }
+    let state = q.state.as_deref().filter(|s| *s != "all");
+    if let Some(st) = state {
+        if !["pending", "approved", "denied", "expired", "withdrawn"].contains(&st) {
+            return Err(ApiError::bad_request(format!("unknown state {st:?}")));
+        }
+    }
+    let rows = s
+        .approvals
+        .list(state)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    Ok(Json(serde_json::json!({ "approvals": rows })))
+}
+
+pub async fn approve(
+    s: State<BrokerState>,
+    who: Caller,
+    id: Path<String>,
+    body: Option<Json<DecideBody>>,
+) -> Result<Json<ApprovalRow>, ApiError> {
+    decide(s, who, id, body, true).await
+}
+
+pub async fn deny(
+    s: State<BrokerState>,
+    who: Caller,
+    id: Path<String>,
+    body: Option<Json<DecideBody>>,
+) -> Result<Json<ApprovalRow>, ApiError> {
+    decide(s, who, id, body, false).await
+}
+
+async fn decide(
+    State(s): State<BrokerState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    body: Option<Json<DecideBody>>,
+    approve: bool,
+) -> Result<Json<ApprovalRow>, ApiError> {
+    let id: Uuid = id.parse().map_err(|_| ApiError::not_found())?;
+    let comment = body
+        .and_then(|b| b.0.comment)
+        .map(|c| c.chars().take(MAX_COMMENT_CHARS).collect::<String>());
+    let unavailable = |e: crate::store::StoreError| ApiError::unavailable(e.to_string());
+    let row = s
+        .approvals
+        .get(id)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(ApiError::not_found)?;
+    let approvers: IdentityMatch = serde_json::from_value(row.approvers.clone())
+        .map_err(|_| ApiError::unavailable("the request's approvers cannot be read"))?;
+    let decision = if approve { "approve" } else { "deny" };
+    let mut event = Event::new(Kind::ApprovalDecided);
+    event.lease_id = Some(row.lease_id);
+    event.subject = Some(row.subject.clone());
+    event.issuer = Some(row.issuer.clone());
+    event.policy = Some(row.policy.clone());
+    event.database = Some(row.database.clone());
+    event.approval_id = Some(id);
+    event.reviewer_issuer = Some(who.issuer.clone());
+    event.reviewer = Some(who.subject.clone());
+    event.decision = Some(decision);
+    event.comment = comment.clone();
+    if let Err(why) = may_decide(
+        &approvers,
+        (&row.issuer, &row.subject),
+        &who.issuer,
+        &who.subject,
+        &who.claims,
+    ) {
+        event.kind = Kind::ApprovalRefused;
+        event.reason = Some(why.to_string());
+        super::record_denial(&s, event).await;
+        return Err(ApiError::forbidden(why));
+    }
+    let conflict = |state: &str| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("the request is already {state}"),
+        )
+    };
+    if row.state != "pending" || row.expires_at <= chrono::Utc::now() {
+        let state = if row.state == "pending" {
+            "expired"
+        } else {
+            row.state.as_str()
+        };
+        event.kind = Kind::ApprovalRefused;
+        event.reason = Some(format!("the request is already {state}"));
+        super::record_denial(&s, event).await;
+        return Err(conflict(state));
+    }
+    // The decision is recorded before it takes effect; no record, no decision.
+    s.leases
+        .audit()
+        .record(&event)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("audit log: {e}")))?;
+    match s
+        .approvals
+        .decide(id, approve, (&who.issuer, &who.subject), comment.as_deref())
+        .await
+        .map_err(unavailable)?
+    {
+        Decided::Now(row) => Ok(Json(row)),
+        Decided::Already(row) => {
+            // Another reviewer decided between the check and the update: say so in the log.
+            event.kind = Kind::ApprovalRefused;
+            event.reason = Some(format!(
+                "the request was {} by another reviewer first",
+                row.state
+            ));
+            super::record_denial(&s, event).await;
+            Err(conflict(&row.state))
+        }
+        Decided::Missing => Err(ApiError::not_found()),
+    }
+}
