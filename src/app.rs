@@ -69,6 +69,7 @@ pub struct App {
     pub analyzer: Arc<crate::sql::Analyzer>,
     /// Approval requests in the state database.
     pub approvals: Arc<crate::store::Approvals>,
+    pub instance_id: i32,
     _instance: InstanceLock,
 }
 
@@ -224,6 +225,7 @@ impl App {
             analyzer: crate::sql::Analyzer::start(ANALYSIS_THREADS)
                 .map_err(|e| StartError(format!("starting SQL analysis: {e}")))?,
             approvals,
+            instance_id: instance.id,
             _instance: instance,
         })
     }
@@ -263,6 +265,8 @@ impl App {
             pool: proxy::pool::Pool::new(self.config.proxy.pool_idle_timeout),
             salts: Default::default(),
             mask_catalog: Default::default(),
+            approvals: self.approvals.clone(),
+            instance_id: self.instance_id,
             analyzer: self.analyzer.clone(),
         })
     }

@@ -105,6 +105,27 @@ async fn requests_are_decided_once_expire_and_can_be_withdrawn() {
     );
 }
 
+/// A token for `subject` with these `groups`.
+fn token(h: &Harness, subject: &str, groups: &[&str]) -> String {
+    let mut claims = h.issuer.claims(subject);
+    claims.insert("groups".into(), json!(groups));
+    h.issuer.mint(&claims)
+}
+
+/// `GET /v1/approvals?state=pending` as `reviewer`.
+async fn pending(h: &Harness, reviewer: &str) -> Vec<serde_json::Value> {
+    let (status, list) = h
+        .call(
+            reqwest::Method::GET,
+            "/v1/approvals?state=pending",
+            Some(reviewer),
+            None,
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{list}");
+    list["approvals"].as_array().cloned().unwrap_or_default()
+}
+
 const GUARDED: &str = r#"
 name = "guarded"
 database = "app"
@@ -118,6 +139,7 @@ on = ["crm.orders"]
 statements = ["DELETE"]
 tables = ["crm.orders"]
 approvers = { claims = { groups = "dba" } }
+timeout = "3s"
 "#;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -133,25 +155,12 @@ async fn reviewers_decide_through_the_api_and_nobody_else_can() {
     new.issuer = &issuer;
     store.create(&new).await.unwrap();
 
-    let token = |subject: &str, groups: &[&str]| {
-        let mut claims = h.issuer.claims(subject);
-        claims.insert("groups".into(), json!(groups));
-        h.issuer.mint(&claims)
-    };
-    let alice = token("alice", &["dba"]);
-    let bob = token("bob", &["dev"]);
-    let requester = token("agent:x", &["dba"]);
+    let alice = token(&h, "alice", &["dba"]);
+    let bob = token(&h, "bob", &["dev"]);
+    let requester = token(&h, "agent:x", &["dba"]);
 
-    let (status, list) = h
-        .call(
-            Method::GET,
-            "/v1/approvals?state=pending",
-            Some(&alice),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{list}");
-    let found = &list["approvals"][0];
+    let list = pending(&h, &alice).await;
+    let found = &list[0];
     assert_eq!(found["id"], id.to_string());
     assert_eq!(found["statement"], "DELETE FROM crm.orders WHERE id = 1");
     assert_eq!(found["subject"], "agent:x");
@@ -215,4 +224,117 @@ async fn reviewers_decide_through_the_api_and_nobody_else_can() {
         "self-approval, missing claims, already decided"
     );
     assert!(refused.iter().any(|r| r["reviewer"] == "agent:x"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guarded_delete_waits_for_a_reviewer_and_the_session_carries_on() {
+    use reqwest::{Method, StatusCode};
+    use std::sync::Arc;
+    let h = Harness::start(&[GUARDED]).await;
+    let lease = h.lease("agent:x", json!({})).await;
+    let c = Arc::new(h.connect_proxy(&lease).await.unwrap());
+    let su = h.superuser().await;
+    let alice = token(&h, "alice", &["dba"]);
+    let exists = |id: i32| {
+        let su = &su;
+        async move {
+            su.query_one("SELECT count(*) FROM crm.orders WHERE id = $1", &[&id])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 1
+        }
+    };
+    // The pending request, once the statement is held.
+    let first_pending = || async {
+        for _ in 0..50 {
+            if let Some(r) = pending(&h, &alice).await.first() {
+                return r.clone();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("no pending approval request");
+    };
+
+    // Approved: it runs and the agent gets its row count.
+    let run = {
+        let c = c.clone();
+        tokio::spawn(async move { c.execute("DELETE FROM crm.orders WHERE id = 1", &[]).await })
+    };
+    let request = first_pending().await;
+    assert_eq!(request["statement"], "DELETE FROM crm.orders WHERE id = 1");
+    assert_eq!(request["subject"], "agent:x");
+    assert_eq!(request["tables"], json!(["crm.orders"]));
+    assert!(exists(1).await, "the statement ran before it was approved");
+    let id = request["id"].as_str().unwrap().to_string();
+    let (status, _) = h
+        .call(
+            Method::POST,
+            &format!("/v1/approvals/{id}/approve"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(run.await.unwrap().unwrap(), 1);
+    assert!(!exists(1).await);
+
+    // Denied: an error with the reviewer and comment; nothing deleted.
+    let run = {
+        let c = c.clone();
+        tokio::spawn(async move { c.simple_query("DELETE FROM crm.orders WHERE id = 2").await })
+    };
+    let id = first_pending().await["id"].as_str().unwrap().to_string();
+    let (status, _) = h
+        .call(
+            Method::POST,
+            &format!("/v1/approvals/{id}/deny"),
+            Some(&alice),
+            Some(json!({"comment": "not today"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let e = run.await.unwrap().unwrap_err();
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "42501");
+    assert_eq!(db.message(), "pgid: approval denied by alice: not today");
+    assert!(exists(2).await);
+    c.simple_query("SELECT 1").await.unwrap();
+
+    // Nobody decides: it times out.
+    let started = std::time::Instant::now();
+    let e = c
+        .simple_query("DELETE FROM crm.orders WHERE id = 3")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.as_db_error().unwrap().message(),
+        "pgid: approval timed out"
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_secs(3));
+    assert!(exists(3).await);
+
+    // The session was usable throughout; only the approved DELETE ran.
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM crm.orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 39);
+    let records = h.audit_records();
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r["kind"] == "approval.requested")
+            .count(),
+        3
+    );
+    // The held statements' decisions are recorded once each, after the review.
+    let decisions: Vec<_> = records
+        .iter()
+        .filter(|r| {
+            r["kind"] == "statement" && r["statement"].as_str().unwrap_or("").starts_with("DELETE")
+        })
+        .collect();
+    assert_eq!(decisions.len(), 3, "{decisions:?}");
 }

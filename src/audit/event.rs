@@ -22,6 +22,8 @@ pub enum Kind {
     SessionRefused,
     #[serde(rename = "session.end")]
     SessionEnd,
+    #[serde(rename = "approval.requested")]
+    ApprovalRequested,
     #[serde(rename = "approval.decided")]
     ApprovalDecided,
     #[serde(rename = "approval.refused")]

@@ -15,10 +15,15 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// `pgid: <rule>: <reason>`, the client-facing message.
+    /// `pgid: <rule>: <reason>`, the client-facing message (`pgid: approval <reason>` for
+    /// approval outcomes: `approval denied by <reviewer>: <comment>`, `approval timed out`).
     pub fn message(&self) -> Option<String> {
         match self {
             Verdict::Allow => None,
+            Verdict::Deny {
+                rule: "approval",
+                reason,
+            } => Some(format!("pgid: approval {reason}")),
             Verdict::Deny { rule, reason } => Some(format!("pgid: {rule}: {reason}")),
         }
     }

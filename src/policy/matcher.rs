@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 /// `[identity]`: every key given must match.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityMatch {
     /// Exact issuer URL; absent → any trusted issuer.
@@ -20,7 +20,7 @@ pub struct IdentityMatch {
     pub claims: BTreeMap<String, ClaimValue>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(untagged)]
 pub enum ClaimValue {
     Text(String),

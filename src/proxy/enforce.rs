@@ -27,7 +27,7 @@ use crate::audit::statement::SessionRecords;
 use crate::audit::statement::{self, Decision, DecisionKind, Outcome as OutcomeRecord, Protocol};
 use crate::guard::{self, Verdict};
 use crate::mask::{self, MaskPlan};
-use crate::policy::{Guardrails, StatementAudit, StatementClass};
+use crate::policy::{Approval, ApprovalMode, Guardrails, StatementAudit, StatementClass};
 use crate::sql::{Analyzer, Dialect, Outcome};
 
 /// A statement prepared in this session (SQL PREPARE or protocol Parse).
@@ -52,6 +52,8 @@ pub struct Judged {
     pub frames: Option<BytesMut>,
     /// Decision records to make durable before forwarding.
     pub records: Vec<String>,
+    /// Statements held for approval: nothing of the batch goes on until they are decided.
+    pub holds: Vec<Hold>,
     /// Messages as forwarded, for the outcome tracker, committed once forwarding goes ahead:
     /// (tag, decision record, statement described).
     sent: Vec<(u8, Option<u64>, Option<Arc<Note>>)>,
@@ -79,6 +81,7 @@ pub struct Enforcer {
     tracker: Tracker,
     done: Vec<Done>,
     masker: Option<Masker>,
+    approval_rules: Vec<Approval>,
 }
 
 fn frame_len(frames: &[u8], pos: usize) -> usize {
@@ -196,6 +199,17 @@ pub struct EnforcerSetup {
     pub records: SessionRecords,
     /// The policy's masks, resolved in the database (`None`: no masks).
     pub masks: Option<Arc<MaskSetup>>,
+    /// The policy's `[[approval]]` rules.
+    pub approvals: Vec<Approval>,
+}
+
+/// A statement an approval rule holds: the `n`th message of the batch.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    pub message: usize,
+    pub statement: String,
+    pub tables: Vec<String>,
+    pub rule: Approval,
 }
 
 /// A message in the batch, as judged.
@@ -225,6 +239,7 @@ impl Enforcer {
             tracker: Tracker::default(),
             done: Vec::new(),
             masker: setup.masks.map(Masker::new),
+            approval_rules: setup.approvals,
         }
     }
 
@@ -373,7 +388,10 @@ impl Enforcer {
         frames: &[u8],
         dialect: Dialect,
         audit_down: bool,
+        decided: &HashMap<usize, Verdict>,
     ) -> Result<Judged, String> {
+        let mut holds = Vec::new();
+        let mut message_no = 0usize;
         let groups_before = self.sent;
         let mut out: Option<BytesMut> = None;
         let mut records = Vec::new();
@@ -387,12 +405,14 @@ impl Enforcer {
             let tag = frames[pos];
             let total = frame_len(frames, pos);
             let body = &frames[pos + 5..pos + total];
+            message_no += 1;
             let (replace, sent_as) = match tag {
                 b'Q' => {
                     self.sent += 1;
                     let mut at = 0;
                     let sql = cstr(body, &mut at).map_err(|e| e.to_string())?;
                     let (mut verdict, outcome, plans) = self.judge(sql, dialect).await;
+                    self.approval(message_no, sql, &outcome, &mut verdict, decided, &mut holds);
                     if audit_down {
                         verdict = down.clone();
                     }
@@ -461,6 +481,7 @@ impl Enforcer {
                     let name = cstr(body, &mut at).map_err(|e| e.to_string())?.to_string();
                     let sql = cstr(body, &mut at).map_err(|e| e.to_string())?;
                     let (mut verdict, outcome, plans) = self.judge(sql, dialect).await;
+                    self.approval(message_no, sql, &outcome, &mut verdict, decided, &mut holds);
                     if audit_down {
                         verdict = down.clone();
                     }
@@ -656,6 +677,7 @@ impl Enforcer {
         Ok(Judged {
             frames: out,
             records,
+            holds,
             sent,
             groups_before,
         })
@@ -724,6 +746,44 @@ impl Enforcer {
                 sqlstate: d.sqlstate.as_deref(),
             })
         })
+    }
+
+    /// Approval rules on an allowed statement: a decision already taken for it (this batch
+    /// judged again) stands; a `wait` rule holds it; a `retry` rule refuses it (not available).
+    fn approval(
+        &self,
+        message: usize,
+        sql: &str,
+        outcome: &Outcome,
+        verdict: &mut Verdict,
+        decided: &HashMap<usize, Verdict>,
+        holds: &mut Vec<Hold>,
+    ) {
+        if let Some(v) = decided.get(&message) {
+            *verdict = v.clone();
+            return;
+        }
+        let (Verdict::Allow, Ok(a)) = (&*verdict, &**outcome) else {
+            return;
+        };
+        let Some(rule) = crate::approval::rule_for(a, &self.approval_rules) else {
+            return;
+        };
+        match rule.mode {
+            ApprovalMode::Wait => holds.push(Hold {
+                message,
+                statement: sql.to_string(),
+                tables: a.statements.iter().flat_map(|s| names(s).1).collect(),
+                rule: rule.clone(),
+            }),
+            ApprovalMode::Retry => {
+                *verdict = Verdict::Deny {
+                    rule: "approval",
+                    reason: "required (retry mode is not available yet; use mode = \"wait\")"
+                        .into(),
+                }
+            }
+        }
     }
 
     /// For an Execute of `portal` whose statement reads masked columns: the note its answer is

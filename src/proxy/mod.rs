@@ -51,6 +51,10 @@ pub struct Proxy {
     pub analyzer: Arc<crate::sql::Analyzer>,
     /// Policies' masked columns resolved in their databases.
     pub mask_catalog: catalog::MaskCatalog,
+    /// Approval requests (statements held for a reviewer).
+    pub approvals: Arc<crate::store::Approvals>,
+    /// This instance's id (recorded with the requests it makes).
+    pub instance_id: i32,
 }
 
 const POOL_REAP_INTERVAL: Duration = Duration::from_secs(5);

@@ -9,7 +9,9 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::cancel::CancelTarget;
-use super::enforce::{Enforcer, EnforcerSetup};
+use std::collections::HashMap;
+
+use super::enforce::{Enforcer, EnforcerSetup, Hold};
 use super::handshake::Established;
 use super::limits::{Action, ExportLimit, LIMIT_SQLSTATE};
 use super::upstream::Upstream;
@@ -18,6 +20,7 @@ use super::wire::framing::{frame_at, MAX_MESSAGE_BYTES};
 use super::Proxy;
 use crate::audit::statement::SessionRecords;
 use crate::audit::{AuditLog, Event, Kind};
+use crate::guard::Verdict;
 use crate::roles::{EndReason, LeaseStatus};
 use crate::sql::Dialect;
 
@@ -72,6 +75,10 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
         .as_ref()
         .map(|pol| (pol.guardrails.clone(), pol.audit))
         .unwrap_or_default();
+    let approval_rules = policy
+        .as_ref()
+        .map(|pol| pol.approvals.clone())
+        .unwrap_or_default();
     // Masked columns as the database knows them; no session if they cannot be looked up.
     let masks = match (&policy, p.leases.databases().get(&lease.database)) {
         (Some(pol), Some(db)) if p.settings.inspect => {
@@ -108,6 +115,7 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
             analyzer: p.analyzer.clone(),
             records: SessionRecords::new(&lease, session_id, &peer.to_string()),
             masks,
+            approvals: approval_rules,
         })
     });
     let audit = p.leases.audit().clone();
@@ -140,7 +148,8 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
                 if r.is_err() {
                     break End::ClientGone;
                 }
-                match client_to_server(&mut frames.buf, &mut upstream, &mut pending, enforcer.as_mut(), &audit).await {
+                let approver = Approver { proxy: p, lease: &lease, session_id };
+                match client_to_server(&mut frames.buf, &mut upstream, &mut client, &mut pending, enforcer.as_mut(), &audit, &approver).await {
                     Ok(true) => {}
                     Ok(false) => break End::ClientGone,
                     Err(Flow::Upstream) => break End::UpstreamGone,
@@ -211,6 +220,116 @@ enum Flow {
     Protocol(String),
 }
 
+/// Writes to the client and flushes.
+async fn send(client: &mut super::stream::ClientStream, bytes: &[u8]) -> Result<(), Flow> {
+    client
+        .write_all(bytes)
+        .await
+        .map_err(|e| Flow::Protocol(e.to_string()))?;
+    client
+        .flush()
+        .await
+        .map_err(|e| Flow::Protocol(e.to_string()))
+}
+
+/// How often a held statement looks for its decision.
+const APPROVAL_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Holds statements for a reviewer: makes the request, tells the client, waits for the decision.
+struct Approver<'a> {
+    proxy: &'a Proxy,
+    lease: &'a crate::store::LeaseRow,
+    session_id: uuid::Uuid,
+}
+
+impl Approver<'_> {
+    async fn wait(
+        &self,
+        hold: &Hold,
+        client: &mut super::stream::ClientStream,
+        audit: &AuditLog,
+    ) -> Result<Verdict, Flow> {
+        let refused = |reason: String| Verdict::Deny {
+            rule: "approval",
+            reason,
+        };
+        let store = &self.proxy.approvals;
+        let id = uuid::Uuid::new_v4();
+        let expires_at = Utc::now()
+            + chrono::Duration::from_std(hold.rule.timeout).unwrap_or(chrono::Duration::MAX);
+        let request = crate::store::NewApproval {
+            id,
+            lease_id: self.lease.id,
+            issuer: &self.lease.issuer,
+            subject: &self.lease.subject,
+            policy: &self.lease.policy,
+            database: &self.lease.database,
+            statement: &hold.statement,
+            parameters: None,
+            tables: hold.tables.clone(),
+            estimated_rows: None,
+            mode: "wait",
+            approvers: serde_json::to_value(&hold.rule.approvers).unwrap_or_default(),
+            expires_at,
+            instance_id: self.proxy.instance_id,
+        };
+        if let Err(e) = store.create(&request).await {
+            tracing::error!(error = %e, "cannot make an approval request");
+            return Ok(refused(
+                "could not be requested: the state database is unavailable".into(),
+            ));
+        }
+        let mut event = Event::new(Kind::ApprovalRequested).lease(self.lease);
+        event.session_id = Some(self.session_id);
+        event.approval_id = Some(id);
+        event.reason = Some(hold.statement.clone());
+        if let Err(e) = audit.record(&event).await {
+            tracing::error!(error = %e, "cannot audit an approval request");
+            let _ = store.withdraw(id).await;
+            return Ok(refused(
+                "could not be requested: the audit log is unavailable".into(),
+            ));
+        }
+        let mut notice = BytesMut::new();
+        backend::error_response(
+            &mut notice,
+            Severity::Notice,
+            "00000",
+            &format!(
+                "pgid: the statement waits for approval {id} (up to {}s); a reviewer decides it with POST /v1/approvals/{id}/approve or /deny on pgid's broker",
+                hold.rule.timeout.as_secs()
+            ),
+        );
+        send(client, &notice).await?;
+        loop {
+            tokio::time::sleep(APPROVAL_POLL).await;
+            let row = match store.get(id).await {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ok(refused("request vanished".into())),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read an approval request; retrying");
+                    continue;
+                }
+            };
+            match row.state.as_str() {
+                "approved" => return Ok(Verdict::Allow),
+                "denied" => {
+                    return Ok(refused(format!(
+                        "denied by {}: {}",
+                        row.reviewer.unwrap_or_default(),
+                        row.comment.unwrap_or_default()
+                    )))
+                }
+                "pending" if Utc::now() < row.expires_at => {}
+                _ => {
+                    let _ = store.expire().await;
+                    return Ok(refused("timed out".into()));
+                }
+            }
+        }
+    }
+}
+
 /// Whether the server reads string literals with backslash escapes.
 fn dialect(params: &[(String, String)]) -> Dialect {
     let off = params
@@ -226,9 +345,11 @@ fn dialect(params: &[(String, String)]) -> Dialect {
 async fn client_to_server(
     buf: &mut BytesMut,
     upstream: &mut Upstream,
+    client: &mut super::stream::ClientStream,
     pending: &mut i64,
     enforcer: Option<&mut Enforcer>,
     audit: &AuditLog,
+    approver: &Approver<'_>,
 ) -> Result<bool, Flow> {
     let mut end = 0;
     let mut terminate = false;
@@ -255,10 +376,24 @@ async fn client_to_server(
             None => None,
             Some(enforcer) => {
                 let d = dialect(&upstream.params);
+                let mut decided = HashMap::new();
                 let mut judged = enforcer
-                    .client_frames(&chunk, d, false)
+                    .client_frames(&chunk, d, false, &decided)
                     .await
                     .map_err(Flow::Protocol)?;
+                if !judged.holds.is_empty() {
+                    // Nothing of this batch goes on until its held statements are decided;
+                    // then it is judged again with those decisions.
+                    let _ = enforcer.rewind(&judged);
+                    for hold in &judged.holds {
+                        let verdict = approver.wait(hold, client, audit).await?;
+                        decided.insert(hold.message, verdict);
+                    }
+                    judged = enforcer
+                        .client_frames(&chunk, d, false, &decided)
+                        .await
+                        .map_err(Flow::Protocol)?;
+                }
                 let records = std::mem::take(&mut judged.records);
                 if let Err(e) = audit.record_lines(records).await {
                     tracing::error!(error = %e, "cannot record statements; refusing them");
@@ -266,7 +401,7 @@ async fn client_to_server(
                         audit.submit(record);
                     }
                     judged = enforcer
-                        .client_frames(&chunk, d, true)
+                        .client_frames(&chunk, d, true, &decided)
                         .await
                         .map_err(Flow::Protocol)?;
                 }
@@ -379,14 +514,7 @@ async fn server_to_client(
         let chunk = upstream.frames.buf.split_to(end);
         let bytes: &[u8] = out.as_deref().unwrap_or(&chunk);
         if !bytes.is_empty() {
-            client
-                .write_all(bytes)
-                .await
-                .map_err(|e| Flow::Protocol(e.to_string()))?;
-            client
-                .flush()
-                .await
-                .map_err(|e| Flow::Protocol(e.to_string()))?;
+            send(client, bytes).await?;
         }
     }
     Ok(())
