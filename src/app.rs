@@ -69,6 +69,8 @@ pub struct App {
     pub analyzer: Arc<crate::sql::Analyzer>,
     /// Approval requests in the state database.
     pub approvals: Arc<crate::store::Approvals>,
+    /// Statements waiting here for a decision, woken by NOTIFY from any instance.
+    pub approval_waits: Arc<crate::store::ApprovalWaits>,
     pub instance_id: i32,
     _instance: InstanceLock,
 }
@@ -122,10 +124,14 @@ impl App {
             }
         }
         let watch = Arc::new(LeaseWatch::default());
+        let approval_waits = Arc::new(crate::store::ApprovalWaits::default());
         let instance = {
             let watch = watch.clone();
-            InstanceLock::acquire(&state_pg, state_tls.clone(), move |payload| {
-                if let Some((id, status)) = LeaseStatus::decode(payload) {
+            let waits = approval_waits.clone();
+            InstanceLock::acquire(&state_pg, state_tls.clone(), move |channel, payload| {
+                if channel == crate::store::APPROVAL_EVENTS_CHANNEL {
+                    waits.wake(payload);
+                } else if let Some((id, status)) = LeaseStatus::decode(payload) {
                     watch.publish(id, status);
                 }
             })
@@ -225,6 +231,7 @@ impl App {
             analyzer: crate::sql::Analyzer::start(ANALYSIS_THREADS)
                 .map_err(|e| StartError(format!("starting SQL analysis: {e}")))?,
             approvals,
+            approval_waits,
             instance_id: instance.id,
             _instance: instance,
         })
@@ -266,6 +273,7 @@ impl App {
             salts: Default::default(),
             mask_catalog: Default::default(),
             approvals: self.approvals.clone(),
+            approval_waits: self.approval_waits.clone(),
             instance_id: self.instance_id,
             analyzer: self.analyzer.clone(),
         })

@@ -126,6 +126,17 @@ async fn pending(h: &Harness, reviewer: &str) -> Vec<serde_json::Value> {
     list["approvals"].as_array().cloned().unwrap_or_default()
 }
 
+/// The first pending request, once a statement is held (panics after 5 s).
+async fn first_pending(h: &Harness, reviewer: &str) -> serde_json::Value {
+    for _ in 0..50 {
+        if let Some(r) = pending(h, reviewer).await.first() {
+            return r.clone();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no pending approval request");
+}
+
 const GUARDED: &str = r#"
 name = "guarded"
 database = "app"
@@ -246,22 +257,13 @@ async fn a_guarded_delete_waits_for_a_reviewer_and_the_session_carries_on() {
         }
     };
     // The pending request, once the statement is held.
-    let first_pending = || async {
-        for _ in 0..50 {
-            if let Some(r) = pending(&h, &alice).await.first() {
-                return r.clone();
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        panic!("no pending approval request");
-    };
 
     // Approved: it runs and the agent gets its row count.
     let run = {
         let c = c.clone();
         tokio::spawn(async move { c.execute("DELETE FROM crm.orders WHERE id = 1", &[]).await })
     };
-    let request = first_pending().await;
+    let request = first_pending(&h, &alice).await;
     assert_eq!(request["statement"], "DELETE FROM crm.orders WHERE id = 1");
     assert_eq!(request["subject"], "agent:x");
     assert_eq!(request["tables"], json!(["crm.orders"]));
@@ -284,7 +286,10 @@ async fn a_guarded_delete_waits_for_a_reviewer_and_the_session_carries_on() {
         let c = c.clone();
         tokio::spawn(async move { c.simple_query("DELETE FROM crm.orders WHERE id = 2").await })
     };
-    let id = first_pending().await["id"].as_str().unwrap().to_string();
+    let id = first_pending(&h, &alice).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (status, _) = h
         .call(
             Method::POST,
@@ -337,4 +342,81 @@ async fn a_guarded_delete_waits_for_a_reviewer_and_the_session_carries_on() {
         })
         .collect();
     assert_eq!(decisions.len(), 3, "{decisions:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_waiting_on_one_instance_is_approved_through_another() {
+    let h = Harness::start(&[GUARDED]).await;
+    let second = h.start_second().await;
+    let lease = h.lease("agent:x", json!({})).await;
+    let c = h.connect_proxy(&lease).await.unwrap();
+    let alice = token(&h, "alice", &["dba"]);
+    let run = tokio::spawn(async move {
+        c.simple_query("DELETE FROM crm.orders WHERE id = 5")
+            .await
+            .map(|_| ())
+    });
+    let id = first_pending(&h, &alice).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let response = h
+        .http
+        .post(format!(
+            "https://127.0.0.1:{}/v1/approvals/{id}/approve",
+            second.broker_addr.port()
+        ))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    run.await
+        .unwrap()
+        .expect("the approved statement runs on the first instance");
+    let su = h.superuser().await;
+    let n: i64 = su
+        .query_one("SELECT count(*) FROM crm.orders WHERE id = 5", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    second.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_cancel_withdraws_the_request() {
+    let h = Harness::start(&[GUARDED]).await;
+    let lease = h.lease("agent:x", json!({})).await;
+    let c = std::sync::Arc::new(h.connect_proxy(&lease).await.unwrap());
+    let alice = token(&h, "alice", &["dba"]);
+    let cancel = c.cancel_token();
+    let run = {
+        let c = c.clone();
+        tokio::spawn(async move { c.simple_query("DELETE FROM crm.orders WHERE id = 6").await })
+    };
+    let id = first_pending(&h, &alice).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    cancel.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let e = run.await.unwrap().unwrap_err();
+    assert_eq!(
+        e.as_db_error().unwrap().message(),
+        "pgid: approval withdrawn: the client cancelled the statement"
+    );
+    let (pool, _) = pgid::database::pool(&h.admin_url, 1, None).unwrap();
+    let row = Approvals::new(pool)
+        .get(id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.state, "withdrawn");
+    // The session goes on, and the row is still there.
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM crm.orders WHERE id = 6", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
 }

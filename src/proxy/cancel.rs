@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use rand::Rng;
 use tokio::io::AsyncWriteExt;
+use tokio::sync::Notify;
 
 use super::upstream::connect_socket;
 use crate::database::Upstream as UpstreamAddr;
@@ -17,15 +18,21 @@ pub struct CancelTarget {
     pub secret: i32,
 }
 
+/// A session's cancel key → where its cancels go, and its cancel signal.
+type Sessions = HashMap<(i32, i32), (CancelTarget, Arc<Notify>)>;
+
 #[derive(Default)]
 pub struct CancelMap {
-    map: Mutex<HashMap<(i32, i32), CancelTarget>>,
+    map: Mutex<Sessions>,
 }
 
 /// Removes the session's key when the session ends.
 pub struct CancelKey {
     pub pid: i32,
     pub secret: i32,
+    /// Signalled by every CancelRequest for this session (a statement pgid holds — waiting for
+    /// approval — is withdrawn by it).
+    pub cancelled: Arc<Notify>,
     map: Arc<CancelMap>,
 }
 
@@ -46,10 +53,12 @@ impl CancelMap {
         loop {
             let key = (rng.gen_range(1..i32::MAX), rng.gen::<i32>());
             if let std::collections::hash_map::Entry::Vacant(e) = map.entry(key) {
-                e.insert(target);
+                let cancelled = Arc::new(Notify::new());
+                e.insert((target, cancelled.clone()));
                 return CancelKey {
                     pid: key.0,
                     secret: key.1,
+                    cancelled,
                     map: self.clone(),
                 };
             }
@@ -59,7 +68,8 @@ impl CancelMap {
     /// Forwards a cancel; unknown keys are ignored silently, as Postgres does.
     pub async fn cancel(&self, pid: i32, secret: i32) {
         let target = self.map.lock().unwrap().get(&(pid, secret)).cloned();
-        if let Some(t) = target {
+        if let Some((t, cancelled)) = target {
+            cancelled.notify_one();
             send(&t).await;
         }
     }

@@ -53,6 +53,7 @@ pub struct Proxy {
     pub mask_catalog: catalog::MaskCatalog,
     /// Approval requests (statements held for a reviewer).
     pub approvals: Arc<crate::store::Approvals>,
+    pub approval_waits: Arc<crate::store::ApprovalWaits>,
     /// This instance's id (recorded with the requests it makes).
     pub instance_id: i32,
 }

@@ -148,7 +148,7 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
                 if r.is_err() {
                     break End::ClientGone;
                 }
-                let approver = Approver { proxy: p, lease: &lease, session_id };
+                let approver = Approver { proxy: p, lease: &lease, session_id, cancelled: &cancel.cancelled };
                 match client_to_server(&mut frames.buf, &mut upstream, &mut client, &mut pending, enforcer.as_mut(), &audit, &approver).await {
                     Ok(true) => {}
                     Ok(false) => break End::ClientGone,
@@ -232,14 +232,16 @@ async fn send(client: &mut super::stream::ClientStream, bytes: &[u8]) -> Result<
         .map_err(|e| Flow::Protocol(e.to_string()))
 }
 
-/// How often a held statement looks for its decision.
-const APPROVAL_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+/// How often a held statement re-reads its request when no NOTIFY wakes it.
+const APPROVAL_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Holds statements for a reviewer: makes the request, tells the client, waits for the decision.
 struct Approver<'a> {
     proxy: &'a Proxy,
     lease: &'a crate::store::LeaseRow,
     session_id: uuid::Uuid,
+    /// The session's CancelRequest signal: a cancel withdraws the request.
+    cancelled: &'a tokio::sync::Notify,
 }
 
 impl Approver<'_> {
@@ -301,29 +303,62 @@ impl Approver<'_> {
             ),
         );
         send(client, &notice).await?;
+        let woken = self.proxy.approval_waits.register(id);
+        // A cancel that arrived before this wait (for an earlier statement) does not count.
+        {
+            let stale = self.cancelled.notified();
+            tokio::pin!(stale);
+            let _ = futures::poll!(stale.as_mut());
+        }
+        let verdict = tokio::select! {
+            v = self.decision(id, &woken) => v,
+            _ = self.cancelled.notified() => {
+                let withdrawn = matches!(store.withdraw(id).await, Ok(true));
+                if withdrawn {
+                    refused("withdrawn: the client cancelled the statement".into())
+                } else {
+                    // Decided in the meantime: that decision stands.
+                    self.decision(id, &woken).await
+                }
+            }
+        };
+        self.proxy.approval_waits.forget(id);
+        Ok(verdict)
+    }
+
+    /// Waits for the request's decision: woken by its NOTIFY, re-reading the row now and then.
+    async fn decision(&self, id: uuid::Uuid, woken: &tokio::sync::Notify) -> Verdict {
+        let refused = |reason: String| Verdict::Deny {
+            rule: "approval",
+            reason,
+        };
+        let store = &self.proxy.approvals;
         loop {
-            tokio::time::sleep(APPROVAL_POLL).await;
+            tokio::select! {
+                _ = woken.notified() => {}
+                _ = tokio::time::sleep(APPROVAL_POLL) => {}
+            }
             let row = match store.get(id).await {
                 Ok(Some(r)) => r,
-                Ok(None) => return Ok(refused("request vanished".into())),
+                Ok(None) => return refused("request vanished".into()),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read an approval request; retrying");
                     continue;
                 }
             };
             match row.state.as_str() {
-                "approved" => return Ok(Verdict::Allow),
+                "approved" => return Verdict::Allow,
                 "denied" => {
-                    return Ok(refused(format!(
+                    return refused(format!(
                         "denied by {}: {}",
                         row.reviewer.unwrap_or_default(),
                         row.comment.unwrap_or_default()
-                    )))
+                    ))
                 }
                 "pending" if Utc::now() < row.expires_at => {}
                 _ => {
                     let _ = store.expire().await;
-                    return Ok(refused("timed out".into()));
+                    return refused("timed out".into());
                 }
             }
         }

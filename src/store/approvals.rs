@@ -88,6 +88,32 @@ pub enum Decided {
     Missing,
 }
 
+/// Statements waiting on this instance, by request id: a NOTIFY with the id wakes its waiter at
+/// once (the waiter also re-reads the row now and then, so a lost notification only delays).
+#[derive(Default)]
+pub struct ApprovalWaits {
+    waiting: std::sync::Mutex<std::collections::HashMap<Uuid, std::sync::Arc<tokio::sync::Notify>>>,
+}
+
+impl ApprovalWaits {
+    pub fn register(&self, id: Uuid) -> std::sync::Arc<tokio::sync::Notify> {
+        self.waiting.lock().unwrap().entry(id).or_default().clone()
+    }
+
+    pub fn forget(&self, id: Uuid) {
+        self.waiting.lock().unwrap().remove(&id);
+    }
+
+    /// A NOTIFY payload (a request id) arrived.
+    pub fn wake(&self, payload: &str) {
+        if let Ok(id) = payload.parse::<Uuid>() {
+            if let Some(n) = self.waiting.lock().unwrap().get(&id) {
+                n.notify_one();
+            }
+        }
+    }
+}
+
 /// LISTEN/NOTIFY channel carrying decided request ids between instances.
 pub const APPROVAL_EVENTS_CHANNEL: &str = "pgid_approval_events";
 

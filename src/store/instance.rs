@@ -21,7 +21,7 @@ pub struct InstanceLock {
 /// Drives the lock's connection, handing each notification's payload to `on_event`.
 async fn listen<S, T>(
     mut conn: tokio_postgres::Connection<S, T>,
-    on_event: impl Fn(&str) + Send + 'static,
+    on_event: impl Fn(&str, &str) + Send + 'static,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -29,7 +29,7 @@ async fn listen<S, T>(
     let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
     while let Some(m) = messages.next().await {
         match m {
-            Ok(AsyncMessage::Notification(n)) => on_event(n.payload()),
+            Ok(AsyncMessage::Notification(n)) => on_event(n.channel(), n.payload()),
             Ok(_) => {}
             Err(e) => {
                 tracing::error!(error = %e, "instance lock connection closed; lease events from other instances stop");
@@ -44,7 +44,7 @@ impl InstanceLock {
     pub async fn acquire(
         config: &tokio_postgres::Config,
         tls: Option<std::sync::Arc<rustls::ClientConfig>>,
-        on_event: impl Fn(&str) + Send + 'static,
+        on_event: impl Fn(&str, &str) + Send + 'static,
     ) -> Result<InstanceLock, StoreError> {
         let client = match tls {
             Some(cfg) => {
@@ -63,7 +63,10 @@ impl InstanceLock {
             }
         };
         client
-            .batch_execute(&format!("LISTEN {LEASE_EVENTS_CHANNEL}"))
+            .batch_execute(&format!(
+                "LISTEN {LEASE_EVENTS_CHANNEL}; LISTEN {}",
+                super::APPROVAL_EVENTS_CHANNEL
+            ))
             .await?;
         loop {
             // Ids are positive so they map to an oid unchanged.

@@ -6,7 +6,9 @@ mod instance;
 mod leases;
 mod migrate;
 
-pub use approvals::{ApprovalRow, Approvals, Decided, NewApproval, APPROVAL_EVENTS_CHANNEL};
+pub use approvals::{
+    ApprovalRow, ApprovalWaits, Approvals, Decided, NewApproval, APPROVAL_EVENTS_CHANNEL,
+};
 pub use instance::{InstanceLock, INSTANCE_LOCK_SPACE, LEASE_EVENTS_CHANNEL};
 pub use leases::{LeaseRow, LeaseState, NewLease, Store};
 pub use migrate::{migrate, MIGRATIONS};
