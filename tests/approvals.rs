@@ -126,6 +126,17 @@ async fn pending(h: &Harness, reviewer: &str) -> Vec<serde_json::Value> {
     list["approvals"].as_array().cloned().unwrap_or_default()
 }
 
+/// A pending request as the proxy makes it for agent:x's DELETE (from the harness's issuer).
+async fn pending_request(h: &Harness) -> Uuid {
+    let (pool, _) = pgid::database::pool(&h.admin_url, 2, None).unwrap();
+    let id = Uuid::new_v4();
+    let issuer = h.issuer.url().to_string();
+    let mut new = request(id, Duration::minutes(5));
+    new.issuer = &issuer;
+    Approvals::new(pool).create(&new).await.unwrap();
+    id
+}
+
 /// The first pending request, once a statement is held (panics after 5 s).
 async fn first_pending(h: &Harness, reviewer: &str) -> serde_json::Value {
     for _ in 0..50 {
@@ -157,14 +168,7 @@ timeout = "3s"
 async fn reviewers_decide_through_the_api_and_nobody_else_can() {
     use reqwest::{Method, StatusCode};
     let h = Harness::start(&[GUARDED]).await;
-    let (pool, _) = pgid::database::pool(&h.admin_url, 2, None).unwrap();
-    let store = Approvals::new(pool);
-    let id = Uuid::new_v4();
-    // A request as the proxy makes it for agent:x's DELETE.
-    let issuer = h.issuer.url().to_string();
-    let mut new = request(id, Duration::minutes(5));
-    new.issuer = &issuer;
-    store.create(&new).await.unwrap();
+    let id = pending_request(&h).await;
 
     let alice = token(&h, "alice", &["dba"]);
     let bob = token(&h, "bob", &["dev"]);
@@ -419,4 +423,44 @@ async fn a_client_cancel_withdraws_the_request() {
         .unwrap()
         .get(0);
     assert_eq!(n, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reviewers_decide_from_the_command_line() {
+    let h = Harness::start(&[GUARDED]).await;
+    let id = pending_request(&h).await;
+    let alice = token(&h, "alice", &["dba"]);
+    let pgid = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgid"))
+            .arg("approvals")
+            .args(args)
+            .arg("--broker")
+            .arg(&h.base)
+            .arg("--cacert")
+            .arg(h.ca_path())
+            .env("PGID_TOKEN", &alice)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = pgid(&["list"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains(&id.to_string()) && out.contains("DELETE FROM crm.orders"),
+        "{out}"
+    );
+    let id = id.to_string();
+    let (code, out, err) = pgid(&["approve", &id, "--comment", "fine"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("\"approved\""), "{out}");
+    let (code, _, err) = pgid(&["deny", &id]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("409") && err.contains("already approved"),
+        "{err}"
+    );
 }

@@ -93,19 +93,7 @@ pub async fn run(mut a: LoginArgs) -> anyhow::Result<u8> {
         a.cacert = Some(session.ca.clone());
     }
     let token = token(&a).await?;
-    let http = {
-        let mut b = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(std::time::Duration::from_secs(30));
-        if let Some(ca) = &a.cacert {
-            let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
-            b = b.add_root_certificate(
-                reqwest::Certificate::from_pem(&pem)
-                    .with_context(|| format!("{} is not a PEM certificate", ca.display()))?,
-            );
-        }
-        b.build()?
-    };
+    let http = super::broker_client(a.cacert.as_deref())?;
     let mut body = serde_json::Map::new();
     for (k, v) in [
         ("database", &a.database),

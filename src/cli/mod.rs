@@ -1,5 +1,6 @@
 //! The `pgid` command line: `serve`, `dev`, `login`, `policy check|plan`.
 
+mod approvals;
 mod audit;
 mod dev;
 mod login;
@@ -34,6 +35,11 @@ pub enum Command {
         #[command(subcommand)]
         command: policy::PolicyCommand,
     },
+    /// Review statements held for approval.
+    Approvals {
+        #[command(subcommand)]
+        command: approvals::ApprovalsCommand,
+    },
     /// Work with the audit log.
     Audit {
         #[command(subcommand)]
@@ -48,7 +54,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Login(args) => login::run(*args).await,
         Command::Policy { command } => policy::run(command).await,
         Command::Audit { command } => audit::run(command),
+        Command::Approvals { command } => approvals::run(command).await,
     }
+}
+
+/// An HTTPS client for the broker, trusting `cacert` in addition to nothing else pgid knows.
+pub fn broker_client(cacert: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
+    use anyhow::Context;
+    let mut b = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(30));
+    if let Some(ca) = cacert {
+        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        b = b.add_root_certificate(
+            reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("{} is not a PEM certificate", ca.display()))?,
+        );
+    }
+    Ok(b.build()?)
 }
 
 /// Logs go to stderr; `PGID_LOG` (or `RUST_LOG`) sets the filter, `PGID_LOG_FORMAT=json` the format.

@@ -1,0 +1,164 @@
+//! `pgid approvals list | approve | deny`: the reviewer API from a terminal, with the reviewer's
+//! own bearer token (`--token-file` or `PGID_TOKEN`).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+#[derive(Args, Debug)]
+pub struct Broker {
+    /// Broker URL.
+    #[arg(long, env = "PGID_BROKER", default_value = "https://127.0.0.1:7443")]
+    broker: String,
+    /// CA certificate to trust for the broker (pgid's generated one is <state_dir>/tls/ca.crt).
+    #[arg(long, env = "PGID_CACERT")]
+    cacert: Option<PathBuf>,
+    /// File holding the reviewer's bearer token (or set PGID_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ApprovalsCommand {
+    /// List approval requests.
+    List {
+        /// pending, approved, denied, expired, withdrawn or all.
+        #[arg(long, default_value = "pending")]
+        state: String,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        broker: Broker,
+    },
+    /// Approve a request: the statement runs.
+    Approve {
+        id: String,
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        broker: Broker,
+    },
+    /// Deny a request: the statement fails with your comment.
+    Deny {
+        id: String,
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        broker: Broker,
+    },
+}
+
+fn token(b: &Broker) -> anyhow::Result<String> {
+    if let Some(path) = &b.token_file {
+        let t =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        return Ok(t.trim().to_string());
+    }
+    match std::env::var("PGID_TOKEN") {
+        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
+        _ => bail!("no token: give --token-file or set PGID_TOKEN"),
+    }
+}
+
+/// Calls the broker; returns the JSON body of a success, or exits 1 with the API's message.
+async fn call(
+    b: &Broker,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Result<Value, String>> {
+    let http = super::broker_client(b.cacert.as_deref())?;
+    let url = format!("{}{path}", b.broker.trim_end_matches('/'));
+    let mut req = http.request(method, &url).bearer_auth(token(b)?);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("calling the broker at {url}: {}", e.without_url()))?;
+    let status = resp.status();
+    let value: Value = resp.json().await.unwrap_or(Value::Null);
+    if status.is_success() {
+        Ok(Ok(value))
+    } else {
+        Ok(Err(format!(
+            "{status}: {}",
+            value["message"].as_str().unwrap_or("request failed")
+        )))
+    }
+}
+
+pub async fn run(cmd: ApprovalsCommand) -> anyhow::Result<u8> {
+    let (result, json) = match &cmd {
+        ApprovalsCommand::List {
+            state,
+            json,
+            broker,
+        } => (
+            call(
+                broker,
+                reqwest::Method::GET,
+                &format!("/v1/approvals?state={state}"),
+                None,
+            )
+            .await?,
+            *json,
+        ),
+        ApprovalsCommand::Approve {
+            id,
+            comment,
+            broker,
+        }
+        | ApprovalsCommand::Deny {
+            id,
+            comment,
+            broker,
+        } => {
+            let verb = if matches!(cmd, ApprovalsCommand::Approve { .. }) {
+                "approve"
+            } else {
+                "deny"
+            };
+            let body = serde_json::json!({ "comment": comment });
+            (
+                call(
+                    broker,
+                    reqwest::Method::POST,
+                    &format!("/v1/approvals/{id}/{verb}"),
+                    Some(body),
+                )
+                .await?,
+                true,
+            )
+        }
+    };
+    match result {
+        Err(message) => {
+            eprintln!("pgid: {message}");
+            Ok(1)
+        }
+        Ok(v) if json => {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(0)
+        }
+        Ok(v) => {
+            for r in v["approvals"].as_array().into_iter().flatten() {
+                let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+                println!(
+                    "{}  {:<9} {}  {}  until {}  {}",
+                    s("id"),
+                    s("state"),
+                    s("subject"),
+                    s("policy"),
+                    s("expires_at"),
+                    s("statement")
+                );
+            }
+            Ok(0)
+        }
+    }
+}
