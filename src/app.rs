@@ -274,6 +274,10 @@ impl App {
             mask_catalog: Default::default(),
             approvals: self.approvals.clone(),
             approval_waits: self.approval_waits.clone(),
+            approval_notifier: crate::approval::notify::Notifier::new(
+                self.config.approvals.webhooks.clone(),
+                self.config.approvals.review_url.clone(),
+            ),
             instance_id: self.instance_id,
             analyzer: self.analyzer.clone(),
         })

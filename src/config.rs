@@ -56,6 +56,7 @@ pub struct Config {
     pub databases: Vec<DatabaseConfig>,
     pub audit: AuditConfig,
     pub leases: LeaseConfig,
+    pub approvals: ApprovalsConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -132,6 +133,20 @@ pub struct AuditConfig {
     pub table: bool,
 }
 
+#[derive(Debug, Clone, Default)]
+pub struct ApprovalsConfig {
+    /// Where each new request is announced (POST, JSON or Slack-compatible).
+    pub webhooks: Vec<Webhook>,
+    /// Base URL of the review page, for links in notices and notifications.
+    pub review_url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    pub url: String,
+    pub slack: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct LeaseConfig {
     /// Added to `VALID UNTIL` so clock skew between pgid and Postgres never cuts a lease short.
@@ -161,6 +176,8 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     leases: RawLeases,
+    #[serde(default)]
+    approvals: RawApprovals,
 }
 
 #[derive(Deserialize, Default)]
@@ -217,6 +234,21 @@ struct RawAudit {
     sync_interval: Option<Span>,
     rotate_size: Option<ByteSize>,
     table: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApprovals {
+    #[serde(default)]
+    webhooks: Vec<Spanned<RawWebhook>>,
+    review_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    url: String,
+    format: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -554,6 +586,31 @@ impl Config {
             )?,
         };
 
+        let mut webhooks = Vec::new();
+        for w in raw.approvals.webhooks {
+            let span = w.span();
+            let w = w.into_inner();
+            if !(w.url.starts_with("https://") || w.url.starts_with("http://")) {
+                return Err(loc.at(Some(span), "approvals.webhooks", "url must be http(s)://…"));
+            }
+            let slack = match w.format.as_deref() {
+                None | Some("json") => false,
+                Some("slack") => true,
+                Some(other) => {
+                    return Err(loc.at(
+                        Some(span),
+                        "approvals.webhooks",
+                        format!("format {other:?} is not \"json\" or \"slack\""),
+                    ))
+                }
+            };
+            webhooks.push(Webhook { url: w.url, slack });
+        }
+        let approvals = ApprovalsConfig {
+            webhooks,
+            review_url: raw.approvals.review_url,
+        };
+
         Ok(Config {
             source: path.to_path_buf(),
             state_dir,
@@ -594,6 +651,7 @@ impl Config {
             databases,
             audit,
             leases,
+            approvals,
         })
     }
 

@@ -137,6 +137,31 @@ async fn pending_request(h: &Harness) -> Uuid {
     id
 }
 
+/// agent:x's `DELETE FROM crm.orders WHERE id = <order>`, held: the running statement, the
+/// request id, and a reviewer's (alice's) token.
+async fn held_delete(
+    h: &Harness,
+    order: i32,
+) -> (
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    String,
+    String,
+) {
+    let lease = h.lease("agent:x", json!({})).await;
+    let c = h.connect_proxy(&lease).await.unwrap();
+    let alice = token(h, "alice", &["dba"]);
+    let run = tokio::spawn(async move {
+        c.simple_query(&format!("DELETE FROM crm.orders WHERE id = {order}"))
+            .await
+            .map(|_| ())
+    });
+    let id = first_pending(h, &alice).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (run, id, alice)
+}
+
 /// The first pending request, once a statement is held (panics after 5 s).
 async fn first_pending(h: &Harness, reviewer: &str) -> serde_json::Value {
     for _ in 0..50 {
@@ -352,18 +377,7 @@ async fn a_guarded_delete_waits_for_a_reviewer_and_the_session_carries_on() {
 async fn a_statement_waiting_on_one_instance_is_approved_through_another() {
     let h = Harness::start(&[GUARDED]).await;
     let second = h.start_second().await;
-    let lease = h.lease("agent:x", json!({})).await;
-    let c = h.connect_proxy(&lease).await.unwrap();
-    let alice = token(&h, "alice", &["dba"]);
-    let run = tokio::spawn(async move {
-        c.simple_query("DELETE FROM crm.orders WHERE id = 5")
-            .await
-            .map(|_| ())
-    });
-    let id = first_pending(&h, &alice).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (run, id, alice) = held_delete(&h, 5).await;
     let response = h
         .http
         .post(format!(
@@ -463,4 +477,92 @@ async fn reviewers_decide_from_the_command_line() {
         err.contains("409") && err.contains("already approved"),
         "{err}"
     );
+}
+
+/// A webhook receiver on `listener`, keeping every JSON body posted to it.
+fn receiver(
+    listener: tokio::net::TcpListener,
+) -> std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>> {
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = got.clone();
+    let app = axum::Router::new().route(
+        "/{*path}",
+        axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
+            let keep = keep.clone();
+            async move {
+                keep.lock().unwrap().push(v);
+                "ok"
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    got
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhooks_announce_requests_and_retry_while_the_receiver_is_down() {
+    let slack = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slack_port = slack.local_addr().unwrap().port();
+    let slack_got = receiver(slack);
+    let down_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let policy = GUARDED.replace("timeout = \"3s\"", "timeout = \"30s\"");
+    let h = Harness::start_with(
+        &[&policy],
+        &format!(
+            "[approvals]\nreview_url = \"https://pgid.example/approvals\"\nwebhooks = [\n  {{ url = \"http://127.0.0.1:{down_port}/hook\" }},\n  {{ url = \"http://127.0.0.1:{slack_port}/slack\", format = \"slack\" }},\n]\n"
+        ),
+    )
+    .await;
+    let (run, id, alice) = held_delete(&h, 7).await;
+    // The Slack-style receiver hears of it, with the review link.
+    let mut text = String::new();
+    for _ in 0..50 {
+        if let Some(m) = slack_got.lock().unwrap().first() {
+            text = m["text"].as_str().unwrap_or_default().to_string();
+        }
+        if !text.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        text.contains("DELETE FROM crm.orders WHERE id = 7"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("https://pgid.example/approvals/{id}")),
+        "{text}"
+    );
+    // The other receiver is down: approving works regardless.
+    let (status, _) = h
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/approvals/{id}/approve"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    run.await.unwrap().unwrap();
+    // When it comes up, the retried delivery arrives.
+    let json_got = receiver(
+        tokio::net::TcpListener::bind(("127.0.0.1", down_port))
+            .await
+            .unwrap(),
+    );
+    let mut delivered = None;
+    for _ in 0..100 {
+        delivered = json_got.lock().unwrap().first().cloned();
+        if delivered.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let delivered = delivered.expect("the webhook delivery was not retried");
+    assert_eq!(delivered["event"], "approval.requested");
+    assert_eq!(delivered["approval"]["id"], id.as_str());
+    assert_eq!(delivered["approval"]["subject"], "agent:x");
 }

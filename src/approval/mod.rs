@@ -1,7 +1,8 @@
 //! Just-in-time approval (DESIGN §4, §6): which statements a policy's `[[approval]]` rules send
-//! to a human reviewer, and who may decide. Pure; the requests themselves live in the `pgid`
-//! schema (`store::approvals`).
+//! to a human reviewer, and who may decide (`rules`, pure); announcing requests to webhooks
+//! (`notify`). The requests themselves live in the `pgid` schema (`store::approvals`).
 
+pub mod notify;
 pub mod rules;
 
 pub use rules::{may_decide, rule_for};

@@ -54,6 +54,8 @@ pub struct Proxy {
     /// Approval requests (statements held for a reviewer).
     pub approvals: Arc<crate::store::Approvals>,
     pub approval_waits: Arc<crate::store::ApprovalWaits>,
+    /// Webhooks told of each new request.
+    pub approval_notifier: crate::approval::notify::Notifier,
     /// This instance's id (recorded with the requests it makes).
     pub instance_id: i32,
 }

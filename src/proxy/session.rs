@@ -255,6 +255,13 @@ impl Approver<'_> {
             rule: "approval",
             reason,
         };
+        // A cancel that arrived before this statement (for an earlier one) does not count; one
+        // that arrives from here on withdraws the request.
+        {
+            let stale = self.cancelled.notified();
+            tokio::pin!(stale);
+            let _ = futures::poll!(stale.as_mut());
+        }
         let store = &self.proxy.approvals;
         let id = uuid::Uuid::new_v4();
         let expires_at = Utc::now()
@@ -275,12 +282,15 @@ impl Approver<'_> {
             expires_at,
             instance_id: self.proxy.instance_id,
         };
-        if let Err(e) = store.create(&request).await {
-            tracing::error!(error = %e, "cannot make an approval request");
-            return Ok(refused(
-                "could not be requested: the state database is unavailable".into(),
-            ));
-        }
+        let row = match store.create(&request).await {
+            Ok(row) => row,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot make an approval request");
+                return Ok(refused(
+                    "could not be requested: the state database is unavailable".into(),
+                ));
+            }
+        };
         let mut event = Event::new(Kind::ApprovalRequested).lease(self.lease);
         event.session_id = Some(self.session_id);
         event.approval_id = Some(id);
@@ -292,24 +302,26 @@ impl Approver<'_> {
                 "could not be requested: the audit log is unavailable".into(),
             ));
         }
+        self.proxy.approval_notifier.requested(&row);
+        let link = self
+            .proxy
+            .approval_notifier
+            .review_link(&id.to_string())
+            .unwrap_or_else(|| {
+                format!("POST /v1/approvals/{id}/approve or /deny on pgid's broker")
+            });
         let mut notice = BytesMut::new();
         backend::error_response(
             &mut notice,
             Severity::Notice,
             "00000",
             &format!(
-                "pgid: the statement waits for approval {id} (up to {}s); a reviewer decides it with POST /v1/approvals/{id}/approve or /deny on pgid's broker",
+                "pgid: the statement waits for approval {id} (up to {}s); review: {link}",
                 hold.rule.timeout.as_secs()
             ),
         );
         send(client, &notice).await?;
         let woken = self.proxy.approval_waits.register(id);
-        // A cancel that arrived before this wait (for an earlier statement) does not count.
-        {
-            let stale = self.cancelled.notified();
-            tokio::pin!(stale);
-            let _ = futures::poll!(stale.as_mut());
-        }
         let verdict = tokio::select! {
             v = self.decision(id, &woken) => v,
             _ = self.cancelled.notified() => {
