@@ -566,3 +566,54 @@ async fn webhooks_announce_requests_and_retry_while_the_receiver_is_down() {
     assert_eq!(delivered["approval"]["id"], id.as_str());
     assert_eq!(delivered["approval"]["subject"], "agent:x");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn min_rows_lets_a_small_delete_through_and_holds_a_bulk_one() {
+    let policy = GUARDED.replace("timeout = \"3s\"", "timeout = \"30s\"\nmin_rows = 10");
+    let h = Harness::start(&[&policy]).await;
+    let su = h.superuser().await;
+    su.batch_execute("ANALYZE crm.orders").await.unwrap();
+    let lease = h.lease("agent:x", json!({})).await;
+    let c = std::sync::Arc::new(h.connect_proxy(&lease).await.unwrap());
+    // One row by primary key: the planner expects 1 < 10, so no review.
+    let n = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        c.execute("DELETE FROM crm.orders WHERE id = 8", &[]),
+    )
+    .await
+    .expect("a small delete was held")
+    .unwrap();
+    assert_eq!(n, 1);
+    // Most of the table: held, with the estimate shown to the reviewer.
+    let alice = token(&h, "alice", &["dba"]);
+    let run = {
+        let c = c.clone();
+        tokio::spawn(async move { c.simple_query("DELETE FROM crm.orders WHERE id > 20").await })
+    };
+    let request = first_pending(&h, &alice).await;
+    assert!(
+        request["estimated_rows"].as_i64().unwrap() >= 10,
+        "{request}"
+    );
+    let id = request["id"].as_str().unwrap();
+    let (status, _) = h
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/approvals/{id}/deny"),
+            Some(&alice),
+            Some(json!({"comment": "too many"})),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    let e = run.await.unwrap().unwrap_err();
+    assert_eq!(
+        e.as_db_error().unwrap().message(),
+        "pgid: approval denied by alice: too many"
+    );
+    let left: i64 = su
+        .query_one("SELECT count(*) FROM crm.orders WHERE id > 20", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 20);
+}

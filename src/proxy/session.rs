@@ -232,6 +232,9 @@ async fn send(client: &mut super::stream::ClientStream, bytes: &[u8]) -> Result<
         .map_err(|e| Flow::Protocol(e.to_string()))
 }
 
+/// Longest pgid waits for a planner estimate (`min_rows`).
+const ESTIMATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How often a held statement re-reads its request when no NOTIFY wakes it.
 const APPROVAL_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -262,6 +265,15 @@ impl Approver<'_> {
             tokio::pin!(stale);
             let _ = futures::poll!(stale.as_mut());
         }
+        // min_rows: a statement the planner expects to touch fewer rows runs without review.
+        let mut estimated_rows = None;
+        if let Some(min) = hold.rule.min_rows {
+            match self.estimate(&hold.statement).await {
+                Some(rows) if rows < min as f64 => return Ok(Verdict::Allow),
+                Some(rows) => estimated_rows = Some(rows.round() as i64),
+                None => {}
+            }
+        }
         let store = &self.proxy.approvals;
         let id = uuid::Uuid::new_v4();
         let expires_at = Utc::now()
@@ -276,7 +288,7 @@ impl Approver<'_> {
             statement: &hold.statement,
             parameters: None,
             tables: hold.tables.clone(),
-            estimated_rows: None,
+            estimated_rows,
             mode: "wait",
             approvers: serde_json::to_value(&hold.rule.approvers).unwrap_or_default(),
             expires_at,
@@ -336,6 +348,56 @@ impl Approver<'_> {
         };
         self.proxy.approval_waits.forget(id);
         Ok(verdict)
+    }
+
+    /// The planner's row estimate for `sql` (the largest of its plan's nodes): EXPLAIN, never
+    /// ANALYZE, run as the lease's own role over the extended protocol, which takes one statement
+    /// only. `None` when it cannot be had — the statement then needs review.
+    async fn estimate(&self, sql: &str) -> Option<f64> {
+        let db = self.proxy.leases.databases().get(&self.lease.database)?;
+        let mut cfg = tokio_postgres::Config::new();
+        match &db.upstream {
+            crate::database::Upstream::Tcp { host, port } => cfg.host(host).port(*port),
+            crate::database::Upstream::Unix { dir, port } => cfg.host_path(dir).port(*port),
+        };
+        let password = crate::roles::database_password(self.proxy.leases.key(), self.lease.id);
+        cfg.user(&self.lease.role_name)
+            .password(password.expose())
+            .dbname(&db.dbname)
+            .application_name("pgid estimate")
+            .connect_timeout(ESTIMATE_TIMEOUT);
+        let explain = format!("EXPLAIN (FORMAT JSON) {sql}");
+        let plan: serde_json::Value = tokio::time::timeout(ESTIMATE_TIMEOUT, async {
+            let client = match &db.tls {
+                Some(tls) => {
+                    cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
+                    let (client, conn) = cfg
+                        .connect(crate::postgres_tls::RustlsConnect(tls.clone()))
+                        .await
+                        .ok()?;
+                    tokio::spawn(conn);
+                    client
+                }
+                None => {
+                    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.ok()?;
+                    tokio::spawn(conn);
+                    client
+                }
+            };
+            client.query_one(&explain, &[]).await.ok()?.try_get(0).ok()
+        })
+        .await
+        .ok()??;
+        fn most_rows(node: &serde_json::Value) -> f64 {
+            let own = node["Plan Rows"].as_f64().unwrap_or(0.0);
+            node["Plans"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(most_rows)
+                .fold(own, f64::max)
+        }
+        Some(most_rows(&plan[0]["Plan"]))
     }
 
     /// Waits for the request's decision: woken by its NOTIFY, re-reading the row now and then.
