@@ -251,12 +251,6 @@ impl App {
 
     /// The proxy's shared state (TLS from the same certificate as the broker).
     pub fn proxy(&self) -> Result<Proxy, StartError> {
-        let mut upstream_tls = std::collections::HashMap::new();
-        for db in self.leases.databases().iter() {
-            let cfg = proxy::upstream::tls_config(db)
-                .map_err(|e| StartError(format!("database {}: upstream TLS: {e}", db.name)))?;
-            upstream_tls.insert(db.name.clone(), cfg);
-        }
         Ok(Proxy {
             leases: self.leases.clone(),
             verifier: self.verifier.clone(),
@@ -266,7 +260,6 @@ impl App {
                     .server_config(&[])
                     .map_err(|e| StartError(e.to_string()))?,
             ),
-            upstream_tls,
             settings: self.config.proxy.clone(),
             cancels: Default::default(),
             pool: proxy::pool::Pool::new(self.config.proxy.pool_idle_timeout),

@@ -137,7 +137,13 @@ async fn lookup(
         let oids: Vec<u32> = frontier.iter().copied().collect();
         let views = c
             .query(
-                "SELECT DISTINCT v.oid, vn.nspname, v.relname, pg_get_viewdef(v.oid)
+                "SELECT DISTINCT v.oid, vn.nspname, v.relname, pg_get_viewdef(v.oid),
+                        ARRAY(SELECT a.attnum FROM pg_attribute a
+                              WHERE a.attrelid = v.oid AND a.attnum > 0 AND NOT a.attisdropped
+                              ORDER BY a.attnum),
+                        ARRAY(SELECT a.attname::text FROM pg_attribute a
+                              WHERE a.attrelid = v.oid AND a.attnum > 0 AND NOT a.attisdropped
+                              ORDER BY a.attnum)
                  FROM pg_depend d
                  JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid
                  JOIN pg_class v ON v.oid = r.ev_class
@@ -155,17 +161,9 @@ async fn lookup(
             if !done.insert(view) {
                 continue;
             }
-            let attributes: Vec<(i16, String)> = c
-                .query(
-                    "SELECT attnum, attname FROM pg_attribute
-                     WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-                    &[&view],
-                )
-                .await
-                .map_err(err)?
-                .iter()
-                .map(|a| (a.get(0), a.get(1)))
-                .collect();
+            // The view's columns in order, fetched with it (one query per level, not per view).
+            let (attnums, attnames): (Vec<i16>, Vec<String>) = (r.get(4), r.get(5));
+            let attributes: Vec<(i16, String)> = attnums.into_iter().zip(attnames).collect();
             let analysis = analyzer
                 .analyze(&definition, Dialect::default(), usize::MAX)
                 .await;

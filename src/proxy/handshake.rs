@@ -299,7 +299,7 @@ async fn open_upstream(
         return Ok(up);
     }
     let password = database_password(p.leases.key(), row.id);
-    let tls = p.upstream_tls.get(&db.name).and_then(Option::as_ref);
+    let tls = db.tls.as_ref();
     let mut evicted = false;
     loop {
         let login = Login {

@@ -20,7 +20,6 @@ pub mod stream;
 pub mod upstream;
 pub mod wire;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -41,8 +40,6 @@ pub struct Proxy {
     pub policies: Arc<RwLock<Arc<PolicySet>>>,
     /// Server TLS for clients; `None` answers SSLRequest with `N`.
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// Client TLS towards each database (by configured name).
-    pub upstream_tls: HashMap<String, Option<Arc<rustls::ClientConfig>>>,
     pub settings: ProxyConfig,
     pub cancels: Arc<cancel::CancelMap>,
     pub pool: pool::Pool,

@@ -232,6 +232,14 @@ async fn send(client: &mut super::stream::ClientStream, bytes: &[u8]) -> Result<
         .map_err(|e| Flow::Protocol(e.to_string()))
 }
 
+/// A held statement that will not run, and why (`pgid: approval <reason>`).
+fn refused(reason: String) -> Verdict {
+    Verdict::Deny {
+        rule: "approval",
+        reason,
+    }
+}
+
 /// Longest pgid waits for a planner estimate (`min_rows`).
 const ESTIMATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -254,10 +262,6 @@ impl Approver<'_> {
         client: &mut super::stream::ClientStream,
         audit: &AuditLog,
     ) -> Result<Verdict, Flow> {
-        let refused = |reason: String| Verdict::Deny {
-            rule: "approval",
-            reason,
-        };
         // A cancel that arrived before this statement (for an earlier one) does not count; one
         // that arrives from here on withdraws the request.
         {
@@ -402,10 +406,6 @@ impl Approver<'_> {
 
     /// Waits for the request's decision: woken by its NOTIFY, re-reading the row now and then.
     async fn decision(&self, id: uuid::Uuid, woken: &tokio::sync::Notify) -> Verdict {
-        let refused = |reason: String| Verdict::Deny {
-            rule: "approval",
-            reason,
-        };
         let store = &self.proxy.approvals;
         loop {
             tokio::select! {

@@ -256,8 +256,3 @@ async fn start_tls(
         .map_err(|e| UpstreamError::Tls(e.to_string()))?;
     Ok(ServerStream::Tls(Box::new(s)))
 }
-
-/// TLS client settings for a database (see [`crate::postgres_tls`]).
-pub fn tls_config(db: &Database) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
-    Ok(db.tls.clone())
-}
