@@ -71,6 +71,8 @@ pub struct App {
     pub approvals: Arc<crate::store::Approvals>,
     /// Statements waiting here for a decision, woken by NOTIFY from any instance.
     pub approval_waits: Arc<crate::store::ApprovalWaits>,
+    /// The approval page's sign-in and cookie keys.
+    pub review: Arc<crate::broker::review::ReviewPage>,
     pub instance_id: i32,
     _instance: InstanceLock,
 }
@@ -221,6 +223,17 @@ impl App {
         ];
         let tls = TlsMaterial::resolve(&config.state_dir, config.broker.tls.as_ref(), &hosts)
             .map_err(|e| StartError(e.to_string()))?;
+        let review = Arc::new(crate::broker::review::ReviewPage {
+            login: match &config.approvals.login {
+                Some(l) => Some(
+                    crate::broker::review::Login::new(l.clone())
+                        .map_err(|e| StartError(format!("approvals.login: {e}")))?,
+                ),
+                None => None,
+            },
+            sealer: crate::broker::review::Sealer::new(key.derive(b"pgid approval page cookies")),
+            changes: approval_waits.changes(),
+        });
         Ok(App {
             config,
             leases,
@@ -232,6 +245,7 @@ impl App {
                 .map_err(|e| StartError(format!("starting SQL analysis: {e}")))?,
             approvals,
             approval_waits,
+            review,
             instance_id: instance.id,
             _instance: instance,
         })
@@ -241,6 +255,7 @@ impl App {
         BrokerState {
             analyzer: Some(self.analyzer.clone()),
             approvals: self.approvals.clone(),
+            review: self.review.clone(),
             leases: self.leases.clone(),
             policies: self.policies.clone(),
             verifier: self.verifier.clone(),

@@ -139,6 +139,23 @@ pub struct ApprovalsConfig {
     pub webhooks: Vec<Webhook>,
     /// Base URL of the review page, for links in notices and notifications.
     pub review_url: Option<String>,
+    /// Reviewers' sign-in to the `/approvals` page (OIDC authorization code); `None`: the page
+    /// says it is not configured, and reviewers use the API or the CLI.
+    pub login: Option<ReviewLogin>,
+}
+
+/// `[approvals.login]`: pgid as an OIDC client of the reviewers' identity provider.
+#[derive(Debug, Clone)]
+pub struct ReviewLogin {
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Option<Secret<String>>,
+    /// Where the provider sends the reviewer back; default `https://<Host>/approvals/callback`.
+    pub redirect_url: Option<String>,
+    pub scopes: Vec<String>,
+    /// How long a sign-in lasts on the page.
+    pub session_ttl: Duration,
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,6 +259,20 @@ struct RawApprovals {
     #[serde(default)]
     webhooks: Vec<Spanned<RawWebhook>>,
     review_url: Option<String>,
+    login: Option<RawReviewLogin>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReviewLogin {
+    issuer: String,
+    client_id: String,
+    client_secret: Option<String>,
+    client_secret_file: Option<String>,
+    redirect_url: Option<String>,
+    scopes: Option<Vec<String>>,
+    session_ttl: Option<Span>,
+    ca_file: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -606,9 +637,14 @@ impl Config {
             };
             webhooks.push(Webhook { url: w.url, slack });
         }
+        let login = match raw.approvals.login {
+            None => None,
+            Some(l) => Some(review_login(&loc, env, l, &resolve)?),
+        };
         let approvals = ApprovalsConfig {
             webhooks,
             review_url: raw.approvals.review_url,
+            login,
         };
 
         Ok(Config {
@@ -733,6 +769,65 @@ fn secret_value(
         }
         (None, None) => Ok(None),
     }
+}
+
+const DEFAULT_REVIEW_SESSION: Duration = Duration::from_secs(3600);
+
+fn review_login(
+    loc: &Locator<'_>,
+    env: Env<'_>,
+    r: RawReviewLogin,
+    resolve: &dyn Fn(String) -> PathBuf,
+) -> Result<ReviewLogin, ConfigError> {
+    let key = "approvals.login";
+    crate::identity::check_fetch_url(&r.issuer)
+        .map_err(|m| loc.at(None, &format!("{key}.issuer"), m))?;
+    if r.client_id.is_empty() {
+        return Err(loc.at(None, &format!("{key}.client_id"), "must not be empty"));
+    }
+    if let Some(u) = &r.redirect_url {
+        let ok = url::Url::parse(u)
+            .is_ok_and(|u| u.scheme() == "https" && u.path().ends_with("/approvals/callback"));
+        if !ok {
+            return Err(loc.at(
+                None,
+                &format!("{key}.redirect_url"),
+                "must be an https:// URL ending in /approvals/callback",
+            ));
+        }
+    }
+    let mut scopes = r.scopes.unwrap_or_default();
+    if !scopes.iter().any(|s| s == "openid") {
+        scopes.insert(0, "openid".into());
+    }
+    let session_ttl = r
+        .session_ttl
+        .map(Span::as_std)
+        .unwrap_or(DEFAULT_REVIEW_SESSION);
+    if session_ttl < Duration::from_secs(60) || session_ttl > Duration::from_secs(24 * 3600) {
+        return Err(loc.at(
+            None,
+            &format!("{key}.session_ttl"),
+            "must be between 1m and 24h",
+        ));
+    }
+    Ok(ReviewLogin {
+        client_secret: secret_value(
+            loc,
+            env,
+            &format!("{key}.client_secret"),
+            "PGID_APPROVALS_LOGIN_CLIENT_SECRET",
+            r.client_secret,
+            r.client_secret_file,
+            resolve,
+        )?,
+        issuer: r.issuer,
+        client_id: r.client_id,
+        redirect_url: r.redirect_url,
+        scopes,
+        session_ttl,
+        ca_file: r.ca_file.map(resolve),
+    })
 }
 
 fn issuer(

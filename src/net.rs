@@ -29,3 +29,15 @@ pub async fn accept(
         }
     }
 }
+
+/// An error and its sources on one line, for messages about remote services.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

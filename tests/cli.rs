@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::{repo_path, Harness, NIGHTLY};
@@ -150,52 +149,19 @@ async fn login_with_token_sources_and_formats() {
     assert!(out.stderr.contains("no token"), "{}", out.stderr);
 }
 
-struct Node(std::process::Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn login_against_a_real_oidc_provider() {
-    let idp = repo_path("tests/idp");
-    assert!(
-        idp.join("node_modules/oidc-provider").exists(),
-        "oidc-provider is not installed: run `npm ci --prefix tests/idp` (scripts/test does this)"
+    let port = common::free_port();
+    let mut node = common::NodeScript::spawn(
+        "tests/idp",
+        "provider.mjs",
+        &[
+            ("PORT", port.to_string()),
+            ("CLIENT_ID", "reporting-job".into()),
+            ("CLIENT_SECRET", "a-long-client-secret-for-tests".into()),
+        ],
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new("node")
-        .arg("provider.mjs")
-        .current_dir(&idp)
-        .env("PORT", port.to_string())
-        .env("CLIENT_ID", "reporting-job")
-        .env("CLIENT_SECRET", "a-long-client-secret-for-tests")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node");
-    let stdout = child.stdout.take().unwrap();
-    let node = Node(child);
-    let ready = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .any(|l| l.starts_with("ready"))
-    });
-    assert!(
-        tokio::time::timeout(Duration::from_secs(30), ready)
-            .await
-            .unwrap()
-            .unwrap(),
-        "provider did not start"
-    );
+    node.line("ready", Duration::from_secs(30)).await;
     let issuer = format!("http://127.0.0.1:{port}");
 
     let policy = format!(

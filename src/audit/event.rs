@@ -28,6 +28,9 @@ pub enum Kind {
     ApprovalDecided,
     #[serde(rename = "approval.refused")]
     ApprovalRefused,
+    /// A reviewer signed in to the approval page.
+    #[serde(rename = "reviewer.signin")]
+    ReviewerSignin,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -32,7 +32,7 @@ pub struct DecideBody {
 }
 
 /// Whether `who` may review anything: a broker admin, or an approver of some rule.
-fn is_reviewer(s: &BrokerState, who: &VerifiedToken) -> bool {
+pub(crate) fn is_reviewer(s: &BrokerState, who: &VerifiedToken) -> bool {
     let m = |i: &IdentityMatch| i.matches(&who.issuer, &who.subject, &who.claims);
     s.admins.iter().any(m)
         || s.policies()
@@ -91,9 +91,25 @@ async fn decide(
     approve: bool,
 ) -> Result<Json<ApprovalRow>, ApiError> {
     let id: Uuid = id.parse().map_err(|_| ApiError::not_found())?;
-    let comment = body
-        .and_then(|b| b.0.comment)
-        .map(|c| c.chars().take(MAX_COMMENT_CHARS).collect::<String>());
+    let comment = body.and_then(|b| b.0.comment);
+    decide_as(&s, &who, id, approve, comment, "broker")
+        .await
+        .map(Json)
+}
+
+/// Decides request `id` as `who` (the API's bearer, or the page's signed-in reviewer): checks
+/// the rule's approvers and self-approval, records the decision, then makes it, once.
+pub(crate) async fn decide_as(
+    s: &BrokerState,
+    who: &VerifiedToken,
+    id: Uuid,
+    approve: bool,
+    comment: Option<String>,
+    via: &'static str,
+) -> Result<ApprovalRow, ApiError> {
+    let comment = comment
+        .map(|c| c.trim().chars().take(MAX_COMMENT_CHARS).collect::<String>())
+        .filter(|c| !c.is_empty());
     let unavailable = |e: crate::store::StoreError| ApiError::unavailable(e.to_string());
     let row = s
         .approvals
@@ -115,6 +131,7 @@ async fn decide(
     event.reviewer = Some(who.subject.clone());
     event.decision = Some(decision);
     event.comment = comment.clone();
+    event.via = Some(via);
     if let Err(why) = may_decide(
         &approvers,
         (&row.issuer, &row.subject),
@@ -124,7 +141,7 @@ async fn decide(
     ) {
         event.kind = Kind::ApprovalRefused;
         event.reason = Some(why.to_string());
-        super::record_denial(&s, event).await;
+        super::record_denial(s, event).await;
         return Err(ApiError::forbidden(why));
     }
     let conflict = |state: &str| {
@@ -142,7 +159,7 @@ async fn decide(
         };
         event.kind = Kind::ApprovalRefused;
         event.reason = Some(format!("the request is already {state}"));
-        super::record_denial(&s, event).await;
+        super::record_denial(s, event).await;
         return Err(conflict(state));
     }
     // The decision is recorded before it takes effect; no record, no decision.
@@ -157,7 +174,7 @@ async fn decide(
         .await
         .map_err(unavailable)?
     {
-        Decided::Now(row) => Ok(Json(row)),
+        Decided::Now(row) => Ok(row),
         Decided::Already(row) => {
             // Another reviewer decided between the check and the update: say so in the log.
             event.kind = Kind::ApprovalRefused;
@@ -165,7 +182,7 @@ async fn decide(
                 "the request was {} by another reviewer first",
                 row.state
             ));
-            super::record_denial(&s, event).await;
+            super::record_denial(s, event).await;
             Err(conflict(&row.state))
         }
         Decided::Missing => Err(ApiError::not_found()),

@@ -7,6 +7,7 @@ mod approvals;
 mod caller;
 mod credentials;
 mod error;
+pub mod review;
 mod server;
 
 use std::sync::{Arc, RwLock};
@@ -44,6 +45,8 @@ pub struct BrokerState {
     pub proxy: ProxyAddress,
     pub analyzer: Option<Arc<crate::sql::Analyzer>>,
     pub approvals: Arc<crate::store::Approvals>,
+    /// The `/approvals` page (sign-in, sealed cookies, live updates).
+    pub review: Arc<review::ReviewPage>,
 }
 
 impl BrokerState {
@@ -63,6 +66,14 @@ pub fn router(state: BrokerState) -> Router {
         .route("/v1/approvals", get(approvals::list))
         .route("/v1/approvals/{id}/approve", post(approvals::approve))
         .route("/v1/approvals/{id}/deny", post(approvals::deny))
+        .route("/approvals", get(review::page))
+        .route("/approvals/login", get(review::login))
+        .route("/approvals/callback", get(review::callback))
+        .route("/approvals/decide", post(review::decide))
+        .route("/approvals/logout", post(review::logout))
+        .route("/approvals/events", get(review::events))
+        .route("/approvals/page.js", get(review::script))
+        .route("/approvals/page.css", get(review::style))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(|| async {
@@ -74,7 +85,7 @@ pub fn router(state: BrokerState) -> Router {
 
 /// Records a refused credential request (best effort: the request is refused either way).
 pub(crate) async fn record_denial(s: &BrokerState, mut event: crate::audit::Event) {
-    event.via = Some("broker");
+    event.via.get_or_insert("broker");
     if let Err(err) = s.leases.audit().record(&event).await {
         tracing::error!(error = %err, "cannot audit a refused credential request");
     }

@@ -191,7 +191,7 @@ async fn client_credentials(
         .build()?;
     let meta = CoreProviderMetadata::discover_async(IssuerUrl::new(issuer.to_string())?, &http)
         .await
-        .map_err(|e| anyhow::anyhow!("discovering {issuer}: {}", error_chain(&e)))?;
+        .map_err(|e| anyhow::anyhow!("discovering {issuer}: {}", crate::net::error_chain(&e)))?;
     let client = CoreClient::from_provider_metadata(
         meta,
         ClientId::new(id.to_string()),
@@ -209,20 +209,11 @@ async fn client_credentials(
     if let Some(res) = &a.resource {
         req = req.add_extra_param("resource", res.clone());
     }
-    let resp = req
-        .request_async(&http)
-        .await
-        .map_err(|e| anyhow::anyhow!("token request to {issuer} failed: {}", error_chain(&e)))?;
+    let resp = req.request_async(&http).await.map_err(|e| {
+        anyhow::anyhow!(
+            "token request to {issuer} failed: {}",
+            crate::net::error_chain(&e)
+        )
+    })?;
     Ok(resp.access_token().secret().clone())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -90,12 +90,28 @@ pub enum Decided {
 
 /// Statements waiting on this instance, by request id: a NOTIFY with the id wakes its waiter at
 /// once (the waiter also re-reads the row now and then, so a lost notification only delays).
-#[derive(Default)]
+/// Every NOTIFY (request made, decided, withdrawn, expired on any instance) also bumps
+/// [`ApprovalWaits::changes`], which keeps open approval pages current.
 pub struct ApprovalWaits {
     waiting: std::sync::Mutex<std::collections::HashMap<Uuid, std::sync::Arc<tokio::sync::Notify>>>,
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for ApprovalWaits {
+    fn default() -> Self {
+        ApprovalWaits {
+            waiting: Default::default(),
+            changes: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl ApprovalWaits {
+    /// Ticks whenever some request changed on some instance.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
     pub fn register(&self, id: Uuid) -> std::sync::Arc<tokio::sync::Notify> {
         self.waiting.lock().unwrap().entry(id).or_default().clone()
     }
@@ -106,6 +122,7 @@ impl ApprovalWaits {
 
     /// A NOTIFY payload (a request id) arrived.
     pub fn wake(&self, payload: &str) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
         if let Ok(id) = payload.parse::<Uuid>() {
             if let Some(n) = self.waiting.lock().unwrap().get(&id) {
                 n.notify_one();
@@ -124,6 +141,13 @@ pub struct Approvals {
 impl Approvals {
     pub fn new(pool: Pool) -> Approvals {
         Approvals { pool }
+    }
+
+    /// Tells every instance (waiting statements, open pages) that request `id` changed.
+    async fn announce(c: &deadpool_postgres::Object, id: &str) -> Result<(), StoreError> {
+        c.execute("SELECT pg_notify($1, $2)", &[&APPROVAL_EVENTS_CHANNEL, &id])
+            .await?;
+        Ok(())
     }
 
     pub async fn create(&self, a: &NewApproval<'_>) -> Result<ApprovalRow, StoreError> {
@@ -155,6 +179,7 @@ impl Approvals {
                 ],
             )
             .await?;
+        Self::announce(&c, &a.id.to_string()).await?;
         Ok(row(&r))
     }
 
@@ -211,11 +236,7 @@ impl Approvals {
             .await?;
         if let Some(r) = r {
             // Wakes the instance where the statement waits.
-            c.execute(
-                "SELECT pg_notify($1, $2)",
-                &[&APPROVAL_EVENTS_CHANNEL, &id.to_string()],
-            )
-            .await?;
+            Self::announce(&c, &id.to_string()).await?;
             return Ok(Decided::Now(row(&r)));
         }
         self.expire().await?;
@@ -235,17 +256,25 @@ impl Approvals {
                 &[&id],
             )
             .await?;
+        if n == 1 {
+            Self::announce(&c, &id.to_string()).await?;
+        }
         Ok(n == 1)
     }
 
     /// Marks pending requests past their deadline as expired; returns how many.
     pub async fn expire(&self) -> Result<u64, StoreError> {
         let c = self.pool.get().await?;
-        Ok(c.execute(
-            "UPDATE pgid.approvals SET state = 'expired', decided_at = now()
-             WHERE state = 'pending' AND expires_at <= now()",
-            &[],
-        )
-        .await?)
+        let n = c
+            .execute(
+                "UPDATE pgid.approvals SET state = 'expired', decided_at = now()
+                 WHERE state = 'pending' AND expires_at <= now()",
+                &[],
+            )
+            .await?;
+        if n > 0 {
+            Self::announce(&c, "expired").await?;
+        }
+        Ok(n)
     }
 }

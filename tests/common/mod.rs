@@ -372,3 +372,91 @@ where
 pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
+
+/// A node script run for a test (a real OIDC provider, a browser): killed when dropped; its
+/// stdout lines arrive on `lines`.
+pub struct NodeScript {
+    child: std::process::Child,
+    pub lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl NodeScript {
+    /// Runs `node <script>` in `dir` (relative to the repository) with `env`; fails the test if
+    /// the directory's npm packages are missing.
+    pub fn spawn(dir: &str, script: &str, env: &[(&str, String)]) -> NodeScript {
+        use std::io::BufRead;
+        let dir = repo_path(dir);
+        assert!(
+            dir.join("node_modules").exists(),
+            "npm packages missing: run `npm ci --prefix {}` (scripts/test does this)",
+            dir.display()
+        );
+        let mut cmd = std::process::Command::new("node");
+        cmd.arg(script)
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("node");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        NodeScript { child, lines }
+    }
+
+    /// The next stdout line starting with `prefix` (panics after `timeout` or at exit).
+    pub async fn line(&mut self, prefix: &str, timeout: Duration) -> String {
+        let wait = async {
+            while let Some(l) = self.lines.recv().await {
+                if l.starts_with(prefix) {
+                    return l;
+                }
+            }
+            panic!("the script ended before printing {prefix:?}");
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or_else(|_| panic!("no {prefix:?} line within {timeout:?}"))
+    }
+
+    /// Waits for the script to exit and returns whether it succeeded.
+    pub async fn success(mut self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            if tokio::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for NodeScript {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port (for processes configured before they start).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

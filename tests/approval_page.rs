@@ -1,0 +1,323 @@
+//! The approval page as a reviewer uses it: real headless Chromium (Debian's, driven by
+//! playwright-core), signing in through a real OIDC provider (oidc-provider, authorization code
+//! flow) to pgid's broker, while an agent's DELETE waits in the real proxy.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Harness, NodeScript};
+use serde_json::{json, Value};
+
+const REVIEW_CLIENT: &str = "pgid-approvals";
+const REVIEW_SECRET: &str = "a-long-review-client-secret-for-tests";
+
+fn guarded(approvers_issuer: &str) -> String {
+    format!(
+        r#"
+name = "guarded"
+database = "app"
+ttl = "15m"
+[identity]
+subject = "agent:x"
+[[grant]]
+privileges = ["SELECT", "DELETE"]
+on = ["crm.orders"]
+[[approval]]
+statements = ["DELETE"]
+tables = ["crm.orders"]
+approvers = {{ issuer = "{approvers_issuer}", claims = {{ groups = "dba" }} }}
+timeout = "90s"
+"#
+    )
+}
+
+/// The provider, pgid (whose page signs reviewers in through it) and the provider's reviewers.
+async fn setup() -> (Harness, NodeScript, String) {
+    let idp_port = common::free_port();
+    let idp = format!("http://127.0.0.1:{idp_port}");
+    let h = Harness::start_with(
+        &[&guarded(&idp)],
+        &format!(
+            "[approvals.login]\nissuer = \"{idp}\"\nclient_id = \"{REVIEW_CLIENT}\"\n\
+             client_secret = \"{REVIEW_SECRET}\"\nscopes = [\"openid\", \"profile\", \"groups\"]\n"
+        ),
+    )
+    .await;
+    // The provider only redirects to registered URLs: the broker's, now that its port is known.
+    let mut provider = NodeScript::spawn(
+        "tests/idp",
+        "provider.mjs",
+        &[
+            ("PORT", idp_port.to_string()),
+            ("REVIEW_CLIENT_ID", REVIEW_CLIENT.into()),
+            ("REVIEW_CLIENT_SECRET", REVIEW_SECRET.into()),
+            (
+                "REVIEW_REDIRECT_URIS",
+                format!("{}/approvals/callback", h.base),
+            ),
+            (
+                "REVIEWERS",
+                json!({
+                    "alice": {"name": "Alice Reviewer", "groups": ["dba"]},
+                    "mallory": {"name": "Mallory", "groups": ["dev"]},
+                })
+                .to_string(),
+            ),
+        ],
+    );
+    provider.line("ready", Duration::from_secs(30)).await;
+    (h, provider, idp)
+}
+
+fn reviewer(h: &Harness, login: &str, mode: &str, extra: &[(&str, String)]) -> NodeScript {
+    let mut env = vec![
+        ("PAGE", format!("{}/approvals", h.base)),
+        ("LOGIN", login.to_string()),
+        ("MODE", mode.to_string()),
+    ];
+    env.extend(extra.iter().cloned());
+    NodeScript::spawn("tests/browser", "review.mjs", &env)
+}
+
+async fn order_exists(h: &Harness, id: i32) -> bool {
+    h.superuser()
+        .await
+        .query_opt("SELECT 1 FROM crm.orders WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .is_some()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reviewer_signs_in_sees_the_waiting_delete_live_and_approves_it() {
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "Chromium is missing: apt-get install -y chromium (scripts/test does this)"
+    );
+    let (h, _provider, idp) = setup().await;
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("approval-page.png");
+    let _ = std::fs::remove_file(&shot);
+
+    // Alice opens the page first: the request must reach it live, without a reload.
+    let mut alice = reviewer(
+        &h,
+        "alice",
+        "approve",
+        &[
+            ("EXPECT", "DELETE FROM crm.orders WHERE id = 7".into()),
+            ("COMMENT", "one order, checked with the customer".into()),
+            ("SCREENSHOT", shot.display().to_string()),
+        ],
+    );
+    alice.line("signed-in", Duration::from_secs(60)).await;
+
+    let lease = h.lease("agent:x", json!({})).await;
+    let agent = h.connect_proxy(&lease).await.unwrap();
+    assert!(order_exists(&h, 7).await);
+    let run = tokio::spawn(async move {
+        let r = agent
+            .simple_query("DELETE FROM crm.orders WHERE id = 7")
+            .await;
+        (agent, r)
+    });
+
+    let decided = alice.line("decided", Duration::from_secs(60)).await;
+    assert!(
+        alice.success(Duration::from_secs(30)).await,
+        "browser script failed"
+    );
+    let (agent, result) = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("the approved statement completes")
+        .unwrap();
+    let rows = result.expect("approved DELETE runs");
+    let count = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n),
+        _ => None,
+    });
+    assert_eq!(count, Some(1), "the agent gets its row count");
+    assert!(!order_exists(&h, 7).await);
+    // The agent's session carries on.
+    let one = agent.simple_query("SELECT 1").await.unwrap();
+    assert!(!one.is_empty());
+
+    // Screenshots of the page with the request, and after the decision.
+    for p in [
+        shot.clone(),
+        shot.with_file_name("approval-page-pending.png"),
+    ] {
+        let png = std::fs::read(&p).expect("screenshot saved");
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "{}",
+            p.display()
+        );
+        println!("screenshot: {}", p.display());
+    }
+
+    // Audited: alice's sign-in and her decision, through the page, with her comment.
+    let id = decided.trim_start_matches("decided ").to_string();
+    let records = h.audit_records();
+    assert!(records.iter().any(|r| r["kind"] == "reviewer.signin"
+        && r["reviewer"] == "alice"
+        && r["reviewer_issuer"] == idp.as_str()));
+    let decision: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "approval.decided" && r["approval_id"] == id.as_str())
+        .collect();
+    assert_eq!(decision.len(), 1, "{records:?}");
+    assert_eq!(decision[0]["reviewer"], "alice");
+    assert_eq!(decision[0]["decision"], "approve");
+    assert_eq!(decision[0]["via"], "page");
+    assert_eq!(
+        decision[0]["comment"],
+        "one order, checked with the customer"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn someone_without_the_approvers_claims_sees_nothing_and_cannot_decide() {
+    let (h, _provider, _) = setup().await;
+    let lease = h.lease("agent:x", json!({})).await;
+    let agent = h.connect_proxy(&lease).await.unwrap();
+    let run = tokio::spawn(async move {
+        agent
+            .simple_query("DELETE FROM crm.orders WHERE id = 8")
+            .await
+            .map(|_| ())
+    });
+    // The request, read from the state database.
+    let db = h.superuser().await;
+    let mut id = None;
+    for _ in 0..100 {
+        id = db
+            .query_opt(
+                "SELECT id::text FROM pgid.approvals WHERE state = 'pending'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get::<_, String>(0));
+        if id.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let id = id.expect("the DELETE is held");
+
+    let mut mallory = reviewer(&h, "mallory", "look", &[("REQUEST", id.clone())]);
+    let seen: Value =
+        serde_json::from_str(&mallory.line("{", Duration::from_secs(60)).await).unwrap();
+    assert!(mallory.success(Duration::from_secs(30)).await);
+    let text = seen["text"].as_str().unwrap();
+    assert!(
+        text.contains("no approval rule names you as an approver"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("crm.orders"),
+        "the request is not shown: {text}"
+    );
+    assert_eq!(seen["forged"], 403, "not an approver");
+    assert_eq!(seen["badCsrf"], 403, "a form from elsewhere");
+
+    // Refused and audited; the statement still waits and the row is intact.
+    let records = h.audit_records();
+    let refused: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "approval.refused" && r["approval_id"] == id.as_str())
+        .collect();
+    assert_eq!(refused.len(), 1, "{records:?}");
+    assert_eq!(refused[0]["reviewer"], "mallory");
+    assert_eq!(refused[0]["via"], "page");
+    assert!(!run.is_finished());
+    assert!(order_exists(&h, 8).await);
+    run.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_page_requires_sign_in_and_says_when_it_is_not_configured() {
+    // Not configured: a clear 503 page, not a broken redirect.
+    let h = Harness::start(&[common::NIGHTLY]).await;
+    let r = h
+        .http
+        .get(format!("{}/approvals", h.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("[approvals.login]"));
+
+    let (h, _provider, idp) = setup().await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    // Without a session: to sign-in, which goes to the provider with PKCE, state and nonce.
+    let r = http
+        .get(format!("{}/approvals", h.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/approvals/login");
+    assert_eq!(r.headers()["x-frame-options"], "DENY");
+    let r = http
+        .get(format!("{}/approvals/login", h.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let to = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    assert!(to.as_str().starts_with(&idp), "{to}");
+    let q: std::collections::HashMap<_, _> = to.query_pairs().into_owned().collect();
+    assert_eq!(q["client_id"], REVIEW_CLIENT);
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert!(q.contains_key("state") && q.contains_key("nonce"));
+    assert_eq!(q["redirect_uri"], format!("{}/approvals/callback", h.base));
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.starts_with("__Host-pgid-login="), "{cookie}");
+    assert!(cookie.contains("HttpOnly") && cookie.contains("Secure"));
+
+    // A callback without the sign-in cookie, or with another state, signs nobody in.
+    let r = http
+        .get(format!("{}/approvals/callback?code=x&state=y", h.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let login_cookie = cookie.split(';').next().unwrap().to_string();
+    let r = http
+        .get(format!("{}/approvals/callback?code=x&state=forged", h.base))
+        .header("cookie", &login_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.headers().get("set-cookie").is_some());
+    // A forged session cookie is no session; the live feed and decisions need one.
+    let forged = "__Host-pgid-review=eyJleHAiOjk5OTk5OTk5OTl9.AAAA";
+    for (method, path) in [("GET", "/approvals"), ("GET", "/approvals/events")] {
+        let r = http
+            .request(method.parse().unwrap(), format!("{}{path}", h.base))
+            .header("cookie", forged)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status() == 303 || r.status() == 401,
+            "{path}: {}",
+            r.status()
+        );
+    }
+    let r = http
+        .post(format!("{}/approvals/decide", h.base))
+        .header("cookie", forged)
+        .form(&[("csrf", "x"), ("id", "y"), ("action", "approve")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
