@@ -12,7 +12,11 @@ use serde_json::{json, Value};
 const REVIEW_CLIENT: &str = "pgid-approvals";
 const REVIEW_SECRET: &str = "a-long-review-client-secret-for-tests";
 
-fn guarded(approvers_issuer: &str) -> String {
+/// agent:x's DELETE on crm.orders waits for a reviewer in group dba (of this issuer, if given).
+fn guarded(approvers_issuer: Option<&str>) -> String {
+    let issuer = approvers_issuer
+        .map(|i| format!("issuer = \"{i}\", "))
+        .unwrap_or_default();
     format!(
         r#"
 name = "guarded"
@@ -26,7 +30,7 @@ on = ["crm.orders"]
 [[approval]]
 statements = ["DELETE"]
 tables = ["crm.orders"]
-approvers = {{ issuer = "{approvers_issuer}", claims = {{ groups = "dba" }} }}
+approvers = {{ {issuer}claims = {{ groups = "dba" }} }}
 timeout = "90s"
 "#
     )
@@ -37,7 +41,7 @@ async fn setup() -> (Harness, NodeScript, String) {
     let idp_port = common::free_port();
     let idp = format!("http://127.0.0.1:{idp_port}");
     let h = Harness::start_with(
-        &[&guarded(&idp)],
+        &[&guarded(Some(&idp))],
         &format!(
             "[approvals.login]\nissuer = \"{idp}\"\nclient_id = \"{REVIEW_CLIENT}\"\n\
              client_secret = \"{REVIEW_SECRET}\"\nscopes = [\"openid\", \"profile\", \"groups\"]\n"
@@ -320,4 +324,214 @@ async fn the_page_requires_sign_in_and_says_when_it_is_not_configured() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+}
+
+/// Cookies a browser would keep: name → value, from Set-Cookie headers.
+#[derive(Default)]
+struct Jar(std::collections::HashMap<String, String>);
+
+impl Jar {
+    fn take(&mut self, r: &reqwest::Response) {
+        for v in r.headers().get_all("set-cookie") {
+            let first = v.to_str().unwrap().split(';').next().unwrap();
+            let (k, v) = first.split_once('=').unwrap();
+            if v.is_empty() {
+                self.0.remove(k);
+            } else {
+                self.0.insert(k.to_string(), v.to_string());
+            }
+        }
+    }
+
+    /// GET with these cookies: the body.
+    async fn page(&self, http: &reqwest::Client, url: &str) -> String {
+        http.get(url)
+            .header("cookie", self.header())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    fn header(&self) -> String {
+        self.0
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_development_issuer_signs_reviewers_in_as_pgid_dev_does() {
+    let h = Harness::start_with(
+        &[&guarded(None)],
+        "[approvals.login]\nissuer = \"{issuer}\"\nclient_id = \"pgid-approvals\"\n\
+         client_secret = \"dev-review-secret\"\n",
+    )
+    .await;
+    h.issuer.register_reviewer_client(pgid::dev::ReviewClient {
+        id: "pgid-approvals".into(),
+        secret: "dev-review-secret".into(),
+        redirect_uris: vec![format!("{}/approvals/callback", h.base)],
+    });
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let mut jar = Jar::default();
+    let location = |r: &reqwest::Response| r.headers()["location"].to_str().unwrap().to_string();
+
+    // Sign in from a link to a request: pgid → the issuer's form → pgid's callback → that
+    // request's page.
+    let unknown = uuid::Uuid::new_v4();
+    let r = http
+        .get(format!("{}/approvals/{unknown}", h.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(location(&r), format!("/approvals/login?next={unknown}"));
+    let r = http
+        .get(format!("{}{}", h.base, location(&r)))
+        .send()
+        .await
+        .unwrap();
+    jar.take(&r);
+    let authorize = url::Url::parse(&location(&r)).unwrap();
+    let form = http.get(authorize.clone()).send().await.unwrap();
+    assert_eq!(form.status(), 200);
+    assert!(form.text().await.unwrap().contains("Development only"));
+    let mut fields: Vec<(String, String)> = authorize.query_pairs().into_owned().collect();
+    fields.push(("subject".into(), "dora@example.com".into()));
+    fields.push(("name".into(), "Dora".into()));
+    fields.push(("groups".into(), "ops, dba".into()));
+    let r = http
+        .post(format!("{}/authorize", h.issuer.url()))
+        .form(&fields)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let callback = location(&r);
+    assert!(callback.starts_with(&format!("{}/approvals/callback?code=", h.base)));
+    let r = http
+        .get(&callback)
+        .header("cookie", jar.header())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "{}", r.text().await.unwrap_or_default());
+    assert_eq!(location(&r), format!("/approvals/{unknown}"));
+    jar.take(&r);
+    assert!(jar.0.contains_key("__Host-pgid-review"));
+    let text = jar
+        .page(&http, &format!("{}/approvals/{unknown}", h.base))
+        .await;
+    assert!(
+        text.contains("does not exist or is not yours to review"),
+        "{text}"
+    );
+    // A code is good once.
+    let again = http.get(&callback).send().await.unwrap();
+    assert_ne!(again.status(), 303);
+
+    // The live feed announces the request as soon as the agent's statement is held.
+    let mut events = http
+        .get(format!("{}/approvals/events", h.base))
+        .header("cookie", jar.header())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    let lease = h.lease("agent:x", json!({})).await;
+    let agent = h.connect_proxy(&lease).await.unwrap();
+    let run = tokio::spawn(async move {
+        agent
+            .execute("DELETE FROM crm.orders WHERE id = $1", &[&9i32])
+            .await
+    });
+    let mut feed = String::new();
+    let seen = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(chunk) = events.chunk().await.unwrap() {
+            feed.push_str(&String::from_utf8_lossy(&chunk));
+            if feed.contains("DELETE FROM crm.orders WHERE id = $1") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "no live update: {feed}");
+    assert!(feed.contains("event: update"));
+    assert!(
+        feed.contains("[\\\"9\\\"]") || feed.contains("&quot;9&quot;"),
+        "{feed}"
+    );
+
+    // The page shows it to Dora; her form approves it.
+    let page = jar.page(&http, &format!("{}/approvals", h.base)).await;
+    assert!(
+        page.contains("Signed in as <strong>Dora</strong>"),
+        "{page}"
+    );
+    let csrf = page
+        .split("data-csrf=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    let id = page
+        .split("<article class=\"request\" id=\"r-")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    let r = http
+        .post(format!("{}/approvals/decide", h.base))
+        .header("cookie", jar.header())
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("id", id.as_str()),
+            ("action", "approve"),
+            ("comment", "fine"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(location(&r), "/approvals?decided=approved");
+    let n = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 1);
+    let decided: Vec<Value> = h
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["kind"] == "approval.decided")
+        .collect();
+    assert_eq!(decided.len(), 1);
+    assert_eq!(decided[0]["reviewer"], "dora@example.com");
+    assert_eq!(decided[0]["reviewer_issuer"], h.issuer.url());
+    // The request's own link now says what became of it.
+    let text = jar.page(&http, &format!("{}/approvals/{id}", h.base)).await;
+    assert!(
+        text.contains("was already approved by dora@example.com"),
+        "{text}"
+    );
+
+    // Signing out ends the session cookie.
+    let r = http
+        .post(format!("{}/approvals/logout", h.base))
+        .header("cookie", jar.header())
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    jar.take(&r);
+    assert!(!jar.0.contains_key("__Host-pgid-review"));
 }

@@ -25,6 +25,7 @@ fn request(id: Uuid, expires_in: Duration) -> NewApproval<'static> {
         approvers: json!({"claims": {"groups": "dba"}}),
         expires_at: Utc::now() + expires_in,
         instance_id: 1,
+        fingerprint: None,
     }
 }
 
@@ -467,6 +468,10 @@ async fn reviewers_decide_from_the_command_line() {
         out.contains(&id.to_string()) && out.contains("DELETE FROM crm.orders"),
         "{out}"
     );
+    assert!(
+        out.contains("parameters [\"1\"]") && out.contains("~1 rows"),
+        "{out}"
+    );
     let id = id.to_string();
     let (code, out, err) = pgid(&["approve", &id, "--comment", "fine"]);
     assert_eq!(code, Some(0), "{err}");
@@ -616,4 +621,286 @@ async fn min_rows_lets_a_small_delete_through_and_holds_a_bulk_one() {
         .unwrap()
         .get(0);
     assert_eq!(left, 20);
+}
+
+/// The pending requests for this statement text.
+async fn pending_for(h: &Harness, reviewer: &str, statement: &str) -> Vec<serde_json::Value> {
+    pending(h, reviewer)
+        .await
+        .into_iter()
+        .filter(|r| r["statement"] == statement)
+        .collect()
+}
+
+async fn decide(h: &Harness, reviewer: &str, id: &str, verb: &str, comment: Option<&str>) {
+    let (status, body) = h
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/approvals/{id}/{verb}"),
+            Some(reviewer),
+            comment.map(|c| json!({ "comment": c })),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+}
+
+async fn count(su: &tokio_postgres::Client, sql: &str) -> i64 {
+    su.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn extended_statements_wait_at_execute_with_their_parameters() {
+    use std::time::Duration;
+    let policy = GUARDED.replace("timeout = \"3s\"", "timeout = \"30s\"\nmin_rows = 10");
+    let h = Harness::start(&[&policy]).await;
+    let su = h.superuser().await;
+    su.batch_execute("ANALYZE crm.orders").await.unwrap();
+    let alice = token(&h, "alice", &["dba"]);
+    let lease = h.lease("agent:x", json!({})).await;
+    let c = std::sync::Arc::new(h.connect_proxy(&lease).await.unwrap());
+
+    // Preparing runs nothing: no request.
+    let bulk = "DELETE FROM crm.orders WHERE id > $1";
+    let prepared = tokio::time::timeout(Duration::from_secs(10), c.prepare(bulk))
+        .await
+        .expect("Parse is not held")
+        .unwrap();
+    assert!(pending(&h, &alice).await.is_empty());
+    // min_rows with the statement's own parameters: one row by key runs without review.
+    let n = tokio::time::timeout(
+        Duration::from_secs(10),
+        c.execute("DELETE FROM crm.orders WHERE id = $1", &[&4i32]),
+    )
+    .await
+    .expect("a one-row delete was held")
+    .unwrap();
+    assert_eq!(n, 1);
+
+    // The bulk delete waits at Execute; the reviewer sees its (binary) parameter and estimate.
+    let run = {
+        let (c, p) = (c.clone(), prepared.clone());
+        tokio::spawn(async move { c.execute(&p, &[&20i32]).await })
+    };
+    let request = first_pending(&h, &alice).await;
+    assert_eq!(request["statement"], bulk);
+    assert_eq!(request["parameters"], json!(["20"]), "{request}");
+    assert!(
+        request["estimated_rows"].as_i64().unwrap() >= 10,
+        "{request}"
+    );
+    decide(
+        &h,
+        &alice,
+        request["id"].as_str().unwrap(),
+        "deny",
+        Some("no"),
+    )
+    .await;
+    let e = run.await.unwrap().unwrap_err();
+    assert_eq!(
+        e.as_db_error().unwrap().message(),
+        "pgid: approval denied by alice: no"
+    );
+    assert_eq!(
+        count(&su, "SELECT count(*) FROM crm.orders WHERE id > 20").await,
+        20
+    );
+
+    // Approved with other values: it runs with exactly those.
+    let run = {
+        let (c, p) = (c.clone(), prepared.clone());
+        tokio::spawn(async move { c.execute(&p, &[&30i32]).await })
+    };
+    let request = first_pending(&h, &alice).await;
+    assert_eq!(request["parameters"], json!(["30"]));
+    decide(&h, &alice, request["id"].as_str().unwrap(), "approve", None).await;
+    assert_eq!(run.await.unwrap().unwrap(), 10);
+    assert_eq!(
+        count(&su, "SELECT count(*) FROM crm.orders WHERE id > 20").await,
+        10
+    );
+
+    // A portal fetched in parts: approved once, its further fetches continue the same run.
+    let mut own = h.connect_proxy(&lease).await.unwrap();
+    let fetched = tokio::spawn({
+        async move {
+            let t = own.transaction().await.unwrap();
+            let portal = t
+                .bind(
+                    "DELETE FROM crm.orders WHERE id > $1 RETURNING id",
+                    &[&20i32],
+                )
+                .await
+                .unwrap();
+            let first = t.query_portal(&portal, 3).await.unwrap().len();
+            let rest = t.query_portal(&portal, 100).await.unwrap().len();
+            t.commit().await.unwrap();
+            (first, rest)
+        }
+    });
+    let request = first_pending(&h, &alice).await;
+    decide(&h, &alice, request["id"].as_str().unwrap(), "approve", None).await;
+    let (first, rest) = tokio::time::timeout(Duration::from_secs(10), fetched)
+        .await
+        .expect("a later fetch of the approved portal was held again")
+        .unwrap();
+    assert_eq!((first, rest), (3, 7));
+    assert!(pending(&h, &alice).await.is_empty());
+    assert_eq!(
+        count(&su, "SELECT count(*) FROM crm.orders WHERE id > 20").await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_mode_refuses_at_once_and_lets_the_approved_statement_run_once() {
+    use std::time::Duration;
+    let policy = GUARDED.replace(
+        "timeout = \"3s\"",
+        "timeout = \"1m\"\nmode = \"retry\"\nwindow = \"4s\"",
+    );
+    let h = Harness::start(&[&policy]).await;
+    let su = h.superuser().await;
+    let alice = token(&h, "alice", &["dba"]);
+    let lease = h.lease("agent:x", json!({})).await;
+    let c = h.connect_proxy(&lease).await.unwrap();
+    let refused = |e: tokio_postgres::Error| {
+        let db = e.as_db_error().expect("a server error").clone();
+        assert_eq!(db.code().code(), "42501", "{db:?}");
+        db.message().to_string()
+    };
+    let request_id = |message: &str| {
+        message
+            .split_whitespace()
+            .skip_while(|w| *w != "request")
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+
+    // Refused at once, with the request id; asking again does not make a second request.
+    let del = "DELETE FROM crm.orders WHERE id = 11";
+    let m = refused(c.simple_query(del).await.unwrap_err());
+    assert!(m.starts_with("pgid: approval required: request "), "{m}");
+    assert!(m.contains("run the same statement again within 4s"), "{m}");
+    let id = request_id(&m);
+    let m = refused(c.simple_query(del).await.unwrap_err());
+    assert!(m.contains("still waits for review"), "{m}");
+    assert_eq!(request_id(&m), id);
+    let listed = pending_for(&h, &alice, del).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["mode"], "retry");
+    // The session is fine meanwhile.
+    assert!(!c.simple_query("SELECT 1").await.unwrap().is_empty());
+
+    // Approved: the same statement (laid out differently) runs, once.
+    decide(&h, &alice, &id, "approve", Some("ok once")).await;
+    let ran = c
+        .simple_query("DELETE  FROM crm.orders\n  WHERE id = 11 -- retry\n;")
+        .await
+        .unwrap();
+    assert!(ran
+        .iter()
+        .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::CommandComplete(1))));
+    assert_eq!(
+        count(&su, "SELECT count(*) FROM crm.orders WHERE id = 11").await,
+        0
+    );
+    let m = refused(c.simple_query(del).await.unwrap_err());
+    assert!(m.contains("was sent for review"), "used up: {m}");
+    assert_ne!(request_id(&m), id);
+
+    // Another statement, or another lease of the same agent, does not ride on an approval.
+    let del12 = "DELETE FROM crm.orders WHERE id = 12";
+    let id12 = request_id(&refused(c.simple_query(del12).await.unwrap_err()));
+    decide(&h, &alice, &id12, "approve", None).await;
+    let other = h.lease("agent:x", json!({})).await;
+    let c2 = h.connect_proxy(&other).await.unwrap();
+    let m = refused(c2.simple_query(del12).await.unwrap_err());
+    assert_ne!(request_id(&m), id12, "{m}");
+    assert_eq!(
+        count(&su, "SELECT count(*) FROM crm.orders WHERE id = 12").await,
+        1
+    );
+    c.simple_query(del12).await.unwrap();
+    assert_eq!(
+        count(&su, "SELECT count(*) FROM crm.orders WHERE id = 12").await,
+        0
+    );
+
+    // Extended protocol: the approval is for these parameter values only.
+    let by_id = "DELETE FROM crm.orders WHERE id = $1";
+    let id13 = request_id(&refused(c.execute(by_id, &[&13i32]).await.unwrap_err()));
+    decide(&h, &alice, &id13, "approve", None).await;
+    let id14 = request_id(&refused(c.execute(by_id, &[&14i32]).await.unwrap_err()));
+    assert_ne!(id14, id13);
+    assert_eq!(c.execute(by_id, &[&13i32]).await.unwrap(), 1);
+
+    // The window: an approval not used within it lapses.
+    decide(&h, &alice, &id14, "approve", None).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let m = refused(c.execute(by_id, &[&14i32]).await.unwrap_err());
+    assert!(m.contains("was sent for review"), "{m}");
+    assert_eq!(
+        count(&su, "SELECT count(*) FROM crm.orders WHERE id = 14").await,
+        1
+    );
+
+    // Each use is audited with its approval and reviewer.
+    let used: Vec<_> = h
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["kind"] == "approval.used")
+        .collect();
+    let ids: Vec<&str> = used
+        .iter()
+        .map(|r| r["approval_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [id.as_str(), id12.as_str(), id13.as_str()]);
+    assert!(used.iter().all(|r| r["reviewer"] == "alice"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lease_revoked_during_the_wait_withdraws_the_request() {
+    let policy = GUARDED.replace("timeout = \"3s\"", "timeout = \"1m\"");
+    let h = Harness::start(&[&policy]).await;
+    let alice = token(&h, "alice", &["dba"]);
+    let lease = h.lease("agent:x", json!({})).await;
+    let c = h.connect_proxy(&lease).await.unwrap();
+    let run =
+        tokio::spawn(async move { c.simple_query("DELETE FROM crm.orders WHERE id = 5").await });
+    let request = first_pending(&h, &alice).await;
+    let started = std::time::Instant::now();
+    let (status, body) = h
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/credentials/{}", lease["lease_id"].as_str().unwrap()),
+            Some(&h.token("agent:x")),
+            None,
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    let e = tokio::time::timeout(std::time::Duration::from_secs(10), run)
+        .await
+        .expect("the wait ends with the lease")
+        .unwrap()
+        .unwrap_err();
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // The session ends with the lease (its backend is gone too): the client hears that, or the
+    // withdrawal if it came first.
+    let m = e.as_db_error().unwrap().message().to_string();
+    assert!(
+        m == "pgid: credential revoked"
+            || m == "pgid: approval withdrawn: the credential was revoked",
+        "{m}"
+    );
+    let (pool, _) = pgid::database::pool(&h.admin_url, 1, None).unwrap();
+    let id: uuid::Uuid = request["id"].as_str().unwrap().parse().unwrap();
+    let row = Approvals::new(pool).get(id).await.unwrap().unwrap();
+    assert_eq!(row.state, "withdrawn");
+    let su = h.superuser().await;
+    assert_eq!(
+        count(&su, "SELECT count(*) FROM crm.orders WHERE id = 5").await,
+        1
+    );
 }

@@ -5,4 +5,4 @@
 pub mod notify;
 pub mod rules;
 
-pub use rules::{may_decide, rule_for};
+pub use rules::{fingerprint, may_decide, rule_for};

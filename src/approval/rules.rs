@@ -52,6 +52,28 @@ pub fn may_decide(
     Ok(())
 }
 
+/// What a retry-mode approval is for: SHA-256 over the statement's canonical text
+/// ([`crate::sql::canonical`]) and its exact Bind parameters (format, NULL or length, bytes), hex.
+pub fn fingerprint(canonical: &str, parameters: &[(bool, Option<&[u8]>)]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update((canonical.len() as u64).to_be_bytes());
+    h.update(canonical.as_bytes());
+    h.update((parameters.len() as u64).to_be_bytes());
+    for (binary, value) in parameters {
+        h.update([*binary as u8]);
+        match value {
+            None => h.update([0xff]),
+            Some(v) => {
+                h.update([0]);
+                h.update((v.len() as u64).to_be_bytes());
+                h.update(v);
+            }
+        }
+    }
+    hex::encode(h.finalize())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +173,30 @@ approvers = { subject = "ops:*" }
             &claims(&[])
         )
         .is_ok());
+    }
+
+    #[test]
+    fn fingerprints_tell_statements_and_parameters_apart() {
+        let f = fingerprint;
+        let one = f("DELETE FROM t WHERE id = $1", &[(false, Some(b"7"))]);
+        assert_eq!(
+            one,
+            f("DELETE FROM t WHERE id = $1", &[(false, Some(b"7"))])
+        );
+        assert_ne!(
+            one,
+            f("DELETE FROM t WHERE id = $1", &[(false, Some(b"8"))])
+        );
+        assert_ne!(one, f("DELETE FROM t WHERE id = $1", &[(true, Some(b"7"))]));
+        assert_ne!(one, f("DELETE FROM t WHERE id = $1", &[(false, None)]));
+        assert_ne!(one, f("DELETE FROM t WHERE id = $1", &[]));
+        assert_ne!(
+            f("a", &[(false, Some(b"bc"))]),
+            f("ab", &[(false, Some(b"c"))])
+        );
+        assert_ne!(
+            f("x", &[(false, Some(b"")), (false, None)]),
+            f("x", &[(false, None), (false, Some(b""))])
+        );
     }
 }

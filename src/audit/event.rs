@@ -28,6 +28,9 @@ pub enum Kind {
     ApprovalDecided,
     #[serde(rename = "approval.refused")]
     ApprovalRefused,
+    /// Retry mode: an approved statement ran (its approval is used up).
+    #[serde(rename = "approval.used")]
+    ApprovalUsed,
     /// A reviewer signed in to the approval page.
     #[serde(rename = "reviewer.signin")]
     ReviewerSignin,

@@ -74,6 +74,7 @@ pub fn router(state: BrokerState) -> Router {
         .route("/approvals/events", get(review::events))
         .route("/approvals/page.js", get(review::script))
         .route("/approvals/page.css", get(review::style))
+        .route("/approvals/{id}", get(review::request))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(|| async {

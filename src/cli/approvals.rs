@@ -148,10 +148,18 @@ pub async fn run(cmd: ApprovalsCommand) -> anyhow::Result<u8> {
         Ok(v) => {
             for r in v["approvals"].as_array().into_iter().flatten() {
                 let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+                let mut extra = String::new();
+                if let Some(p) = r["parameters"].as_array().filter(|p| !p.is_empty()) {
+                    extra.push_str(&format!("  parameters {}", Value::Array(p.clone())));
+                }
+                if let Some(n) = r["estimated_rows"].as_i64() {
+                    extra.push_str(&format!("  ~{n} rows"));
+                }
                 println!(
-                    "{}  {:<9} {}  {}  until {}  {}",
+                    "{}  {:<9} {:<5} {}  {}  until {}  {}{extra}",
                     s("id"),
                     s("state"),
+                    s("mode"),
                     s("subject"),
                     s("policy"),
                     s("expires_at"),

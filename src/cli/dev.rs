@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::App;
 use crate::config::Config;
-use crate::dev::{demo, DevClient, DevIssuer, TempPostgres};
+use crate::dev::{demo, DevClient, DevIssuer, ReviewClient, TempPostgres};
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
@@ -67,6 +67,9 @@ impl Session {
     }
 }
 
+/// The approval page's client at the development issuer.
+const REVIEW_CLIENT: &str = "pgid-approvals";
+
 /// Development clients, one per example policy subject.
 const CLIENTS: &[(&str, &str)] = &[
     ("analyst-agent", "agent:analyst"),
@@ -115,11 +118,25 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
         .prefix("pgid-dev-state-")
         .tempdir()?;
     let config_path = state.path().join("pgid.toml");
+    // The approval page signs reviewers in through the development issuer's form.
+    let review_secret = {
+        let mut s = [0u8; 24];
+        rand::rngs::OsRng.fill_bytes(&mut s);
+        hex::encode(s)
+    };
+    write_private(&state.path().join("review_client_secret"), &review_secret)?;
+    let review_url = match args.broker_port {
+        0 => String::new(),
+        port => format!("review_url = \"https://127.0.0.1:{port}/approvals\"\n"),
+    };
     let toml = format!(
         "state_dir = {state:?}\npolicies = {policies:?}\n\n[broker]\nlisten = \"127.0.0.1:{}\"\n\n[proxy]\nlisten = \"127.0.0.1:{}\"\n\n\
-         [[issuers]]\nissuer = {:?}\naudiences = [\"pgid\"]\n\n[[databases]]\nname = \"app\"\nadmin_url_file = \"admin_url\"\n\n[leases]\nreaper_interval = \"2s\"\n",
+         [[issuers]]\nissuer = {:?}\naudiences = [\"pgid\"]\n\n[[databases]]\nname = \"app\"\nadmin_url_file = \"admin_url\"\n\n[leases]\nreaper_interval = \"2s\"\n\n\
+         [approvals]\n{review_url}\n[approvals.login]\nissuer = {:?}\nclient_id = \"{REVIEW_CLIENT}\"\n\
+         client_secret_file = \"review_client_secret\"\nscopes = [\"openid\", \"profile\", \"groups\"]\n",
         args.broker_port,
         args.proxy_port,
+        issuer.url(),
         issuer.url(),
         state = state.path().display().to_string(),
         policies = policies.display().to_string(),
@@ -130,6 +147,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
     let app = App::build(config).await.context("starting pgid")?;
     let ca = app.tls.ca.clone().unwrap_or_default();
     let running = app.start().await?;
+    let port = running.broker_addr.port();
+    issuer.register_reviewer_client(ReviewClient {
+        id: REVIEW_CLIENT.into(),
+        secret: review_secret,
+        redirect_uris: vec![
+            format!("https://127.0.0.1:{port}/approvals/callback"),
+            format!("https://localhost:{port}/approvals/callback"),
+        ],
+    });
 
     let session = Session {
         issuer: issuer.url().to_string(),
@@ -161,6 +187,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
         "  broker     https://{}   (CA {})",
         running.broker_addr,
         ca.display()
+    );
+    eprintln!(
+        "  approvals  https://{}/approvals   (sign in with any name; group \"dba\" approves)",
+        running.broker_addr
     );
     eprintln!("  config     {}", config_path.display());
     eprintln!("  clients    {}", session.client_names());

@@ -1,7 +1,8 @@
 //! A development OIDC issuer on loopback: discovery, JWKS and a client-credentials token
-//! endpoint, plus direct minting with chosen claims and keys for tests. Development only.
+//! endpoint, plus direct minting with chosen claims and keys for tests; and a sign-in form with
+//! the authorization-code flow for the approval page (`signin`). Development only.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -13,6 +14,8 @@ use axum::{Form, Json, Router};
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Map, Value};
+
+pub use super::signin::ReviewClient;
 use tokio_util::sync::CancellationToken;
 
 const TOKEN_LIFETIME_SECS: i64 = 600;
@@ -23,13 +26,13 @@ pub enum KeyAlg {
     EdDsa,
 }
 
-struct Key {
-    kid: String,
-    alg: Algorithm,
-    encoding: EncodingKey,
+pub(super) struct Key {
+    pub(super) kid: String,
+    pub(super) alg: Algorithm,
+    pub(super) encoding: EncodingKey,
     jwk: Value,
     public_pem: String,
-    published: bool,
+    pub(super) published: bool,
 }
 
 /// A client allowed to use the token endpoint.
@@ -41,11 +44,14 @@ pub struct DevClient {
     pub claims: Map<String, Value>,
 }
 
-struct Inner {
-    url: String,
+pub(super) struct Inner {
+    pub(super) url: String,
     audience: String,
-    keys: Mutex<Vec<Key>>,
+    pub(super) keys: Mutex<Vec<Key>>,
     clients: Vec<DevClient>,
+    /// The approval page's sign-in client, once registered.
+    pub(super) reviewer: Mutex<Option<ReviewClient>>,
+    pub(super) codes: Mutex<std::collections::HashMap<String, super::signin::Grant>>,
 }
 
 pub struct DevIssuer {
@@ -104,6 +110,8 @@ impl DevIssuer {
             audience: audience.to_string(),
             keys: Mutex::new(vec![generate_key(KeyAlg::Es256, "dev-1")]),
             clients,
+            reviewer: Mutex::new(None),
+            codes: Mutex::new(Default::default()),
         });
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
@@ -111,12 +119,7 @@ impl DevIssuer {
             .route("/token", post(token))
             .route(
                 "/authorize",
-                get(|| async {
-                    (
-                        StatusCode::BAD_REQUEST,
-                        "development issuer: only the client-credentials grant is supported",
-                    )
-                }),
+                get(super::signin::form).post(super::signin::submit),
             )
             .with_state(inner.clone());
         let cancel = CancellationToken::new();
@@ -139,6 +142,11 @@ impl DevIssuer {
 
     pub fn audience(&self) -> &str {
         &self.inner.audience
+    }
+
+    /// Lets `client` (the approval page) sign people in by the authorization-code flow.
+    pub fn register_reviewer_client(&self, client: ReviewClient) {
+        *self.inner.reviewer.lock().unwrap() = Some(client);
     }
 
     /// Generates a key under `kid`; `publish` decides whether the JWKS shows it.
@@ -216,8 +224,10 @@ async fn discovery(State(s): State<Arc<Inner>>) -> Json<Value> {
         "jwks_uri": format!("{}/jwks", s.url),
         "token_endpoint": format!("{}/token", s.url),
         "authorization_endpoint": format!("{}/authorize", s.url),
-        "grant_types_supported": ["client_credentials"],
-        "response_types_supported": ["token"],
+        "grant_types_supported": ["client_credentials", "authorization_code"],
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
+        "scopes_supported": ["openid", "profile", "groups"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["ES256"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
@@ -236,7 +246,28 @@ async fn jwks(State(s): State<Arc<Inner>>) -> Json<Value> {
     Json(json!({ "keys": keys }))
 }
 
-fn oauth_error(status: StatusCode, code: &str, text: &str) -> Response {
+impl Inner {
+    /// Signs `claims` with the first published key (its kid in the header).
+    pub(super) fn sign(
+        &self,
+        claims: &impl serde::Serialize,
+        typ: Option<&str>,
+    ) -> Result<String, &'static str> {
+        let keys = self.keys.lock().unwrap();
+        let key = keys.iter().find(|k| k.published).ok_or("no signing key")?;
+        let mut header = Header::new(key.alg);
+        header.kid = Some(key.kid.clone());
+        header.typ = typ.map(String::from);
+        jsonwebtoken::encode(&header, claims, &key.encoding).map_err(|_| "signing failed")
+    }
+}
+
+/// The token endpoint's answer when it cannot sign.
+pub(super) fn signing_error(why: &str) -> Response {
+    oauth_error(StatusCode::SERVICE_UNAVAILABLE, "server_error", why)
+}
+
+pub(super) fn oauth_error(status: StatusCode, code: &str, text: &str) -> Response {
     (
         status,
         Json(json!({"error": code, "error_description": text})),
@@ -247,38 +278,26 @@ fn oauth_error(status: StatusCode, code: &str, text: &str) -> Response {
 async fn token(
     State(s): State<Arc<Inner>>,
     headers: HeaderMap,
-    Form(form): Form<BTreeMap<String, String>>,
+    Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
+    let Some((id, secret)) = super::signin::client_auth(&headers, &form) else {
         return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            "only client_credentials",
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client authentication required",
         );
-    }
-    let basic = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-        .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|s| {
-            s.split_once(':')
-                .map(|(a, b)| (pct_decode(a), pct_decode(b)))
-        });
-    let (id, secret) = match basic {
-        Some(pair) => pair,
-        None => match (form.get("client_id"), form.get("client_secret")) {
-            (Some(i), Some(s)) => (i.clone(), s.clone()),
-            _ => {
-                return oauth_error(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_client",
-                    "client authentication required",
-                )
-            }
-        },
     };
+    match form.get("grant_type").map(String::as_str) {
+        Some("client_credentials") => {}
+        Some("authorization_code") => return super::signin::exchange(&s, (id, secret), &form),
+        _ => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "client_credentials or authorization_code",
+            )
+        }
+    }
     let Some(client) = s.clients.iter().find(|c| c.id == id && c.secret == secret) else {
         return oauth_error(
             StatusCode::UNAUTHORIZED,
@@ -305,34 +324,11 @@ async fn token(
     if let Some(scope) = form.get("scope") {
         claims.insert("scope".into(), json!(scope));
     }
-    let keys = s.keys.lock().unwrap();
-    let Some(key) = keys.iter().find(|k| k.published) else {
-        return oauth_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
-            "no signing key",
-        );
-    };
-    let mut header = Header::new(key.alg);
-    header.kid = Some(key.kid.clone());
-    header.typ = Some("at+jwt".into());
-    match jsonwebtoken::encode(&header, &claims, &key.encoding) {
+    match s.sign(&claims, Some("at+jwt")) {
         Ok(t) => Json(
             json!({"access_token": t, "token_type": "Bearer", "expires_in": TOKEN_LIFETIME_SECS}),
         )
         .into_response(),
-        Err(_) => oauth_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            "signing failed",
-        ),
+        Err(why) => signing_error(why),
     }
-}
-
-/// RFC 6749 §2.3.1: client id and secret are form-urlencoded inside Basic auth.
-fn pct_decode(s: &str) -> String {
-    form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
 }

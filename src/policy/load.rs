@@ -18,6 +18,8 @@ use crate::units::{ByteSize, Span};
 const DEFAULT_MAX_CONNECTIONS: u32 = 4;
 const MAX_MAX_CONNECTIONS: u32 = 10_000;
 const DEFAULT_PARTIAL_KEEP: usize = 4;
+/// Retry mode: an approved statement may be run again within this time.
+const DEFAULT_RETRY_WINDOW: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 const DEFAULT_APPROVAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// One problem, located as precisely as the file allows.
@@ -197,6 +199,7 @@ struct RawApproval {
     min_rows: Option<u64>,
     mode: Option<ApprovalMode>,
     timeout: Option<Span>,
+    window: Option<Spanned<Span>>,
 }
 
 struct Errors<'a> {
@@ -406,12 +409,23 @@ pub fn parse_policy(path: &Path, text: &str) -> Result<Policy, Vec<PolicyError>>
                 "approval: approvers must name claims or a subject",
             );
         }
+        let mode = a.mode.unwrap_or(ApprovalMode::Wait);
+        if let (Some(w), ApprovalMode::Wait) = (&a.window, mode) {
+            errs.at(
+                w.span(),
+                "approval: window applies to mode = \"retry\" only",
+            );
+        }
         approvals.push(Approval {
             statements: a.statements.into_inner(),
             tables,
             approvers: a.approvers.into_inner(),
             min_rows: a.min_rows,
-            mode: a.mode.unwrap_or(ApprovalMode::Wait),
+            mode,
+            window: a
+                .window
+                .map(|w| w.into_inner().as_std())
+                .unwrap_or(DEFAULT_RETRY_WINDOW),
             timeout: a
                 .timeout
                 .map(Span::as_std)

@@ -267,5 +267,8 @@ pub struct Approval {
     pub approvers: IdentityMatch,
     pub min_rows: Option<u64>,
     pub mode: ApprovalMode,
+    /// How long a request waits for a reviewer.
     pub timeout: Duration,
+    /// Retry mode: how long after the approval the statement may be run (once).
+    pub window: Duration,
 }

@@ -27,7 +27,7 @@ use crate::audit::statement::SessionRecords;
 use crate::audit::statement::{self, Decision, DecisionKind, Outcome as OutcomeRecord, Protocol};
 use crate::guard::{self, Verdict};
 use crate::mask::{self, MaskPlan};
-use crate::policy::{Approval, ApprovalMode, Guardrails, StatementAudit, StatementClass};
+use crate::policy::{Approval, Guardrails, StatementAudit, StatementClass};
 use crate::sql::{Analyzer, Dialect, Outcome};
 
 /// A statement prepared in this session (SQL PREPARE or protocol Parse).
@@ -37,13 +37,27 @@ struct Prepared {
     /// For SQL PREPARE: which statement of the analysis it is.
     index: usize,
     mask: MaskPlan,
+    /// The approval rule its executions wait for (protocol Parse only: SQL PREPARE is held
+    /// when prepared).
+    approval: Option<Approval>,
 }
 
 struct Portal {
     statement: Option<Arc<Prepared>>,
     statement_name: String,
     parameters: Vec<Option<String>>,
+    /// Exact Bind values (binary format?, bytes), kept for statements that need approval.
+    raw: Arc<RawParameters>,
     formats: Vec<i16>,
+    /// Executed already: further Executes (row-limited fetches) continue the approved run.
+    started: bool,
+}
+
+/// Bind values exactly as the client sent them, with the types of the statement's parameters.
+#[derive(Debug, Default)]
+pub struct RawParameters {
+    pub values: Vec<(bool, Option<Vec<u8>>)>,
+    pub types: Vec<u32>,
 }
 
 /// What the statements of one batch of client messages became.
@@ -131,16 +145,26 @@ struct Bound {
     portal: String,
     statement: String,
     parameters: Vec<Option<String>>,
+    raw: RawParameters,
     formats: Vec<i16>,
 }
 
 /// Reads a Bind message; parameter values (`None` for NULL) are decoded with `types` (the
-/// statement's parameter types, where known) when `values`.
-fn bind(body: &[u8], values: bool, types: &HashMap<String, Vec<u32>>) -> Result<Bound, String> {
+/// statement's parameter types, where known) when `values`, and kept as sent when `raw`.
+fn bind(
+    body: &[u8],
+    values: bool,
+    raw: bool,
+    types: &HashMap<String, Vec<u32>>,
+) -> Result<Bound, String> {
     let mut at = 0;
     let portal = cstr(body, &mut at).map_err(|e| e.to_string())?.to_string();
     let name = cstr(body, &mut at).map_err(|e| e.to_string())?.to_string();
     let types = types.get(&name).map(Vec::as_slice).unwrap_or_default();
+    let mut exact = RawParameters::default();
+    if raw {
+        exact.types = types.to_vec();
+    }
     let bad = || "malformed Bind".to_string();
     let i16_at = |at: usize| -> Result<i16, String> {
         body.get(at..at + 2)
@@ -168,9 +192,15 @@ fn bind(body: &[u8], values: bool, types: &HashMap<String, Vec<u32>>) -> Result<
         };
         if len < 0 {
             params.push(None);
+            if raw {
+                exact.values.push((binary, None));
+            }
         } else {
             let v = body.get(at..at + len as usize).ok_or_else(bad)?;
             at += len as usize;
+            if raw {
+                exact.values.push((binary, Some(v.to_vec())));
+            }
             if values {
                 let oid = types.get(i).copied().unwrap_or(0);
                 params.push(statement::parameter(Some(v), binary, oid));
@@ -188,6 +218,7 @@ fn bind(body: &[u8], values: bool, types: &HashMap<String, Vec<u32>>) -> Result<
         portal,
         statement: name,
         parameters: params,
+        raw: exact,
         formats,
     })
 }
@@ -203,13 +234,30 @@ pub struct EnforcerSetup {
     pub approvals: Vec<Approval>,
 }
 
-/// A statement an approval rule holds: the `n`th message of the batch.
+/// A statement an approval rule holds: the `n`th message of the batch (a Query, or the Execute
+/// of a portal, with its Bind values).
 #[derive(Debug, Clone)]
 pub struct Hold {
     pub message: usize,
     pub statement: String,
     pub tables: Vec<String>,
     pub rule: Approval,
+    /// Bind values as reviewers see them (`None`: the simple protocol).
+    pub parameters: Option<Vec<Option<String>>>,
+    pub raw: Arc<RawParameters>,
+    /// Canonical text + exact parameters: what a retry-mode approval is for.
+    pub fingerprint: String,
+}
+
+/// A statement an approval rule applies to, as [`Enforcer::approval`] takes it.
+struct Held<'a> {
+    message: usize,
+    sql: &'a str,
+    outcome: &'a Outcome,
+    rule: Approval,
+    parameters: Option<Vec<Option<String>>>,
+    raw: Arc<RawParameters>,
+    dialect: Dialect,
 }
 
 /// A message in the batch, as judged.
@@ -412,7 +460,22 @@ impl Enforcer {
                     let mut at = 0;
                     let sql = cstr(body, &mut at).map_err(|e| e.to_string())?;
                     let (mut verdict, outcome, plans) = self.judge(sql, dialect).await;
-                    self.approval(message_no, sql, &outcome, &mut verdict, decided, &mut holds);
+                    if let Some(rule) = self.approval_rule(&outcome, &verdict) {
+                        self.approval(
+                            Held {
+                                message: message_no,
+                                sql,
+                                outcome: &outcome,
+                                rule,
+                                parameters: None,
+                                raw: Arc::default(),
+                                dialect,
+                            },
+                            &mut verdict,
+                            decided,
+                            &mut holds,
+                        );
+                    }
                     if audit_down {
                         verdict = down.clone();
                     }
@@ -457,6 +520,7 @@ impl Enforcer {
                                                 .get(index)
                                                 .cloned()
                                                 .unwrap_or(MaskPlan::Untouched),
+                                            approval: None,
                                         }),
                                     );
                                 }
@@ -481,7 +545,9 @@ impl Enforcer {
                     let name = cstr(body, &mut at).map_err(|e| e.to_string())?.to_string();
                     let sql = cstr(body, &mut at).map_err(|e| e.to_string())?;
                     let (mut verdict, outcome, plans) = self.judge(sql, dialect).await;
-                    self.approval(message_no, sql, &outcome, &mut verdict, decided, &mut holds);
+                    // Preparing runs nothing: an approval rule holds each Execute instead, where
+                    // the reviewer sees the parameters too.
+                    let approval = self.approval_rule(&outcome, &verdict);
                     if audit_down {
                         verdict = down.clone();
                     }
@@ -489,7 +555,7 @@ impl Enforcer {
                         m.parsed(&name);
                     }
                     if verdict == Verdict::Allow {
-                        if self.audit.parameters {
+                        if self.audit.parameters || approval.is_some() {
                             let types = type_oids(&body[at..]);
                             self.parameter_types.insert(name.clone(), types);
                         }
@@ -500,6 +566,7 @@ impl Enforcer {
                                 analysis: outcome,
                                 index: 0,
                                 mask: plans.into_iter().next().unwrap_or(MaskPlan::Untouched),
+                                approval,
                             }),
                         );
                         (Replace::Keep, (b'P', None, None))
@@ -526,7 +593,20 @@ impl Enforcer {
                     }
                 }
                 b'B' => {
-                    let b = bind(body, self.audit.parameters, &self.parameter_types)?;
+                    let held = {
+                        let mut at = 0;
+                        let _ = cstr(body, &mut at);
+                        cstr(body, &mut at)
+                            .ok()
+                            .and_then(|name| self.prepared.get(name))
+                            .is_some_and(|p| p.approval.is_some())
+                    };
+                    let b = bind(
+                        body,
+                        self.audit.parameters || held,
+                        held,
+                        &self.parameter_types,
+                    )?;
                     let statement = self.prepared.get(&b.statement).cloned();
                     if let Some(m) = self.masker.as_mut() {
                         m.bound(&b.portal);
@@ -537,7 +617,9 @@ impl Enforcer {
                             statement,
                             statement_name: b.statement,
                             parameters: b.parameters,
+                            raw: Arc::new(b.raw),
                             formats: b.formats,
+                            started: false,
                         },
                     );
                     (Replace::Keep, (b'B', None, None))
@@ -555,12 +637,47 @@ impl Enforcer {
                             .portals
                             .get(portal)
                             .and_then(|p| p.statement.clone().map(|s| (s, p.parameters.clone())));
+                        let mut verdict = Verdict::Allow;
+                        let holds_before = holds.len();
+                        let started = self.portals.get(portal).is_some_and(|p| p.started);
+                        if let (Some((st, params)), false) = (&known, started) {
+                            if let Some(rule) = st.approval.clone() {
+                                let raw = self
+                                    .portals
+                                    .get(portal)
+                                    .map(|p| p.raw.clone())
+                                    .unwrap_or_default();
+                                self.approval(
+                                    Held {
+                                        message: message_no,
+                                        sql: &st.text,
+                                        outcome: &st.analysis,
+                                        rule,
+                                        parameters: Some(params.clone()),
+                                        raw,
+                                        dialect,
+                                    },
+                                    &mut verdict,
+                                    decided,
+                                    &mut holds,
+                                );
+                            }
+                        }
+                        if verdict == Verdict::Allow && holds.len() == holds_before {
+                            if let Some(p) = self.portals.get_mut(portal) {
+                                p.started = true;
+                            }
+                        }
                         let seq = known.as_ref().map(|(st, params)| {
                             let analysis = match &*st.analysis {
                                 Ok(a) => a.statements.get(st.index),
                                 Err(_) => None,
                             };
-                            let masked = masked_columns(std::slice::from_ref(&st.mask));
+                            let masked = if verdict == Verdict::Allow {
+                                masked_columns(std::slice::from_ref(&st.mask))
+                            } else {
+                                Vec::new()
+                            };
                             self.decision(
                                 &mut records,
                                 Protocol::Extended,
@@ -568,22 +685,27 @@ impl Enforcer {
                                 Some(params),
                                 analysis,
                                 &masked,
-                                &Verdict::Allow,
+                                &verdict,
                             )
                         });
-                        match self.execute_note(portal, known.map(|k| k.0)) {
-                            None => (Replace::Keep, (b'E', seq, None)),
-                            Some((note, None)) => (Replace::Keep, (b'E', seq, Some(note))),
-                            Some((note, Some(describe))) => {
-                                // pgid's own Describe first; its answer stays with pgid.
-                                sent.push((b'D', None, Some(describe)));
-                                let mut both = BytesMut::new();
-                                message(&mut both, b'D', |b| {
-                                    b.put_u8(b'P');
-                                    put_cstr(b, portal);
-                                });
-                                both.extend_from_slice(&frames[pos..pos + total]);
-                                (Replace::With(both), (b'E', seq, Some(note)))
+                        if verdict != Verdict::Allow {
+                            let refused = self.refuse_parse(&verdict, None);
+                            (Replace::With(refused), (b'P', None, None))
+                        } else {
+                            match self.execute_note(portal, known.map(|k| k.0)) {
+                                None => (Replace::Keep, (b'E', seq, None)),
+                                Some((note, None)) => (Replace::Keep, (b'E', seq, Some(note))),
+                                Some((note, Some(describe))) => {
+                                    // pgid's own Describe first; its answer stays with pgid.
+                                    sent.push((b'D', None, Some(describe)));
+                                    let mut both = BytesMut::new();
+                                    message(&mut both, b'D', |b| {
+                                        b.put_u8(b'P');
+                                        put_cstr(b, portal);
+                                    });
+                                    both.extend_from_slice(&frames[pos..pos + total]);
+                                    (Replace::With(both), (b'E', seq, Some(note)))
+                                }
                             }
                         }
                     }
@@ -748,42 +870,50 @@ impl Enforcer {
         })
     }
 
-    /// Approval rules on an allowed statement: a decision already taken for it (this batch
-    /// judged again) stands; a `wait` rule holds it; a `retry` rule refuses it (not available).
+    /// The approval rule an allowed statement falls under, if any.
+    fn approval_rule(&self, outcome: &Outcome, verdict: &Verdict) -> Option<Approval> {
+        let (Verdict::Allow, Ok(a)) = (verdict, &**outcome) else {
+            return None;
+        };
+        crate::approval::rule_for(a, &self.approval_rules).cloned()
+    }
+
+    /// A statement under an approval rule: a decision already taken for it (this batch judged
+    /// again) stands; otherwise it is held (`wait`: until a reviewer decides; `retry`: until
+    /// pgid has looked for an approval of this very statement).
     fn approval(
         &self,
-        message: usize,
-        sql: &str,
-        outcome: &Outcome,
+        held: Held<'_>,
         verdict: &mut Verdict,
         decided: &HashMap<usize, Verdict>,
         holds: &mut Vec<Hold>,
     ) {
-        if let Some(v) = decided.get(&message) {
+        if let Some(v) = decided.get(&held.message) {
             *verdict = v.clone();
             return;
         }
-        let (Verdict::Allow, Ok(a)) = (&*verdict, &**outcome) else {
-            return;
+        let tables = match &**held.outcome {
+            Ok(a) => a.statements.iter().flat_map(|s| names(s).1).collect(),
+            Err(_) => Vec::new(),
         };
-        let Some(rule) = crate::approval::rule_for(a, &self.approval_rules) else {
-            return;
-        };
-        match rule.mode {
-            ApprovalMode::Wait => holds.push(Hold {
-                message,
-                statement: sql.to_string(),
-                tables: a.statements.iter().flat_map(|s| names(s).1).collect(),
-                rule: rule.clone(),
-            }),
-            ApprovalMode::Retry => {
-                *verdict = Verdict::Deny {
-                    rule: "approval",
-                    reason: "required (retry mode is not available yet; use mode = \"wait\")"
-                        .into(),
-                }
-            }
-        }
+        let exact: Vec<(bool, Option<&[u8]>)> = held
+            .raw
+            .values
+            .iter()
+            .map(|(binary, v)| (*binary, v.as_deref()))
+            .collect();
+        holds.push(Hold {
+            message: held.message,
+            statement: held.sql.to_string(),
+            tables,
+            fingerprint: crate::approval::fingerprint(
+                &crate::sql::canonical(held.sql, held.dialect),
+                &exact,
+            ),
+            rule: held.rule,
+            parameters: held.parameters,
+            raw: held.raw,
+        });
     }
 
     /// For an Execute of `portal` whose statement reads masked columns: the note its answer is

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::cancel::CancelTarget;
 use std::collections::HashMap;
 
-use super::enforce::{Enforcer, EnforcerSetup, Hold};
+use super::enforce::{Enforcer, EnforcerSetup, Hold, RawParameters};
 use super::handshake::Established;
 use super::limits::{Action, ExportLimit, LIMIT_SQLSTATE};
 use super::upstream::Upstream;
@@ -21,6 +21,7 @@ use super::Proxy;
 use crate::audit::statement::SessionRecords;
 use crate::audit::{AuditLog, Event, Kind};
 use crate::guard::Verdict;
+use crate::policy::ApprovalMode;
 use crate::roles::{EndReason, LeaseStatus};
 use crate::sql::Dialect;
 
@@ -132,6 +133,7 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
     let mut pending: i64 = 0;
     let mut status = b'I';
     // Created once: re-creating timers and waiters per message would cost on every round trip.
+    let lease_watch = watch.clone();
     let lease_end = lease_end(watch);
     tokio::pin!(lease_end);
     let shutting_down = shutdown.cancelled();
@@ -148,7 +150,7 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
                 if r.is_err() {
                     break End::ClientGone;
                 }
-                let approver = Approver { proxy: p, lease: &lease, session_id, cancelled: &cancel.cancelled };
+                let approver = Approver { proxy: p, lease: &lease, session_id, cancelled: &cancel.cancelled, lease_watch: &lease_watch };
                 match client_to_server(&mut frames.buf, &mut upstream, &mut client, &mut pending, enforcer.as_mut(), &audit, &approver).await {
                     Ok(true) => {}
                     Ok(false) => break End::ClientGone,
@@ -246,6 +248,43 @@ const ESTIMATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// How often a held statement re-reads its request when no NOTIFY wakes it.
 const APPROVAL_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// A Bind value passed on to the server exactly as the client sent it, in its own format.
+#[derive(Debug)]
+struct WireValue<'a> {
+    bytes: Option<&'a [u8]>,
+    binary: bool,
+}
+
+impl tokio_postgres::types::ToSql for WireValue<'_> {
+    fn to_sql(
+        &self,
+        _: &tokio_postgres::types::Type,
+        out: &mut BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self.bytes {
+            None => Ok(tokio_postgres::types::IsNull::Yes),
+            Some(b) => {
+                out.extend_from_slice(b);
+                Ok(tokio_postgres::types::IsNull::No)
+            }
+        }
+    }
+
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+
+    fn encode_format(&self, _: &tokio_postgres::types::Type) -> tokio_postgres::types::Format {
+        if self.binary {
+            tokio_postgres::types::Format::Binary
+        } else {
+            tokio_postgres::types::Format::Text
+        }
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
 /// Holds statements for a reviewer: makes the request, tells the client, waits for the decision.
 struct Approver<'a> {
     proxy: &'a Proxy,
@@ -253,9 +292,152 @@ struct Approver<'a> {
     session_id: uuid::Uuid,
     /// The session's CancelRequest signal: a cancel withdraws the request.
     cancelled: &'a tokio::sync::Notify,
+    /// The lease's status: its end (expiry, revocation) withdraws the request too.
+    lease_watch: &'a tokio::sync::watch::Receiver<LeaseStatus>,
 }
 
 impl Approver<'_> {
+    /// What becomes of a held statement: `wait` holds it for a reviewer; `retry` runs it if an
+    /// approval of this very statement is at hand, and otherwise refuses it and asks for one.
+    async fn resolve(
+        &self,
+        hold: &Hold,
+        client: &mut super::stream::ClientStream,
+        audit: &AuditLog,
+    ) -> Result<Verdict, Flow> {
+        match hold.rule.mode {
+            ApprovalMode::Wait => self.wait(hold, client, audit).await,
+            ApprovalMode::Retry => Ok(self.retry(hold, audit).await),
+        }
+    }
+
+    /// `min_rows` and the planner's estimate: `None` when the statement is small enough to run
+    /// without review, else the estimate the reviewer sees (if there is one).
+    async fn screen(&self, hold: &Hold) -> Option<Option<i64>> {
+        let rows = self.estimate(&hold.statement, &hold.raw).await;
+        match (hold.rule.min_rows, rows) {
+            (Some(min), Some(rows)) if rows < min as f64 => None,
+            (_, rows) => Some(rows.map(|r| r.round() as i64)),
+        }
+    }
+
+    fn review_link(&self, id: uuid::Uuid) -> String {
+        self.proxy
+            .approval_notifier
+            .review_link(&id.to_string())
+            .unwrap_or_else(|| format!("POST /v1/approvals/{id}/approve or /deny on pgid's broker"))
+    }
+
+    /// Makes the request, records it, and announces it; a statement that cannot be requested is
+    /// refused (the `Err`).
+    async fn request(
+        &self,
+        hold: &Hold,
+        estimated_rows: Option<i64>,
+        audit: &AuditLog,
+    ) -> Result<crate::store::ApprovalRow, Verdict> {
+        let store = &self.proxy.approvals;
+        let id = uuid::Uuid::new_v4();
+        let expires_at = Utc::now()
+            + chrono::Duration::from_std(hold.rule.timeout).unwrap_or(chrono::Duration::MAX);
+        let retry = hold.rule.mode == ApprovalMode::Retry;
+        let request = crate::store::NewApproval {
+            id,
+            lease_id: self.lease.id,
+            issuer: &self.lease.issuer,
+            subject: &self.lease.subject,
+            policy: &self.lease.policy,
+            database: &self.lease.database,
+            statement: &hold.statement,
+            parameters: hold.parameters.as_ref().map(|p| serde_json::json!(p)),
+            tables: hold.tables.clone(),
+            estimated_rows,
+            mode: if retry { "retry" } else { "wait" },
+            approvers: serde_json::to_value(&hold.rule.approvers).unwrap_or_default(),
+            expires_at,
+            instance_id: self.proxy.instance_id,
+            fingerprint: retry.then(|| hold.fingerprint.clone()),
+        };
+        let row = match store.create(&request).await {
+            Ok(row) => row,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot make an approval request");
+                return Err(refused(
+                    "could not be requested: the state database is unavailable".into(),
+                ));
+            }
+        };
+        let mut event = Event::new(Kind::ApprovalRequested).lease(self.lease);
+        event.session_id = Some(self.session_id);
+        event.approval_id = Some(id);
+        event.reason = Some(hold.statement.clone());
+        if let Err(e) = audit.record(&event).await {
+            tracing::error!(error = %e, "cannot audit an approval request");
+            let _ = store.withdraw(id).await;
+            return Err(refused(
+                "could not be requested: the audit log is unavailable".into(),
+            ));
+        }
+        self.proxy.approval_notifier.requested(&row);
+        Ok(row)
+    }
+
+    /// Retry mode: an approval of this statement (same canonical text and parameters, same
+    /// lease, within the window, not used yet) lets it run once; otherwise it is refused, and a
+    /// request is made unless one is already waiting.
+    async fn retry(&self, hold: &Hold, audit: &AuditLog) -> Verdict {
+        let store = &self.proxy.approvals;
+        let unavailable = |e: crate::store::StoreError| {
+            tracing::error!(error = %e, "cannot read approval requests");
+            refused("could not be checked: the state database is unavailable".into())
+        };
+        match store
+            .use_approved(self.lease.id, &hold.fingerprint, hold.rule.window)
+            .await
+        {
+            Ok(Some(row)) => {
+                let mut event = Event::new(Kind::ApprovalUsed).lease(self.lease);
+                event.session_id = Some(self.session_id);
+                event.approval_id = Some(row.id);
+                event.reviewer_issuer = row.reviewer_issuer;
+                event.reviewer = row.reviewer;
+                event.reason = Some(hold.statement.clone());
+                if let Err(e) = audit.record(&event).await {
+                    tracing::error!(error = %e, "cannot audit the use of an approval");
+                    return refused("could not be used: the audit log is unavailable".into());
+                }
+                return Verdict::Allow;
+            }
+            Ok(None) => {}
+            Err(e) => return unavailable(e),
+        }
+        match store.pending_retry(self.lease.id, &hold.fingerprint).await {
+            Ok(Some(row)) => {
+                return refused(format!(
+                    "required: request {} still waits for review; run the same statement again \
+                     once it is approved; review: {}",
+                    row.id,
+                    self.review_link(row.id)
+                ))
+            }
+            Ok(None) => {}
+            Err(e) => return unavailable(e),
+        }
+        let Some(estimated_rows) = self.screen(hold).await else {
+            return Verdict::Allow;
+        };
+        match self.request(hold, estimated_rows, audit).await {
+            Ok(row) => refused(format!(
+                "required: request {} was sent for review; once it is approved, run the same \
+                 statement again within {}; review: {}",
+                row.id,
+                humantime::format_duration(hold.rule.window),
+                self.review_link(row.id)
+            )),
+            Err(v) => v,
+        }
+    }
+
     async fn wait(
         &self,
         hold: &Hold,
@@ -270,70 +452,23 @@ impl Approver<'_> {
             let _ = futures::poll!(stale.as_mut());
         }
         // min_rows: a statement the planner expects to touch fewer rows runs without review.
-        let mut estimated_rows = None;
-        if let Some(min) = hold.rule.min_rows {
-            match self.estimate(&hold.statement).await {
-                Some(rows) if rows < min as f64 => return Ok(Verdict::Allow),
-                Some(rows) => estimated_rows = Some(rows.round() as i64),
-                None => {}
-            }
-        }
-        let store = &self.proxy.approvals;
-        let id = uuid::Uuid::new_v4();
-        let expires_at = Utc::now()
-            + chrono::Duration::from_std(hold.rule.timeout).unwrap_or(chrono::Duration::MAX);
-        let request = crate::store::NewApproval {
-            id,
-            lease_id: self.lease.id,
-            issuer: &self.lease.issuer,
-            subject: &self.lease.subject,
-            policy: &self.lease.policy,
-            database: &self.lease.database,
-            statement: &hold.statement,
-            parameters: None,
-            tables: hold.tables.clone(),
-            estimated_rows,
-            mode: "wait",
-            approvers: serde_json::to_value(&hold.rule.approvers).unwrap_or_default(),
-            expires_at,
-            instance_id: self.proxy.instance_id,
+        let Some(estimated_rows) = self.screen(hold).await else {
+            return Ok(Verdict::Allow);
         };
-        let row = match store.create(&request).await {
+        let row = match self.request(hold, estimated_rows, audit).await {
             Ok(row) => row,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot make an approval request");
-                return Ok(refused(
-                    "could not be requested: the state database is unavailable".into(),
-                ));
-            }
+            Err(v) => return Ok(v),
         };
-        let mut event = Event::new(Kind::ApprovalRequested).lease(self.lease);
-        event.session_id = Some(self.session_id);
-        event.approval_id = Some(id);
-        event.reason = Some(hold.statement.clone());
-        if let Err(e) = audit.record(&event).await {
-            tracing::error!(error = %e, "cannot audit an approval request");
-            let _ = store.withdraw(id).await;
-            return Ok(refused(
-                "could not be requested: the audit log is unavailable".into(),
-            ));
-        }
-        self.proxy.approval_notifier.requested(&row);
-        let link = self
-            .proxy
-            .approval_notifier
-            .review_link(&id.to_string())
-            .unwrap_or_else(|| {
-                format!("POST /v1/approvals/{id}/approve or /deny on pgid's broker")
-            });
+        let id = row.id;
         let mut notice = BytesMut::new();
         backend::error_response(
             &mut notice,
             Severity::Notice,
             "00000",
             &format!(
-                "pgid: the statement waits for approval {id} (up to {}s); review: {link}",
-                hold.rule.timeout.as_secs()
+                "pgid: the statement waits for approval {id} (up to {}s); review: {}",
+                hold.rule.timeout.as_secs(),
+                self.review_link(id)
             ),
         );
         send(client, &notice).await?;
@@ -341,12 +476,17 @@ impl Approver<'_> {
         let verdict = tokio::select! {
             v = self.decision(id, &woken) => v,
             _ = self.cancelled.notified() => {
-                let withdrawn = matches!(store.withdraw(id).await, Ok(true));
-                if withdrawn {
-                    refused("withdrawn: the client cancelled the statement".into())
-                } else {
-                    // Decided in the meantime: that decision stands.
-                    self.decision(id, &woken).await
+                self.withdraw(id, &woken, "the client cancelled the statement").await
+            }
+            reason = lease_end(self.lease_watch.clone()) => {
+                // The session ends right after; the statement must not run on a dead lease.
+                let why = match reason {
+                    EndReason::Expired => "the credential expired",
+                    EndReason::Revoked => "the credential was revoked",
+                };
+                match self.withdraw(id, &woken, why).await {
+                    Verdict::Allow => refused(format!("withdrawn: {why}")),
+                    v => v,
                 }
             }
         };
@@ -354,10 +494,19 @@ impl Approver<'_> {
         Ok(verdict)
     }
 
-    /// The planner's row estimate for `sql` (the largest of its plan's nodes): EXPLAIN, never
-    /// ANALYZE, run as the lease's own role over the extended protocol, which takes one statement
-    /// only. `None` when it cannot be had — the statement then needs review.
-    async fn estimate(&self, sql: &str) -> Option<f64> {
+    /// Withdraws a pending request; one decided in the meantime keeps its decision.
+    async fn withdraw(&self, id: uuid::Uuid, woken: &tokio::sync::Notify, why: &str) -> Verdict {
+        if matches!(self.proxy.approvals.withdraw(id).await, Ok(true)) {
+            refused(format!("withdrawn: {why}"))
+        } else {
+            self.decision(id, woken).await
+        }
+    }
+
+    /// The planner's row estimate for `sql` with the statement's own Bind values (the largest
+    /// of its plan's nodes): EXPLAIN, never ANALYZE, run as the lease's own role over the
+    /// extended protocol, which takes one statement only. `None` when it cannot be had.
+    async fn estimate(&self, sql: &str, params: &RawParameters) -> Option<f64> {
         let db = self.proxy.leases.databases().get(&self.lease.database)?;
         let mut cfg = tokio_postgres::Config::new();
         match &db.upstream {
@@ -371,6 +520,21 @@ impl Approver<'_> {
             .application_name("pgid estimate")
             .connect_timeout(ESTIMATE_TIMEOUT);
         let explain = format!("EXPLAIN (FORMAT JSON) {sql}");
+        // The parameter types the client declared, as far as they are built-in ones; the server
+        // infers the rest, as it did for the client.
+        let types: Vec<tokio_postgres::types::Type> = params
+            .types
+            .iter()
+            .map_while(|oid| tokio_postgres::types::Type::from_oid(*oid))
+            .collect();
+        let values: Vec<WireValue<'_>> = params
+            .values
+            .iter()
+            .map(|(binary, v)| WireValue {
+                bytes: v.as_deref(),
+                binary: *binary,
+            })
+            .collect();
         let plan: serde_json::Value = tokio::time::timeout(ESTIMATE_TIMEOUT, async {
             let client = match &db.tls {
                 Some(tls) => {
@@ -388,7 +552,18 @@ impl Approver<'_> {
                     client
                 }
             };
-            client.query_one(&explain, &[]).await.ok()?.try_get(0).ok()
+            let statement = client.prepare_typed(&explain, &types).await.ok()?;
+            let rows = client
+                .query(
+                    &statement,
+                    &values
+                        .iter()
+                        .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+                        .collect::<Vec<_>>(),
+                )
+                .await
+                .ok()?;
+            rows.first()?.try_get(0).ok()
         })
         .await
         .ok()??;
@@ -495,7 +670,7 @@ async fn client_to_server(
                     // then it is judged again with those decisions.
                     let _ = enforcer.rewind(&judged);
                     for hold in &judged.holds {
-                        let verdict = approver.wait(hold, client, audit).await?;
+                        let verdict = approver.resolve(hold, client, audit).await?;
                         decided.insert(hold.message, verdict);
                     }
                     judged = enforcer

@@ -142,6 +142,38 @@ pub fn normalize(sql: &str) -> Option<String> {
 /// reads them as standard_conforming_strings = on).
 pub fn shape(sql: &str, dialect: Dialect) -> Option<String> {
     use pg_query::protobuf::Token;
+    relex(sql, dialect, |kind, piece| match kind {
+        Token::Iconst => "<int>",
+        Token::Fconst => "<num>",
+        Token::Sconst | Token::Usconst => "<str>",
+        Token::Bconst => "<bits>",
+        Token::Xconst => "<hex>",
+        _ => piece,
+    })
+}
+
+/// The statement as its tokens, literals included, one space apart, without comments or a
+/// trailing `;`: two texts that differ only in layout have the same canonical form (retry-mode
+/// approvals match statements by it). The text itself when it does not scan cleanly.
+pub fn canonical(sql: &str, dialect: Dialect) -> String {
+    match relex(sql, dialect, |_, piece| piece) {
+        Some(mut c) => {
+            while c.ends_with(';') || c.ends_with(' ') {
+                c.pop();
+            }
+            c
+        }
+        None => sql.to_string(),
+    }
+}
+
+/// `sql`'s tokens, each as `piece` says, one space where the text had white space or comments.
+fn relex(
+    sql: &str,
+    dialect: Dialect,
+    piece: impl for<'a> Fn(pg_query::protobuf::Token, &'a str) -> &'a str,
+) -> Option<String> {
+    use pg_query::protobuf::Token;
     if dialect.backslash_escapes {
         return None;
     }
@@ -150,7 +182,7 @@ pub fn shape(sql: &str, dialect: Dialect) -> Option<String> {
     let mut last = 0usize;
     for t in &scanned.tokens {
         let (start, end) = (t.start as usize, t.end as usize);
-        let piece = sql.get(start..end)?;
+        let text = sql.get(start..end)?;
         let kind = Token::try_from(t.token).ok()?;
         if matches!(kind, Token::SqlComment | Token::CComment) {
             last = end;
@@ -161,18 +193,11 @@ pub fn shape(sql: &str, dialect: Dialect) -> Option<String> {
             out.push(' ');
         }
         last = end;
-        match kind {
-            Token::Iconst => out.push_str("<int>"),
-            Token::Fconst => out.push_str("<num>"),
-            Token::Sconst | Token::Usconst => out.push_str("<str>"),
-            Token::Bconst => out.push_str("<bits>"),
-            Token::Xconst => out.push_str("<hex>"),
-            _ => out.push_str(piece),
-        }
+        out.push_str(piece(kind, text));
     }
     // A statement that ends inside a token (unterminated string, comment) does not scan cleanly.
     if sql[last..].trim().is_empty() {
-        Some(out)
+        Some(out.trim_start().to_string())
     } else {
         None
     }
@@ -623,6 +648,27 @@ mod tests {
             analyze("SELECT 1", Dialect::default(), 3),
             Err(AnalyzeError::TooLarge(3))
         ));
+    }
+
+    #[test]
+    fn canonical_text_ignores_layout_and_keeps_literals() {
+        let d = Dialect::default();
+        assert_eq!(
+            canonical("  DELETE  FROM t\n WHERE id = 7 -- gone\n;", d),
+            "DELETE FROM t WHERE id = 7"
+        );
+        assert_eq!(
+            canonical("DELETE /* x */ FROM t WHERE id = 7", d),
+            canonical("DELETE FROM t WHERE id = 7;", d)
+        );
+        assert_ne!(
+            canonical("DELETE FROM t WHERE id = 7", d),
+            canonical("DELETE FROM t WHERE id = 8", d)
+        );
+        assert_ne!(canonical("SELECT 'a  b'", d), canonical("SELECT 'a b'", d));
+        assert_ne!(canonical("SELECT 1", d), canonical("SELECT 1; SELECT 2", d));
+        // Text that does not scan is its own canonical form.
+        assert_eq!(canonical("SELECT 'open", d), "SELECT 'open");
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct ApprovalRow {
     pub reviewer_issuer: Option<String>,
     pub reviewer: Option<String>,
     pub comment: Option<String>,
+    /// Retry mode: when the approved statement ran.
+    pub used_at: Option<DateTime<Utc>>,
 }
 
 /// A request about to be made.
@@ -49,11 +51,13 @@ pub struct NewApproval<'a> {
     pub approvers: serde_json::Value,
     pub expires_at: DateTime<Utc>,
     pub instance_id: i32,
+    /// Retry mode: what a later run must match (canonical text and exact parameters).
+    pub fingerprint: Option<String>,
 }
 
 const COLUMNS: &str = "id, state, lease_id, issuer, subject, policy, database, statement, \
      parameters, tables, estimated_rows, mode, approvers, requested_at, expires_at, decided_at, \
-     reviewer_issuer, reviewer, comment";
+     reviewer_issuer, reviewer, comment, used_at";
 
 fn row(r: &Row) -> ApprovalRow {
     ApprovalRow {
@@ -76,6 +80,7 @@ fn row(r: &Row) -> ApprovalRow {
         reviewer_issuer: r.get("reviewer_issuer"),
         reviewer: r.get("reviewer"),
         comment: r.get("comment"),
+        used_at: r.get("used_at"),
     }
 }
 
@@ -157,8 +162,9 @@ impl Approvals {
                 &format!(
                     "INSERT INTO pgid.approvals (id, state, lease_id, issuer, subject, policy, database,
                          statement, parameters, tables, estimated_rows, mode, approvers, expires_at,
-                         instance_id)
-                     VALUES ($1, 'pending', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                         instance_id, fingerprint)
+                     VALUES ($1, 'pending', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                             $15)
                      RETURNING {COLUMNS}"
                 ),
                 &[
@@ -176,6 +182,7 @@ impl Approvals {
                     &a.approvers,
                     &a.expires_at,
                     &a.instance_id,
+                    &a.fingerprint,
                 ],
             )
             .await?;
@@ -210,6 +217,58 @@ impl Approvals {
             )
             .await?;
         Ok(rows.iter().map(row).collect())
+    }
+
+    /// Retry mode: the request of `lease` for this statement (`fingerprint`) that is still
+    /// pending, if any, so asking again does not make another.
+    pub async fn pending_retry(
+        &self,
+        lease: Uuid,
+        fingerprint: &str,
+    ) -> Result<Option<ApprovalRow>, StoreError> {
+        let c = self.pool.get().await?;
+        let r = c
+            .query_opt(
+                &format!(
+                    "SELECT {COLUMNS} FROM pgid.approvals
+                     WHERE lease_id = $1 AND fingerprint = $2 AND mode = 'retry'
+                       AND state = 'pending' AND expires_at > now()
+                     ORDER BY requested_at DESC LIMIT 1"
+                ),
+                &[&lease, &fingerprint],
+            )
+            .await?;
+        Ok(r.as_ref().map(row))
+    }
+
+    /// Retry mode: uses up an approval of `lease` for this statement given less than `window`
+    /// ago and not used yet. One conditional UPDATE, so an approval runs one statement only,
+    /// even when several sessions of the lease try at once.
+    pub async fn use_approved(
+        &self,
+        lease: Uuid,
+        fingerprint: &str,
+        window: std::time::Duration,
+    ) -> Result<Option<ApprovalRow>, StoreError> {
+        let c = self.pool.get().await?;
+        let r = c
+            .query_opt(
+                &format!(
+                    "UPDATE pgid.approvals SET used_at = now()
+                     WHERE id = (
+                         SELECT id FROM pgid.approvals
+                         WHERE lease_id = $1 AND fingerprint = $2 AND mode = 'retry'
+                           AND state = 'approved' AND used_at IS NULL
+                           AND decided_at + make_interval(secs => $3) > now()
+                         ORDER BY decided_at LIMIT 1
+                         FOR UPDATE SKIP LOCKED)
+                       AND used_at IS NULL
+                     RETURNING {COLUMNS}"
+                ),
+                &[&lease, &fingerprint, &window.as_secs_f64()],
+            )
+            .await?;
+        Ok(r.as_ref().map(row))
     }
 
     /// Approves or denies a pending, unexpired request, once.

@@ -12,6 +12,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../sql/002_audit_events.sql"),
     ),
     (3, "approvals", include_str!("../../sql/003_approvals.sql")),
+    (
+        4,
+        "approval_retry",
+        include_str!("../../sql/004_approval_retry.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming pgid's migration lock.

@@ -107,8 +107,10 @@ impl Harness {
             format!(
                 "state_dir = \"state\"\npolicies = \"policies\"\n[broker]\nlisten = \"127.0.0.1:0\"\n[proxy]\nlisten = \"127.0.0.1:0\"\nhandshake_timeout = \"3s\"\ndrain_timeout = \"2s\"\n\
                  [[issuers]]\nissuer = \"{}\"\naudiences = [\"pgid\"]\njwks_refetch_cooldown = \"1s\"\n\
-                 [[databases]]\nname = \"app\"\nadmin_url = \"{admin_url}\"\n[leases]\nreaper_interval = \"1s\"\n{extra_config}",
-                issuer.url()
+                 [[databases]]\nname = \"app\"\nadmin_url = \"{admin_url}\"\n[leases]\nreaper_interval = \"1s\"\n{}",
+                issuer.url(),
+                // `{issuer}` in the extra configuration: the development issuer's URL.
+                extra_config.replace("{issuer}", issuer.url()),
             ),
         )
         .unwrap();

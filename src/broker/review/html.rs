@@ -125,7 +125,7 @@ pub fn pending(cards: &[Card<'_>], csrf: &str, now: DateTime<Utc>) -> String {
             ),
         };
         out.push_str(&format!(
-            "<article class=\"request\" data-id=\"{id}\"><pre class=\"sql\">{sql}</pre><dl>\
+            "<article class=\"request\" id=\"r-{id}\" data-id=\"{id}\"><pre class=\"sql\">{sql}</pre><dl>\
              <dt>Agent</dt><dd>{subject}</dd><dt>Policy</dt><dd>{policy}</dd>\
              <dt>Database</dt><dd>{database}</dd><dt>Tables</dt><dd>{tables}</dd>\
              <dt>Estimated rows</dt><dd>{estimate}</dd>{params}\
@@ -219,6 +219,7 @@ mod tests {
             reviewer_issuer: None,
             reviewer: None,
             comment: None,
+            used_at: None,
         }
     }
 

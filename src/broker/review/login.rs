@@ -49,6 +49,8 @@ pub struct PendingLogin {
     pub nonce: String,
     pub verifier: String,
     pub redirect: String,
+    /// The page path to return to.
+    pub next: String,
 }
 
 /// Who signed in.
@@ -146,7 +148,11 @@ impl Login {
     }
 
     /// Where to send the browser, and what to remember until it comes back.
-    pub async fn start(&self, redirect: &str) -> Result<(String, PendingLogin), LoginError> {
+    pub async fn start(
+        &self,
+        redirect: &str,
+        next: String,
+    ) -> Result<(String, PendingLogin), LoginError> {
         let client = self.client(self.metadata(false).await?, redirect)?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let mut req = client
@@ -167,6 +173,7 @@ impl Login {
                 nonce: nonce.secret().clone(),
                 verifier: verifier.secret().clone(),
                 redirect: redirect.to_string(),
+                next,
             },
         ))
     }

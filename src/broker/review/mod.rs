@@ -24,6 +24,7 @@ use futures::Stream;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub(crate) use html::escape;
 pub use login::Login;
 use login::{PendingLogin, Reviewer};
 pub use seal::Sealer;
@@ -189,6 +190,64 @@ pub async fn page(
     render(&s, &sess, StatusCode::OK, flash).await
 }
 
+/// `GET /approvals/{id}`: where notices and notifications link. The page, saying what became of
+/// that request if it no longer waits; after sign-in the reviewer comes back here.
+pub async fn request(
+    State(s): State<BrokerState>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    if s.review.login.is_none() {
+        return not_configured();
+    }
+    let Ok(id) = id.parse::<Uuid>() else {
+        return html(
+            StatusCode::NOT_FOUND,
+            html::message("Not found", "there is no such page or request"),
+        );
+    };
+    let Some(sess) = session(&s, &headers) else {
+        return redirect(&format!("/approvals/login?next={id}"));
+    };
+    let row = match s.approvals.get(id).await {
+        Ok(row) => row.filter(|r| visible(&s, r, &sess.token())),
+        Err(e) => {
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                html::message(
+                    "Approvals are unavailable",
+                    &format!("the state database: {e}"),
+                ),
+            )
+        }
+    };
+    let flash = match row {
+        None => html::Flash::Problem(format!(
+            "Request {id} does not exist or is not yours to review."
+        )),
+        Some(r) if r.state == "pending" && r.expires_at > Utc::now() => {
+            html::Flash::Done(format!("Request {id} waits for review below."))
+        }
+        Some(r) => html::Flash::Done(match &r.reviewer {
+            Some(who) if r.state == "approved" || r.state == "denied" => {
+                format!("Request {id} was already {} by {who}.", r.state)
+            }
+            _ if r.state == "pending" => format!("Request {id} has expired."),
+            _ => format!("Request {id} is {}.", r.state),
+        }),
+    };
+    render(&s, &sess, StatusCode::OK, Some(flash)).await
+}
+
+/// Whether `who` may see request `r`: an approver of its rule, or a broker admin.
+fn visible(s: &BrokerState, r: &ApprovalRow, who: &VerifiedToken) -> bool {
+    s.admins
+        .iter()
+        .any(|m| m.matches(&who.issuer, &who.subject, &who.claims))
+        || serde_json::from_value::<IdentityMatch>(r.approvers.clone())
+            .is_ok_and(|m| m.matches(&who.issuer, &who.subject, &who.claims))
+}
+
 async fn render(
     s: &BrokerState,
     sess: &Session,
@@ -232,15 +291,7 @@ async fn parts(s: &BrokerState, sess: &Session) -> Result<(String, String), Stri
         .await
         .map_err(|e| format!("the state database: {e}"))?;
     let who = sess.token();
-    let admin = s
-        .admins
-        .iter()
-        .any(|m| m.matches(&who.issuer, &who.subject, &who.claims));
-    let visible = |r: &&ApprovalRow| {
-        admin
-            || serde_json::from_value::<IdentityMatch>(r.approvers.clone())
-                .is_ok_and(|m| m.matches(&who.issuer, &who.subject, &who.claims))
-    };
+    let visible = |r: &&ApprovalRow| visible(s, r, &who);
     let now = Utc::now();
     let cards: Vec<html::Card<'_>> = rows
         .iter()
@@ -276,13 +327,33 @@ fn blocked(r: &ApprovalRow, who: &VerifiedToken) -> Option<&'static str> {
     .err()
 }
 
+#[derive(Deserialize)]
+pub struct LoginQuery {
+    /// A request id to come back to after sign-in.
+    next: Option<String>,
+}
+
+/// Where to go after sign-in: the request page named by `next`, else the list. Only ever a
+/// path on this page, never a URL from the query.
+fn after_login(next: Option<&str>) -> String {
+    match next.and_then(|n| n.parse::<Uuid>().ok()) {
+        Some(id) => format!("/approvals/{id}"),
+        None => "/approvals".into(),
+    }
+}
+
 /// `GET /approvals/login`: off to the provider.
-pub async fn login(State(s): State<BrokerState>, headers: HeaderMap) -> Response {
+pub async fn login(
+    State(s): State<BrokerState>,
+    headers: HeaderMap,
+    Query(q): Query<LoginQuery>,
+) -> Response {
     let Some(login) = &s.review.login else {
         return not_configured();
     };
+    let next = after_login(q.next.as_deref());
     if session(&s, &headers).is_some() {
-        return redirect("/approvals");
+        return redirect(&next);
     }
     let Some(redirect_to) = redirect_url(login, &headers) else {
         return html(
@@ -290,7 +361,7 @@ pub async fn login(State(s): State<BrokerState>, headers: HeaderMap) -> Response
             html::message("Bad request", "the request has no usable Host header"),
         );
     };
-    match login.start(&redirect_to).await {
+    match login.start(&redirect_to, next).await {
         Ok((url, pending)) => {
             let exp = now() + LOGIN_WINDOW_SECS;
             let Some(sealed) = s.review.sealer.seal("review-login", exp, &pending) else {
@@ -363,6 +434,8 @@ pub async fn callback(
             "the sign-in state does not match; start again".into(),
         );
     }
+    // Made by `after_login` and signed in the cookie: a path on this page.
+    let next = pending.next.clone();
     let reviewer = match login.finish(pending, code).await {
         Ok(r) => r,
         Err(e) => {
@@ -397,7 +470,7 @@ pub async fn callback(
         );
     }
     tracing::info!(reviewer = %sess.reviewer.subject, "reviewer signed in to the approval page");
-    let mut r = redirect("/approvals");
+    let mut r = redirect(&next);
     let h = r.headers_mut();
     h.append(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, "", 0));
     h.append(

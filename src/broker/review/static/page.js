@@ -31,6 +31,10 @@
 
   setInterval(tick, 1000);
   tick();
+  // Opened from a request's link (/approvals/<id>): show that request.
+  const linked = location.pathname.split('/')[2];
+  const target = linked && document.getElementById('r-' + linked);
+  if (target) { target.classList.add('linked'); target.scrollIntoView({ block: 'center' }); }
   if (!window.EventSource) return;
   const events = new EventSource('/approvals/events');
   events.addEventListener('update', (e) => {
