@@ -251,8 +251,9 @@ impl App {
         })
     }
 
-    pub fn broker_state(&self, proxy: ProxyAddress) -> BrokerState {
+    pub fn broker_state(&self, proxy: ProxyAddress, shutdown: CancellationToken) -> BrokerState {
         BrokerState {
+            shutdown,
             analyzer: Some(self.analyzer.clone()),
             approvals: self.approvals.clone(),
             review: self.review.clone(),
@@ -313,13 +314,13 @@ impl App {
             host: self.config.proxy.public_host.clone(),
             port: self.config.proxy.public_port.unwrap_or(proxy_addr.port()),
         };
-        let router = broker::router(self.broker_state(public));
+        let cancel = CancellationToken::new();
+        let router = broker::router(self.broker_state(public, cancel.clone()));
         let tls = self
             .tls
             .server_config(&[b"http/1.1"])
             .map_err(|e| StartError(e.to_string()))?;
         let proxy = Arc::new(self.proxy()?);
-        let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(broker::serve_tls(
             broker_listener,

@@ -836,6 +836,26 @@ async fn retry_mode_refuses_at_once_and_lets_the_approved_statement_run_once() {
     assert_ne!(id14, id13);
     assert_eq!(c.execute(by_id, &[&13i32]).await.unwrap(), 1);
 
+    // SQL EXECUTE: the approval is for what the prepared statement was when approved.
+    c.batch_execute("PREPARE d(int) AS DELETE FROM crm.orders WHERE id = $1")
+        .await
+        .unwrap();
+    let id17 = request_id(&refused(c.simple_query("EXECUTE d(17)").await.unwrap_err()));
+    decide(&h, &alice, &id17, "approve", None).await;
+    c.batch_execute("DEALLOCATE d; PREPARE d(int) AS DELETE FROM crm.orders WHERE id > $1")
+        .await
+        .unwrap();
+    let m = refused(c.simple_query("EXECUTE d(17)").await.unwrap_err());
+    assert_ne!(
+        request_id(&m),
+        id17,
+        "a re-prepared statement is another statement: {m}"
+    );
+    assert_eq!(
+        count(&su, "SELECT count(*) FROM crm.orders WHERE id >= 17").await,
+        24
+    );
+
     // The window: an approval not used within it lapses.
     decide(&h, &alice, &id14, "approve", None).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -902,5 +922,51 @@ async fn a_lease_revoked_during_the_wait_withdraws_the_request() {
     assert_eq!(
         count(&su, "SELECT count(*) FROM crm.orders WHERE id = 5").await,
         1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_prepare_runs_nothing_and_each_execute_is_reviewed_as_what_it_runs() {
+    use std::time::Duration;
+    let policy = GUARDED.replace("timeout = \"3s\"", "timeout = \"30s\"");
+    let h = Harness::start(&[&policy]).await;
+    let su = h.superuser().await;
+    let alice = token(&h, "alice", &["dba"]);
+    let lease = h.lease("agent:x", json!({})).await;
+    let c = std::sync::Arc::new(h.connect_proxy(&lease).await.unwrap());
+    let prepare = "PREPARE d(int) AS DELETE FROM crm.orders WHERE id = $1";
+    tokio::time::timeout(Duration::from_secs(10), c.simple_query(prepare))
+        .await
+        .expect("PREPARE is not held")
+        .unwrap();
+    assert!(pending(&h, &alice).await.is_empty());
+
+    for order in [15, 16] {
+        let run = {
+            let c = c.clone();
+            tokio::spawn(async move { c.simple_query(&format!("EXECUTE d({order})")).await })
+        };
+        let request = first_pending(&h, &alice).await;
+        assert_eq!(
+            request["statement"],
+            format!("EXECUTE d({order})\n-- d was prepared as: {prepare}"),
+        );
+        assert_eq!(request["tables"], json!(["crm.orders"]));
+        decide(&h, &alice, request["id"].as_str().unwrap(), "approve", None).await;
+        run.await.unwrap().unwrap();
+        let left = format!("SELECT count(*) FROM crm.orders WHERE id = {order}");
+        assert_eq!(count(&su, &left).await, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_denial_without_a_comment_names_the_reviewer_only() {
+    let h = Harness::start(&[&GUARDED.replace("timeout = \"3s\"", "timeout = \"30s\"")]).await;
+    let (run, id, alice) = held_delete(&h, 18).await;
+    decide(&h, &alice, &id, "deny", None).await;
+    let e = run.await.unwrap().unwrap_err();
+    assert_eq!(
+        e.as_db_error().unwrap().message(),
+        "pgid: approval denied by alice"
     );
 }

@@ -8,7 +8,7 @@
 //! resolves to, so it asks rather than guesses.
 
 use crate::policy::{Approval, IdentityMatch, TableRef};
-use crate::sql::Analysis;
+use crate::sql::Statement;
 
 fn table_matches(rule: &TableRef, schema: &str, table: &str) -> bool {
     match rule {
@@ -20,10 +20,10 @@ fn table_matches(rule: &TableRef, schema: &str, table: &str) -> bool {
     }
 }
 
-/// The first rule that sends `analysis` for approval.
-pub fn rule_for<'a>(analysis: &Analysis, rules: &'a [Approval]) -> Option<&'a Approval> {
+/// The first rule that sends these statements (of one message) for approval.
+pub fn rule_for<'a>(statements: &[&Statement], rules: &'a [Approval]) -> Option<&'a Approval> {
     rules.iter().find(|rule| {
-        analysis.statements.iter().any(|st| {
+        statements.iter().any(|st| {
             rule.statements.iter().any(|c| st.classes.contains(c))
                 && (rule.tables.is_empty()
                     || st
@@ -103,7 +103,8 @@ approvers = { subject = "ops:*" }
     fn rule(sql: &str) -> Option<usize> {
         let rules = rules();
         let a = analyze(sql, Dialect::default(), 1 << 20).unwrap();
-        rule_for(&a, &rules).map(|r| rules.iter().position(|x| std::ptr::eq(x, r)).unwrap())
+        rule_for(&a.statements.iter().collect::<Vec<_>>(), &rules)
+            .map(|r| rules.iter().position(|x| std::ptr::eq(x, r)).unwrap())
     }
 
     #[test]

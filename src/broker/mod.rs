@@ -47,6 +47,8 @@ pub struct BrokerState {
     pub approvals: Arc<crate::store::Approvals>,
     /// The `/approvals` page (sign-in, sealed cookies, live updates).
     pub review: Arc<review::ReviewPage>,
+    /// Cancelled when pgid stops: long-lived responses (the page's live updates) end.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl BrokerState {

@@ -37,9 +37,9 @@ struct Prepared {
     /// For SQL PREPARE: which statement of the analysis it is.
     index: usize,
     mask: MaskPlan,
-    /// The approval rule its executions wait for (protocol Parse only: SQL PREPARE is held
-    /// when prepared).
-    approval: Option<Approval>,
+    /// The approval rule its executions wait for (protocol Parse; SQL PREPARE is matched at
+    /// each SQL EXECUTE).
+    approval: Option<Matched>,
 }
 
 struct Portal {
@@ -249,12 +249,20 @@ pub struct Hold {
     pub fingerprint: String,
 }
 
+/// The approval rule a message falls under, the tables it is about, and the prepared statements
+/// (name, text) it executes.
+#[derive(Debug, Clone)]
+struct Matched {
+    rule: Approval,
+    tables: Vec<String>,
+    prepared: Vec<(String, String)>,
+}
+
 /// A statement an approval rule applies to, as [`Enforcer::approval`] takes it.
 struct Held<'a> {
     message: usize,
     sql: &'a str,
-    outcome: &'a Outcome,
-    rule: Approval,
+    matched: Matched,
     parameters: Option<Vec<Option<String>>>,
     raw: Arc<RawParameters>,
     dialect: Dialect,
@@ -460,13 +468,12 @@ impl Enforcer {
                     let mut at = 0;
                     let sql = cstr(body, &mut at).map_err(|e| e.to_string())?;
                     let (mut verdict, outcome, plans) = self.judge(sql, dialect).await;
-                    if let Some(rule) = self.approval_rule(&outcome, &verdict) {
+                    if let Some(matched) = self.approval_rule(&outcome, &verdict) {
                         self.approval(
                             Held {
                                 message: message_no,
                                 sql,
-                                outcome: &outcome,
-                                rule,
+                                matched,
                                 parameters: None,
                                 raw: Arc::default(),
                                 dialect,
@@ -641,7 +648,7 @@ impl Enforcer {
                         let holds_before = holds.len();
                         let started = self.portals.get(portal).is_some_and(|p| p.started);
                         if let (Some((st, params)), false) = (&known, started) {
-                            if let Some(rule) = st.approval.clone() {
+                            if let Some(matched) = st.approval.clone() {
                                 let raw = self
                                     .portals
                                     .get(portal)
@@ -651,8 +658,7 @@ impl Enforcer {
                                     Held {
                                         message: message_no,
                                         sql: &st.text,
-                                        outcome: &st.analysis,
-                                        rule,
+                                        matched,
                                         parameters: Some(params.clone()),
                                         raw,
                                         dialect,
@@ -870,12 +876,43 @@ impl Enforcer {
         })
     }
 
-    /// The approval rule an allowed statement falls under, if any.
-    fn approval_rule(&self, outcome: &Outcome, verdict: &Verdict) -> Option<Approval> {
+    /// The approval rule an allowed message falls under, if any. Preparing runs nothing, so a
+    /// SQL PREPARE is not held; each SQL EXECUTE is, as the statement it executes.
+    fn approval_rule(&self, outcome: &Outcome, verdict: &Verdict) -> Option<Matched> {
+        if self.approval_rules.is_empty() {
+            return None;
+        }
         let (Verdict::Allow, Ok(a)) = (verdict, &**outcome) else {
             return None;
         };
-        crate::approval::rule_for(a, &self.approval_rules).cloned()
+        let mut statements = Vec::with_capacity(a.statements.len());
+        let mut prepared = Vec::new();
+        for st in &a.statements {
+            if st.prepares.is_none() {
+                statements.push(st);
+            }
+            for name in &st.executes {
+                let Some(p) = self.prepared.get(name) else {
+                    continue;
+                };
+                if let Some(inner) = p
+                    .analysis
+                    .as_ref()
+                    .as_ref()
+                    .ok()
+                    .and_then(|pa| pa.statements.get(p.index))
+                {
+                    statements.push(inner);
+                    prepared.push((name.clone(), p.text.clone()));
+                }
+            }
+        }
+        let rule = crate::approval::rule_for(&statements, &self.approval_rules)?.clone();
+        Some(Matched {
+            rule,
+            tables: statements.iter().flat_map(|s| names(s).1).collect(),
+            prepared,
+        })
     }
 
     /// A statement under an approval rule: a decision already taken for it (this batch judged
@@ -892,25 +929,29 @@ impl Enforcer {
             *verdict = v.clone();
             return;
         }
-        let tables = match &**held.outcome {
-            Ok(a) => a.statements.iter().flat_map(|s| names(s).1).collect(),
-            Err(_) => Vec::new(),
-        };
         let exact: Vec<(bool, Option<&[u8]>)> = held
             .raw
             .values
             .iter()
             .map(|(binary, v)| (*binary, v.as_deref()))
             .collect();
+        // What runs: the text, and for SQL EXECUTE the statements it executes — shown to the
+        // reviewer and part of what a retry-mode approval is for.
+        let mut statement = held.sql.to_string();
+        let mut canonical = crate::sql::canonical(held.sql, held.dialect);
+        for (name, text) in &held.matched.prepared {
+            statement.push_str(&format!("\n-- {name} was prepared as: {text}"));
+            canonical.push_str(&format!(
+                "\n{name}={}",
+                crate::sql::canonical(text, held.dialect)
+            ));
+        }
         holds.push(Hold {
             message: held.message,
-            statement: held.sql.to_string(),
-            tables,
-            fingerprint: crate::approval::fingerprint(
-                &crate::sql::canonical(held.sql, held.dialect),
-                &exact,
-            ),
-            rule: held.rule,
+            statement,
+            tables: held.matched.tables,
+            fingerprint: crate::approval::fingerprint(&canonical, &exact),
+            rule: held.matched.rule,
             parameters: held.parameters,
             raw: held.raw,
         });

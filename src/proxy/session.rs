@@ -598,13 +598,14 @@ impl Approver<'_> {
             match row.state.as_str() {
                 "approved" => return Verdict::Allow,
                 "denied" => {
-                    return refused(format!(
-                        "denied by {}: {}",
-                        row.reviewer.unwrap_or_default(),
-                        row.comment.unwrap_or_default()
-                    ))
+                    let who = row.reviewer.unwrap_or_default();
+                    return refused(match row.comment.filter(|c| !c.is_empty()) {
+                        Some(c) => format!("denied by {who}: {c}"),
+                        None => format!("denied by {who}"),
+                    });
                 }
                 "pending" if Utc::now() < row.expires_at => {}
+                "withdrawn" => return refused("withdrawn".into()),
                 _ => {
                     let _ = store.expire().await;
                     return refused("timed out".into());

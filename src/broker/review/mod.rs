@@ -620,6 +620,7 @@ fn updates(
                     r = f.changes.changed() => if r.is_err() { return None },
                     _ = tokio::time::sleep(REFRESH) => {}
                     _ = tokio::time::sleep(left) => {}
+                    _ = f.s.shutdown.cancelled() => return None,
                 }
             }
             f.first = false;
