@@ -20,7 +20,7 @@
 //!
 //! ## Layout
 //! Pure core, no I/O: [`policy`], [`units`], [`sql`] (the only user of pg_query), [`guard`],
-//! [`mask`], [`roles::ddl`], [`audit::chain`], [`audit::statement`], [`proxy::wire`],
+//! [`mask`], [`html`], [`roles::ddl`], [`audit::chain`], [`audit::statement`], [`proxy::wire`],
 //! [`proxy::scram`], [`proxy::outcome`].
 //! Services: [`identity`] (JWKS fetching, verification), [`roles`] (leases, reconcile, reaper),
 //! [`store`] (the `pgid` schema), [`database`] (admin pools), [`audit`] (the hash-chained log),
@@ -37,6 +37,7 @@ pub mod config;
 pub mod database;
 pub mod dev;
 pub mod guard;
+pub mod html;
 pub mod identity;
 pub mod keys;
 pub mod mask;

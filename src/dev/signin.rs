@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::issuer::{oauth_error, Inner};
-use crate::broker::review::escape;
+use crate::html::escape;
 
 /// How long an authorization code may wait to be exchanged.
 const CODE_LIFETIME_SECS: i64 = 60;

@@ -3,23 +3,8 @@
 
 use chrono::{DateTime, Utc};
 
+pub use crate::html::escape;
 use crate::store::ApprovalRow;
-
-/// Text safe inside HTML elements and double-quoted attributes.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// A banner above the list.
 pub enum Flash {

@@ -24,7 +24,6 @@ use futures::Stream;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub(crate) use html::escape;
 pub use login::Login;
 use login::{PendingLogin, Reviewer};
 pub use seal::Sealer;
