@@ -1,6 +1,7 @@
 //! Builds pgid's services once from a validated [`Config`] and runs them: policies loaded and
 //! reconciled, state migrated, leases reconciled, then the broker and the reaper.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
@@ -57,6 +58,27 @@ pub fn load_policies(config: &Config) -> Result<PolicySet, StartError> {
     Ok(set)
 }
 
+/// Brings every policy's group role in line with its file (and the lease marker role into being).
+async fn reconcile_groups(databases: &Databases, policies: &PolicySet) -> Result<(), StartError> {
+    for db in databases.iter() {
+        let mut c = db
+            .pool
+            .get()
+            .await
+            .map_err(err(&format!("connecting to database {}", db.name)))?;
+        roles::ensure_marker_role(&**c).await.map_err(err(&format!(
+            "database {}: creating the lease marker role",
+            db.name
+        )))?;
+        for p in policies.iter().filter(|p| p.database == db.name) {
+            roles::apply_policy(&mut c, p, &db.dbname)
+                .await
+                .map_err(|e| StartError(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
 /// The services, built and reconciled, not yet serving.
 pub struct App {
     pub config: Config,
@@ -74,6 +96,8 @@ pub struct App {
     /// The approval page's sign-in and cookie keys.
     pub review: Arc<crate::broker::review::ReviewPage>,
     pub instance_id: i32,
+    /// Held while policies reload (one reload at a time).
+    reloading: tokio::sync::Mutex<()>,
     _instance: InstanceLock,
 }
 
@@ -142,22 +166,7 @@ impl App {
         };
         let key = ServerKey::load_or_create(&config.server_key_file).map_err(StartError)?;
 
-        for db in databases.iter() {
-            let mut c = db
-                .pool
-                .get()
-                .await
-                .map_err(err(&format!("connecting to database {}", db.name)))?;
-            roles::ensure_marker_role(&**c).await.map_err(err(&format!(
-                "database {}: creating the lease marker role",
-                db.name
-            )))?;
-            for p in policies.iter().filter(|p| p.database == db.name) {
-                roles::apply_policy(&mut c, p, &db.dbname)
-                    .await
-                    .map_err(|e| StartError(e.to_string()))?;
-            }
-        }
+        reconcile_groups(&databases, &policies).await?;
 
         let metrics = Arc::new(Metrics::default());
         let state_url = config
@@ -214,6 +223,30 @@ impl App {
         let approvals = Arc::new(crate::store::Approvals::new(state_pool));
         let report = roles::reap_once(&leases).await;
         tracing::info!(?report, "startup reconciliation");
+        // Leases of policies removed while pgid was down end now: their rules are unknown.
+        for db in leases.databases().iter() {
+            let live = leases.store().active_on(&db.name).await.unwrap_or_default();
+            let orphaned: BTreeSet<&str> = live
+                .iter()
+                .map(|l| l.policy.as_str())
+                .filter(|p| policies.get(p).is_none())
+                .collect();
+            for p in orphaned {
+                match leases
+                    .revoke_policy(&db.name, p, "its policy was removed")
+                    .await
+                {
+                    Ok(n) => tracing::warn!(
+                        policy = p,
+                        leases = n,
+                        "revoked the leases of a policy that no longer exists"
+                    ),
+                    Err(e) => {
+                        tracing::error!(policy = p, error = %e, "cannot revoke the leases of a removed policy")
+                    }
+                }
+            }
+        }
 
         let verifier =
             Arc::new(Verifier::new(&config.issuers).map_err(|e| StartError(e.to_string()))?);
@@ -246,6 +279,7 @@ impl App {
             approvals,
             approval_waits,
             review,
+            reloading: tokio::sync::Mutex::new(()),
             instance_id: instance.id,
             _instance: instance,
         })
@@ -368,5 +402,81 @@ impl Running {
     pub async fn shutdown(self) {
         self.cancel.cancel();
         self.tasks.wait().await;
+    }
+
+    /// Reads the policy files again (SIGHUP). All or nothing: a policy that does not check, or a
+    /// group role that cannot be reconciled, leaves the running policies as they were. Otherwise
+    /// group roles follow the files, new leases and each live session's next statement follow
+    /// the new rules, and a removed policy's leases are revoked and its group role dropped.
+    pub async fn reload(&self) -> Result<String, String> {
+        let _one_at_a_time = self.app.reloading.lock().await;
+        let app = &self.app;
+        let new = load_policies(&app.config).map_err(|e| e.0)?;
+        reconcile_groups(app.leases.databases(), &new)
+            .await
+            .map_err(|e| e.0)?;
+        let old = app.policies.read().unwrap().clone();
+        let removed: Vec<Arc<crate::policy::Policy>> = old
+            .iter()
+            .filter(|p| new.get(&p.name).is_none())
+            .cloned()
+            .collect();
+        let added: Vec<String> = new
+            .iter()
+            .filter(|p| old.get(&p.name).is_none())
+            .map(|p| p.name.clone())
+            .collect();
+        let count = new.iter().count();
+        *app.policies.write().unwrap() = Arc::new(new);
+        self.proxy.mask_catalog.clear();
+        let mut problems = Vec::new();
+        for p in &removed {
+            match app
+                .leases
+                .revoke_policy(&p.database, &p.name, "its policy was removed")
+                .await
+            {
+                Ok(n) if n > 0 => {
+                    tracing::info!(policy = %p.name, leases = n, "revoked the leases of a removed policy")
+                }
+                Ok(_) => {}
+                Err(e) => problems.push(format!("revoking the leases of {}: {e}", p.name)),
+            }
+            let Some(db) = app.leases.databases().get(&p.database) else {
+                continue;
+            };
+            let dropped = match db.pool.get().await {
+                Ok(mut c) => roles::drop_group_role(&mut c, p, &db.dbname)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match dropped {
+                Ok(roles::GroupRemoval::OwnsObjects) => problems.push(format!(
+                    "group role {} owns objects; left in place",
+                    p.group_role()
+                )),
+                Ok(_) => {}
+                Err(e) => problems.push(format!("dropping group role {}: {e}", p.group_role())),
+            }
+        }
+        let mut summary = format!("{count} policies");
+        if !added.is_empty() {
+            summary.push_str(&format!("; added {}", added.join(", ")));
+        }
+        if !removed.is_empty() {
+            let names: Vec<&str> = removed.iter().map(|p| p.name.as_str()).collect();
+            summary.push_str(&format!("; removed {}", names.join(", ")));
+        }
+        if !problems.is_empty() {
+            summary.push_str(&format!("; problems: {}", problems.join("; ")));
+        }
+        let event =
+            crate::audit::Event::new(crate::audit::Kind::PolicyReloaded).reason(summary.clone());
+        if let Err(e) = app.leases.audit().record(&event).await {
+            tracing::error!(error = %e, "cannot audit a policy reload");
+        }
+        tracing::info!(%summary, "policies reloaded");
+        Ok(summary)
     }
 }

@@ -151,3 +151,15 @@ pub fn pool(
         .map_err(|e| e.to_string())?;
     Ok((pool, pg))
 }
+
+/// A Postgres error as an operator should read it: the server's message and detail, not just
+/// "db error".
+pub fn pg_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(d) => format!("{} ({d})", db.message()),
+            None => db.message().to_string(),
+        },
+        None => e.to_string(),
+    }
+}

@@ -434,3 +434,82 @@ async fn policy_test_prints_each_verdict_and_the_rule_that_decided() {
     assert_eq!(out.code, 1);
     assert!(out.stdout.contains("no policy matches"), "{}", out.stdout);
 }
+
+/// The next line starting with `prefix` (fails the test after 30 s, or if the process ended).
+async fn next_line(
+    lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    prefix: &str,
+) -> String {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let l = lines.recv().await.expect("the process exited");
+            if l.starts_with(prefix) {
+                return l;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {prefix:?} line"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_policies_of_a_running_pgid_serve() {
+    use std::io::{BufRead, BufReader};
+    let h = Harness::start(&[NIGHTLY]).await;
+    let mut child = pgid()
+        .args(["serve", "--config"])
+        .arg(&h.config_path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let started = next_line(&mut lines, "pgid: broker on ").await;
+    let broker = started
+        .trim_start_matches("pgid: broker on ")
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
+    let issue = |subject: &str| {
+        let req = h
+            .http
+            .post(format!("{broker}/v1/credentials"))
+            .bearer_auth(h.token(subject))
+            .json(&serde_json::json!({}));
+        async move { req.send().await.unwrap().status() }
+    };
+    assert_eq!(issue("agent:writer").await, 403);
+
+    let policies = h.state.path().join("policies");
+    std::fs::write(
+        policies.join("writer.toml"),
+        "name = \"writer\"\ndatabase = \"app\"\nttl = \"10m\"\n[identity]\nsubject = \"agent:writer\"\n\
+         [[grant]]\nprivileges = [\"SELECT\"]\non = [\"crm.notes\"]\n",
+    )
+    .unwrap();
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let reloaded = next_line(&mut lines, "pgid: policies").await;
+    assert!(reloaded.contains("added writer"), "{reloaded}");
+    assert_eq!(issue("agent:writer").await, 201);
+
+    // A broken file: refused, said why, and the running policies stay.
+    std::fs::write(policies.join("broken.toml"), "name = \"x\"\nbogus = 1\n").unwrap();
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let refused = next_line(&mut lines, "pgid: policies NOT reloaded").await;
+    assert!(!refused.is_empty());
+    assert!(next_line(&mut lines, "").await.contains("broken.toml"));
+    assert_eq!(issue("agent:writer").await, 201);
+
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
+}

@@ -31,6 +31,9 @@ pub enum Kind {
     /// Retry mode: an approved statement ran (its approval is used up).
     #[serde(rename = "approval.used")]
     ApprovalUsed,
+    /// The policy files were read again (SIGHUP); `reason` says what changed.
+    #[serde(rename = "policy.reloaded")]
+    PolicyReloaded,
     /// A reviewer signed in to the approval page.
     #[serde(rename = "reviewer.signin")]
     ReviewerSignin,

@@ -199,9 +199,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
     eprintln!("  DSN=$(pgid login --dev --client analyst-agent) && psql \"$DSN\"");
     eprintln!("  pgid login --dev --client support-bot --format json   # the whole lease");
     eprintln!();
-    eprintln!("Ctrl-C stops pgid and removes everything it created.");
+    eprintln!("Edit a policy and `kill -HUP {}` to reload. Ctrl-C stops pgid and removes everything it created.", std::process::id());
 
-    super::shutdown_signal().await;
+    super::run_until_stopped(&running).await?;
     eprintln!("pgid dev: stopping…");
     running.shutdown().await;
     let _ = std::fs::remove_file(&session_path);

@@ -91,6 +91,23 @@ pub fn init_logging() {
     }
 }
 
+/// Serves until Ctrl-C or SIGTERM; each SIGHUP reloads the policies (a reload that fails leaves
+/// the running ones in place, and says why).
+pub async fn run_until_stopped(running: &crate::app::Running) -> anyhow::Result<()> {
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = hangup.recv() => match running.reload().await {
+                Ok(summary) => eprintln!("pgid: policies reloaded: {summary}"),
+                Err(e) => eprintln!("pgid: policies NOT reloaded (the running ones stay):\n{e}"),
+            },
+        }
+    }
+}
+
 /// Waits for Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

@@ -1,4 +1,5 @@
-//! `pgid serve`: run from pgid.toml until SIGTERM / Ctrl-C, then drain.
+//! `pgid serve`: run from pgid.toml until SIGTERM / Ctrl-C, then drain; SIGHUP reloads the
+//! policies.
 
 use std::path::Path;
 
@@ -15,7 +16,7 @@ pub async fn run(config: &Path) -> anyhow::Result<u8> {
         "pgid: broker on https://{}, proxy on {}",
         running.broker_addr, running.proxy_addr
     );
-    super::shutdown_signal().await;
+    super::run_until_stopped(&running).await?;
     tracing::info!("shutting down");
     running.shutdown().await;
     Ok(0)

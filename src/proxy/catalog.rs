@@ -39,6 +39,11 @@ pub struct MaskCatalog {
 }
 
 impl MaskCatalog {
+    /// Forgets every resolved policy (the policies were reloaded).
+    pub fn clear(&self) {
+        self.cache.lock().unwrap().clear();
+    }
+
     /// The masks of `policy` in its database; `None` when it has none.
     pub async fn resolve(
         &self,

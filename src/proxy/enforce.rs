@@ -40,6 +40,8 @@ struct Prepared {
     /// The approval rule its executions wait for (protocol Parse; SQL PREPARE is matched at
     /// each SQL EXECUTE).
     approval: Option<Matched>,
+    /// Refused since it was prepared (the policy was reloaded): every execution is refused.
+    refused: Option<Verdict>,
 }
 
 struct Portal {
@@ -223,6 +225,14 @@ fn bind(
     })
 }
 
+/// What a reloaded policy changes in a live session.
+pub struct Reconfigure {
+    pub rules: Guardrails,
+    pub audit: StatementAudit,
+    pub masks: Option<Arc<MaskSetup>>,
+    pub approvals: Vec<Approval>,
+}
+
 pub struct EnforcerSetup {
     pub rules: Guardrails,
     pub audit: StatementAudit,
@@ -311,6 +321,7 @@ impl Enforcer {
                 rule: "analysis",
                 reason: e.to_string(),
             },
+            Ok(a) if self.refused_execute(a).is_some() => self.refused_execute(a).expect("checked"),
             Ok(a) => {
                 let prepared = &self.prepared;
                 guard::check(a, &self.rules, &|name| {
@@ -528,6 +539,7 @@ impl Enforcer {
                                                 .cloned()
                                                 .unwrap_or(MaskPlan::Untouched),
                                             approval: None,
+                                            refused: None,
                                         }),
                                     );
                                 }
@@ -574,6 +586,7 @@ impl Enforcer {
                                 index: 0,
                                 mask: plans.into_iter().next().unwrap_or(MaskPlan::Untouched),
                                 approval,
+                                refused: None,
                             }),
                         );
                         (Replace::Keep, (b'P', None, None))
@@ -644,10 +657,15 @@ impl Enforcer {
                             .portals
                             .get(portal)
                             .and_then(|p| p.statement.clone().map(|s| (s, p.parameters.clone())));
-                        let mut verdict = Verdict::Allow;
+                        let mut verdict = known
+                            .as_ref()
+                            .and_then(|(st, _)| st.refused.clone())
+                            .unwrap_or(Verdict::Allow);
                         let holds_before = holds.len();
                         let started = self.portals.get(portal).is_some_and(|p| p.started);
-                        if let (Some((st, params)), false) = (&known, started) {
+                        if let (Some((st, params)), false, Verdict::Allow) =
+                            (&known, started, &verdict)
+                        {
                             if let Some(matched) = st.approval.clone() {
                                 let raw = self
                                     .portals
@@ -874,6 +892,58 @@ impl Enforcer {
                 sqlstate: d.sqlstate.as_deref(),
             })
         })
+    }
+
+    /// The policy was reloaded: new rules from the next statement on, and every statement
+    /// prepared so far judged again under them (one now refused is refused at each execution).
+    pub async fn reconfigure(&mut self, setup: Reconfigure, dialect: Dialect) {
+        self.rules = setup.rules;
+        self.audit = setup.audit;
+        self.approval_rules = setup.approvals;
+        // Descriptions the old masker kept are gone; it asks the server again where it must.
+        self.masker = setup.masks.map(Masker::new);
+        let names: Vec<String> = self.prepared.keys().cloned().collect();
+        // Old statement (kept alive, so its address stays its own) → its new judgement.
+        let mut renewed: HashMap<usize, (Arc<Prepared>, Arc<Prepared>)> = HashMap::new();
+        for name in names {
+            let Some(old) = self.prepared.get(&name).cloned() else {
+                continue;
+            };
+            let (verdict, outcome, plans) = self.judge(&old.text, dialect).await;
+            let approval = self.approval_rule(&outcome, &verdict);
+            if let Some(m) = self.masker.as_mut() {
+                m.parsed(&name);
+            }
+            let allowed = verdict == Verdict::Allow;
+            let new = Arc::new(Prepared {
+                text: old.text.clone(),
+                analysis: outcome,
+                index: old.index,
+                mask: plans.get(old.index).cloned().unwrap_or(MaskPlan::Untouched),
+                approval,
+                refused: (!allowed).then_some(verdict),
+            });
+            renewed.insert(Arc::as_ptr(&old) as usize, (old.clone(), new.clone()));
+            self.prepared.insert(name, new);
+        }
+        // Portals bound already run under the new judgement of their statement too.
+        for portal in self.portals.values_mut() {
+            if let Some((_, new)) = portal
+                .statement
+                .as_ref()
+                .and_then(|old| renewed.get(&(Arc::as_ptr(old) as usize)))
+            {
+                portal.statement = Some(new.clone());
+            }
+        }
+    }
+
+    /// A SQL EXECUTE of a prepared statement that the reloaded policy refuses.
+    fn refused_execute(&self, a: &crate::sql::Analysis) -> Option<Verdict> {
+        a.statements
+            .iter()
+            .flat_map(|st| st.executes.iter())
+            .find_map(|name| self.prepared.get(name).and_then(|p| p.refused.clone()))
     }
 
     /// The approval rule an allowed message falls under, if any. Preparing runs nothing, so a

@@ -37,6 +37,12 @@ impl ExportLimit {
     }
 
     /// What to do with a server message; `true` when the query must be cancelled upstream now.
+    /// New limits (the policy was reloaded); a statement in flight keeps its count.
+    pub fn set_limits(&mut self, max_rows: Option<u64>, max_bytes: Option<u64>) {
+        self.max_rows = max_rows;
+        self.max_bytes = max_bytes;
+    }
+
     pub fn on_message(&mut self, tag: u8, len: usize) -> (Action, bool) {
         match tag {
             b'D' | b'd' => {

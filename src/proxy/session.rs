@@ -10,8 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::cancel::CancelTarget;
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use super::enforce::{Enforcer, EnforcerSetup, Hold, RawParameters};
+use super::enforce::{Enforcer, EnforcerSetup, Hold, RawParameters, Reconfigure};
 use super::handshake::Established;
 use super::limits::{Action, ExportLimit, LIMIT_SQLSTATE};
 use super::upstream::Upstream;
@@ -71,42 +72,39 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
         peer,
     } = est;
     frames.set_max(MAX_MESSAGE_BYTES);
-    let policy = p.policies.read().unwrap().get(&lease.policy).cloned();
-    let (rules, audit_rules) = policy
-        .as_ref()
-        .map(|pol| (pol.guardrails.clone(), pol.audit))
-        .unwrap_or_default();
-    let approval_rules = policy
-        .as_ref()
-        .map(|pol| pol.approvals.clone())
-        .unwrap_or_default();
+    let mut policy_set = p.policies.read().unwrap().clone();
+    let refuse = |code: &'static str, message: &'static str| {
+        let mut out = BytesMut::new();
+        backend::error_response(&mut out, Severity::Fatal, code, message);
+        out
+    };
+    // A lease whose policy is gone (removed by a reload) gets no session: its rules are unknown.
+    let Some(policy) = policy_set.get(&lease.policy).cloned() else {
+        let _ = client
+            .write_all(&refuse(
+                "57P01",
+                "pgid: the lease's policy no longer exists",
+            ))
+            .await;
+        let _ = client.shutdown().await;
+        super::pool::close(upstream);
+        return;
+    };
+    let (rules, audit_rules) = (policy.guardrails.clone(), policy.audit);
+    let approval_rules = policy.approvals.clone();
     // Masked columns as the database knows them; no session if they cannot be looked up.
-    let masks = match (&policy, p.leases.databases().get(&lease.database)) {
-        (Some(pol), Some(db)) if p.settings.inspect => {
-            let key = p.leases.key().derive(b"pgid mask hash");
-            match p
-                .mask_catalog
-                .resolve(pol, &db.pool, &p.analyzer, key)
-                .await
-            {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot resolve masked columns; closing the session");
-                    let mut out = BytesMut::new();
-                    backend::error_response(
-                        &mut out,
-                        Severity::Fatal,
-                        "58000",
-                        "pgid: masked columns cannot be resolved in the database; try again later",
-                    );
-                    let _ = client.write_all(&out).await;
-                    let _ = client.shutdown().await;
-                    super::pool::close(upstream);
-                    return;
-                }
+    let masks = if p.settings.inspect {
+        match session_masks(p, &policy, &lease).await {
+            Ok(m) => m,
+            Err(()) => {
+                let _ = client.write_all(&refuse("58000", MASKS_UNRESOLVED)).await;
+                let _ = client.shutdown().await;
+                super::pool::close(upstream);
+                return;
             }
         }
-        _ => None,
+    } else {
+        None
     };
     let mut limit = ExportLimit::new(rules.max_rows, rules.max_bytes);
     let mut enforcer = p.settings.inspect.then(|| {
@@ -149,6 +147,16 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
             r = frames.fill(&mut client) => {
                 if r.is_err() {
                     break End::ClientGone;
+                }
+                // A reloaded policy applies from the next statement on.
+                if let Some(e) = enforcer.as_mut() {
+                    let current = p.policies.read().unwrap().clone();
+                    if !Arc::ptr_eq(&current, &policy_set) {
+                        policy_set = current;
+                        if let Err(m) = reconfigure(p, &lease, &policy_set, e, &mut limit, dialect(&upstream.params)).await {
+                            break End::Fatal("57P01", m.into());
+                        }
+                    }
                 }
                 let approver = Approver { proxy: p, lease: &lease, session_id, cancelled: &cancel.cancelled, lease_watch: &lease_watch };
                 match client_to_server(&mut frames.buf, &mut upstream, &mut client, &mut pending, enforcer.as_mut(), &audit, &approver).await {
@@ -215,6 +223,58 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
             }
         }
     }
+}
+
+const MASKS_UNRESOLVED: &str =
+    "pgid: masked columns cannot be resolved in the database; try again later";
+
+/// The lease's masks as the database knows them (`None`: the policy masks nothing).
+async fn session_masks(
+    p: &Proxy,
+    policy: &crate::policy::Policy,
+    lease: &crate::store::LeaseRow,
+) -> Result<Option<Arc<super::catalog::MaskSetup>>, ()> {
+    let Some(db) = p.leases.databases().get(&lease.database) else {
+        return Ok(None);
+    };
+    let key = p.leases.key().derive(b"pgid mask hash");
+    p.mask_catalog
+        .resolve(policy, &db.pool, &p.analyzer, key)
+        .await
+        .map_err(
+            |e| tracing::error!(error = %e, "cannot resolve masked columns; closing the session"),
+        )
+}
+
+/// Applies the reloaded policy set to a live session; `Err` ends the session with that message.
+async fn reconfigure(
+    p: &Proxy,
+    lease: &crate::store::LeaseRow,
+    set: &crate::policy::PolicySet,
+    enforcer: &mut Enforcer,
+    limit: &mut ExportLimit,
+    dialect: Dialect,
+) -> Result<(), &'static str> {
+    let policy = set
+        .get(&lease.policy)
+        .ok_or("pgid: the lease's policy was removed")?;
+    let masks = session_masks(p, policy, lease)
+        .await
+        .map_err(|()| MASKS_UNRESOLVED)?;
+    limit.set_limits(policy.guardrails.max_rows, policy.guardrails.max_bytes);
+    enforcer
+        .reconfigure(
+            Reconfigure {
+                rules: policy.guardrails.clone(),
+                audit: policy.audit,
+                masks,
+                approvals: policy.approvals.clone(),
+            },
+            dialect,
+        )
+        .await;
+    tracing::info!(lease = %lease.id, policy = %policy.name, "session follows the reloaded policy");
+    Ok(())
 }
 
 enum Flow {

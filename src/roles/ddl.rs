@@ -134,6 +134,14 @@ pub fn grant_connect(database: &str, role: &str) -> String {
     )
 }
 
+pub fn revoke_connect(database: &str, role: &str) -> String {
+    format!(
+        "REVOKE CONNECT ON DATABASE {} FROM {}",
+        ident(database),
+        ident(role)
+    )
+}
+
 /// Role comments show the subject for people reading `\du+`; characters outside a safe set are
 /// replaced so the comment is plain text whatever the token said (the exact subject is in
 /// `pgid.leases`).

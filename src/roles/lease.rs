@@ -359,6 +359,23 @@ impl Leases {
         }
     }
 
+    /// Revokes every active lease of `policy` (it was removed); returns how many.
+    pub async fn revoke_policy(
+        &self,
+        database: &str,
+        policy: &str,
+        reason: &str,
+    ) -> Result<usize, LeaseError> {
+        let mut n = 0;
+        for row in self.store.active_on(database).await? {
+            if row.policy == policy {
+                self.revoke(row.id, LeaseState::Revoked, reason).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Runs the removal steps for a lease in `revoking` and records the outcome.
     pub(super) async fn remove(&self, row: &LeaseRow) -> Result<(), LeaseError> {
         // Sessions through the proxy end first, then the role goes.

@@ -15,7 +15,10 @@ pub use lease::{
     Notifier,
 };
 pub use reaper::{reap_once, Reaper};
-pub use reconcile::{apply_policy, ensure_marker_role, plan_policy, GroupPlan, ReconcileError};
+pub use reconcile::{
+    apply_policy, drop_group_role, ensure_marker_role, plan_policy, GroupPlan, GroupRemoval,
+    ReconcileError,
+};
 pub use watch::{EndReason, LeaseStatus, LeaseWatch};
 
 /// The NOLOGIN role every lease role is a member of: how pgid recognises its own roles.

@@ -17,7 +17,7 @@ pub enum ReconcileError {
         database: String,
         what: String,
     },
-    #[error("policy {policy}: {source}")]
+    #[error("policy {policy}: {}", crate::database::pg_message(source))]
     Postgres {
         policy: String,
         #[source]
@@ -249,20 +249,86 @@ pub async fn plan_policy(
 /// Lock key serialising group-role reconciliation across pgid instances.
 const RECONCILE_LOCK: i64 = 0x0070_6769_6472_6563;
 
+fn postgres_error(policy: &Policy) -> impl Fn(tokio_postgres::Error) -> ReconcileError + Copy + '_ {
+    move |source| ReconcileError::Postgres {
+        policy: policy.name.clone(),
+        source,
+    }
+}
+
+/// A transaction holding the reconcile lock: one instance changes group roles at a time.
+async fn begin_locked(
+    client: &mut tokio_postgres::Client,
+) -> Result<tokio_postgres::Transaction<'_>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&RECONCILE_LOCK])
+        .await?;
+    Ok(tx)
+}
+
+/// What became of a removed policy's group role.
+#[derive(Debug, PartialEq, Eq)]
+pub enum GroupRemoval {
+    Dropped,
+    Missing,
+    /// It owns objects (someone gave it some): left in place rather than destroy them.
+    OwnsObjects,
+}
+
+/// Drops the group role of a policy that no longer exists: every privilege pgid granted it is
+/// revoked (the plan of the same policy with no grants, then CONNECT), then the role goes. A
+/// role that owns objects is left in place rather than destroy them.
+pub async fn drop_group_role(
+    client: &mut tokio_postgres::Client,
+    policy: &Policy,
+    dbname: &str,
+) -> Result<GroupRemoval, ReconcileError> {
+    let role = policy.group_role();
+    let pg = postgres_error(policy);
+    let tx = begin_locked(client).await.map_err(pg)?;
+    if tx
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
+        .await
+        .map_err(pg)?
+        .is_none()
+    {
+        return Ok(GroupRemoval::Missing);
+    }
+    let owns: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_shdepend d JOIN pg_roles r ON r.oid = d.refobjid \
+             WHERE r.rolname = $1 AND d.deptype = 'o')",
+            &[&role],
+        )
+        .await
+        .map_err(pg)?
+        .get(0);
+    if owns {
+        return Ok(GroupRemoval::OwnsObjects);
+    }
+    let bare = Policy {
+        grants: Vec::new(),
+        ..policy.clone()
+    };
+    for stmt in plan_policy(&tx, &bare, dbname).await?.statements {
+        tx.batch_execute(&stmt).await.map_err(pg)?;
+    }
+    tx.batch_execute(&ddl::revoke_connect(dbname, &role))
+        .await
+        .map_err(pg)?;
+    tx.batch_execute(&ddl::drop_role(&role)).await.map_err(pg)?;
+    tx.commit().await.map_err(pg)?;
+    Ok(GroupRemoval::Dropped)
+}
+
 /// Plans and applies one policy inside a transaction, under an advisory lock.
 pub async fn apply_policy(
     client: &mut tokio_postgres::Client,
     policy: &Policy,
     dbname: &str,
 ) -> Result<GroupPlan, ReconcileError> {
-    let pg = |source| ReconcileError::Postgres {
-        policy: policy.name.clone(),
-        source,
-    };
-    let tx = client.transaction().await.map_err(pg)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&RECONCILE_LOCK])
-        .await
-        .map_err(pg)?;
+    let pg = postgres_error(policy);
+    let tx = begin_locked(client).await.map_err(pg)?;
     let plan = plan_policy(&tx, policy, dbname).await?;
     for stmt in &plan.statements {
         tx.batch_execute(stmt).await.map_err(pg)?;

@@ -368,6 +368,16 @@ fn special(kind: &str, body: &Value, st: &mut Statement) {
     use StatementClass as C;
     match kind {
         "SelectStmt" => {
+            // A VALUES list reads nothing: `INSERT … VALUES` is an INSERT, not also a SELECT (a
+            // subquery inside the list is a SelectStmt of its own). Only a statement that is a
+            // VALUES list itself returns rows, as a SELECT does.
+            let values = body
+                .get("values_lists")
+                .and_then(Value::as_array)
+                .is_some_and(|v| !v.is_empty());
+            if values && st.root != "SelectStmt" {
+                return;
+            }
             // SELECT … INTO creates a table.
             st.classes
                 .insert(if body.get("into_clause").is_some_and(|v| !v.is_null()) {
@@ -648,6 +658,29 @@ mod tests {
             analyze("SELECT 1", Dialect::default(), 3),
             Err(AnalyzeError::TooLarge(3))
         ));
+    }
+
+    #[test]
+    fn a_values_list_is_not_a_select() {
+        let d = Dialect::default();
+        let classes = |sql: &str| {
+            analyze(sql, d, 1 << 20).unwrap().statements[0]
+                .classes
+                .iter()
+                .copied()
+                .collect::<Vec<_>>()
+        };
+        use StatementClass as C;
+        assert_eq!(classes("INSERT INTO t VALUES (1), (2)"), [C::Insert]);
+        assert_eq!(
+            classes("INSERT INTO t VALUES ((SELECT max(x) FROM s))"),
+            [C::Select, C::Insert]
+        );
+        assert_eq!(
+            classes("INSERT INTO t SELECT * FROM s"),
+            [C::Select, C::Insert]
+        );
+        assert_eq!(classes("VALUES (1)"), [C::Select]);
     }
 
     #[test]
