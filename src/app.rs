@@ -58,6 +58,51 @@ pub fn load_policies(config: &Config) -> Result<PolicySet, StartError> {
     Ok(set)
 }
 
+/// The state database: its own URL (TLS when it says sslmode=require, like libpq), or the first
+/// database's, with that database's TLS. Its pool, connection settings and TLS.
+pub fn state_database(
+    config: &Config,
+    databases: &Databases,
+) -> Result<
+    (
+        deadpool_postgres::Pool,
+        tokio_postgres::Config,
+        Option<Arc<rustls::ClientConfig>>,
+    ),
+    StartError,
+> {
+    let state_tls = match &config.state_url {
+        Some(url) => {
+            let wants_tls = url
+                .expose()
+                .parse::<tokio_postgres::Config>()
+                .is_ok_and(|c| c.get_ssl_mode() == tokio_postgres::config::SslMode::Require);
+            crate::postgres_tls::client_config(
+                if wants_tls {
+                    crate::config::UpstreamTls::Require
+                } else {
+                    crate::config::UpstreamTls::Disable
+                },
+                None,
+            )
+            .map_err(|e| StartError(format!("state_url: TLS: {e}")))?
+        }
+        None => databases
+            .get(&config.databases[0].name)
+            .and_then(|db| db.tls.clone()),
+    };
+    let (pool, pg) = match &config.state_url {
+        Some(url) => database::pool(url.expose(), 8, state_tls.clone())
+            .map_err(|e| StartError(format!("state_url: {e}")))?,
+        None => {
+            let first = &config.databases[0];
+            database::pool(first.admin_url.expose(), first.pool_size, state_tls.clone())
+                .map_err(|e| StartError(format!("database {}: {e}", first.name)))?
+        }
+    };
+    Ok((pool, pg, state_tls))
+}
+
 /// Brings every policy's group role in line with its file (and the lease marker role into being).
 async fn reconcile_groups(databases: &Databases, policies: &PolicySet) -> Result<(), StartError> {
     for db in databases.iter() {
@@ -106,37 +151,7 @@ impl App {
         let policies = load_policies(&config)?;
         let databases =
             Databases::connect(&config.databases).map_err(|e| StartError(e.to_string()))?;
-        // The state database: its own URL (TLS when it says sslmode=require, like libpq), or the
-        // first database's, with that database's TLS.
-        let state_tls = match &config.state_url {
-            Some(url) => {
-                let wants_tls = url
-                    .expose()
-                    .parse::<tokio_postgres::Config>()
-                    .is_ok_and(|c| c.get_ssl_mode() == tokio_postgres::config::SslMode::Require);
-                crate::postgres_tls::client_config(
-                    if wants_tls {
-                        crate::config::UpstreamTls::Require
-                    } else {
-                        crate::config::UpstreamTls::Disable
-                    },
-                    None,
-                )
-                .map_err(|e| StartError(format!("state_url: TLS: {e}")))?
-            }
-            None => databases
-                .get(&config.databases[0].name)
-                .and_then(|db| db.tls.clone()),
-        };
-        let (state_pool, state_pg) = match &config.state_url {
-            Some(url) => database::pool(url.expose(), 8, state_tls.clone())
-                .map_err(|e| StartError(format!("state_url: {e}")))?,
-            None => {
-                let first = &config.databases[0];
-                database::pool(first.admin_url.expose(), first.pool_size, state_tls.clone())
-                    .map_err(|e| StartError(format!("database {}: {e}", first.name)))?
-            }
-        };
+        let (state_pool, state_pg, state_tls) = state_database(&config, &databases)?;
         {
             let mut c = state_pool
                 .get()

@@ -327,6 +327,56 @@ async fn the_table_sink_mirrors_the_file_and_a_failing_sink_refuses_statements()
         .filter(|r| r.0 == "not_run" && r.1.as_deref() == Some("42501"))
         .count();
     assert_eq!((ran, refused, results.len()), (2, 2, 4), "{results:?}");
+
+    // `pgid audit verify --table`: intact; a column edited or a row deleted is found.
+    let verify_table = || {
+        let out = pgid_bin()
+            .args(["audit", "verify", "--table", "--config"])
+            .arg(&h.config_path)
+            .env("PGID_LOG", "error")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = verify_table();
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with("ok: "), "{out}");
+    let victim: i64 = su
+        .query_one(
+            "SELECT id FROM pgid.audit_events WHERE kind = 'statement' ORDER BY id LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    su.execute(
+        "UPDATE pgid.audit_events SET statement = 'SELECT 1' WHERE id = $1",
+        &[&victim],
+    )
+    .await
+    .unwrap();
+    let (code, _, err) = verify_table();
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(&format!("id {victim}: a column differs")),
+        "{err}"
+    );
+    su.execute(
+        "UPDATE pgid.audit_events SET statement = line::jsonb->>'statement' WHERE id = $1",
+        &[&victim],
+    )
+    .await
+    .unwrap();
+    su.execute("DELETE FROM pgid.audit_events WHERE id = $1", &[&victim])
+        .await
+        .unwrap();
+    let (code, _, err) = verify_table();
+    assert_eq!(code, Some(1));
+    assert!(err.contains("chain broken"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

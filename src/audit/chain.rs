@@ -115,6 +115,67 @@ pub fn check(line: &str, prev: &str) -> Result<String, Broken> {
     Ok(hash.to_string())
 }
 
+/// The hash a line claims (not checked).
+pub fn hash_of(line: &str) -> Option<&str> {
+    line.get(line.len().checked_sub(HASH_SUFFIX_LEN)?..)?
+        .strip_prefix(",\"hash\":\"")?
+        .strip_suffix("\"}")
+}
+
+/// The `prev` a line says it follows (not checked).
+pub fn prev_of(line: &str) -> Option<&str> {
+    let body = line.get(..line.len().checked_sub(HASH_SUFFIX_LEN)?)?;
+    body.rsplit_once("\"prev\":\"")
+        .map(|(_, p)| p.trim_end_matches('"'))
+}
+
+/// What checking the audit table found.
+#[derive(Debug, Default, PartialEq)]
+pub struct TableCheck {
+    pub records: usize,
+    /// Instances whose first row follows a record the table does not hold (the table sink was
+    /// switched on mid-chain, or that record was deleted): (instance, row id).
+    pub starts_mid_chain: Vec<(i32, i64)>,
+    /// The first broken row of each instance: (instance, row id, why).
+    pub broken: Vec<(i32, i64, String)>,
+}
+
+/// Checks the audit table's rows, `(id, instance, line)` in id order: each instance's rows form
+/// one chain (each row follows the one before it); a chain may begin at the genesis hash or at a
+/// record of another instance's chain (pgid restarted on the same file).
+pub fn verify_table(rows: &[(i64, i32, &str)]) -> TableCheck {
+    let known: std::collections::HashSet<&str> = rows
+        .iter()
+        .filter_map(|(_, _, line)| hash_of(line))
+        .collect();
+    let mut out = TableCheck {
+        records: rows.len(),
+        ..TableCheck::default()
+    };
+    let mut last: std::collections::BTreeMap<i32, Option<String>> = Default::default();
+    for (id, instance, line) in rows {
+        let state = last.entry(*instance).or_insert(None);
+        if out.broken.iter().any(|(i, _, _)| i == instance) {
+            continue;
+        }
+        let expected = match state {
+            Some(prev) => prev.clone(),
+            None => {
+                let first = prev_of(line).unwrap_or_default().to_string();
+                if first != GENESIS && !known.contains(first.as_str()) {
+                    out.starts_mid_chain.push((*instance, *id));
+                }
+                first
+            }
+        };
+        match check(line, &expected) {
+            Ok(hash) => *state = Some(hash),
+            Err(why) => out.broken.push((*instance, *id, why.to_string())),
+        }
+    }
+    out
+}
+
 /// Verifies consecutive lines (a file, or files in rotation order) from `start`.
 /// Returns the last hash, or the 0-based index of the first bad line and why.
 pub fn verify<'a>(
@@ -202,5 +263,64 @@ mod tests {
     fn empty_object_seals() {
         let (line, hash) = seal("{}", GENESIS);
         assert_eq!(check(&line, GENESIS).unwrap(), hash);
+    }
+
+    #[test]
+    fn table_rows_are_checked_per_instance() {
+        let a = chain(4);
+        // Instance 2 continues instance 1's chain (a restart on the same file).
+        let mut prev = hash_of(&a[3]).unwrap().to_string();
+        let b: Vec<String> = (0..3)
+            .map(|i| {
+                let (line, hash) = seal(&format!(r#"{{"m":{i}}}"#), &prev);
+                prev = hash;
+                line
+            })
+            .collect();
+        let rows = |lines: &[(i32, &String)]| -> Vec<(i64, i32, String)> {
+            lines
+                .iter()
+                .enumerate()
+                .map(|(i, (inst, l))| (i as i64 + 1, *inst, (*l).clone()))
+                .collect()
+        };
+        let check_rows = |r: &[(i64, i32, String)]| {
+            let v: Vec<(i64, i32, &str)> = r.iter().map(|(i, n, l)| (*i, *n, l.as_str())).collect();
+            verify_table(&v)
+        };
+        // Interleaved in id order, as two instances write.
+        let all = rows(&[
+            (1, &a[0]),
+            (1, &a[1]),
+            (1, &a[2]),
+            (1, &a[3]),
+            (2, &b[0]),
+            (2, &b[1]),
+            (2, &b[2]),
+        ]);
+        let ok = check_rows(&all);
+        assert_eq!(ok.records, 7);
+        assert!(
+            ok.broken.is_empty() && ok.starts_mid_chain.is_empty(),
+            "{ok:?}"
+        );
+
+        // A deleted row in the middle breaks the chain at the next row.
+        let mut gone = all.clone();
+        gone.remove(1);
+        let r = check_rows(&gone);
+        assert_eq!(r.broken.len(), 1);
+        assert_eq!((r.broken[0].0, r.broken[0].1), (1, 3));
+
+        // An edited row: its hash no longer matches.
+        let mut edited = all.clone();
+        edited[5].2 = edited[5].2.replacen("\"m\":1", "\"m\":9", 1);
+        let r = check_rows(&edited);
+        assert_eq!((r.broken[0].0, r.broken[0].1), (2, 6));
+
+        // A table that starts mid-chain is reported, not broken.
+        let r = check_rows(&all[2..]);
+        assert!(r.broken.is_empty());
+        assert_eq!(r.starts_mid_chain, [(1, 3)]);
     }
 }

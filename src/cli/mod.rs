@@ -53,7 +53,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Dev(args) => dev::run(args).await,
         Command::Login(args) => login::run(*args).await,
         Command::Policy { command } => policy::run(command).await,
-        Command::Audit { command } => audit::run(command),
+        Command::Audit { command } => audit::run(command).await,
         Command::Approvals { command } => approvals::run(command).await,
     }
 }
