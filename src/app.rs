@@ -325,6 +325,7 @@ impl App {
                     .server_config(&[])
                     .map_err(|e| StartError(e.to_string()))?,
             ),
+            tls_end_point: self.tls.server_end_point(),
             settings: self.config.proxy.clone(),
             cancels: Default::default(),
             pool: proxy::pool::Pool::new(self.config.proxy.pool_idle_timeout),

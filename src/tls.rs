@@ -84,6 +84,81 @@ impl TlsMaterial {
     }
 }
 
+impl TlsMaterial {
+    /// Channel-binding data (`tls-server-end-point`) for the certificate clients see, when its
+    /// signature algorithm defines one.
+    pub fn server_end_point(&self) -> Option<Vec<u8>> {
+        let cert = CertificateDer::pem_file_iter(&self.cert)
+            .ok()?
+            .next()?
+            .ok()?;
+        server_end_point(cert.as_ref())
+    }
+}
+
+/// RFC 5929 `tls-server-end-point`: the hash of the server certificate (DER), with the hash of
+/// its signature algorithm (SHA-256 for MD5 and SHA-1). `None` for algorithms the RFC leaves
+/// undefined (RSASSA-PSS, EdDSA): channel binding is then not offered.
+pub fn server_end_point(der: &[u8]) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm AlgorithmIdentifier, … }
+    let (0x30, cert, _) = tlv(der)? else {
+        return None;
+    };
+    let (0x30, _, rest) = tlv(cert)? else {
+        return None;
+    };
+    let (0x30, algorithm, _) = tlv(rest)? else {
+        return None;
+    };
+    let (0x06, oid, _) = tlv(algorithm)? else {
+        return None;
+    };
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA_SHA2: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03];
+    const ECDSA_SHA1: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01];
+    let bits = match oid {
+        [p @ .., 0x04 | 0x05] if p == RSA => 256, // md5, sha1 → SHA-256
+        [p @ .., 0x0b] if p == RSA => 256,
+        [p @ .., 0x0c] if p == RSA => 384,
+        [p @ .., 0x0d] if p == RSA => 512,
+        [p @ .., 0x0e] if p == RSA => 224,
+        o if o == ECDSA_SHA1 => 256,
+        [p @ .., 0x01] if p == ECDSA_SHA2 => 224,
+        [p @ .., 0x02] if p == ECDSA_SHA2 => 256,
+        [p @ .., 0x03] if p == ECDSA_SHA2 => 384,
+        [p @ .., 0x04] if p == ECDSA_SHA2 => 512,
+        _ => return None,
+    };
+    Some(match bits {
+        224 => sha2::Sha224::digest(der).to_vec(),
+        256 => sha2::Sha256::digest(der).to_vec(),
+        384 => sha2::Sha384::digest(der).to_vec(),
+        _ => sha2::Sha512::digest(der).to_vec(),
+    })
+}
+
+/// One DER element: (tag, content, what follows).
+fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let tag = *b.first()?;
+    let first = *b.get(1)? as usize;
+    let (len, header) = if first < 0x80 {
+        (first, 2)
+    } else {
+        let n = first & 0x7f;
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let len = b
+            .get(2..2 + n)?
+            .iter()
+            .fold(0usize, |acc, x| (acc << 8) | *x as usize);
+        (len, 2 + n)
+    };
+    let content = b.get(header..header.checked_add(len)?)?;
+    Some((tag, content, &b[header + len..]))
+}
+
 fn generate(dir: &Path, hosts: &[String]) -> Result<(), TlsError> {
     std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
     let ca_key = KeyPair::generate()?;
@@ -164,5 +239,39 @@ mod tests {
         assert_eq!(std::fs::read(&again.cert).unwrap(), first);
         assert!(m.ca.as_ref().unwrap().exists());
         client_config(m.ca.as_deref()).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod end_point_tests {
+    use super::*;
+
+    fn self_signed(alg: &'static rcgen::SignatureAlgorithm) -> Vec<u8> {
+        let key = KeyPair::generate_for(alg).unwrap();
+        CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap()
+            .der()
+            .to_vec()
+    }
+
+    #[test]
+    fn end_point_hashes_the_certificate_with_its_signature_hash() {
+        use sha2::Digest;
+        let der = self_signed(&rcgen::PKCS_ECDSA_P256_SHA256);
+        assert_eq!(
+            server_end_point(&der).unwrap(),
+            sha2::Sha256::digest(&der).to_vec()
+        );
+        let der = self_signed(&rcgen::PKCS_ECDSA_P384_SHA384);
+        assert_eq!(
+            server_end_point(&der).unwrap(),
+            sha2::Sha384::digest(&der).to_vec()
+        );
+        // EdDSA: undefined by RFC 5929, so no channel binding.
+        assert_eq!(server_end_point(&self_signed(&rcgen::PKCS_ED25519)), None);
+        assert_eq!(server_end_point(b"\x30\x82"), None);
+        assert_eq!(server_end_point(b""), None);
     }
 }

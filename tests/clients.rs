@@ -130,6 +130,14 @@ async fn psql_psycopg_node_postgres_and_pgjdbc_see_what_a_direct_connection_sees
         &["Ada Lovelace"],
     )
     .await;
+    // libpq refuses to go on unless the server binds SCRAM to the TLS channel.
+    compare(
+        "psql over TLS with channel_binding=require",
+        psql(&direct_dsn),
+        psql(&format!("{verified}&channel_binding=require")),
+        &["Ada Lovelace"],
+    )
+    .await;
 
     // psycopg 3 (pipeline mode, server-side cursor, COPY, notices, LISTEN/NOTIFY)
     let python = tool(&clients.join(".venv/bin/python"), "the psycopg venv");

@@ -518,7 +518,7 @@ mod hostile {
         );
         s.write_all(&out).await.unwrap();
         let mut frames = Frames::new(MAX_MESSAGE_BYTES);
-        let ex = ClientExchange::new("hostile-test-nonce");
+        let ex = ClientExchange::new("hostile-test-nonce", None);
         let mut expected = [0u8; 32];
         loop {
             let m = frames.read(&mut s).await.unwrap();

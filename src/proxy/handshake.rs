@@ -157,7 +157,14 @@ pub async fn handshake(
         Some(row) => {
             let verifier = StoredVerifier::parse(&row.client_verifier)
                 .unwrap_or_else(|| mock_verifier(p, &user));
-            if !scram_auth(&mut client, &mut frames, verifier).await? {
+            if !scram_auth(
+                &mut client,
+                &mut frames,
+                verifier,
+                p.tls_end_point.as_deref(),
+            )
+            .await?
+            {
                 return Err(refuse(
                     &mut client,
                     "28P01",
@@ -182,7 +189,13 @@ pub async fn handshake(
         },
         None => {
             // Same exchange as for a real lease, so a client cannot tell unknown from wrong.
-            scram_auth(&mut client, &mut frames, mock_verifier(p, &user)).await?;
+            scram_auth(
+                &mut client,
+                &mut frames,
+                mock_verifier(p, &user),
+                p.tls_end_point.as_deref(),
+            )
+            .await?;
             return Err(refuse(
                 &mut client,
                 "28P01",
@@ -329,9 +342,16 @@ async fn scram_auth(
     client: &mut ClientStream,
     frames: &mut Frames,
     verifier: StoredVerifier,
+    binding: Option<&[u8]>,
 ) -> Result<bool, HandshakeError> {
+    // Over TLS, channel binding to pgid's certificate is offered too.
+    let end_point = binding.filter(|_| client.is_tls());
     let mut out = BytesMut::new();
-    backend::auth_sasl(&mut out, &[scram::MECHANISM]);
+    if end_point.is_some() {
+        backend::auth_sasl(&mut out, &[scram::MECHANISM_PLUS, scram::MECHANISM]);
+    } else {
+        backend::auth_sasl(&mut out, &[scram::MECHANISM]);
+    }
     client.write_all(&out).await.map_err(WireError::from)?;
     client.flush().await.map_err(WireError::from)?;
     let m = frames.read(client).await?;
@@ -339,10 +359,20 @@ async fn scram_auth(
         return Err(refuse(client, "08P01", "pgid: expected a SASL response").await);
     }
     let (mechanism, data) = frontend::parse_sasl_initial(&m.body)?;
-    if mechanism != scram::MECHANISM {
-        return Err(refuse(client, "28000", "pgid: only SCRAM-SHA-256 is supported").await);
-    }
-    let exchange = match ServerExchange::start(verifier, &data, &scram::nonce()) {
+    let binding = match (mechanism.as_str(), end_point) {
+        (scram::MECHANISM, None) => scram::Binding::None,
+        (scram::MECHANISM, Some(data)) => scram::Binding::Offered { data, plus: false },
+        (scram::MECHANISM_PLUS, Some(data)) => scram::Binding::Offered { data, plus: true },
+        _ => {
+            return Err(refuse(
+                client,
+                "28000",
+                "pgid: only SCRAM-SHA-256 (and over TLS SCRAM-SHA-256-PLUS) is supported",
+            )
+            .await)
+        }
+    };
+    let exchange = match ServerExchange::start(verifier, &data, &scram::nonce(), binding) {
         Ok(e) => e,
         Err(e) => return Err(refuse(client, "08P01", &format!("pgid: {e}")).await),
     };

@@ -40,6 +40,8 @@ pub struct Proxy {
     pub policies: Arc<RwLock<Arc<PolicySet>>>,
     /// Server TLS for clients; `None` answers SSLRequest with `N`.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `tls-server-end-point` of that certificate: SCRAM-SHA-256-PLUS is offered over TLS.
+    pub tls_end_point: Option<Vec<u8>>,
     pub settings: ProxyConfig,
     pub cancels: Arc<cancel::CancelMap>,
     pub pool: pool::Pool,

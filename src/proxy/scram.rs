@@ -1,7 +1,8 @@
 //! SCRAM-SHA-256 (RFC 5802, RFC 7677) as two pure state machines with injected nonces: the server
 //! side authenticates clients against a stored verifier; the client side logs in upstream with a
-//! salted password pgid caches per lease (so reconnects cost no PBKDF2). Channel binding is not
-//! offered (`SCRAM-SHA-256` only); a client's `y,,` or `n,,` header is accepted.
+//! salted password pgid caches per lease (so reconnects cost no PBKDF2). Over TLS the server
+//! also offers `SCRAM-SHA-256-PLUS` with `tls-server-end-point` channel binding (RFC 5929), and
+//! then refuses a client's `y,,` (it could bind and believes the server cannot: a downgrade).
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -9,6 +10,16 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 pub const MECHANISM: &str = "SCRAM-SHA-256";
+pub const MECHANISM_PLUS: &str = "SCRAM-SHA-256-PLUS";
+
+/// Channel binding as the server offers it on this connection.
+#[derive(Debug, Clone, Copy)]
+pub enum Binding<'a> {
+    /// Not offered (no TLS, or a certificate without a defined end-point hash).
+    None,
+    /// Offered (`tls-server-end-point` data); `plus`: the client chose SCRAM-SHA-256-PLUS.
+    Offered { data: &'a [u8], plus: bool },
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ScramError {
@@ -16,6 +27,10 @@ pub enum ScramError {
     Malformed(&'static str),
     #[error("channel binding is not supported")]
     ChannelBinding,
+    #[error("channel binding does not match: the connection may be intercepted")]
+    BindingMismatch,
+    #[error("the client believes the server cannot bind to the channel (possible downgrade)")]
+    Downgrade,
     #[error("nonce mismatch")]
     Nonce,
     #[error("wrong password")]
@@ -106,7 +121,8 @@ fn attr(part: &str, name: char) -> Option<&str> {
 /// Server side, after the client-first message.
 pub struct ServerExchange {
     verifier: StoredVerifier,
-    gs2_header: String,
+    /// What the client's `c=` must carry: the GS2 header, then the channel-binding data.
+    binding_input: Vec<u8>,
     client_first_bare: String,
     nonce: String,
     pub server_first: String,
@@ -118,6 +134,7 @@ impl ServerExchange {
         verifier: StoredVerifier,
         client_first: &[u8],
         server_nonce: &str,
+        binding: Binding<'_>,
     ) -> Result<ServerExchange, ScramError> {
         let text =
             std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
@@ -127,11 +144,16 @@ impl ServerExchange {
         let bare = parts
             .next()
             .ok_or(ScramError::Malformed("no client-first-bare"))?;
-        match cb {
-            "n" | "y" => {}
-            c if c.starts_with("p=") => return Err(ScramError::ChannelBinding),
+        let bound = match (cb, binding) {
+            ("p=tls-server-end-point", Binding::Offered { data, plus: true }) => Some(data),
+            (c, Binding::Offered { plus: true, .. }) if c != "p=tls-server-end-point" => {
+                return Err(ScramError::ChannelBinding)
+            }
+            ("y", Binding::Offered { .. }) => return Err(ScramError::Downgrade),
+            ("n" | "y", _) => None,
+            (c, _) if c.starts_with("p=") => return Err(ScramError::ChannelBinding),
             _ => return Err(ScramError::Malformed("gs2 header")),
-        }
+        };
         if !authzid.is_empty() && attr(authzid, 'a').is_none() {
             return Err(ScramError::Malformed("authzid"));
         }
@@ -159,7 +181,11 @@ impl ServerExchange {
         );
         Ok(ServerExchange {
             verifier,
-            gs2_header: format!("{cb},{authzid},"),
+            binding_input: {
+                let mut b = format!("{cb},{authzid},").into_bytes();
+                b.extend_from_slice(bound.unwrap_or_default());
+                b
+            },
             client_first_bare: bare.to_string(),
             nonce,
             server_first,
@@ -182,8 +208,8 @@ impl ServerExchange {
             .next()
             .and_then(|f| attr(f, 'r'))
             .ok_or(ScramError::Malformed("no nonce"))?;
-        if B64.decode(cb).ok().as_deref() != Some(self.gs2_header.as_bytes()) {
-            return Err(ScramError::ChannelBinding);
+        if B64.decode(cb).ok().as_deref() != Some(self.binding_input.as_slice()) {
+            return Err(ScramError::BindingMismatch);
         }
         if nonce != self.nonce {
             return Err(ScramError::Nonce);
@@ -218,19 +244,29 @@ impl ServerExchange {
 pub struct ClientExchange {
     nonce: String,
     client_first_bare: String,
+    /// GS2 header: `n,,`, or `p=tls-server-end-point,,` when bound to the TLS channel.
+    gs2_header: &'static str,
+    /// The server certificate's end-point hash, when bound.
+    binding: Vec<u8>,
 }
 
 impl ClientExchange {
-    pub fn new(nonce: &str) -> ClientExchange {
+    /// `binding`: the server's `tls-server-end-point` data, to use SCRAM-SHA-256-PLUS.
+    pub fn new(nonce: &str, binding: Option<Vec<u8>>) -> ClientExchange {
         ClientExchange {
             nonce: nonce.to_string(),
             client_first_bare: format!("n=,r={nonce}"),
+            gs2_header: if binding.is_some() {
+                "p=tls-server-end-point,,"
+            } else {
+                "n,,"
+            },
+            binding: binding.unwrap_or_default(),
         }
     }
 
-    /// client-first (we never use channel binding upstream).
     pub fn client_first(&self) -> String {
-        format!("n,,{}", self.client_first_bare)
+        format!("{}{}", self.gs2_header, self.client_first_bare)
     }
 
     /// Reads server-first → (salt, iterations).
@@ -278,7 +314,9 @@ impl ClientExchange {
             .next()
             .and_then(|f| attr(f, 'r'))
             .ok_or(ScramError::Malformed("no nonce"))?;
-        let without_proof = format!("c=biws,r={nonce}");
+        let mut cbind = self.gs2_header.as_bytes().to_vec();
+        cbind.extend_from_slice(&self.binding);
+        let without_proof = format!("c={},r={nonce}", B64.encode(cbind));
         let auth_message = format!("{},{},{}", self.client_first_bare, text, without_proof);
         let client_key = hmac(salted, b"Client Key");
         let signature = hmac(&sha256(&client_key), auth_message.as_bytes());
@@ -338,6 +376,7 @@ mod tests {
             verifier(),
             format!("n,,n=user,r={CLIENT_NONCE}").as_bytes(),
             SERVER_NONCE,
+            Binding::None,
         )
         .unwrap();
         assert_eq!(ex.server_first, SERVER_FIRST);
@@ -350,7 +389,7 @@ mod tests {
 
     #[test]
     fn client_side_matches_rfc_7677() {
-        let mut ex = ClientExchange::new(CLIENT_NONCE);
+        let mut ex = ClientExchange::new(CLIENT_NONCE, None);
         ex.client_first_bare = format!("n=user,r={CLIENT_NONCE}");
         let (salt, iterations) = ex.server_params(SERVER_FIRST.as_bytes()).unwrap();
         let salted = salted_password(b"pencil", &salt, iterations);
@@ -376,13 +415,103 @@ mod tests {
 
     #[test]
     fn channel_binding_requests_and_garbage_are_refused() {
+        let none = Binding::None;
         assert_eq!(
-            ServerExchange::start(verifier(), b"p=tls-server-end-point,,n=,r=abc", "x").err(),
+            ServerExchange::start(verifier(), b"p=tls-server-end-point,,n=,r=abc", "x", none).err(),
             Some(ScramError::ChannelBinding)
         );
-        assert!(ServerExchange::start(verifier(), b"garbage", "x").is_err());
-        assert!(ServerExchange::start(verifier(), b"n,,n=,r=", "x").is_err());
-        // y,, (client could bind, thinks we cannot) is fine: we do not offer -PLUS.
-        assert!(ServerExchange::start(verifier(), b"y,,n=,r=abc", "x").is_ok());
+        assert!(ServerExchange::start(verifier(), b"garbage", "x", none).is_err());
+        assert!(ServerExchange::start(verifier(), b"n,,n=,r=", "x", none).is_err());
+        // y,, (client could bind, thinks we cannot) is fine when we do not offer -PLUS …
+        assert!(ServerExchange::start(verifier(), b"y,,n=,r=abc", "x", none).is_ok());
+        // … and a downgrade when we do.
+        let offered = Binding::Offered {
+            data: b"end-point",
+            plus: false,
+        };
+        assert_eq!(
+            ServerExchange::start(verifier(), b"y,,n=,r=abc", "x", offered).err(),
+            Some(ScramError::Downgrade)
+        );
+        assert!(ServerExchange::start(verifier(), b"n,,n=,r=abc", "x", offered).is_ok());
+        // -PLUS chosen: only tls-server-end-point.
+        let plus = Binding::Offered {
+            data: b"end-point",
+            plus: true,
+        };
+        for header in ["n,,", "y,,", "p=tls-unique,,"] {
+            let first = format!("{header}n=,r=abc");
+            assert_eq!(
+                ServerExchange::start(verifier(), first.as_bytes(), "x", plus).err(),
+                Some(ScramError::ChannelBinding),
+                "{header}"
+            );
+        }
+    }
+
+    #[test]
+    fn plus_checks_the_channel_binding_data() {
+        let data = b"the certificate hash";
+        let plus = Binding::Offered { data, plus: true };
+        let first = format!("p=tls-server-end-point,,n=user,r={CLIENT_NONCE}");
+        let ex = ServerExchange::start(verifier(), first.as_bytes(), SERVER_NONCE, plus).unwrap();
+        let nonce = format!("{CLIENT_NONCE}{SERVER_NONCE}");
+        let final_for = |binding: &[u8]| {
+            let mut input = b"p=tls-server-end-point,,".to_vec();
+            input.extend_from_slice(binding);
+            let without_proof = format!("c={},r={nonce}", B64.encode(&input));
+            let auth = format!(
+                "n=user,r={CLIENT_NONCE},{},{without_proof}",
+                ex.server_first
+            );
+            let salt = B64.decode(SALT).unwrap();
+            let salted = salted_password(b"pencil", &salt, 4096);
+            let client_key = hmac(&salted, b"Client Key");
+            let signature = hmac(&sha256(&client_key), auth.as_bytes());
+            let proof: Vec<u8> = client_key
+                .iter()
+                .zip(signature)
+                .map(|(a, b)| a ^ b)
+                .collect();
+            format!("{without_proof},p={}", B64.encode(proof))
+        };
+        assert!(ex.finish(final_for(data).as_bytes()).is_ok());
+        assert_eq!(
+            ex.finish(final_for(b"another certificate").as_bytes()),
+            Err(ScramError::BindingMismatch)
+        );
+    }
+
+    #[test]
+    fn client_and_server_agree_on_plus_and_notice_another_certificate() {
+        let salt = B64.decode(SALT).unwrap();
+        let salted = salted_password(b"pencil", &salt, 4096);
+        let run = |client_sees: &[u8], server_has: &[u8]| {
+            let client = ClientExchange::new("client-nonce", Some(client_sees.to_vec()));
+            let first = client.client_first();
+            assert!(first.starts_with("p=tls-server-end-point,,"));
+            let server = ServerExchange::start(
+                verifier(),
+                first.as_bytes(),
+                "server-nonce",
+                Binding::Offered {
+                    data: server_has,
+                    plus: true,
+                },
+            )
+            .unwrap();
+            let (last, expected) = client
+                .client_final(server.server_first.as_bytes(), &salted)
+                .unwrap();
+            server
+                .finish(last.as_bytes())
+                .map(|v| ClientExchange::check_server_final(v.as_bytes(), &expected))
+        };
+        assert_eq!(run(b"cert hash", b"cert hash"), Ok(Ok(())));
+        // A stand-in with its own certificate: the client binds to what it saw.
+        assert_eq!(
+            run(b"stand-in's cert", b"cert hash"),
+            Err(ScramError::BindingMismatch)
+        );
     }
 }

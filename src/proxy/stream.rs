@@ -55,3 +55,20 @@ pub enum ServerStream {
 }
 
 delegate_io!(ServerStream { Tcp, Unix, Tls });
+
+impl ServerStream {
+    /// Over TLS, the `tls-server-end-point` channel-binding data of the server's certificate.
+    pub fn end_point(&self) -> Option<Vec<u8>> {
+        match self {
+            ServerStream::Tls(s) => {
+                let cert = s.get_ref().1.peer_certificates()?.first()?;
+                crate::tls::server_end_point(cert.as_ref())
+            }
+            _ => None,
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, ServerStream::Tls(_))
+    }
+}

@@ -159,20 +159,40 @@ pub async fn connect(l: Login<'_>) -> Result<Upstream, UpstreamError> {
                 let (code, rest) = backend::parse_authentication(&m.body)?;
                 match code {
                     backend::AUTH_OK => {}
-                    backend::AUTH_CLEARTEXT => frontend::password(&mut out, l.password.expose()),
+                    // A password in the clear only ever goes over TLS: on a plain connection a
+                    // server (or whoever stands in for it) asking for one is refused.
+                    backend::AUTH_CLEARTEXT if up.stream.is_tls() => {
+                        frontend::password(&mut out, l.password.expose())
+                    }
+                    backend::AUTH_CLEARTEXT => {
+                        return Err(UpstreamError::Auth(
+                            "the server asks for the password in the clear without TLS; refused"
+                                .into(),
+                        ))
+                    }
                     backend::AUTH_SASL => {
-                        if !backend::sasl_mechanisms(rest)
-                            .iter()
-                            .any(|m| m == scram::MECHANISM)
-                        {
+                        let offered = backend::sasl_mechanisms(rest);
+                        // Over TLS, bind SCRAM to the server's certificate when offered: a
+                        // stand-in between pgid and Postgres cannot complete it.
+                        let plus = up
+                            .stream
+                            .end_point()
+                            .filter(|_| offered.iter().any(|m| m == scram::MECHANISM_PLUS));
+                        if plus.is_none() && !offered.iter().any(|m| m == scram::MECHANISM) {
                             return Err(UpstreamError::Auth(
                                 "server does not offer SCRAM-SHA-256".into(),
                             ));
                         }
-                        let ex = ClientExchange::new(&scram::nonce());
+                        let mechanism = if plus.is_some() {
+                            tracing::debug!("upstream SCRAM bound to the TLS channel");
+                            scram::MECHANISM_PLUS
+                        } else {
+                            scram::MECHANISM
+                        };
+                        let ex = ClientExchange::new(&scram::nonce(), plus);
                         frontend::sasl_initial_response(
                             &mut out,
-                            scram::MECHANISM,
+                            mechanism,
                             ex.client_first().as_bytes(),
                         );
                         scram = Some((ex, [0; 32]));
