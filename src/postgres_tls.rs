@@ -159,7 +159,16 @@ impl AsyncWrite for RustlsStream {
 }
 
 impl TlsStream for RustlsStream {
+    /// `tls-server-end-point` of the server's certificate: tokio-postgres then binds SCRAM to
+    /// this TLS channel when the server offers SCRAM-SHA-256-PLUS.
     fn channel_binding(&self) -> ChannelBinding {
-        ChannelBinding::none()
+        self.0
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(|cert| crate::tls::server_end_point(cert.as_ref()))
+            .map(ChannelBinding::tls_server_end_point)
+            .unwrap_or_else(ChannelBinding::none)
     }
 }

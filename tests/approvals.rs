@@ -590,37 +590,35 @@ async fn min_rows_lets_a_small_delete_through_and_holds_a_bulk_one() {
     .unwrap();
     assert_eq!(n, 1);
     // Most of the table: held, with the estimate shown to the reviewer.
-    let alice = token(&h, "alice", &["dba"]);
+    let e = bulk_delete_is_held_and_denied(&h, &c, Some("too many")).await;
+    assert_eq!(e, "pgid: approval denied by alice: too many");
+}
+
+/// `DELETE … WHERE id > 20` (half the orders) through `c`: held with the planner's estimate
+/// (at least 10 rows), denied by alice, nothing deleted. Returns the agent's error message.
+async fn bulk_delete_is_held_and_denied(
+    h: &Harness,
+    c: &std::sync::Arc<tokio_postgres::Client>,
+    comment: Option<&str>,
+) -> String {
+    let alice = token(h, "alice", &["dba"]);
     let run = {
         let c = c.clone();
         tokio::spawn(async move { c.simple_query("DELETE FROM crm.orders WHERE id > 20").await })
     };
-    let request = first_pending(&h, &alice).await;
+    let request = first_pending(h, &alice).await;
     assert!(
         request["estimated_rows"].as_i64().unwrap() >= 10,
         "{request}"
     );
-    let id = request["id"].as_str().unwrap();
-    let (status, _) = h
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/approvals/{id}/deny"),
-            Some(&alice),
-            Some(json!({"comment": "too many"})),
-        )
-        .await;
-    assert_eq!(status, reqwest::StatusCode::OK);
+    decide(h, &alice, request["id"].as_str().unwrap(), "deny", comment).await;
     let e = run.await.unwrap().unwrap_err();
+    let su = h.superuser().await;
     assert_eq!(
-        e.as_db_error().unwrap().message(),
-        "pgid: approval denied by alice: too many"
+        count(&su, "SELECT count(*) FROM crm.orders WHERE id > 20").await,
+        20
     );
-    let left: i64 = su
-        .query_one("SELECT count(*) FROM crm.orders WHERE id > 20", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(left, 20);
+    e.as_db_error().unwrap().message().to_string()
 }
 
 /// The pending requests for this statement text.
@@ -969,4 +967,42 @@ async fn a_denial_without_a_comment_names_the_reviewer_only() {
         e.as_db_error().unwrap().message(),
         "pgid: approval denied by alice"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn min_rows_works_for_a_lease_with_a_single_connection() {
+    use std::time::Duration;
+    // The lease's one connection slot is the session's: the planner is asked on it.
+    let policy = GUARDED
+        .replace("timeout = \"3s\"", "timeout = \"30s\"\nmin_rows = 10")
+        .replace("ttl = \"15m\"", "ttl = \"15m\"\nmax_connections = 1");
+    let h = Harness::start(&[&policy]).await;
+    let su = h.superuser().await;
+    su.batch_execute("ANALYZE crm.orders").await.unwrap();
+    let lease = h.lease("agent:x", json!({})).await;
+    let c = std::sync::Arc::new(h.connect_proxy(&lease).await.unwrap());
+    c.batch_execute("LISTEN pgid_test").await.unwrap();
+    let n = tokio::time::timeout(
+        Duration::from_secs(10),
+        c.execute("DELETE FROM crm.orders WHERE id = $1", &[&3i32]),
+    )
+    .await
+    .expect("a one-row delete was held")
+    .unwrap();
+    assert_eq!(n, 1);
+    // SQL EXECUTE of a statement prepared in this session: the planner sees it there.
+    c.batch_execute("PREPARE d(int) AS DELETE FROM crm.orders WHERE id = $1")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), c.batch_execute("EXECUTE d(5)"))
+        .await
+        .expect("a one-row EXECUTE was held")
+        .unwrap();
+    assert_eq!(
+        count(&su, "SELECT count(*) FROM crm.orders WHERE id IN (3, 5)").await,
+        0
+    );
+    // The bulk one waits, with its estimate.
+    bulk_delete_is_held_and_denied(&h, &c, None).await;
+    c.simple_query("SELECT 1").await.unwrap();
 }

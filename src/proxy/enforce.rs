@@ -249,7 +249,10 @@ pub struct EnforcerSetup {
 #[derive(Debug, Clone)]
 pub struct Hold {
     pub message: usize,
+    /// What the reviewer sees: the text, and for SQL EXECUTE what it executes.
     pub statement: String,
+    /// The text as the client sent it (what pgid asks the planner about).
+    pub sql: String,
     pub tables: Vec<String>,
     pub rule: Approval,
     /// Bind values as reviewers see them (`None`: the simple protocol).
@@ -1019,6 +1022,7 @@ impl Enforcer {
         holds.push(Hold {
             message: held.message,
             statement,
+            sql: held.sql.to_string(),
             tables: held.matched.tables,
             fingerprint: crate::approval::fingerprint(&canonical, &exact),
             rule: held.matched.rule,

@@ -9,6 +9,7 @@
 pub mod cancel;
 pub mod catalog;
 pub mod enforce;
+pub mod estimate;
 pub mod handshake;
 pub mod limits;
 pub mod masking;

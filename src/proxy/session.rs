@@ -12,7 +12,7 @@ use super::cancel::CancelTarget;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::enforce::{Enforcer, EnforcerSetup, Hold, RawParameters, Reconfigure};
+use super::enforce::{Enforcer, EnforcerSetup, Hold, Reconfigure};
 use super::handshake::Established;
 use super::limits::{Action, ExportLimit, LIMIT_SQLSTATE};
 use super::upstream::Upstream;
@@ -159,7 +159,7 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
                     }
                 }
                 let approver = Approver { proxy: p, lease: &lease, session_id, cancelled: &cancel.cancelled, lease_watch: &lease_watch };
-                match client_to_server(&mut frames.buf, &mut upstream, &mut client, &mut pending, enforcer.as_mut(), &audit, &approver).await {
+                match client_to_server(&mut frames.buf, &mut upstream, &mut client, &mut pending, status, enforcer.as_mut(), &audit, &approver).await {
                     Ok(true) => {}
                     Ok(false) => break End::ClientGone,
                     Err(Flow::Upstream) => break End::UpstreamGone,
@@ -302,48 +302,8 @@ fn refused(reason: String) -> Verdict {
     }
 }
 
-/// Longest pgid waits for a planner estimate (`min_rows`).
-const ESTIMATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// How often a held statement re-reads its request when no NOTIFY wakes it.
 const APPROVAL_POLL: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// A Bind value passed on to the server exactly as the client sent it, in its own format.
-#[derive(Debug)]
-struct WireValue<'a> {
-    bytes: Option<&'a [u8]>,
-    binary: bool,
-}
-
-impl tokio_postgres::types::ToSql for WireValue<'_> {
-    fn to_sql(
-        &self,
-        _: &tokio_postgres::types::Type,
-        out: &mut BytesMut,
-    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        match self.bytes {
-            None => Ok(tokio_postgres::types::IsNull::Yes),
-            Some(b) => {
-                out.extend_from_slice(b);
-                Ok(tokio_postgres::types::IsNull::No)
-            }
-        }
-    }
-
-    fn accepts(_: &tokio_postgres::types::Type) -> bool {
-        true
-    }
-
-    fn encode_format(&self, _: &tokio_postgres::types::Type) -> tokio_postgres::types::Format {
-        if self.binary {
-            tokio_postgres::types::Format::Binary
-        } else {
-            tokio_postgres::types::Format::Text
-        }
-    }
-
-    tokio_postgres::types::to_sql_checked!();
-}
 
 /// Holds statements for a reviewer: makes the request, tells the client, waits for the decision.
 struct Approver<'a> {
@@ -359,26 +319,44 @@ struct Approver<'a> {
 impl Approver<'_> {
     /// What becomes of a held statement: `wait` holds it for a reviewer; `retry` runs it if an
     /// approval of this very statement is at hand, and otherwise refuses it and asks for one.
+    /// `idle`: the session's upstream connection, when nothing is in flight on it.
     async fn resolve(
         &self,
         hold: &Hold,
         client: &mut super::stream::ClientStream,
         audit: &AuditLog,
+        idle: Option<&mut Upstream>,
     ) -> Result<Verdict, Flow> {
         match hold.rule.mode {
-            ApprovalMode::Wait => self.wait(hold, client, audit).await,
-            ApprovalMode::Retry => Ok(self.retry(hold, audit).await),
+            ApprovalMode::Wait => self.wait(hold, client, audit, idle).await,
+            ApprovalMode::Retry => self.retry(hold, client, audit, idle).await,
         }
     }
 
     /// `min_rows` and the planner's estimate: `None` when the statement is small enough to run
     /// without review, else the estimate the reviewer sees (if there is one).
-    async fn screen(&self, hold: &Hold) -> Option<Option<i64>> {
-        let rows = self.estimate(&hold.statement, &hold.raw).await;
-        match (hold.rule.min_rows, rows) {
+    async fn screen(
+        &self,
+        hold: &Hold,
+        client: &mut super::stream::ClientStream,
+        idle: Option<&mut Upstream>,
+    ) -> Result<Option<Option<i64>>, Flow> {
+        let sql = &hold.sql;
+        let rows = match idle {
+            Some(up) => super::estimate::on_session(up, client, sql, &hold.raw)
+                .await
+                .map_err(|e| match e {
+                    super::estimate::Broken::Upstream => Flow::Upstream,
+                    super::estimate::Broken::Client(m) => Flow::Protocol(m),
+                })?,
+            None => {
+                super::estimate::on_new_connection(self.proxy, self.lease, sql, &hold.raw).await
+            }
+        };
+        Ok(match (hold.rule.min_rows, rows) {
             (Some(min), Some(rows)) if rows < min as f64 => None,
             (_, rows) => Some(rows.map(|r| r.round() as i64)),
-        }
+        })
     }
 
     fn review_link(&self, id: uuid::Uuid) -> String {
@@ -445,7 +423,13 @@ impl Approver<'_> {
     /// Retry mode: an approval of this statement (same canonical text and parameters, same
     /// lease, within the window, not used yet) lets it run once; otherwise it is refused, and a
     /// request is made unless one is already waiting.
-    async fn retry(&self, hold: &Hold, audit: &AuditLog) -> Verdict {
+    async fn retry(
+        &self,
+        hold: &Hold,
+        client: &mut super::stream::ClientStream,
+        audit: &AuditLog,
+        idle: Option<&mut Upstream>,
+    ) -> Result<Verdict, Flow> {
         let store = &self.proxy.approvals;
         let unavailable = |e: crate::store::StoreError| {
             tracing::error!(error = %e, "cannot read approval requests");
@@ -464,29 +448,31 @@ impl Approver<'_> {
                 event.reason = Some(hold.statement.clone());
                 if let Err(e) = audit.record(&event).await {
                     tracing::error!(error = %e, "cannot audit the use of an approval");
-                    return refused("could not be used: the audit log is unavailable".into());
+                    return Ok(refused(
+                        "could not be used: the audit log is unavailable".into(),
+                    ));
                 }
-                return Verdict::Allow;
+                return Ok(Verdict::Allow);
             }
             Ok(None) => {}
-            Err(e) => return unavailable(e),
+            Err(e) => return Ok(unavailable(e)),
         }
         match store.pending_retry(self.lease.id, &hold.fingerprint).await {
             Ok(Some(row)) => {
-                return refused(format!(
+                return Ok(refused(format!(
                     "required: request {} still waits for review; run the same statement again \
                      once it is approved; review: {}",
                     row.id,
                     self.review_link(row.id)
-                ))
+                )))
             }
             Ok(None) => {}
-            Err(e) => return unavailable(e),
+            Err(e) => return Ok(unavailable(e)),
         }
-        let Some(estimated_rows) = self.screen(hold).await else {
-            return Verdict::Allow;
+        let Some(estimated_rows) = self.screen(hold, client, idle).await? else {
+            return Ok(Verdict::Allow);
         };
-        match self.request(hold, estimated_rows, audit).await {
+        Ok(match self.request(hold, estimated_rows, audit).await {
             Ok(row) => refused(format!(
                 "required: request {} was sent for review; once it is approved, run the same \
                  statement again within {}; review: {}",
@@ -495,7 +481,7 @@ impl Approver<'_> {
                 self.review_link(row.id)
             )),
             Err(v) => v,
-        }
+        })
     }
 
     async fn wait(
@@ -503,6 +489,7 @@ impl Approver<'_> {
         hold: &Hold,
         client: &mut super::stream::ClientStream,
         audit: &AuditLog,
+        idle: Option<&mut Upstream>,
     ) -> Result<Verdict, Flow> {
         // A cancel that arrived before this statement (for an earlier one) does not count; one
         // that arrives from here on withdraws the request.
@@ -512,7 +499,7 @@ impl Approver<'_> {
             let _ = futures::poll!(stale.as_mut());
         }
         // min_rows: a statement the planner expects to touch fewer rows runs without review.
-        let Some(estimated_rows) = self.screen(hold).await else {
+        let Some(estimated_rows) = self.screen(hold, client, idle).await? else {
             return Ok(Verdict::Allow);
         };
         let row = match self.request(hold, estimated_rows, audit).await {
@@ -563,82 +550,6 @@ impl Approver<'_> {
         }
     }
 
-    /// The planner's row estimate for `sql` with the statement's own Bind values (the largest
-    /// of its plan's nodes): EXPLAIN, never ANALYZE, run as the lease's own role over the
-    /// extended protocol, which takes one statement only. `None` when it cannot be had.
-    async fn estimate(&self, sql: &str, params: &RawParameters) -> Option<f64> {
-        let db = self.proxy.leases.databases().get(&self.lease.database)?;
-        let mut cfg = tokio_postgres::Config::new();
-        match &db.upstream {
-            crate::database::Upstream::Tcp { host, port } => cfg.host(host).port(*port),
-            crate::database::Upstream::Unix { dir, port } => cfg.host_path(dir).port(*port),
-        };
-        let password = crate::roles::database_password(self.proxy.leases.key(), self.lease.id);
-        cfg.user(&self.lease.role_name)
-            .password(password.expose())
-            .dbname(&db.dbname)
-            .application_name("pgid estimate")
-            .connect_timeout(ESTIMATE_TIMEOUT);
-        let explain = format!("EXPLAIN (FORMAT JSON) {sql}");
-        // The parameter types the client declared, as far as they are built-in ones; the server
-        // infers the rest, as it did for the client.
-        let types: Vec<tokio_postgres::types::Type> = params
-            .types
-            .iter()
-            .map_while(|oid| tokio_postgres::types::Type::from_oid(*oid))
-            .collect();
-        let values: Vec<WireValue<'_>> = params
-            .values
-            .iter()
-            .map(|(binary, v)| WireValue {
-                bytes: v.as_deref(),
-                binary: *binary,
-            })
-            .collect();
-        let plan: serde_json::Value = tokio::time::timeout(ESTIMATE_TIMEOUT, async {
-            let client = match &db.tls {
-                Some(tls) => {
-                    cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
-                    let (client, conn) = cfg
-                        .connect(crate::postgres_tls::RustlsConnect(tls.clone()))
-                        .await
-                        .ok()?;
-                    tokio::spawn(conn);
-                    client
-                }
-                None => {
-                    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.ok()?;
-                    tokio::spawn(conn);
-                    client
-                }
-            };
-            let statement = client.prepare_typed(&explain, &types).await.ok()?;
-            let rows = client
-                .query(
-                    &statement,
-                    &values
-                        .iter()
-                        .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
-                        .collect::<Vec<_>>(),
-                )
-                .await
-                .ok()?;
-            rows.first()?.try_get(0).ok()
-        })
-        .await
-        .ok()??;
-        fn most_rows(node: &serde_json::Value) -> f64 {
-            let own = node["Plan Rows"].as_f64().unwrap_or(0.0);
-            node["Plans"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(most_rows)
-                .fold(own, f64::max)
-        }
-        Some(most_rows(&plan[0]["Plan"]))
-    }
-
     /// Waits for the request's decision: woken by its NOTIFY, re-reading the row now and then.
     async fn decision(&self, id: uuid::Uuid, woken: &tokio::sync::Notify) -> Verdict {
         let store = &self.proxy.approvals;
@@ -687,15 +598,19 @@ fn dialect(params: &[(String, String)]) -> Dialect {
 
 /// Judges and forwards the client's complete messages, their decision records durable first.
 /// `Ok(false)` on Terminate.
+#[allow(clippy::too_many_arguments)]
 async fn client_to_server(
     buf: &mut BytesMut,
     upstream: &mut Upstream,
     client: &mut super::stream::ClientStream,
     pending: &mut i64,
+    status: u8,
     enforcer: Option<&mut Enforcer>,
     audit: &AuditLog,
     approver: &Approver<'_>,
 ) -> Result<bool, Flow> {
+    // Nothing in flight and no transaction open: pgid may use the connection in between.
+    let idle = *pending == 0 && status == b'I' && upstream.frames.buf.is_empty();
     let mut end = 0;
     let mut terminate = false;
     loop {
@@ -731,7 +646,8 @@ async fn client_to_server(
                     // then it is judged again with those decisions.
                     let _ = enforcer.rewind(&judged);
                     for hold in &judged.holds {
-                        let verdict = approver.resolve(hold, client, audit).await?;
+                        let own = idle.then_some(&mut *upstream);
+                        let verdict = approver.resolve(hold, client, audit, own).await?;
                         decided.insert(hold.message, verdict);
                     }
                     judged = enforcer

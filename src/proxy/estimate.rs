@@ -1,0 +1,272 @@
+//! The planner's row estimate for a held statement (`min_rows`, and what reviewers see):
+//! `EXPLAIN (FORMAT JSON)`, never ANALYZE, with the statement's own Bind values in their own
+//! formats, as the lease's own role, over the extended protocol (which takes one statement
+//! only). The largest row estimate of any plan node counts; `None` when there is none.
+//!
+//! On the session's own upstream connection when it is idle (nothing in flight, no transaction
+//! open): no extra login, and no extra slot of the lease's connection limit. Otherwise on a
+//! connection of its own.
+
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::AsyncWriteExt;
+
+use super::enforce::RawParameters;
+use super::stream::ClientStream;
+use super::upstream::Upstream;
+use super::wire::{message, put_cstr};
+use super::Proxy;
+
+/// Longest pgid waits for an estimate.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the session cannot go on after an estimate on its own connection.
+pub enum Broken {
+    Upstream,
+    Client(String),
+}
+
+/// The largest `Plan Rows` in an `EXPLAIN (FORMAT JSON)` result.
+pub fn most_rows(plan: &serde_json::Value) -> Option<f64> {
+    fn walk(node: &serde_json::Value) -> f64 {
+        let own = node["Plan Rows"].as_f64().unwrap_or(0.0);
+        node["Plans"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(walk)
+            .fold(own, f64::max)
+    }
+    let top = &plan[0]["Plan"];
+    top.is_object().then(|| walk(top))
+}
+
+/// On the session's idle upstream connection. Messages the server sends meanwhile that belong to
+/// the client (notifications, notices, parameter changes) are passed on.
+pub async fn on_session(
+    upstream: &mut Upstream,
+    client: &mut ClientStream,
+    sql: &str,
+    params: &RawParameters,
+) -> Result<Option<f64>, Broken> {
+    let mut out = BytesMut::new();
+    message(&mut out, b'P', |b| {
+        put_cstr(b, "");
+        put_cstr(b, &format!("EXPLAIN (FORMAT JSON) {sql}"));
+        b.put_i16(params.types.len() as i16);
+        for t in &params.types {
+            b.put_u32(*t);
+        }
+    });
+    message(&mut out, b'B', |b| {
+        put_cstr(b, "");
+        put_cstr(b, "");
+        b.put_i16(params.values.len() as i16);
+        for (binary, _) in &params.values {
+            b.put_i16(i16::from(*binary));
+        }
+        b.put_i16(params.values.len() as i16);
+        for (_, v) in &params.values {
+            match v {
+                None => b.put_i32(-1),
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v);
+                }
+            }
+        }
+        b.put_i16(0);
+    });
+    message(&mut out, b'E', |b| {
+        put_cstr(b, "");
+        b.put_i32(0);
+    });
+    message(&mut out, b'S', |_| {});
+    upstream
+        .stream
+        .write_all(&out)
+        .await
+        .map_err(|_| Broken::Upstream)?;
+    upstream
+        .stream
+        .flush()
+        .await
+        .map_err(|_| Broken::Upstream)?;
+    let mut plan = None;
+    loop {
+        let m = upstream
+            .frames
+            .read(&mut upstream.stream)
+            .await
+            .map_err(|_| Broken::Upstream)?;
+        match m.tag {
+            b'D' => plan = first_column(&m.body),
+            b'Z' => break,
+            b'A' | b'N' | b'S' => {
+                let mut whole = BytesMut::with_capacity(m.body.len() + 5);
+                message(&mut whole, m.tag, |b| b.put_slice(&m.body));
+                client
+                    .write_all(&whole)
+                    .await
+                    .map_err(|e| Broken::Client(e.to_string()))?;
+            }
+            // ParseComplete, BindComplete, RowDescription, CommandComplete, ErrorResponse.
+            _ => {}
+        }
+    }
+    client
+        .flush()
+        .await
+        .map_err(|e| Broken::Client(e.to_string()))?;
+    Ok(plan
+        .and_then(|text| serde_json::from_slice(&text).ok())
+        .and_then(|v: serde_json::Value| most_rows(&v)))
+}
+
+/// The first column of a DataRow, as sent.
+fn first_column(body: &[u8]) -> Option<Vec<u8>> {
+    let n = i16::from_be_bytes(body.get(..2)?.try_into().ok()?);
+    if n < 1 {
+        return None;
+    }
+    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
+    (len >= 0).then(|| body.get(6..6 + len as usize).map(<[u8]>::to_vec))?
+}
+
+/// On a connection of its own, as the lease's role.
+pub async fn on_new_connection(
+    proxy: &Proxy,
+    lease: &crate::store::LeaseRow,
+    sql: &str,
+    params: &RawParameters,
+) -> Option<f64> {
+    let db = proxy.leases.databases().get(&lease.database)?;
+    let mut cfg = tokio_postgres::Config::new();
+    match &db.upstream {
+        crate::database::Upstream::Tcp { host, port } => cfg.host(host).port(*port),
+        crate::database::Upstream::Unix { dir, port } => cfg.host_path(dir).port(*port),
+    };
+    let password = crate::roles::database_password(proxy.leases.key(), lease.id);
+    cfg.user(&lease.role_name)
+        .password(password.expose())
+        .dbname(&db.dbname)
+        .application_name("pgid estimate")
+        .connect_timeout(TIMEOUT);
+    let explain = format!("EXPLAIN (FORMAT JSON) {sql}");
+    // The parameter types the client declared, as far as they are built-in ones; the server
+    // infers the rest, as it did for the client.
+    let types: Vec<tokio_postgres::types::Type> = params
+        .types
+        .iter()
+        .map_while(|oid| tokio_postgres::types::Type::from_oid(*oid))
+        .collect();
+    let values: Vec<WireValue<'_>> = params
+        .values
+        .iter()
+        .map(|(binary, v)| WireValue {
+            bytes: v.as_deref(),
+            binary: *binary,
+        })
+        .collect();
+    let plan: serde_json::Value = tokio::time::timeout(TIMEOUT, async {
+        let client = match &db.tls {
+            Some(tls) => {
+                cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let (client, conn) = cfg
+                    .connect(crate::postgres_tls::RustlsConnect(tls.clone()))
+                    .await
+                    .ok()?;
+                tokio::spawn(conn);
+                client
+            }
+            None => {
+                let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.ok()?;
+                tokio::spawn(conn);
+                client
+            }
+        };
+        let statement = client.prepare_typed(&explain, &types).await.ok()?;
+        let rows = client
+            .query(
+                &statement,
+                &values
+                    .iter()
+                    .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+                    .collect::<Vec<_>>(),
+            )
+            .await
+            .ok()?;
+        rows.first()?.try_get(0).ok()
+    })
+    .await
+    .ok()??;
+    most_rows(&plan)
+}
+
+/// A Bind value passed on to the server exactly as the client sent it, in its own format.
+#[derive(Debug)]
+struct WireValue<'a> {
+    bytes: Option<&'a [u8]>,
+    binary: bool,
+}
+
+impl tokio_postgres::types::ToSql for WireValue<'_> {
+    fn to_sql(
+        &self,
+        _: &tokio_postgres::types::Type,
+        out: &mut BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self.bytes {
+            None => Ok(tokio_postgres::types::IsNull::Yes),
+            Some(b) => {
+                out.extend_from_slice(b);
+                Ok(tokio_postgres::types::IsNull::No)
+            }
+        }
+    }
+
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+
+    fn encode_format(&self, _: &tokio_postgres::types::Type) -> tokio_postgres::types::Format {
+        if self.binary {
+            tokio_postgres::types::Format::Binary
+        } else {
+            tokio_postgres::types::Format::Text
+        }
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_largest_node_estimate_counts() {
+        let plan = serde_json::json!([{"Plan": {"Plan Rows": 3, "Plans": [
+            {"Plan Rows": 40, "Plans": [{"Plan Rows": 7}]},
+            {"Plan Rows": 12}
+        ]}}]);
+        assert_eq!(most_rows(&plan), Some(40.0));
+        assert_eq!(most_rows(&serde_json::json!([])), None);
+        assert_eq!(most_rows(&serde_json::json!("x")), None);
+    }
+
+    #[test]
+    fn data_rows_give_their_first_column() {
+        let mut row = BytesMut::new();
+        row.put_i16(1);
+        row.put_i32(2);
+        row.put_slice(b"[]");
+        assert_eq!(first_column(&row), Some(b"[]".to_vec()));
+        let mut null = BytesMut::new();
+        null.put_i16(1);
+        null.put_i32(-1);
+        assert_eq!(first_column(&null), None);
+        assert_eq!(first_column(b"\x00"), None);
+    }
+}
