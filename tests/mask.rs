@@ -393,3 +393,63 @@ async fn psycopg_and_pgjdbc_decode_masked_values() {
     let out = client(java).await;
     expect("pgjdbc", &out, 6);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_execute_nobody_described_is_masked_all_the_same() {
+    use bytes::{BufMut, BytesMut};
+    use pgid::proxy::wire::framing::{Frames, MAX_MESSAGE_BYTES};
+    use pgid::proxy::wire::{message, put_cstr};
+    // Parse, Bind, Execute, Sync and no Describe: pgid learns the result's columns with a
+    // Describe of its own, whose answer stays with pgid.
+    let h = Harness::start(&[MASKED]).await;
+    let lease = h.lease("agent:masked", json!({})).await;
+    let mut s = common::raw_login(
+        h.proxy_port(),
+        lease["username"].as_str().unwrap(),
+        lease["password"].as_str().unwrap(),
+    )
+    .await;
+    let mut frames = Frames::new(MAX_MESSAGE_BYTES);
+    for format in [0i16, 1] {
+        let mut out = BytesMut::new();
+        message(&mut out, b'P', |b| {
+            put_cstr(b, "");
+            put_cstr(b, "SELECT email, name FROM crm.customers ORDER BY id");
+            b.put_i16(0);
+        });
+        message(&mut out, b'B', |b| {
+            put_cstr(b, "");
+            put_cstr(b, "");
+            b.put_i16(0);
+            b.put_i16(0);
+            b.put_i16(1);
+            b.put_i16(format);
+        });
+        message(&mut out, b'E', |b| {
+            put_cstr(b, "");
+            b.put_i32(0);
+        });
+        message(&mut out, b'S', |_| {});
+        s.write_all(&out).await.unwrap();
+        let mut rows = Vec::new();
+        let mut others = Vec::new();
+        loop {
+            let m = frames.read(&mut s).await.unwrap();
+            match m.tag {
+                b'D' => rows.push(String::from_utf8_lossy(&m.body).into_owned()),
+                b'Z' => break,
+                t => others.push(t),
+            }
+        }
+        assert_eq!(
+            others, b"12C",
+            "format {format}: only what the client asked for"
+        );
+        assert!(rows.len() >= 4, "{rows:?}");
+        assert!(rows.iter().all(|r| r.contains("REDACTED")), "{rows:?}");
+        assert!(rows.iter().any(|r| r.contains("Ada Lovelace")));
+        for secret in SECRETS {
+            assert!(rows.iter().all(|r| !r.contains(secret)), "{secret} leaked");
+        }
+    }
+}

@@ -482,10 +482,6 @@ async fn upstream_connections_are_reused_with_their_state_reset() {
 
 mod hostile {
     use super::*;
-    use bytes::BytesMut;
-    use pgid::proxy::scram::{salted_password, ClientExchange};
-    use pgid::proxy::wire::framing::{Frames, MAX_MESSAGE_BYTES};
-    use pgid::proxy::wire::{backend, frontend};
     use rand::{Rng, RngCore};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
@@ -503,55 +499,6 @@ mod hostile {
         })
         .await
         .is_ok()
-    }
-
-    /// Logs in with SCRAM by hand, leaving the raw socket after ReadyForQuery.
-    async fn raw_login(port: u16, user: &str, password: &str) -> TcpStream {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let mut out = BytesMut::new();
-        frontend::startup(
-            &mut out,
-            &[
-                ("user".into(), user.into()),
-                ("database".into(), "app".into()),
-            ],
-        );
-        s.write_all(&out).await.unwrap();
-        let mut frames = Frames::new(MAX_MESSAGE_BYTES);
-        let ex = ClientExchange::new("hostile-test-nonce", None);
-        let mut expected = [0u8; 32];
-        loop {
-            let m = frames.read(&mut s).await.unwrap();
-            let mut out = BytesMut::new();
-            match m.tag {
-                b'R' => {
-                    let (code, rest) = backend::parse_authentication(&m.body).unwrap();
-                    match code {
-                        10 => frontend::sasl_initial_response(
-                            &mut out,
-                            "SCRAM-SHA-256",
-                            ex.client_first().as_bytes(),
-                        ),
-                        11 => {
-                            let (salt, i) = ex.server_params(rest).unwrap();
-                            let (msg, sig) = ex
-                                .client_final(rest, &salted_password(password.as_bytes(), &salt, i))
-                                .unwrap();
-                            expected = sig;
-                            frontend::sasl_response(&mut out, msg.as_bytes());
-                        }
-                        12 => ClientExchange::check_server_final(rest, &expected).unwrap(),
-                        _ => {}
-                    }
-                }
-                b'Z' => return s,
-                b'E' => panic!("login failed: {:?}", backend::error_fields(&m.body)),
-                _ => {}
-            }
-            if !out.is_empty() {
-                s.write_all(&out).await.unwrap();
-            }
-        }
     }
 
     fn startup_with(version: i32, body: &[u8]) -> Vec<u8> {
@@ -618,7 +565,7 @@ mod hostile {
             vec![b'B', 0, 0, 0, 4],
         ];
         for (i, bytes) in after.iter().enumerate() {
-            let mut s = raw_login(port, &user, &secret).await;
+            let mut s = common::raw_login(port, &user, &secret).await;
             let _ = s.write_all(bytes).await;
             let _ = s.shutdown().await;
             assert!(
@@ -627,7 +574,7 @@ mod hostile {
             );
         }
         for _ in 0..20 {
-            let mut s = raw_login(port, &user, &secret).await;
+            let mut s = common::raw_login(port, &user, &secret).await;
             let mut junk = Vec::new();
             for _ in 0..rng.gen_range(1..10) {
                 let body_len = rng.gen_range(0..200);
