@@ -129,6 +129,8 @@ pub struct App {
     pub config: Config,
     pub leases: Arc<Leases>,
     pub policies: Arc<RwLock<Arc<PolicySet>>>,
+    /// Bumped after each reload swapped `policies`.
+    pub policy_generation: Arc<std::sync::atomic::AtomicU64>,
     pub verifier: Arc<Verifier>,
     pub tls: TlsMaterial,
     pub key: ServerKey,
@@ -286,6 +288,7 @@ impl App {
             config,
             leases,
             policies: Arc::new(RwLock::new(Arc::new(policies))),
+            policy_generation: Default::default(),
             verifier,
             tls,
             key,
@@ -320,6 +323,7 @@ impl App {
             leases: self.leases.clone(),
             verifier: self.verifier.clone(),
             policies: self.policies.clone(),
+            policy_generation: self.policy_generation.clone(),
             tls: Some(
                 self.tls
                     .server_config(&[])
@@ -444,6 +448,8 @@ impl Running {
             .collect();
         let count = new.iter().count();
         *app.policies.write().unwrap() = Arc::new(new);
+        app.policy_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         self.proxy.mask_catalog.clear();
         let mut problems = Vec::new();
         for p in &removed {

@@ -39,6 +39,8 @@ pub struct Proxy {
     pub leases: Arc<Leases>,
     pub verifier: Arc<Verifier>,
     pub policies: Arc<RwLock<Arc<PolicySet>>>,
+    /// Bumped by each reload: a session compares it per batch (one load, no shared write).
+    pub policy_generation: Arc<std::sync::atomic::AtomicU64>,
     /// Server TLS for clients; `None` answers SSLRequest with `N`.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// `tls-server-end-point` of that certificate: SCRAM-SHA-256-PLUS is offered over TLS.

@@ -72,7 +72,11 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
         peer,
     } = est;
     frames.set_max(MAX_MESSAGE_BYTES);
-    let mut policy_set = p.policies.read().unwrap().clone();
+    // Read before the set: a reload in between is noticed at the first statement.
+    let mut policy_generation = p
+        .policy_generation
+        .load(std::sync::atomic::Ordering::Acquire);
+    let policy_set = p.policies.read().unwrap().clone();
     let refuse = |code: &'static str, message: &'static str| {
         let mut out = BytesMut::new();
         backend::error_response(&mut out, Severity::Fatal, code, message);
@@ -150,10 +154,11 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
                 }
                 // A reloaded policy applies from the next statement on.
                 if let Some(e) = enforcer.as_mut() {
-                    let current = p.policies.read().unwrap().clone();
-                    if !Arc::ptr_eq(&current, &policy_set) {
-                        policy_set = current;
-                        if let Err(m) = reconfigure(p, &lease, &policy_set, e, &mut limit, dialect(&upstream.params)).await {
+                    let now = p.policy_generation.load(std::sync::atomic::Ordering::Acquire);
+                    if now != policy_generation {
+                        policy_generation = now;
+                        let current = p.policies.read().unwrap().clone();
+                        if let Err(m) = reconfigure(p, &lease, &current, e, &mut limit, dialect(&upstream.params)).await {
                             break End::Fatal("57P01", m.into());
                         }
                     }
