@@ -3,7 +3,7 @@
 //! `router` builds the axum `Router` (tests drive it directly or over TLS); `caller` verifies
 //! bearer tokens; `credentials` holds the lease endpoints; `server` runs the router over rustls.
 
-mod approvals;
+pub(crate) mod approvals;
 mod caller;
 mod credentials;
 mod error;

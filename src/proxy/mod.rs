@@ -6,6 +6,7 @@
 //! `upstream` pgid's login to Postgres; `pool` idle upstream reuse; `session` the relay;
 //! `cancel` CancelRequest forwarding; `stream` the socket types.
 
+mod approver;
 pub mod cancel;
 pub mod catalog;
 pub mod enforce;

@@ -1,0 +1,310 @@
+//! Statements an `[[approval]]` rule holds, on their way through a session: the planner's
+//! estimate (`min_rows`), the request in the state database (audited, announced), and then —
+//! wait mode — the NoticeResponse and the wait for a decision (woken by NOTIFY; a client cancel
+//! or the lease's end withdraws the request), or — retry mode — the use of an approval given for
+//! this very statement.
+
+use bytes::BytesMut;
+use chrono::Utc;
+
+use super::enforce::Hold;
+use super::session::{lease_end, send, Flow};
+use super::upstream::Upstream;
+use super::wire::backend::{self, Severity};
+use super::Proxy;
+use crate::audit::{AuditLog, Event, Kind};
+use crate::guard::Verdict;
+use crate::policy::ApprovalMode;
+use crate::roles::{EndReason, LeaseStatus};
+
+/// A held statement that will not run, and why (`pgid: approval <reason>`).
+fn refused(reason: String) -> Verdict {
+    Verdict::Deny {
+        rule: "approval",
+        reason,
+    }
+}
+
+/// How often a held statement re-reads its request when no NOTIFY wakes it.
+const APPROVAL_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Holds statements for a reviewer: makes the request, tells the client, waits for the decision.
+pub(super) struct Approver<'a> {
+    pub proxy: &'a Proxy,
+    pub lease: &'a crate::store::LeaseRow,
+    pub session_id: uuid::Uuid,
+    /// The session's CancelRequest signal: a cancel withdraws the request.
+    pub cancelled: &'a tokio::sync::Notify,
+    /// The lease's status: its end (expiry, revocation) withdraws the request too.
+    pub lease_watch: &'a tokio::sync::watch::Receiver<LeaseStatus>,
+}
+
+impl Approver<'_> {
+    /// What becomes of a held statement: `wait` holds it for a reviewer; `retry` runs it if an
+    /// approval of this very statement is at hand, and otherwise refuses it and asks for one.
+    /// `idle`: the session's upstream connection, when nothing is in flight on it.
+    pub(super) async fn resolve(
+        &self,
+        hold: &Hold,
+        client: &mut super::stream::ClientStream,
+        audit: &AuditLog,
+        idle: Option<&mut Upstream>,
+    ) -> Result<Verdict, Flow> {
+        match hold.rule.mode {
+            ApprovalMode::Wait => self.wait(hold, client, audit, idle).await,
+            ApprovalMode::Retry => self.retry(hold, client, audit, idle).await,
+        }
+    }
+
+    /// `min_rows` and the planner's estimate: `None` when the statement is small enough to run
+    /// without review, else the estimate the reviewer sees (if there is one).
+    async fn screen(
+        &self,
+        hold: &Hold,
+        client: &mut super::stream::ClientStream,
+        idle: Option<&mut Upstream>,
+    ) -> Result<Option<Option<i64>>, Flow> {
+        let sql = &hold.sql;
+        let rows = match idle {
+            Some(up) => super::estimate::on_session(up, client, sql, &hold.raw)
+                .await
+                .map_err(|e| match e {
+                    super::estimate::Broken::Upstream => Flow::Upstream,
+                    super::estimate::Broken::Client(m) => Flow::Protocol(m),
+                })?,
+            None => {
+                super::estimate::on_new_connection(self.proxy, self.lease, sql, &hold.raw).await
+            }
+        };
+        Ok(match (hold.rule.min_rows, rows) {
+            (Some(min), Some(rows)) if rows < min as f64 => None,
+            (_, rows) => Some(rows.map(|r| r.round() as i64)),
+        })
+    }
+
+    fn review_link(&self, id: uuid::Uuid) -> String {
+        self.proxy
+            .approval_notifier
+            .review_link(&id.to_string())
+            .unwrap_or_else(|| format!("POST /v1/approvals/{id}/approve or /deny on pgid's broker"))
+    }
+
+    /// Makes the request, records it, and announces it; a statement that cannot be requested is
+    /// refused (the `Err`).
+    async fn request(
+        &self,
+        hold: &Hold,
+        estimated_rows: Option<i64>,
+        audit: &AuditLog,
+    ) -> Result<crate::store::ApprovalRow, Verdict> {
+        let store = &self.proxy.approvals;
+        let id = uuid::Uuid::new_v4();
+        let expires_at = Utc::now()
+            + chrono::Duration::from_std(hold.rule.timeout).unwrap_or(chrono::Duration::MAX);
+        let retry = hold.rule.mode == ApprovalMode::Retry;
+        let request = crate::store::NewApproval {
+            id,
+            lease_id: self.lease.id,
+            issuer: &self.lease.issuer,
+            subject: &self.lease.subject,
+            policy: &self.lease.policy,
+            database: &self.lease.database,
+            statement: &hold.statement,
+            parameters: hold.parameters.as_ref().map(|p| serde_json::json!(p)),
+            tables: hold.tables.clone(),
+            estimated_rows,
+            mode: if retry { "retry" } else { "wait" },
+            approvers: serde_json::to_value(&hold.rule.approvers).unwrap_or_default(),
+            expires_at,
+            instance_id: self.proxy.instance_id,
+            fingerprint: retry.then(|| hold.fingerprint.clone()),
+        };
+        let row = match store.create(&request).await {
+            Ok(row) => row,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot make an approval request");
+                return Err(refused(
+                    "could not be requested: the state database is unavailable".into(),
+                ));
+            }
+        };
+        let mut event = Event::new(Kind::ApprovalRequested).lease(self.lease);
+        event.session_id = Some(self.session_id);
+        event.approval_id = Some(id);
+        event.reason = Some(hold.statement.clone());
+        if let Err(e) = audit.record(&event).await {
+            tracing::error!(error = %e, "cannot audit an approval request");
+            let _ = store.withdraw(id).await;
+            return Err(refused(
+                "could not be requested: the audit log is unavailable".into(),
+            ));
+        }
+        self.proxy.approval_notifier.requested(&row);
+        Ok(row)
+    }
+
+    /// Retry mode: an approval of this statement (same canonical text and parameters, same
+    /// lease, within the window, not used yet) lets it run once; otherwise it is refused, and a
+    /// request is made unless one is already waiting.
+    async fn retry(
+        &self,
+        hold: &Hold,
+        client: &mut super::stream::ClientStream,
+        audit: &AuditLog,
+        idle: Option<&mut Upstream>,
+    ) -> Result<Verdict, Flow> {
+        let store = &self.proxy.approvals;
+        let unavailable = |e: crate::store::StoreError| {
+            tracing::error!(error = %e, "cannot read approval requests");
+            refused("could not be checked: the state database is unavailable".into())
+        };
+        match store
+            .use_approved(self.lease.id, &hold.fingerprint, hold.rule.window)
+            .await
+        {
+            Ok(Some(row)) => {
+                let mut event = Event::new(Kind::ApprovalUsed).lease(self.lease);
+                event.session_id = Some(self.session_id);
+                event.approval_id = Some(row.id);
+                event.reviewer_issuer = row.reviewer_issuer;
+                event.reviewer = row.reviewer;
+                event.reason = Some(hold.statement.clone());
+                if let Err(e) = audit.record(&event).await {
+                    tracing::error!(error = %e, "cannot audit the use of an approval");
+                    return Ok(refused(
+                        "could not be used: the audit log is unavailable".into(),
+                    ));
+                }
+                return Ok(Verdict::Allow);
+            }
+            Ok(None) => {}
+            Err(e) => return Ok(unavailable(e)),
+        }
+        match store.pending_retry(self.lease.id, &hold.fingerprint).await {
+            Ok(Some(row)) => {
+                return Ok(refused(format!(
+                    "required: request {} still waits for review; run the same statement again \
+                     once it is approved; review: {}",
+                    row.id,
+                    self.review_link(row.id)
+                )))
+            }
+            Ok(None) => {}
+            Err(e) => return Ok(unavailable(e)),
+        }
+        let Some(estimated_rows) = self.screen(hold, client, idle).await? else {
+            return Ok(Verdict::Allow);
+        };
+        Ok(match self.request(hold, estimated_rows, audit).await {
+            Ok(row) => refused(format!(
+                "required: request {} was sent for review; once it is approved, run the same \
+                 statement again within {}; review: {}",
+                row.id,
+                humantime::format_duration(hold.rule.window),
+                self.review_link(row.id)
+            )),
+            Err(v) => v,
+        })
+    }
+
+    async fn wait(
+        &self,
+        hold: &Hold,
+        client: &mut super::stream::ClientStream,
+        audit: &AuditLog,
+        idle: Option<&mut Upstream>,
+    ) -> Result<Verdict, Flow> {
+        // A cancel that arrived before this statement (for an earlier one) does not count; one
+        // that arrives from here on withdraws the request.
+        {
+            let stale = self.cancelled.notified();
+            tokio::pin!(stale);
+            let _ = futures::poll!(stale.as_mut());
+        }
+        // min_rows: a statement the planner expects to touch fewer rows runs without review.
+        let Some(estimated_rows) = self.screen(hold, client, idle).await? else {
+            return Ok(Verdict::Allow);
+        };
+        let row = match self.request(hold, estimated_rows, audit).await {
+            Ok(row) => row,
+            Err(v) => return Ok(v),
+        };
+        let id = row.id;
+        let mut notice = BytesMut::new();
+        backend::error_response(
+            &mut notice,
+            Severity::Notice,
+            "00000",
+            &format!(
+                "pgid: the statement waits for approval {id} (up to {}s); review: {}",
+                hold.rule.timeout.as_secs(),
+                self.review_link(id)
+            ),
+        );
+        send(client, &notice).await?;
+        let woken = self.proxy.approval_waits.register(id);
+        let verdict = tokio::select! {
+            v = self.decision(id, &woken) => v,
+            _ = self.cancelled.notified() => {
+                self.withdraw(id, &woken, "the client cancelled the statement").await
+            }
+            reason = lease_end(self.lease_watch.clone()) => {
+                // The session ends right after; the statement must not run on a dead lease.
+                let why = match reason {
+                    EndReason::Expired => "the credential expired",
+                    EndReason::Revoked => "the credential was revoked",
+                };
+                match self.withdraw(id, &woken, why).await {
+                    Verdict::Allow => refused(format!("withdrawn: {why}")),
+                    v => v,
+                }
+            }
+        };
+        self.proxy.approval_waits.forget(id);
+        Ok(verdict)
+    }
+
+    /// Withdraws a pending request; one decided in the meantime keeps its decision.
+    async fn withdraw(&self, id: uuid::Uuid, woken: &tokio::sync::Notify, why: &str) -> Verdict {
+        if matches!(self.proxy.approvals.withdraw(id).await, Ok(true)) {
+            refused(format!("withdrawn: {why}"))
+        } else {
+            self.decision(id, woken).await
+        }
+    }
+
+    /// Waits for the request's decision: woken by its NOTIFY, re-reading the row now and then.
+    async fn decision(&self, id: uuid::Uuid, woken: &tokio::sync::Notify) -> Verdict {
+        let store = &self.proxy.approvals;
+        loop {
+            tokio::select! {
+                _ = woken.notified() => {}
+                _ = tokio::time::sleep(APPROVAL_POLL) => {}
+            }
+            let row = match store.get(id).await {
+                Ok(Some(r)) => r,
+                Ok(None) => return refused("request vanished".into()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read an approval request; retrying");
+                    continue;
+                }
+            };
+            match row.state.as_str() {
+                "approved" => return Verdict::Allow,
+                "denied" => {
+                    let who = row.reviewer.unwrap_or_default();
+                    return refused(match row.comment.filter(|c| !c.is_empty()) {
+                        Some(c) => format!("denied by {who}: {c}"),
+                        None => format!("denied by {who}"),
+                    });
+                }
+                "pending" if Utc::now() < row.expires_at => {}
+                "withdrawn" => return refused("withdrawn".into()),
+                _ => {
+                    let _ = store.expire().await;
+                    return refused("timed out".into());
+                }
+            }
+        }
+    }
+}
