@@ -317,8 +317,20 @@ impl App {
         }
     }
 
-    /// The proxy's shared state (TLS from the same certificate as the broker).
-    pub fn proxy(&self) -> Result<Proxy, StartError> {
+    /// The proxy's shared state (TLS from the same certificate as the broker); `broker` is the
+    /// broker's bound address (for review links).
+    pub fn proxy(&self, broker: SocketAddr) -> Result<Proxy, StartError> {
+        // Links in notices and webhooks: the configured review URL, else this broker's page
+        // (when it has one) at the host agents already reach pgid by.
+        let review_url = self.config.approvals.review_url.clone().or_else(|| {
+            self.review.login.as_ref().map(|_| {
+                format!(
+                    "https://{}:{}/approvals",
+                    self.config.proxy.public_host,
+                    broker.port()
+                )
+            })
+        });
         Ok(Proxy {
             leases: self.leases.clone(),
             verifier: self.verifier.clone(),
@@ -339,7 +351,7 @@ impl App {
             approval_waits: self.approval_waits.clone(),
             approval_notifier: crate::approval::notify::Notifier::new(
                 self.config.approvals.webhooks.clone(),
-                self.config.approvals.review_url.clone(),
+                review_url,
             ),
             instance_id: self.instance_id,
             analyzer: self.analyzer.clone(),
@@ -374,7 +386,7 @@ impl App {
             .tls
             .server_config(&[b"http/1.1"])
             .map_err(|e| StartError(e.to_string()))?;
-        let proxy = Arc::new(self.proxy()?);
+        let proxy = Arc::new(self.proxy(broker_addr)?);
         let tasks = TaskTracker::new();
         tasks.spawn(broker::serve_tls(
             broker_listener,

@@ -448,12 +448,23 @@ async fn the_development_issuer_signs_reviewers_in_as_pgid_dev_does() {
         .unwrap();
     assert_eq!(events.status(), 200);
     let lease = h.lease("agent:x", json!({})).await;
-    let agent = h.connect_proxy(&lease).await.unwrap();
+    let (agent, mut notices) = common::connect_with_notices(lease["dsn"].as_str().unwrap())
+        .await
+        .unwrap();
     let run = tokio::spawn(async move {
         agent
             .execute("DELETE FROM crm.orders WHERE id = $1", &[&9i32])
             .await
     });
+    // The agent is told where its request is reviewed: this broker's page (no review_url set).
+    let notice = tokio::time::timeout(Duration::from_secs(10), notices.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        notice.contains(&format!("review: {}/approvals/", h.base)),
+        "{notice}"
+    );
     let mut feed = String::new();
     let seen = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(chunk) = events.chunk().await.unwrap() {

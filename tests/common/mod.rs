@@ -75,6 +75,23 @@ pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
     Ok(client)
 }
 
+/// Connects and hands over the notices the server (or pgid) sends, as their message texts.
+pub async fn connect_with_notices(
+    url: &str,
+) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<String>), tokio_postgres::Error> {
+    let (client, mut conn) = tokio_postgres::connect(url, NoTls).await?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = futures::StreamExt::next(&mut messages).await {
+            if let tokio_postgres::AsyncMessage::Notice(n) = m {
+                let _ = tx.send(n.message().to_string());
+            }
+        }
+    });
+    Ok((client, rx))
+}
+
 impl Harness {
     /// Postgres with the demo schema, the dev issuer, and pgid with the given policy files.
     pub async fn start(policies: &[&str]) -> Harness {
