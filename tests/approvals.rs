@@ -1006,3 +1006,78 @@ async fn min_rows_works_for_a_lease_with_a_single_connection() {
     bulk_delete_is_held_and_denied(&h, &c, None).await;
     c.simple_query("SELECT 1").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_the_client_sends_while_waiting_runs_after_and_leaving_withdraws() {
+    use std::time::Duration;
+    let policy = GUARDED.replace("timeout = \"3s\"", "timeout = \"1m\"");
+    let h = Harness::start(&[&policy]).await;
+    let su = h.superuser().await;
+    let alice = token(&h, "alice", &["dba"]);
+    let lease = h.lease("agent:x", json!({})).await;
+
+    // A second query sent while the first waits is answered once the first is decided.
+    let c = std::sync::Arc::new(h.connect_proxy(&lease).await.unwrap());
+    let first = {
+        let c = c.clone();
+        tokio::spawn(async move { c.simple_query("DELETE FROM crm.orders WHERE id = 19").await })
+    };
+    let request = first_pending(&h, &alice).await;
+    let second = {
+        let c = c.clone();
+        tokio::spawn(async move { c.simple_query("SELECT 2").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    decide(&h, &alice, request["id"].as_str().unwrap(), "approve", None).await;
+    tokio::time::timeout(Duration::from_secs(10), first)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let rows = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("the query sent during the wait was answered")
+        .unwrap()
+        .unwrap();
+    assert!(rows.iter().any(|m| matches!(m,
+        tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("2"))));
+
+    // A client that leaves while its statement waits (its process killed: the socket closes)
+    // withdraws it: nothing runs later for nobody.
+    let mut gone = common::raw_login(
+        h.proxy_port(),
+        lease["username"].as_str().unwrap(),
+        lease["password"].as_str().unwrap(),
+    )
+    .await;
+    let mut query = bytes::BytesMut::new();
+    pgid::proxy::wire::frontend::query(&mut query, "DELETE FROM crm.orders WHERE id = 21");
+    tokio::io::AsyncWriteExt::write_all(&mut gone, &query)
+        .await
+        .unwrap();
+    let request = first_pending(&h, &alice).await;
+    let id = request["id"].as_str().unwrap().to_string();
+    drop(gone);
+    let (pool, _) = pgid::database::pool(&h.admin_url, 1, None).unwrap();
+    let store = Approvals::new(pool);
+    let uuid: Uuid = id.parse().unwrap();
+    assert!(
+        common::eventually(Duration::from_secs(10), || async {
+            store.get(uuid).await.unwrap().unwrap().state == "withdrawn"
+        })
+        .await
+    );
+    let (status, _) = h
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/approvals/{id}/approve"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CONFLICT);
+    assert_eq!(
+        count(&su, "SELECT count(*) FROM crm.orders WHERE id = 21").await,
+        1
+    );
+}

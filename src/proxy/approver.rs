@@ -6,6 +6,7 @@
 
 use bytes::BytesMut;
 use chrono::Utc;
+use tokio::io::AsyncReadExt;
 
 use super::enforce::Hold;
 use super::session::{lease_end, send, Flow};
@@ -28,6 +29,20 @@ fn refused(reason: String) -> Verdict {
 /// How often a held statement re-reads its request when no NOTIFY wakes it.
 const APPROVAL_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// What a held statement may use of its session while it is screened and waits.
+pub(super) struct Io<'s> {
+    pub client: &'s mut super::stream::ClientStream,
+    /// Where bytes the client sends meanwhile go (its next messages, read after the wait).
+    pub incoming: &'s mut BytesMut,
+    pub audit: &'s AuditLog,
+    /// The upstream connection, when nothing is in flight on it.
+    pub idle: Option<&'s mut Upstream>,
+}
+
+/// Most bytes a client may send while its statement waits; beyond this pgid stops reading
+/// until the wait ends (the client's own send then waits, as with any slow server).
+const MAX_INCOMING_WHILE_WAITING: usize = 1 << 20;
+
 /// Holds statements for a reviewer: makes the request, tells the client, waits for the decision.
 pub(super) struct Approver<'a> {
     pub proxy: &'a Proxy,
@@ -42,35 +57,23 @@ pub(super) struct Approver<'a> {
 impl Approver<'_> {
     /// What becomes of a held statement: `wait` holds it for a reviewer; `retry` runs it if an
     /// approval of this very statement is at hand, and otherwise refuses it and asks for one.
-    /// `idle`: the session's upstream connection, when nothing is in flight on it.
-    pub(super) async fn resolve(
-        &self,
-        hold: &Hold,
-        client: &mut super::stream::ClientStream,
-        audit: &AuditLog,
-        idle: Option<&mut Upstream>,
-    ) -> Result<Verdict, Flow> {
+    pub(super) async fn resolve(&self, hold: &Hold, io: &mut Io<'_>) -> Result<Verdict, Flow> {
         match hold.rule.mode {
-            ApprovalMode::Wait => self.wait(hold, client, audit, idle).await,
-            ApprovalMode::Retry => self.retry(hold, client, audit, idle).await,
+            ApprovalMode::Wait => self.wait(hold, io).await,
+            ApprovalMode::Retry => self.retry(hold, io).await,
         }
     }
 
     /// `min_rows` and the planner's estimate: `None` when the statement is small enough to run
     /// without review, else the estimate the reviewer sees (if there is one).
-    async fn screen(
-        &self,
-        hold: &Hold,
-        client: &mut super::stream::ClientStream,
-        idle: Option<&mut Upstream>,
-    ) -> Result<Option<Option<i64>>, Flow> {
+    async fn screen(&self, hold: &Hold, io: &mut Io<'_>) -> Result<Option<Option<i64>>, Flow> {
         let sql = &hold.sql;
-        let rows = match idle {
-            Some(up) => super::estimate::on_session(up, client, sql, &hold.raw)
+        let rows = match io.idle.as_deref_mut() {
+            Some(up) => super::estimate::on_session(up, io.client, sql, &hold.raw)
                 .await
                 .map_err(|e| match e {
                     super::estimate::Broken::Upstream => Flow::Upstream,
-                    super::estimate::Broken::Client(m) => Flow::Protocol(m),
+                    super::estimate::Broken::Client => Flow::ClientGone,
                 })?,
             None => {
                 super::estimate::on_new_connection(self.proxy, self.lease, sql, &hold.raw).await
@@ -146,13 +149,8 @@ impl Approver<'_> {
     /// Retry mode: an approval of this statement (same canonical text and parameters, same
     /// lease, within the window, not used yet) lets it run once; otherwise it is refused, and a
     /// request is made unless one is already waiting.
-    async fn retry(
-        &self,
-        hold: &Hold,
-        client: &mut super::stream::ClientStream,
-        audit: &AuditLog,
-        idle: Option<&mut Upstream>,
-    ) -> Result<Verdict, Flow> {
+    async fn retry(&self, hold: &Hold, io: &mut Io<'_>) -> Result<Verdict, Flow> {
+        let audit = io.audit;
         let store = &self.proxy.approvals;
         let unavailable = |e: crate::store::StoreError| {
             tracing::error!(error = %e, "cannot read approval requests");
@@ -192,7 +190,7 @@ impl Approver<'_> {
             Ok(None) => {}
             Err(e) => return Ok(unavailable(e)),
         }
-        let Some(estimated_rows) = self.screen(hold, client, idle).await? else {
+        let Some(estimated_rows) = self.screen(hold, io).await? else {
             return Ok(Verdict::Allow);
         };
         Ok(match self.request(hold, estimated_rows, audit).await {
@@ -207,13 +205,7 @@ impl Approver<'_> {
         })
     }
 
-    async fn wait(
-        &self,
-        hold: &Hold,
-        client: &mut super::stream::ClientStream,
-        audit: &AuditLog,
-        idle: Option<&mut Upstream>,
-    ) -> Result<Verdict, Flow> {
+    async fn wait(&self, hold: &Hold, io: &mut Io<'_>) -> Result<Verdict, Flow> {
         // A cancel that arrived before this statement (for an earlier one) does not count; one
         // that arrives from here on withdraws the request.
         {
@@ -222,10 +214,10 @@ impl Approver<'_> {
             let _ = futures::poll!(stale.as_mut());
         }
         // min_rows: a statement the planner expects to touch fewer rows runs without review.
-        let Some(estimated_rows) = self.screen(hold, client, idle).await? else {
+        let Some(estimated_rows) = self.screen(hold, io).await? else {
             return Ok(Verdict::Allow);
         };
-        let row = match self.request(hold, estimated_rows, audit).await {
+        let row = match self.request(hold, estimated_rows, io.audit).await {
             Ok(row) => row,
             Err(v) => return Ok(v),
         };
@@ -241,22 +233,37 @@ impl Approver<'_> {
                 self.review_link(id)
             ),
         );
-        send(client, &notice).await?;
+        send(io.client, &notice).await?;
         let woken = self.proxy.approval_waits.register(id);
-        let verdict = tokio::select! {
-            v = self.decision(id, &woken) => v,
-            _ = self.cancelled.notified() => {
-                self.withdraw(id, &woken, "the client cancelled the statement").await
-            }
-            reason = lease_end(self.lease_watch.clone()) => {
-                // The session ends right after; the statement must not run on a dead lease.
-                let why = match reason {
-                    EndReason::Expired => "the credential expired",
-                    EndReason::Revoked => "the credential was revoked",
-                };
-                match self.withdraw(id, &woken, why).await {
-                    Verdict::Allow => refused(format!("withdrawn: {why}")),
-                    v => v,
+        let decision = self.decision(id, &woken);
+        tokio::pin!(decision);
+        let ended = lease_end(self.lease_watch.clone());
+        tokio::pin!(ended);
+        let verdict = loop {
+            tokio::select! {
+                v = &mut decision => break v,
+                _ = self.cancelled.notified() => {
+                    break self.withdraw(id, &woken, "the client cancelled the statement").await;
+                }
+                reason = &mut ended => {
+                    // The session ends right after; the statement must not run on a dead lease.
+                    let why = match reason {
+                        EndReason::Expired => "the credential expired",
+                        EndReason::Revoked => "the credential was revoked",
+                    };
+                    break match self.withdraw(id, &woken, why).await {
+                        Verdict::Allow => refused(format!("withdrawn: {why}")),
+                        v => v,
+                    };
+                }
+                // A client that goes away has given up on its statement: it must not run later
+                // for nobody. What it sends meanwhile is kept for after the wait.
+                r = io.client.read_buf(io.incoming), if io.incoming.len() < MAX_INCOMING_WHILE_WAITING => {
+                    if matches!(r, Ok(0) | Err(_)) {
+                        let _ = self.withdraw(id, &woken, "the client disconnected").await;
+                        self.proxy.approval_waits.forget(id);
+                        return Err(Flow::ClientGone);
+                    }
                 }
             }
         };

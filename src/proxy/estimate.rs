@@ -24,7 +24,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// Why the session cannot go on after an estimate on its own connection.
 pub enum Broken {
     Upstream,
-    Client(String),
+    Client,
 }
 
 /// The largest `Plan Rows` in an `EXPLAIN (FORMAT JSON)` result.
@@ -106,19 +106,13 @@ pub async fn on_session(
             b'A' | b'N' | b'S' => {
                 let mut whole = BytesMut::with_capacity(m.body.len() + 5);
                 message(&mut whole, m.tag, |b| b.put_slice(&m.body));
-                client
-                    .write_all(&whole)
-                    .await
-                    .map_err(|e| Broken::Client(e.to_string()))?;
+                client.write_all(&whole).await.map_err(|_| Broken::Client)?;
             }
             // ParseComplete, BindComplete, RowDescription, CommandComplete, ErrorResponse.
             _ => {}
         }
     }
-    client
-        .flush()
-        .await
-        .map_err(|e| Broken::Client(e.to_string()))?;
+    client.flush().await.map_err(|_| Broken::Client)?;
     Ok(plan
         .and_then(|text| serde_json::from_slice(&text).ok())
         .and_then(|v: serde_json::Value| most_rows(&v)))

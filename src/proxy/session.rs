@@ -12,7 +12,7 @@ use super::cancel::CancelTarget;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::approver::Approver;
+use super::approver::{Approver, Io};
 use super::enforce::{Enforcer, EnforcerSetup, Reconfigure};
 use super::handshake::Established;
 use super::limits::{Action, ExportLimit, LIMIT_SQLSTATE};
@@ -147,7 +147,7 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
     let end = loop {
         tokio::select! {
             biased;
-            r = frames.fill(&mut client) => {
+            r = more_from_client(&mut frames, &mut client) => {
                 if r.is_err() {
                     break End::ClientGone;
                 }
@@ -168,6 +168,7 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
                     Ok(false) => break End::ClientGone,
                     Err(Flow::Upstream) => break End::UpstreamGone,
                     Err(Flow::Protocol(m)) => break End::Fatal("08P01", format!("pgid: invalid message from client: {m}")),
+                    Err(Flow::ClientGone) => break End::ClientGone,
                 }
             }
             r = upstream.frames.fill(&mut upstream.stream) => {
@@ -179,7 +180,7 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
                 match server_to_client(&mut upstream, &mut client, relay).await {
                     Ok(()) => {}
                     Err(Flow::Upstream) => break End::UpstreamGone,
-                    Err(Flow::Protocol(_)) => break End::ClientGone,
+                    Err(Flow::Protocol(_) | Flow::ClientGone) => break End::ClientGone,
                 }
             }
             reason = &mut lease_end => {
@@ -284,6 +285,8 @@ async fn reconfigure(
 pub(super) enum Flow {
     Upstream,
     Protocol(String),
+    /// The client went away (writing to it failed, or it closed while a statement waited).
+    ClientGone,
 }
 
 /// Writes to the client and flushes.
@@ -294,11 +297,20 @@ pub(super) async fn send(
     client
         .write_all(bytes)
         .await
-        .map_err(|e| Flow::Protocol(e.to_string()))?;
-    client
-        .flush()
-        .await
-        .map_err(|e| Flow::Protocol(e.to_string()))
+        .map_err(|_| Flow::ClientGone)?;
+    client.flush().await.map_err(|_| Flow::ClientGone)
+}
+
+/// Reads more from the client, unless whole messages are buffered already (a client may send
+/// its next messages while a statement waits for approval).
+async fn more_from_client(
+    frames: &mut super::wire::framing::Frames,
+    client: &mut super::stream::ClientStream,
+) -> Result<(), super::wire::WireError> {
+    if matches!(frame_at(&frames.buf, 0, MAX_MESSAGE_BYTES), Ok(Some(_))) {
+        return Ok(());
+    }
+    frames.fill(client).await
 }
 
 /// Whether the server reads string literals with backslash escapes.
@@ -361,8 +373,13 @@ async fn client_to_server(
                     // then it is judged again with those decisions.
                     let _ = enforcer.rewind(&judged);
                     for hold in &judged.holds {
-                        let own = idle.then_some(&mut *upstream);
-                        let verdict = approver.resolve(hold, client, audit, own).await?;
+                        let mut io = Io {
+                            client: &mut *client,
+                            incoming: &mut *buf,
+                            audit,
+                            idle: idle.then_some(&mut *upstream),
+                        };
+                        let verdict = approver.resolve(hold, &mut io).await?;
                         decided.insert(hold.message, verdict);
                     }
                     judged = enforcer
