@@ -1,7 +1,6 @@
 //! Builds pgid's services once from a validated [`Config`] and runs them: policies loaded and
 //! reconciled, state migrated, leases reconciled, then the broker and the reaper.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
@@ -241,28 +240,15 @@ impl App {
         let report = roles::reap_once(&leases).await;
         tracing::info!(?report, "startup reconciliation");
         // Leases of policies removed while pgid was down end now: their rules are unknown.
-        for db in leases.databases().iter() {
-            let live = leases.store().active_on(&db.name).await.unwrap_or_default();
-            let orphaned: BTreeSet<&str> = live
-                .iter()
-                .map(|l| l.policy.as_str())
-                .filter(|p| policies.get(p).is_none())
-                .collect();
-            for p in orphaned {
-                match leases
-                    .revoke_policy(&db.name, p, "its policy was removed")
-                    .await
-                {
-                    Ok(n) => tracing::warn!(
-                        policy = p,
-                        leases = n,
-                        "revoked the leases of a policy that no longer exists"
-                    ),
-                    Err(e) => {
-                        tracing::error!(policy = p, error = %e, "cannot revoke the leases of a removed policy")
-                    }
-                }
+        match leases.revoke_orphaned(&policies).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(
+                    leases = n,
+                    "revoked the leases of policies that no longer exist"
+                )
             }
+            Err(e) => tracing::error!(error = %e, "cannot revoke the leases of removed policies"),
         }
 
         let verifier =
@@ -459,23 +445,19 @@ impl Running {
             .map(|p| p.name.clone())
             .collect();
         let count = new.iter().count();
-        *app.policies.write().unwrap() = Arc::new(new);
+        let new = Arc::new(new);
+        *app.policies.write().unwrap() = new.clone();
         app.policy_generation
             .fetch_add(1, std::sync::atomic::Ordering::Release);
         self.proxy.mask_catalog.clear();
         let mut problems = Vec::new();
+        // Their leases end first (sessions closed, roles dropped), then their group roles go.
+        match app.leases.revoke_orphaned(&new).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(leases = n, "revoked the leases of removed policies"),
+            Err(e) => problems.push(format!("revoking the leases of removed policies: {e}")),
+        }
         for p in &removed {
-            match app
-                .leases
-                .revoke_policy(&p.database, &p.name, "its policy was removed")
-                .await
-            {
-                Ok(n) if n > 0 => {
-                    tracing::info!(policy = %p.name, leases = n, "revoked the leases of a removed policy")
-                }
-                Ok(_) => {}
-                Err(e) => problems.push(format!("revoking the leases of {}: {e}", p.name)),
-            }
             let Some(db) = app.leases.databases().get(&p.database) else {
                 continue;
             };

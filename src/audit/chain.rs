@@ -84,21 +84,12 @@ pub fn check(line: &str, prev: &str) -> Result<String, Broken> {
     if line.len() < HASH_SUFFIX_LEN + 2 || !line.starts_with('{') || !line.ends_with("\"}") {
         return Err(Broken::Malformed("truncated"));
     }
-    let split = line.len() - HASH_SUFFIX_LEN;
-    let (body_open, suffix) = line.split_at(split);
-    let hash = suffix
-        .strip_prefix(",\"hash\":\"")
-        .and_then(|s| s.strip_suffix("\"}"))
-        .ok_or(Broken::Malformed("no hash"))?;
+    let hash = hash_of(line).ok_or(Broken::Malformed("no hash"))?;
     if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Broken::Malformed("bad hash"));
     }
-    let body = format!("{body_open}}}");
-    let found_prev = body_open
-        .rsplit_once(",\"prev\":\"")
-        .or_else(|| body_open.rsplit_once("{\"prev\":\""))
-        .map(|(_, p)| p.trim_end_matches('"'))
-        .ok_or(Broken::Malformed("no prev"))?;
+    let body = format!("{}}}", &line[..line.len() - HASH_SUFFIX_LEN]);
+    let found_prev = prev_of(line).ok_or(Broken::Malformed("no prev"))?;
     if found_prev != prev {
         return Err(Broken::Chain {
             expected: prev.to_string(),
@@ -125,7 +116,8 @@ pub fn hash_of(line: &str) -> Option<&str> {
 /// The `prev` a line says it follows (not checked).
 pub fn prev_of(line: &str) -> Option<&str> {
     let body = line.get(..line.len().checked_sub(HASH_SUFFIX_LEN)?)?;
-    body.rsplit_once("\"prev\":\"")
+    body.rsplit_once(",\"prev\":\"")
+        .or_else(|| body.rsplit_once("{\"prev\":\""))
         .map(|(_, p)| p.trim_end_matches('"'))
 }
 

@@ -359,18 +359,20 @@ impl Leases {
         }
     }
 
-    /// Revokes every active lease of `policy` (it was removed); returns how many.
-    pub async fn revoke_policy(
+    /// Revokes every active lease whose policy no longer exists (`policies` says which do);
+    /// returns how many. At start and after a reload: a lease's rules must be known.
+    pub async fn revoke_orphaned(
         &self,
-        database: &str,
-        policy: &str,
-        reason: &str,
+        policies: &crate::policy::PolicySet,
     ) -> Result<usize, LeaseError> {
         let mut n = 0;
-        for row in self.store.active_on(database).await? {
-            if row.policy == policy {
-                self.revoke(row.id, LeaseState::Revoked, reason).await?;
-                n += 1;
+        for db in self.databases.iter() {
+            for row in self.store.active_on(&db.name).await? {
+                if policies.get(&row.policy).is_none() {
+                    self.revoke(row.id, LeaseState::Revoked, "its policy was removed")
+                        .await?;
+                    n += 1;
+                }
             }
         }
         Ok(n)

@@ -185,7 +185,9 @@ impl Login {
         pending: PendingLogin,
         code: String,
     ) -> Result<Reviewer, LoginError> {
-        let client = self.client(self.metadata(false).await?, &pending.redirect)?;
+        let meta = self.metadata(false).await?;
+        let userinfo = meta.userinfo_endpoint().map(|u| u.url().to_string());
+        let client = self.client(meta, &pending.redirect)?;
         let token = client
             .exchange_code(AuthorizationCode::new(code))
             .map_err(|e| LoginError::Provider(e.to_string()))?
@@ -216,14 +218,10 @@ impl Login {
         // The signature is verified: the payload's claims are the provider's word.
         let mut claims = payload(&id_token.to_string())
             .ok_or_else(|| LoginError::Rejected("ID token payload unreadable".into()))?;
-        let meta = self.metadata(false).await?;
-        if let Some(url) = meta.userinfo_endpoint() {
+        if let Some(url) = userinfo {
             // Many providers put groups only here. Claims only ever widen what a reviewer may
             // decide, so when userinfo cannot be read the ID token's claims stand alone.
-            match self
-                .userinfo(url.as_str(), token.access_token().secret())
-                .await
-            {
+            match self.userinfo(&url, token.access_token().secret()).await {
                 Ok(extra) => {
                     if extra.get("sub").and_then(Value::as_str) != Some(subject.as_str()) {
                         return Err(LoginError::Rejected(
