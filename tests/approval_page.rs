@@ -14,26 +14,14 @@ const REVIEW_SECRET: &str = "a-long-review-client-secret-for-tests";
 
 /// agent:x's DELETE on crm.orders waits for a reviewer in group dba (of this issuer, if given).
 fn guarded(approvers_issuer: Option<&str>) -> String {
-    let issuer = approvers_issuer
-        .map(|i| format!("issuer = \"{i}\", "))
-        .unwrap_or_default();
-    format!(
-        r#"
-name = "guarded"
-database = "app"
-ttl = "15m"
-[identity]
-subject = "agent:x"
-[[grant]]
-privileges = ["SELECT", "DELETE"]
-on = ["crm.orders"]
-[[approval]]
-statements = ["DELETE"]
-tables = ["crm.orders"]
-approvers = {{ {issuer}claims = {{ groups = "dba" }} }}
-timeout = "90s"
-"#
-    )
+    let policy = common::GUARDED.replace("timeout = \"3s\"", "timeout = \"90s\"");
+    match approvers_issuer {
+        Some(i) => policy.replace(
+            "approvers = { claims",
+            &format!("approvers = {{ issuer = \"{i}\", claims"),
+        ),
+        None => policy,
+    }
 }
 
 /// The provider, pgid (whose page signs reviewers in through it) and the provider's reviewers.

@@ -4,7 +4,7 @@
 mod common;
 
 use chrono::{Duration, Utc};
-use common::Harness;
+use common::{Harness, GUARDED};
 use pgid::store::{Approvals, Decided, NewApproval};
 use serde_json::json;
 use uuid::Uuid;
@@ -174,22 +174,6 @@ async fn first_pending(h: &Harness, reviewer: &str) -> serde_json::Value {
     panic!("no pending approval request");
 }
 
-const GUARDED: &str = r#"
-name = "guarded"
-database = "app"
-ttl = "15m"
-[identity]
-subject = "agent:x"
-[[grant]]
-privileges = ["SELECT", "DELETE"]
-on = ["crm.orders"]
-[[approval]]
-statements = ["DELETE"]
-tables = ["crm.orders"]
-approvers = { claims = { groups = "dba" } }
-timeout = "3s"
-"#;
-
 #[tokio::test(flavor = "multi_thread")]
 async fn reviewers_decide_through_the_api_and_nobody_else_can() {
     use reqwest::{Method, StatusCode};
@@ -226,14 +210,7 @@ async fn reviewers_decide_through_the_api_and_nobody_else_can() {
     assert_eq!(body["state"], "approved");
     assert_eq!(body["reviewer"], "alice");
     assert_eq!(body["comment"], "one row, fine");
-    let (status, _) = h
-        .call(
-            Method::POST,
-            &format!("/v1/approvals/{id}/deny"),
-            Some(&alice),
-            None,
-        )
-        .await;
+    let (status, _) = decision(&h, &alice, &id.to_string(), "deny", None).await;
     assert_eq!(status, StatusCode::CONFLICT, "decided once");
     let (status, _) = h
         .call(
@@ -269,7 +246,7 @@ async fn reviewers_decide_through_the_api_and_nobody_else_can() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_guarded_delete_waits_for_a_reviewer_and_the_session_carries_on() {
-    use reqwest::{Method, StatusCode};
+    use reqwest::StatusCode;
     use std::sync::Arc;
     let h = Harness::start(&[GUARDED]).await;
     let lease = h.lease("agent:x", json!({})).await;
@@ -299,14 +276,7 @@ async fn a_guarded_delete_waits_for_a_reviewer_and_the_session_carries_on() {
     assert_eq!(request["tables"], json!(["crm.orders"]));
     assert!(exists(1).await, "the statement ran before it was approved");
     let id = request["id"].as_str().unwrap().to_string();
-    let (status, _) = h
-        .call(
-            Method::POST,
-            &format!("/v1/approvals/{id}/approve"),
-            Some(&alice),
-            None,
-        )
-        .await;
+    let (status, _) = decision(&h, &alice, &id, "approve", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(run.await.unwrap().unwrap(), 1);
     assert!(!exists(1).await);
@@ -320,14 +290,7 @@ async fn a_guarded_delete_waits_for_a_reviewer_and_the_session_carries_on() {
         .as_str()
         .unwrap()
         .to_string();
-    let (status, _) = h
-        .call(
-            Method::POST,
-            &format!("/v1/approvals/{id}/deny"),
-            Some(&alice),
-            Some(json!({"comment": "not today"})),
-        )
-        .await;
+    let (status, _) = decision(&h, &alice, &id, "deny", Some("not today")).await;
     assert_eq!(status, StatusCode::OK);
     let e = run.await.unwrap().unwrap_err();
     let db = e.as_db_error().unwrap();
@@ -542,14 +505,7 @@ async fn webhooks_announce_requests_and_retry_while_the_receiver_is_down() {
         "{text}"
     );
     // The other receiver is down: approving works regardless.
-    let (status, _) = h
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/approvals/{id}/approve"),
-            Some(&alice),
-            None,
-        )
-        .await;
+    let (status, _) = decision(&h, &alice, &id, "approve", None).await;
     assert_eq!(status, reqwest::StatusCode::OK);
     run.await.unwrap().unwrap();
     // When it comes up, the retried delivery arrives.
@@ -630,15 +586,26 @@ async fn pending_for(h: &Harness, reviewer: &str, statement: &str) -> Vec<serde_
         .collect()
 }
 
+/// `POST /v1/approvals/{id}/{verb}` as `reviewer`: the status and body.
+async fn decision(
+    h: &Harness,
+    reviewer: &str,
+    id: &str,
+    verb: &str,
+    comment: Option<&str>,
+) -> (reqwest::StatusCode, serde_json::Value) {
+    h.call(
+        reqwest::Method::POST,
+        &format!("/v1/approvals/{id}/{verb}"),
+        Some(reviewer),
+        comment.map(|c| json!({ "comment": c })),
+    )
+    .await
+}
+
+/// The same, which must succeed.
 async fn decide(h: &Harness, reviewer: &str, id: &str, verb: &str, comment: Option<&str>) {
-    let (status, body) = h
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/approvals/{id}/{verb}"),
-            Some(reviewer),
-            comment.map(|c| json!({ "comment": c })),
-        )
-        .await;
+    let (status, body) = decision(h, reviewer, id, verb, comment).await;
     assert_eq!(status, reqwest::StatusCode::OK, "{body}");
 }
 
@@ -1067,14 +1034,7 @@ async fn what_the_client_sends_while_waiting_runs_after_and_leaving_withdraws() 
         })
         .await
     );
-    let (status, _) = h
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/approvals/{id}/approve"),
-            Some(&alice),
-            None,
-        )
-        .await;
+    let (status, _) = decision(&h, &alice, &id, "approve", None).await;
     assert_eq!(status, reqwest::StatusCode::CONFLICT);
     assert_eq!(
         count(&su, "SELECT count(*) FROM crm.orders WHERE id = 21").await,

@@ -49,6 +49,23 @@ deny = []
 require_where = []
 "#;
 
+/// agent:x may DELETE from crm.orders once a reviewer in group dba approves (approval tests).
+pub const GUARDED: &str = r#"
+name = "guarded"
+database = "app"
+ttl = "15m"
+[identity]
+subject = "agent:x"
+[[grant]]
+privileges = ["SELECT", "DELETE"]
+on = ["crm.orders"]
+[[approval]]
+statements = ["DELETE"]
+tables = ["crm.orders"]
+approvers = { claims = { groups = "dba" } }
+timeout = "3s"
+"#;
+
 pub struct Harness {
     pub pg: TempPostgres,
     pub admin_url: String,
