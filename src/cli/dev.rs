@@ -99,15 +99,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
 
     let clients: Vec<DevClient> = CLIENTS
         .iter()
-        .map(|(id, subject)| {
-            let mut s = [0u8; 24];
-            rand::rngs::OsRng.fill_bytes(&mut s);
-            DevClient {
-                id: id.to_string(),
-                secret: hex::encode(s),
-                subject: subject.to_string(),
-                claims: Default::default(),
-            }
+        .map(|(id, subject)| DevClient {
+            id: id.to_string(),
+            secret: client_secret(),
+            subject: subject.to_string(),
+            claims: Default::default(),
         })
         .collect();
     let issuer = DevIssuer::start(0, "pgid", clients.clone())
@@ -119,11 +115,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
         .tempdir()?;
     let config_path = state.path().join("pgid.toml");
     // The approval page signs reviewers in through the development issuer's form.
-    let review_secret = {
-        let mut s = [0u8; 24];
-        rand::rngs::OsRng.fill_bytes(&mut s);
-        hex::encode(s)
-    };
+    let review_secret = client_secret();
     write_private(&state.path().join("review_client_secret"), &review_secret)?;
     let review_url = match args.broker_port {
         0 => String::new(),
@@ -209,6 +201,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
     drop(pg);
     drop(state);
     Ok(0)
+}
+
+/// A fresh secret for a development client.
+fn client_secret() -> String {
+    let mut s = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut s);
+    hex::encode(s)
 }
 
 fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {

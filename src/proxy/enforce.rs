@@ -656,32 +656,28 @@ impl Enforcer {
                             (b'P', None, None),
                         )
                     } else {
-                        let known = self
-                            .portals
-                            .get(portal)
-                            .and_then(|p| p.statement.clone().map(|s| (s, p.parameters.clone())));
-                        let mut verdict = known
+                        // The portal as bound: its statement, values, exact values, and whether
+                        // an earlier Execute already started it.
+                        let bound = self.portals.get(portal).and_then(|p| {
+                            p.statement
+                                .clone()
+                                .map(|s| (s, p.parameters.clone(), p.raw.clone(), p.started))
+                        });
+                        let mut verdict = bound
                             .as_ref()
-                            .and_then(|(st, _)| st.refused.clone())
+                            .and_then(|(st, ..)| st.refused.clone())
                             .unwrap_or(Verdict::Allow);
                         let holds_before = holds.len();
-                        let started = self.portals.get(portal).is_some_and(|p| p.started);
-                        if let (Some((st, params)), false, Verdict::Allow) =
-                            (&known, started, &verdict)
-                        {
-                            if let Some(matched) = st.approval.clone() {
-                                let raw = self
-                                    .portals
-                                    .get(portal)
-                                    .map(|p| p.raw.clone())
-                                    .unwrap_or_default();
+                        if let Some((st, params, raw, false)) = &bound {
+                            if let (Some(matched), Verdict::Allow) = (st.approval.clone(), &verdict)
+                            {
                                 self.approval(
                                     Held {
                                         message: message_no,
                                         sql: &st.text,
                                         matched,
                                         parameters: Some(params.clone()),
-                                        raw,
+                                        raw: raw.clone(),
                                         dialect,
                                     },
                                     &mut verdict,
@@ -690,6 +686,7 @@ impl Enforcer {
                                 );
                             }
                         }
+                        let known = bound.map(|(st, params, ..)| (st, params));
                         if verdict == Verdict::Allow && holds.len() == holds_before {
                             if let Some(p) = self.portals.get_mut(portal) {
                                 p.started = true;
