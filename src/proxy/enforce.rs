@@ -152,16 +152,19 @@ struct Bound {
 }
 
 /// Reads a Bind message; parameter values (`None` for NULL) are decoded with `types` (the
-/// statement's parameter types, where known) when `values`, and kept as sent when `raw`.
+/// statement's parameter types, where known) when `values`, and decoded and kept as sent too
+/// when `raw` says so of the statement bound.
 fn bind(
     body: &[u8],
     values: bool,
-    raw: bool,
+    raw: impl Fn(&str) -> bool,
     types: &HashMap<String, Vec<u32>>,
 ) -> Result<Bound, String> {
     let mut at = 0;
     let portal = cstr(body, &mut at).map_err(|e| e.to_string())?.to_string();
     let name = cstr(body, &mut at).map_err(|e| e.to_string())?.to_string();
+    let raw = raw(&name);
+    let values = values || raw;
     let types = types.get(&name).map(Vec::as_slice).unwrap_or_default();
     let mut exact = RawParameters::default();
     if raw {
@@ -616,18 +619,13 @@ impl Enforcer {
                     }
                 }
                 b'B' => {
-                    let held = {
-                        let mut at = 0;
-                        let _ = cstr(body, &mut at);
-                        cstr(body, &mut at)
-                            .ok()
-                            .and_then(|name| self.prepared.get(name))
-                            .is_some_and(|p| p.approval.is_some())
-                    };
+                    // Statements held for approval keep their exact values, for the reviewer and
+                    // the planner.
+                    let prepared = &self.prepared;
                     let b = bind(
                         body,
-                        self.audit.parameters || held,
-                        held,
+                        self.audit.parameters,
+                        |name| prepared.get(name).is_some_and(|p| p.approval.is_some()),
                         &self.parameter_types,
                     )?;
                     let statement = self.prepared.get(&b.statement).cloned();
