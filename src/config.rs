@@ -89,7 +89,16 @@ pub struct ProxyConfig {
     pub pool_idle_timeout: Duration,
     /// On shutdown, how long live sessions may continue before they are closed.
     pub drain_timeout: Duration,
+    /// The largest Bind (FunctionCall) message a client may send; larger ones are refused
+    /// unread. Query and Parse are capped by the policy's `max_statement_bytes`.
+    pub max_bind_bytes: usize,
+    /// The largest CopyData message a client may send.
+    pub max_copy_data_bytes: usize,
 }
+
+/// Default cap of a Bind message (its parameter values) and of one CopyData message.
+pub const DEFAULT_MAX_BIND_BYTES: usize = 64 << 20;
+pub const DEFAULT_MAX_COPY_DATA_BYTES: usize = 64 << 20;
 
 /// TLS from pgid to Postgres: `disable`, `require` (encrypted, unverified, as libpq's
 /// sslmode=require) or `verify-full` (certificate and host name checked against `upstream_ca_file`).
@@ -218,6 +227,8 @@ struct RawProxy {
     pool_idle_timeout: Option<Span>,
     drain_timeout: Option<Span>,
     inspect: Option<bool>,
+    max_bind_bytes: Option<ByteSize>,
+    max_copy_data_bytes: Option<ByteSize>,
 }
 
 #[derive(Deserialize)]
@@ -682,6 +693,11 @@ impl Config {
                     .drain_timeout
                     .map(Span::as_std)
                     .unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+                max_bind_bytes: message_cap(raw.proxy.max_bind_bytes, DEFAULT_MAX_BIND_BYTES),
+                max_copy_data_bytes: message_cap(
+                    raw.proxy.max_copy_data_bytes,
+                    DEFAULT_MAX_COPY_DATA_BYTES,
+                ),
             },
             issuers,
             databases,
@@ -979,4 +995,9 @@ admin_url = "postgres://pgid_admin:pw@127.0.0.1:5432/app"
             "postgres://a:b@10.0.0.1/app"
         );
     }
+}
+
+/// A message cap from the file: at least 1 KiB, at most the protocol's own 1 GiB.
+fn message_cap(v: Option<ByteSize>, default: usize) -> usize {
+    v.map_or(default, |b| (b.0 as usize).clamp(1024, 1 << 30))
 }

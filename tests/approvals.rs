@@ -1018,7 +1018,7 @@ async fn what_the_client_sends_while_waiting_runs_after_and_leaving_withdraws() 
     )
     .await;
     let mut query = bytes::BytesMut::new();
-    pgid::proxy::wire::frontend::query(&mut query, "DELETE FROM crm.orders WHERE id = 21");
+    pgid::proxy::wire::frontend::query(&mut query, b"DELETE FROM crm.orders WHERE id = 21");
     tokio::io::AsyncWriteExt::write_all(&mut gone, &query)
         .await
         .unwrap();

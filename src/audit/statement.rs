@@ -59,6 +59,9 @@ pub struct Decision<'a> {
     /// Masked columns the statement reads (their values reach the client masked).
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     pub masked: &'a [String],
+    /// Prepared statements it runs by name (SQL `EXECUTE`): what ran, besides its own text.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub prepared: &'a [Prepared<'a>],
     pub decision: DecisionKind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<&'a str>,
@@ -66,6 +69,13 @@ pub struct Decision<'a> {
     pub reason: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sqlstate: Option<&'a str>,
+}
+
+/// A prepared statement a statement runs by name.
+#[derive(Serialize)]
+pub struct Prepared<'a> {
+    pub name: &'a str,
+    pub statement: &'a str,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -227,6 +237,7 @@ mod tests {
             classes: &[StatementClass::Select],
             tables: &["crm.customers".into()],
             masked: &[],
+            prepared: &[],
             decision: DecisionKind::Allow,
             rule: None,
             reason: None,

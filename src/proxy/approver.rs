@@ -6,9 +6,8 @@
 
 use bytes::BytesMut;
 use chrono::Utc;
-use tokio::io::AsyncReadExt;
 
-use super::enforce::Hold;
+use super::inspect::Hold;
 use super::session::{lease_end, send, Flow};
 use super::upstream::Upstream;
 use super::wire::backend::{self, Severity};
@@ -33,7 +32,7 @@ const APPROVAL_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 pub(super) struct Io<'s> {
     pub client: &'s mut super::stream::ClientStream,
     /// Where bytes the client sends meanwhile go (its next messages, read after the wait).
-    pub incoming: &'s mut BytesMut,
+    pub incoming: &'s mut super::wire::framing::ClientFrames,
     pub audit: &'s AuditLog,
     /// The upstream connection, when nothing is in flight on it.
     pub idle: Option<&'s mut Upstream>,
@@ -69,14 +68,14 @@ impl Approver<'_> {
     async fn screen(&self, hold: &Hold, io: &mut Io<'_>) -> Result<Option<Option<i64>>, Flow> {
         let sql = &hold.sql;
         let rows = match io.idle.as_deref_mut() {
-            Some(up) => super::estimate::on_session(up, io.client, sql, &hold.raw)
+            Some(up) => super::estimate::on_session(up, io.client, &hold.raw_sql, &hold.exact)
                 .await
                 .map_err(|e| match e {
                     super::estimate::Broken::Upstream => Flow::Upstream,
                     super::estimate::Broken::Client => Flow::ClientGone,
                 })?,
             None => {
-                super::estimate::on_new_connection(self.proxy, self.lease, sql, &hold.raw).await
+                super::estimate::on_new_connection(self.proxy, self.lease, sql, &hold.exact).await
             }
         };
         Ok(match (hold.rule.min_rows, rows) {
@@ -258,8 +257,8 @@ impl Approver<'_> {
                 }
                 // A client that goes away has given up on its statement: it must not run later
                 // for nobody. What it sends meanwhile is kept for after the wait.
-                r = io.client.read_buf(io.incoming), if io.incoming.len() < MAX_INCOMING_WHILE_WAITING => {
-                    if matches!(r, Ok(0) | Err(_)) {
+                r = io.incoming.fill(io.client), if io.incoming.buffered() < MAX_INCOMING_WHILE_WAITING => {
+                    if r.is_err() {
                         let _ = self.withdraw(id, &woken, "the client disconnected").await;
                         self.proxy.approval_waits.forget(id);
                         return Err(Flow::ClientGone);

@@ -9,13 +9,14 @@
 
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
-use super::enforce::RawParameters;
+use super::inspect::registry::ExactParameters;
 use super::stream::ClientStream;
 use super::upstream::Upstream;
-use super::wire::{message, put_cstr};
+use super::wire::backend::{self, Backend};
+use super::wire::frontend;
 use super::Proxy;
 
 /// Longest pgid waits for an estimate.
@@ -42,47 +43,22 @@ pub fn most_rows(plan: &serde_json::Value) -> Option<f64> {
     top.is_object().then(|| walk(top))
 }
 
-/// On the session's idle upstream connection. Messages the server sends meanwhile that belong to
-/// the client (notifications, notices, parameter changes) are passed on.
+/// On the session's idle upstream connection, with the statement as the client sent it (in the
+/// session's client encoding). Messages the server sends meanwhile that belong to the client
+/// (notifications, notices, parameter changes) are passed on; reported settings are kept.
 pub async fn on_session(
     upstream: &mut Upstream,
     client: &mut ClientStream,
-    sql: &str,
-    params: &RawParameters,
+    raw_sql: &[u8],
+    params: &ExactParameters,
 ) -> Result<Option<f64>, Broken> {
     let mut out = BytesMut::new();
-    message(&mut out, b'P', |b| {
-        put_cstr(b, "");
-        put_cstr(b, &format!("EXPLAIN (FORMAT JSON) {sql}"));
-        b.put_i16(params.types.len() as i16);
-        for t in &params.types {
-            b.put_u32(*t);
-        }
-    });
-    message(&mut out, b'B', |b| {
-        put_cstr(b, "");
-        put_cstr(b, "");
-        b.put_i16(params.values.len() as i16);
-        for (binary, _) in &params.values {
-            b.put_i16(i16::from(*binary));
-        }
-        b.put_i16(params.values.len() as i16);
-        for (_, v) in &params.values {
-            match v {
-                None => b.put_i32(-1),
-                Some(v) => {
-                    b.put_i32(v.len() as i32);
-                    b.put_slice(v);
-                }
-            }
-        }
-        b.put_i16(0);
-    });
-    message(&mut out, b'E', |b| {
-        put_cstr(b, "");
-        b.put_i32(0);
-    });
-    message(&mut out, b'S', |_| {});
+    let mut explain = b"EXPLAIN (FORMAT JSON) ".to_vec();
+    explain.extend_from_slice(raw_sql);
+    frontend::parse(&mut out, b"", &explain, &params.types);
+    frontend::bind_values(&mut out, b"", &params.values);
+    frontend::execute(&mut out, b"", 0);
+    frontend::sync(&mut out);
     upstream
         .stream
         .write_all(&out)
@@ -100,12 +76,20 @@ pub async fn on_session(
             .read(&mut upstream.stream)
             .await
             .map_err(|_| Broken::Upstream)?;
-        match m.tag {
-            b'D' => plan = first_column(&m.body),
-            b'Z' => break,
-            b'A' | b'N' | b'S' => {
+        match Backend::decode(m.tag, &m.body).map_err(|_| Broken::Upstream)? {
+            Backend::DataRow(body) => plan = first_column(body),
+            Backend::ReadyForQuery(_) => break,
+            msg @ (Backend::NotificationResponse
+            | Backend::NoticeResponse(_)
+            | Backend::ParameterStatus { .. }) => {
+                if let Backend::ParameterStatus { name, value } = msg {
+                    upstream.set_param(
+                        String::from_utf8_lossy(name).into_owned(),
+                        String::from_utf8_lossy(value).into_owned(),
+                    );
+                }
                 let mut whole = BytesMut::with_capacity(m.body.len() + 5);
-                message(&mut whole, m.tag, |b| b.put_slice(&m.body));
+                backend::raw(&mut whole, m.tag, &m.body);
                 client.write_all(&whole).await.map_err(|_| Broken::Client)?;
             }
             // ParseComplete, BindComplete, RowDescription, CommandComplete, ErrorResponse.
@@ -133,7 +117,7 @@ pub async fn on_new_connection(
     proxy: &Proxy,
     lease: &crate::store::LeaseRow,
     sql: &str,
-    params: &RawParameters,
+    params: &ExactParameters,
 ) -> Option<f64> {
     let db = proxy.leases.databases().get(&lease.database)?;
     let mut cfg = tokio_postgres::Config::new();
@@ -238,6 +222,7 @@ impl tokio_postgres::types::ToSql for WireValue<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BufMut;
 
     #[test]
     fn the_largest_node_estimate_counts() {

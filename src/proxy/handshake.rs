@@ -287,7 +287,7 @@ pub async fn handshake(
         backend::parameter_status(&mut out, k, v);
     }
     backend::backend_key_data(&mut out, cancel.pid, cancel.secret);
-    backend::ready_for_query(&mut out, b'I');
+    backend::ready_for_query(&mut out, backend::TransactionStatus::Idle);
     client.write_all(&out).await.map_err(WireError::from)?;
     client.flush().await.map_err(WireError::from)?;
     Ok(Outcome::Session(Box::new(Established {

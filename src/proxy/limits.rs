@@ -5,10 +5,11 @@
 
 use bytes::BytesMut;
 
-use super::wire::backend::{self, Severity};
+use super::wire::backend::{self, Backend, Severity};
+use super::wire::sqlstate;
 
 /// SQLSTATE program_limit_exceeded.
-pub const LIMIT_SQLSTATE: &str = "54000";
+pub const LIMIT_SQLSTATE: &str = sqlstate::PROGRAM_LIMIT_EXCEEDED;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
@@ -43,9 +44,9 @@ impl ExportLimit {
         self.max_bytes = max_bytes;
     }
 
-    pub fn on_message(&mut self, tag: u8, len: usize) -> (Action, bool) {
-        match tag {
-            b'D' | b'd' => {
+    pub fn on_message(&mut self, msg: &Backend<'_>, len: usize) -> (Action, bool) {
+        match msg {
+            Backend::DataRow(_) | Backend::CopyData => {
                 if self.tripped.is_some() {
                     return (Action::Drop, false);
                 }
@@ -71,12 +72,15 @@ impl ExportLimit {
                 }
             }
             // CopyDone of a copy that was cut short: the error takes its place.
-            b'c' if self.tripped.is_some() => (Action::Drop, false),
-            b'C' | b'E' | b'I' | b'Z' => {
+            Backend::CopyDone if self.tripped.is_some() => (Action::Drop, false),
+            Backend::CommandComplete(_)
+            | Backend::ErrorResponse(_)
+            | Backend::EmptyQueryResponse
+            | Backend::ReadyForQuery(_) => {
                 self.rows = 0;
                 self.bytes = 0;
                 match self.tripped.take() {
-                    Some(reason) if tag != b'Z' => {
+                    Some(reason) if !matches!(msg, Backend::ReadyForQuery(_)) => {
                         let mut err = BytesMut::new();
                         backend::error_response(&mut err, Severity::Error, LIMIT_SQLSTATE, &reason);
                         (Action::Replace(err), false)
@@ -92,35 +96,52 @@ impl ExportLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::wire::backend::{Report, TransactionStatus};
+
+    const ROW: Backend<'static> = Backend::DataRow(b"");
+    const ERR: Backend<'static> = Backend::ErrorResponse(Report {
+        code: b"57014",
+        message: b"canceled",
+        severity: b"ERROR",
+    });
 
     #[test]
     fn rows_past_the_limit_are_dropped_and_the_end_becomes_an_error() {
         let mut l = ExportLimit::new(Some(2), None);
-        assert_eq!(l.on_message(b'T', 30), (Action::Pass, false));
-        assert_eq!(l.on_message(b'D', 10), (Action::Pass, false));
-        assert_eq!(l.on_message(b'D', 10), (Action::Pass, false));
-        assert_eq!(l.on_message(b'D', 10), (Action::Drop, true));
-        assert_eq!(l.on_message(b'D', 10), (Action::Drop, false));
-        let (a, _) = l.on_message(b'E', 50);
+        assert_eq!(
+            l.on_message(&Backend::RowDescription(b""), 30),
+            (Action::Pass, false)
+        );
+        assert_eq!(l.on_message(&ROW, 10), (Action::Pass, false));
+        assert_eq!(l.on_message(&ROW, 10), (Action::Pass, false));
+        assert_eq!(l.on_message(&ROW, 10), (Action::Drop, true));
+        assert_eq!(l.on_message(&ROW, 10), (Action::Drop, false));
+        let (a, _) = l.on_message(&ERR, 50);
         assert!(
             matches!(a, Action::Replace(ref e) if backend::error_field(&e[5..], b'M').unwrap().starts_with("pgid: max_rows:"))
         );
-        assert_eq!(l.on_message(b'Z', 6), (Action::Pass, false));
+        assert_eq!(
+            l.on_message(&Backend::ReadyForQuery(TransactionStatus::Idle), 6),
+            (Action::Pass, false)
+        );
         // The next statement starts from zero.
-        assert_eq!(l.on_message(b'D', 10), (Action::Pass, false));
+        assert_eq!(l.on_message(&ROW, 10), (Action::Pass, false));
     }
 
     #[test]
     fn copy_out_and_bytes() {
         let mut l = ExportLimit::new(None, Some(25));
-        assert_eq!(l.on_message(b'd', 10), (Action::Pass, false));
-        assert_eq!(l.on_message(b'd', 10), (Action::Pass, false));
-        assert_eq!(l.on_message(b'd', 10), (Action::Drop, true));
-        assert_eq!(l.on_message(b'c', 5), (Action::Drop, false));
-        assert!(matches!(l.on_message(b'C', 20).0, Action::Replace(_)));
+        assert_eq!(l.on_message(&Backend::CopyData, 10), (Action::Pass, false));
+        assert_eq!(l.on_message(&Backend::CopyData, 10), (Action::Pass, false));
+        assert_eq!(l.on_message(&Backend::CopyData, 10), (Action::Drop, true));
+        assert_eq!(l.on_message(&Backend::CopyDone, 5), (Action::Drop, false));
+        assert!(matches!(
+            l.on_message(&Backend::CommandComplete(b"COPY 3"), 20).0,
+            Action::Replace(_)
+        ));
         let mut none = ExportLimit::new(None, None);
         for _ in 0..1000 {
-            assert_eq!(none.on_message(b'D', 1000), (Action::Pass, false));
+            assert_eq!(none.on_message(&ROW, 1000), (Action::Pass, false));
         }
     }
 }

@@ -1,45 +1,43 @@
 //! Masking on the data path: the result columns of each statement are looked up by origin in
 //! RowDescription and masked in every DataRow ([`crate::mask::rows`]). In the simple protocol a
-//! RowDescription precedes each result; in the extended protocol it answers a Describe, so pgid
-//! remembers the description of each prepared statement and portal, applies the result formats
-//! of the Bind, and — when a client executes a masked statement it never described — adds a
-//! Describe of its own and keeps the answer to itself. A row pgid cannot attribute is not sent:
-//! the statement ends with an error instead. While a statement using masked columns is in
-//! flight, error and notice texts are withheld (they can quote a value).
+//! RowDescription precedes each result; in the extended protocol it answers a Describe, whose
+//! answer the session keeps with the statement or portal described
+//! ([`super::inspect::registry`]); an Execute's rows are read with it (a statement's with the
+//! Bind's result formats). When a client executes a masked statement it never described, pgid
+//! adds a Describe of its own first. A row pgid cannot attribute is not sent: the statement ends
+//! with an error instead. While a statement using masked columns is in flight, error and notice
+//! texts are withheld (they can quote a value).
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::BytesMut;
 
 use super::catalog::MaskSetup;
 use super::limits::Action;
-use super::outcome::Head;
-use super::wire::backend::{self, Severity};
+use super::wire::backend::{self, Report, Severity};
+use super::wire::sqlstate;
 use crate::mask::rows::{self, Field, Layout};
 use crate::mask::MaskPlan;
 
 pub struct Masker {
     setup: Arc<MaskSetup>,
-    statements: HashMap<String, Vec<Field>>,
-    portals: HashMap<String, Vec<Field>>,
-    /// Describes sent and not yet answered (`S…`/`P…` + name).
-    pending: HashSet<String>,
     /// The result being relayed: not yet known, nothing to mask, or how.
     layout: Option<Option<Layout>>,
     /// Rows of the current result could not be attributed and were not sent.
     unmaskable: bool,
 }
 
-const UNTOUCHED: MaskPlan = MaskPlan::Untouched;
+/// How an Execute's rows are read when no RowDescription precedes them.
+pub struct Described<'a> {
+    /// The columns, when a Describe reported them (with the Bind's formats applied).
+    pub fields: Option<Vec<Field>>,
+    pub plan: &'a MaskPlan,
+}
 
 impl Masker {
     pub fn new(setup: Arc<MaskSetup>) -> Masker {
         Masker {
             setup,
-            statements: HashMap::new(),
-            portals: HashMap::new(),
-            pending: HashSet::new(),
             layout: None,
             unmaskable: false,
         }
@@ -49,169 +47,103 @@ impl Masker {
         &self.setup
     }
 
-    /// A statement was (re)parsed: its old description no longer holds.
-    pub fn parsed(&mut self, statement: &str) {
-        self.statements.remove(statement);
-    }
-
-    /// A portal was (re)bound.
-    pub fn bound(&mut self, portal: &str) {
-        self.portals.remove(portal);
-    }
-
-    pub fn closed(&mut self, kind: u8, name: &str) {
-        match kind {
-            b'S' => self.statements.remove(name),
-            _ => self.portals.remove(name),
-        };
-    }
-
-    /// A Describe (`kind` S or P) is on its way.
-    pub fn describing(&mut self, kind: u8, name: &str) {
-        self.pending.insert(format!("{}{name}", kind as char));
-    }
-
-    /// Whether the columns of an Execute of `portal` (bound to `statement`) will be known.
-    pub fn knows(&self, portal: &str, statement: &str) -> bool {
-        self.portals.contains_key(portal)
-            || self.statements.contains_key(statement)
-            || self.pending.contains(&format!("P{portal}"))
-            || self.pending.contains(&format!("S{statement}"))
-    }
-
-    /// What to do with a server message (already past the other filters).
-    pub fn on_message(
-        &mut self,
-        tag: u8,
-        body: &[u8],
-        head: Option<Head<'_>>,
-        any_masked: bool,
-    ) -> Action {
-        match tag {
-            b'T' | b'n' => {
-                let fields = if tag == b'T' {
-                    match rows::row_description(body) {
-                        Some(f) => f,
-                        None => return Action::Drop,
-                    }
-                } else {
-                    Vec::new()
-                };
-                match head {
-                    Some(h) if h.tag == b'D' => {
-                        let Some(note) = h.note else {
-                            return Action::Pass;
-                        };
-                        if let Some(s) = &note.statement {
-                            self.pending.remove(&format!("S{s}"));
-                            self.statements.insert(s.clone(), fields.clone());
-                        }
-                        if let Some(p) = &note.portal {
-                            self.pending.remove(&format!("P{p}"));
-                            self.portals.insert(p.clone(), fields);
-                        }
-                        if note.swallow {
-                            Action::Drop
-                        } else {
-                            Action::Pass
-                        }
-                    }
-                    Some(h) => {
-                        let plan = h
-                            .note
-                            .and_then(|n| n.plans.get(h.completed))
-                            .unwrap_or(&UNTOUCHED);
-                        self.layout = Some(rows::layout(&fields, &self.setup.origins, plan));
-                        Action::Pass
-                    }
-                    None => Action::Pass,
-                }
-            }
-            b'D' => {
-                if self.layout.is_none() {
-                    self.layout = Some(self.execute_layout(head));
-                }
-                if self.unmaskable {
-                    return Action::Drop;
-                }
-                match &self.layout {
-                    Some(Some(l)) => match rows::data_row(body, l, &self.setup.key) {
-                        Some(row) => Action::Replace(row),
-                        None => Action::Drop,
-                    },
-                    _ => Action::Pass,
-                }
-            }
-            b'C' | b's' | b'I' => {
-                self.layout = None;
-                if std::mem::take(&mut self.unmaskable) {
-                    let mut err = BytesMut::new();
-                    backend::error_response(
-                        &mut err,
-                        Severity::Error,
-                        "42501",
-                        "pgid: mask: the result's columns were not described, so they cannot be masked; its rows were not sent",
-                    );
-                    return Action::Replace(err);
-                }
+    /// A RowDescription opening a result that `plan` covers.
+    pub fn result(&mut self, description: &[u8], plan: &MaskPlan) -> Action {
+        match rows::row_description(description) {
+            Some(fields) => {
+                self.layout = Some(rows::layout(&fields, &self.setup.origins, plan));
                 Action::Pass
             }
-            b'E' | b'N' => {
-                if tag == b'E' {
-                    self.layout = None;
-                    self.unmaskable = false;
+            None => Action::Drop,
+        }
+    }
+
+    /// A DataRow. `execute`: for the rows of an Execute with no RowDescription of their own.
+    pub fn data_row(&mut self, body: &[u8], execute: Option<Described<'_>>) -> Action {
+        if self.layout.is_none() {
+            self.layout = Some(execute.and_then(|d| match d.fields {
+                Some(f) => rows::layout(&f, &self.setup.origins, d.plan),
+                None => {
+                    if matches!(d.plan, MaskPlan::Mask { .. }) {
+                        self.unmaskable = true;
+                    }
+                    None
                 }
-                if any_masked {
-                    Action::Replace(rows::withheld(tag, body))
-                } else {
-                    Action::Pass
-                }
-            }
-            b'Z' => {
-                self.layout = None;
-                self.unmaskable = false;
-                Action::Pass
-            }
+            }));
+        }
+        if self.unmaskable {
+            return Action::Drop;
+        }
+        match &self.layout {
+            Some(Some(l)) => match rows::data_row(body, l, &self.setup.key) {
+                Some(row) => Action::Replace(row),
+                None => Action::Drop,
+            },
             _ => Action::Pass,
         }
     }
 
-    /// The layout of an Execute's rows, from its portal's (or statement's) description.
-    fn execute_layout(&mut self, head: Option<Head<'_>>) -> Option<Layout> {
-        let h = head.filter(|h| h.tag == b'E')?;
-        let note = h.note?;
-        let plan = note.plans.first().unwrap_or(&UNTOUCHED);
-        let fields = note
-            .portal
-            .as_ref()
-            .and_then(|p| self.portals.get(p).cloned())
-            .or_else(|| {
-                note.statement
-                    .as_ref()
-                    .and_then(|s| self.statements.get(s))
-                    .map(|f| rows::with_formats(f, &note.formats))
-            });
-        match fields {
-            Some(f) => rows::layout(&f, &self.setup.origins, plan),
-            None => {
-                if note.masked() {
-                    self.unmaskable = true;
-                }
-                None
-            }
+    /// The end of a result (CommandComplete, PortalSuspended, EmptyQueryResponse).
+    pub fn end(&mut self) -> Action {
+        self.layout = None;
+        if std::mem::take(&mut self.unmaskable) {
+            let mut err = BytesMut::new();
+            backend::error_response(
+                &mut err,
+                Severity::Error,
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                "pgid: mask: the result's columns were not described, so they cannot be masked; its rows were not sent",
+            );
+            return Action::Replace(err);
+        }
+        Action::Pass
+    }
+
+    /// An ErrorResponse or NoticeResponse; `any_masked`: a statement using masked columns is in
+    /// flight.
+    pub fn report(&mut self, notice: bool, report: &Report<'_>, any_masked: bool) -> Action {
+        if !notice {
+            self.layout = None;
+            self.unmaskable = false;
+        }
+        if any_masked {
+            Action::Replace(withheld(notice, report))
+        } else {
+            Action::Pass
         }
     }
+
+    pub fn ready(&mut self) {
+        self.layout = None;
+        self.unmaskable = false;
+    }
+}
+
+/// The report keeping only its severity and SQLSTATE, with pgid's message in place of the
+/// server's texts.
+pub fn withheld(notice: bool, report: &Report<'_>) -> BytesMut {
+    let severity = match (notice, report.severity) {
+        (true, _) => Severity::Notice,
+        (false, b"FATAL" | b"PANIC") => Severity::Fatal,
+        _ => Severity::Error,
+    };
+    let code = std::str::from_utf8(report.code).unwrap_or("XX000");
+    let mut out = BytesMut::new();
+    backend::error_response(
+        &mut out,
+        severity,
+        code,
+        "pgid: message withheld: the statement uses masked columns",
+    );
+    out
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
-
     use bytes::BufMut;
 
     use super::*;
     use crate::policy::MaskMethod;
-    use crate::proxy::outcome::{Note, Tracker};
 
     fn setup() -> Arc<MaskSetup> {
         let mut s = MaskSetup::default();
@@ -220,7 +152,7 @@ mod tests {
     }
 
     /// A RowDescription body: (table oid, attnum, type) per column, text format.
-    fn description(cols: &[(u32, i16, u32)]) -> Vec<u8> {
+    pub(crate) fn description(cols: &[(u32, i16, u32)]) -> Vec<u8> {
         let mut b = BytesMut::new();
         b.put_i16(cols.len() as i16);
         for (table, attnum, ty) in cols {
@@ -256,76 +188,46 @@ mod tests {
     }
 
     #[test]
-    fn an_undescribed_execute_is_described_by_pgid_and_masked() {
+    fn rows_are_masked_by_origin() {
         let mut m = Masker::new(setup());
-        let mut t = Tracker::default();
-        let now = Instant::now();
-        let mut done = Vec::new();
-        assert!(!m.knows("", "s1"));
-        // What the enforcer sends for B/E/S of an undescribed masked statement: its own D first.
-        m.describing(b'P', "");
-        t.sent(b'B', None, now, &mut done);
-        t.sent(b'D', None, now, &mut done);
-        t.annotate(Arc::new(Note {
-            portal: Some(String::new()),
-            swallow: true,
-            ..Note::default()
-        }));
-        t.sent(b'E', None, now, &mut done);
-        t.annotate(Arc::new(Note {
-            plans: vec![plan()],
-            portal: Some(String::new()),
-            statement: Some("s1".into()),
-            ..Note::default()
-        }));
-        t.sent(b'S', None, now, &mut done);
-        let mut step = |tag: u8, body: &[u8]| {
-            let a = m.on_message(tag, body, t.head(), t.any_masked());
-            t.received(tag, body, None, now, &mut done);
-            a
-        };
-        assert_eq!(step(b'2', b""), Action::Pass);
         assert_eq!(
-            step(b'T', &description(&[(100, 1, 23), (100, 2, 25)])),
-            Action::Drop,
-            "pgid's own Describe is not answered to the client"
+            m.result(&description(&[(100, 1, 23), (100, 2, 25)]), &plan()),
+            Action::Pass
         );
-        match step(b'D', &row(&[b"1", b"secret@example.com"])) {
+        match m.data_row(&row(&[b"1", b"secret@example.com"]), None) {
             Action::Replace(r) => {
                 assert!(!r.windows(6).any(|w| w == b"secret"));
                 assert!(r.windows(8).any(|w| w == b"REDACTED"));
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(step(b'C', b"SELECT 1\0"), Action::Pass);
-        assert_eq!(step(b'Z', b"I"), Action::Pass);
+        assert_eq!(m.end(), Action::Pass);
     }
 
     #[test]
     fn rows_that_cannot_be_attributed_are_not_sent() {
         let mut m = Masker::new(setup());
-        let mut t = Tracker::default();
-        let now = Instant::now();
-        let mut done = Vec::new();
-        t.sent(b'E', None, now, &mut done);
-        t.annotate(Arc::new(Note {
-            plans: vec![plan()],
-            portal: Some("p".into()),
-            statement: Some("unknown".into()),
-            ..Note::default()
-        }));
-        t.sent(b'S', None, now, &mut done);
-        let a = m.on_message(b'D', &row(&[b"secret"]), t.head(), t.any_masked());
+        let p = plan();
+        let a = m.data_row(
+            &row(&[b"secret"]),
+            Some(Described {
+                fields: None,
+                plan: &p,
+            }),
+        );
         assert_eq!(a, Action::Drop);
-        t.received(b'D', b"", None, now, &mut done);
-        let end = m.on_message(b'C', b"SELECT 1\0", t.head(), t.any_masked());
+        let end = m.end();
         assert!(matches!(end, Action::Replace(ref e) if e.windows(10).any(|w| w == b"pgid: mask")));
         // Errors while a masked statement is in flight keep only their code.
-        let mut err = BytesMut::new();
-        backend::error_response(&mut err, Severity::Error, "22P02", "bad value \"secret\"");
-        let withheld = m.on_message(b'E', &err[5..], t.head(), t.any_masked());
+        let r = Report {
+            code: b"22P02",
+            message: b"bad value \"secret\"",
+            severity: b"ERROR",
+        };
+        let withheld = m.report(false, &r, true);
         assert!(
-            matches!(withheld, Action::Replace(ref e) if !e.windows(6).any(|w| w == b"secret"))
+            matches!(withheld, Action::Replace(ref e) if !e.windows(6).any(|w| w == b"secret")
+                && e.windows(5).any(|w| w == b"22P02"))
         );
     }
 }

@@ -9,12 +9,11 @@
 mod approver;
 pub mod cancel;
 pub mod catalog;
-pub mod enforce;
 pub mod estimate;
 pub mod handshake;
+pub mod inspect;
 pub mod limits;
 pub mod masking;
-pub mod outcome;
 pub mod pool;
 pub mod scram;
 pub mod session;

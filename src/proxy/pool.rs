@@ -104,7 +104,7 @@ impl Pool {
 
 async fn reset(up: &mut Upstream) -> Result<(), ()> {
     let mut out = BytesMut::new();
-    frontend::query(&mut out, "DISCARD ALL");
+    frontend::query(&mut out, b"DISCARD ALL");
     up.stream.write_all(&out).await.map_err(|_| ())?;
     loop {
         let m = up.frames.read(&mut up.stream).await.map_err(|_| ())?;

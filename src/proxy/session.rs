@@ -1,6 +1,11 @@
-//! The relay: messages pass between client and upstream untouched, in whole frames, while pgid
-//! tracks what it must know — transaction status and outstanding requests (to reuse an idle
-//! upstream), reported parameters — and ends the session when the lease does.
+//! A client's session after login: the I/O loop. Client messages are read under size limits,
+//! judged by the session's state machine ([`super::inspect`]), their decision records made
+//! durable, then forwarded; server messages are matched, masked and limited by it, then relayed.
+//! The session ends when the client leaves, the lease ends, or pgid shuts down.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use chrono::Utc;
@@ -8,22 +13,20 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::cancel::CancelTarget;
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use super::approver::{Approver, Io};
-use super::enforce::{Enforcer, EnforcerSetup, Reconfigure};
+use super::cancel::CancelTarget;
 use super::handshake::Established;
-use super::limits::{Action, ExportLimit, LIMIT_SQLSTATE};
+use super::inspect::{Fatal, Inspector, Judged, Rules};
+use super::limits::Action;
 use super::upstream::Upstream;
-use super::wire::backend::{self, Severity};
-use super::wire::framing::{frame_at, MAX_MESSAGE_BYTES};
+use super::wire::backend::{self, Backend, TransactionStatus};
+use super::wire::framing::{frame_at, Batch, ClientFrames, Limits, MAX_MESSAGE_BYTES};
+use super::wire::sqlstate;
 use super::Proxy;
 use crate::audit::statement::SessionRecords;
 use crate::audit::{AuditLog, Event, Kind};
+use crate::guard::Verdict;
 use crate::roles::{EndReason, LeaseStatus};
-use crate::sql::Dialect;
 
 enum End {
     /// The client left (Terminate or closed socket).
@@ -59,10 +62,45 @@ pub(super) async fn lease_end(mut watch: tokio::sync::watch::Receiver<LeaseStatu
     }
 }
 
+/// A relay that checks nothing (`[proxy] inspect = false`): it only knows when the connection is
+/// idle, to reuse it.
+#[derive(Default)]
+struct Plain {
+    /// Requests (Query, Sync, FunctionCall) not yet answered by ReadyForQuery.
+    pending: i64,
+    status: Option<TransactionStatus>,
+}
+
+/// What judges a session's messages: the state machine, or nothing.
+enum Judge {
+    Inspect(Box<Inspector>),
+    Plain(Plain),
+}
+
+impl Judge {
+    fn idle(&self) -> bool {
+        match self {
+            Judge::Inspect(i) => i.idle(),
+            Judge::Plain(p) => {
+                p.pending == 0
+                    && p.status.unwrap_or(TransactionStatus::Idle) == TransactionStatus::Idle
+            }
+        }
+    }
+}
+
+fn limits(p: &Proxy, max_statement_bytes: usize) -> Limits {
+    Limits {
+        statement: max_statement_bytes,
+        bind: p.settings.max_bind_bytes,
+        copy_data: p.settings.max_copy_data_bytes,
+    }
+}
+
 pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
     let Established {
         mut client,
-        mut frames,
+        frames,
         mut upstream,
         lease,
         cancel,
@@ -70,56 +108,56 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
         session_id,
         peer,
     } = est;
-    frames.set_max(MAX_MESSAGE_BYTES);
     // Read before the set: a reload in between is noticed at the first statement.
-    let mut policy_generation = p
-        .policy_generation
-        .load(std::sync::atomic::Ordering::Acquire);
+    let mut policy_generation = p.policy_generation.load(Ordering::Acquire);
     let policy_set = p.policies.read().unwrap().clone();
-    let refuse = |code: &'static str, message: &'static str| {
-        let mut out = BytesMut::new();
-        backend::error_response(&mut out, Severity::Fatal, code, message);
-        out
-    };
     // A lease whose policy is gone (removed by a reload) gets no session: its rules are unknown.
     let Some(policy) = policy_set.get(&lease.policy).cloned() else {
-        let _ = client
-            .write_all(&refuse(
-                "57P01",
-                "pgid: the lease's policy no longer exists",
-            ))
-            .await;
-        let _ = client.shutdown().await;
-        super::pool::close(upstream);
+        refuse(
+            &mut client,
+            upstream,
+            sqlstate::ADMIN_SHUTDOWN,
+            "pgid: the lease's policy no longer exists",
+        )
+        .await;
         return;
     };
-    let (rules, audit_rules) = (policy.guardrails.clone(), policy.audit);
-    let approval_rules = policy.approvals.clone();
-    // Masked columns as the database knows them; no session if they cannot be looked up.
-    let masks = if p.settings.inspect {
-        match session_masks(p, &policy, &lease).await {
+    let mut judge = if p.settings.inspect {
+        let masks = match session_masks(p, &policy, &lease).await {
             Ok(m) => m,
             Err(()) => {
-                let _ = client.write_all(&refuse("58000", MASKS_UNRESOLVED)).await;
-                let _ = client.shutdown().await;
-                super::pool::close(upstream);
+                refuse(&mut client, upstream, "58000", MASKS_UNRESOLVED).await;
+                return;
+            }
+        };
+        let rules = Rules {
+            guardrails: policy.guardrails.clone(),
+            audit: policy.audit,
+            approvals: policy.approvals.clone(),
+            masks,
+        };
+        let records = SessionRecords::new(&lease, session_id, &peer.to_string());
+        match Inspector::new(
+            rules,
+            p.analyzer.clone(),
+            records,
+            &upstream.params,
+            &lease.role_name,
+        ) {
+            Ok(i) => Judge::Inspect(Box::new(i)),
+            Err(Fatal(m)) => {
+                refuse(&mut client, upstream, sqlstate::FEATURE_NOT_SUPPORTED, &m).await;
                 return;
             }
         }
     } else {
-        None
+        Judge::Plain(Plain::default())
     };
-    let mut limit = ExportLimit::new(rules.max_rows, rules.max_bytes);
-    let mut enforcer = p.settings.inspect.then(|| {
-        Enforcer::new(EnforcerSetup {
-            rules,
-            audit: audit_rules,
-            analyzer: p.analyzer.clone(),
-            records: SessionRecords::new(&lease, session_id, &peer.to_string()),
-            masks,
-            approvals: approval_rules,
-        })
-    });
+    let statement_cap = match &judge {
+        Judge::Inspect(i) => i.max_statement_bytes(),
+        Judge::Plain(_) => MAX_MESSAGE_BYTES,
+    };
+    let mut frames = ClientFrames::new(frames.into_buffer(), limits(p, statement_cap));
     let audit = p.leases.audit().clone();
     let cancel_target = p
         .leases
@@ -130,9 +168,11 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
             pid: upstream.pid,
             secret: upstream.secret,
         });
-    // Requests (Query, Sync, FunctionCall) that have not yet been answered by ReadyForQuery.
-    let mut pending: i64 = 0;
-    let mut status = b'I';
+    // Client messages read and not yet judged (the rest of a batch that waits for an answer).
+    let mut batch = Batch::default();
+    let mut from = 0usize;
+    // The queue entry whose answer the rest of the batch waits for.
+    let mut waiting: Option<u64> = None;
     // Created once: re-creating timers and waiters per message would cost on every round trip.
     let lease_watch = watch.clone();
     let lease_end = lease_end(watch);
@@ -145,53 +185,114 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
     let mut ended: Option<EndReason> = None;
 
     let end = loop {
+        // Messages are at hand to judge (and nothing waits for the server): judge them now,
+        // after whatever the server has sent and the lease's end.
+        let can_judge = waiting.is_none() && (from < batch.len() || frames.ready());
         tokio::select! {
             biased;
-            r = more_from_client(&mut frames, &mut client) => {
-                if r.is_err() {
-                    break End::ClientGone;
-                }
-                // A reloaded policy applies from the next statement on.
-                if let Some(e) = enforcer.as_mut() {
-                    let now = p.policy_generation.load(std::sync::atomic::Ordering::Acquire);
-                    if now != policy_generation {
-                        policy_generation = now;
-                        let current = p.policies.read().unwrap().clone();
-                        if let Err(m) = reconfigure(p, &lease, &current, e, &mut limit, dialect(&upstream.params)).await {
-                            break End::Fatal("57P01", m.into());
-                        }
-                    }
-                }
-                let approver = Approver { proxy: p, lease: &lease, session_id, cancelled: &cancel.cancelled, lease_watch: &lease_watch };
-                match client_to_server(&mut frames.buf, &mut upstream, &mut client, &mut pending, status, enforcer.as_mut(), &audit, &approver).await {
-                    Ok(true) => {}
-                    Ok(false) => break End::ClientGone,
-                    Err(Flow::Upstream) => break End::UpstreamGone,
-                    Err(Flow::Protocol(m)) => break End::Fatal("08P01", format!("pgid: invalid message from client: {m}")),
-                    Err(Flow::ClientGone) => break End::ClientGone,
-                }
+            reason = &mut lease_end => {
+                ended = Some(reason);
+                break End::Fatal(sqlstate::ADMIN_SHUTDOWN, reason.message().into());
             }
+            _ = &mut shutting_down, if !draining => {
+                draining = true;
+                drain.as_mut().reset(Instant::now() + p.settings.drain_timeout);
+                continue;
+            }
+            _ = &mut drain, if draining => break End::Fatal(sqlstate::ADMIN_SHUTDOWN, "pgid: server shutting down".into()),
             r = upstream.frames.fill(&mut upstream.stream) => {
                 if r.is_err() {
                     break End::UpstreamGone;
                 }
                 let Some(target) = cancel_target.as_ref() else { break End::UpstreamGone };
-                let relay = Relay { pending: &mut pending, status: &mut status, enforcer: enforcer.as_mut(), limit: &mut limit, cancel: target, audit: &audit };
-                match server_to_client(&mut upstream, &mut client, relay).await {
+                match server_to_client(&mut upstream, &mut client, &mut judge, target, &audit).await {
                     Ok(()) => {}
                     Err(Flow::Upstream) => break End::UpstreamGone,
+                    Err(Flow::Fatal(m)) => break End::Fatal(sqlstate::ADMIN_SHUTDOWN, m),
                     Err(Flow::Protocol(_) | Flow::ClientGone) => break End::ClientGone,
                 }
+                if let (Some(id), Judge::Inspect(i)) = (waiting, &judge) {
+                    if i.answered(id) {
+                        waiting = None;
+                    }
+                }
+                continue;
             }
-            reason = &mut lease_end => {
-                ended = Some(reason);
-                break End::Fatal("57P01", reason.message().into());
+            r = frames.fill(&mut client), if !can_judge && waiting.is_none() => {
+                if r.is_err() {
+                    break End::ClientGone;
+                }
+                continue;
             }
-            _ = &mut shutting_down, if !draining => {
-                draining = true;
-                drain.as_mut().reset(Instant::now() + p.settings.drain_timeout);
+            _ = std::future::ready(()), if can_judge => {}
+        }
+        if waiting.is_some() {
+            continue;
+        }
+        if from >= batch.len() {
+            batch = match frames.batch() {
+                Ok(b) => b,
+                Err(e) => {
+                    break End::Fatal(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        format!("pgid: invalid message from client: {e}"),
+                    )
+                }
+            };
+            from = 0;
+            if batch.is_empty() {
+                continue;
             }
-            _ = &mut drain, if draining => break End::Fatal("57P01", "pgid: server shutting down".into()),
+        }
+        // A reloaded policy applies from the next statement on.
+        if let Judge::Inspect(i) = &mut judge {
+            let now = p.policy_generation.load(Ordering::Acquire);
+            if now != policy_generation {
+                policy_generation = now;
+                let current = p.policies.read().unwrap().clone();
+                match reconfigure(p, &lease, &current, i).await {
+                    Ok(()) => frames.set_limits(limits(p, i.max_statement_bytes())),
+                    Err(m) => break End::Fatal(sqlstate::ADMIN_SHUTDOWN, m.into()),
+                }
+            }
+        }
+        let approver = Approver {
+            proxy: p,
+            lease: &lease,
+            session_id,
+            cancelled: &cancel.cancelled,
+            lease_watch: &lease_watch,
+        };
+        let step = Forward {
+            batch: &batch,
+            from,
+            upstream: &mut upstream,
+            client: &mut client,
+            frames: &mut frames,
+            audit: &audit,
+            approver: &approver,
+        };
+        match client_to_server(step, &mut judge).await {
+            Ok(Progress {
+                consumed,
+                wait_for,
+                terminate,
+            }) => {
+                from += consumed;
+                waiting = wait_for;
+                if terminate {
+                    break End::ClientGone;
+                }
+            }
+            Err(Flow::Upstream) => break End::UpstreamGone,
+            Err(Flow::Protocol(m)) => {
+                break End::Fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("pgid: invalid message from client: {m}"),
+                )
+            }
+            Err(Flow::Fatal(m)) => break End::Fatal(sqlstate::ADMIN_SHUTDOWN, m),
+            Err(Flow::ClientGone) => break End::ClientGone,
         }
     };
     drop(cancel);
@@ -207,7 +308,7 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
         tracing::error!(error = %e, "cannot audit a session end");
     }
     match end {
-        End::ClientGone if pending == 0 && status == b'I' && upstream.frames.buf.is_empty() => {
+        End::ClientGone if judge.idle() && upstream.frames.buf.is_empty() => {
             p.pool.give_back(upstream).await;
         }
         End::ClientGone | End::UpstreamGone => {
@@ -216,8 +317,10 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
         }
         End::Fatal(code, message) => {
             tracing::info!(lease = %lease.id, reason = %message, "closing session");
-            let mut out = BytesMut::new();
-            backend::error_response(&mut out, Severity::Fatal, code, &message);
+            let out = match &judge {
+                Judge::Inspect(i) => i.fatal(code, &message),
+                Judge::Plain(_) => backend::fatal(code, &message),
+            };
             let _ = client.write_all(&out).await;
             let _ = client.flush().await;
             let _ = client.shutdown().await;
@@ -228,6 +331,18 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
             }
         }
     }
+}
+
+/// Ends a session before it starts, with a FATAL error.
+async fn refuse(
+    client: &mut super::stream::ClientStream,
+    upstream: Upstream,
+    code: &str,
+    message: &str,
+) {
+    let _ = client.write_all(&backend::fatal(code, message)).await;
+    let _ = client.shutdown().await;
+    super::pool::close(upstream);
 }
 
 const MASKS_UNRESOLVED: &str =
@@ -256,9 +371,7 @@ async fn reconfigure(
     p: &Proxy,
     lease: &crate::store::LeaseRow,
     set: &crate::policy::PolicySet,
-    enforcer: &mut Enforcer,
-    limit: &mut ExportLimit,
-    dialect: Dialect,
+    inspector: &mut Inspector,
 ) -> Result<(), &'static str> {
     let policy = set
         .get(&lease.policy)
@@ -266,17 +379,13 @@ async fn reconfigure(
     let masks = session_masks(p, policy, lease)
         .await
         .map_err(|()| MASKS_UNRESOLVED)?;
-    limit.set_limits(policy.guardrails.max_rows, policy.guardrails.max_bytes);
-    enforcer
-        .reconfigure(
-            Reconfigure {
-                rules: policy.guardrails.clone(),
-                audit: policy.audit,
-                masks,
-                approvals: policy.approvals.clone(),
-            },
-            dialect,
-        )
+    inspector
+        .reconfigure(Rules {
+            guardrails: policy.guardrails.clone(),
+            audit: policy.audit,
+            approvals: policy.approvals.clone(),
+            masks,
+        })
         .await;
     tracing::info!(lease = %lease.id, policy = %policy.name, "session follows the reloaded policy");
     Ok(())
@@ -287,6 +396,8 @@ pub(super) enum Flow {
     Protocol(String),
     /// The client went away (writing to it failed, or it closed while a statement waited).
     ClientGone,
+    /// The session must end with this message.
+    Fatal(String),
 }
 
 /// Writes to the client and flushes.
@@ -301,192 +412,166 @@ pub(super) async fn send(
     client.flush().await.map_err(|_| Flow::ClientGone)
 }
 
-/// Reads more from the client, unless whole messages are buffered already (a client may send
-/// its next messages while a statement waits for approval).
-async fn more_from_client(
-    frames: &mut super::wire::framing::Frames,
-    client: &mut super::stream::ClientStream,
-) -> Result<(), super::wire::WireError> {
-    if matches!(frame_at(&frames.buf, 0, MAX_MESSAGE_BYTES), Ok(Some(_))) {
+/// The part of a batch to judge and forward now, and what it needs.
+struct Forward<'a, 'p> {
+    batch: &'a Batch,
+    from: usize,
+    upstream: &'a mut Upstream,
+    client: &'a mut super::stream::ClientStream,
+    frames: &'a mut ClientFrames,
+    audit: &'a AuditLog,
+    approver: &'a Approver<'p>,
+}
+
+/// How far a batch got.
+struct Progress {
+    consumed: usize,
+    wait_for: Option<u64>,
+    terminate: bool,
+}
+
+/// Judges and forwards the client's messages `batch[from..]`, their decision records durable
+/// first; stops where a message must wait for the server's answers.
+async fn client_to_server(f: Forward<'_, '_>, judge: &mut Judge) -> Result<Progress, Flow> {
+    let frames = &f.batch.frames[f.from..];
+    let inspector = match judge {
+        Judge::Plain(plain) => {
+            let mut consumed = 0;
+            let mut terminate = false;
+            for frame in frames {
+                if frame.is_terminate() {
+                    terminate = true;
+                    break;
+                }
+                if frame.answered_by_ready() {
+                    plain.pending += 1;
+                }
+                consumed += 1;
+            }
+            write_upstream(f.upstream, &f.batch.span(f.from, f.from + consumed)).await?;
+            return Ok(Progress {
+                consumed,
+                wait_for: None,
+                terminate,
+            });
+        }
+        Judge::Inspect(i) => i,
+    };
+    let idle = inspector.idle() && f.upstream.frames.buf.is_empty();
+    let mut decided = HashMap::new();
+    let mut judged = inspector.judge(frames, &decided, false).await;
+    if !judged.holds.is_empty() {
+        // Nothing of this batch goes on until its held statements are decided; then it is
+        // judged again with those decisions.
+        let holds = std::mem::take(&mut judged.holds);
+        for hold in &holds {
+            let mut io = Io {
+                client: &mut *f.client,
+                incoming: &mut *f.frames,
+                audit: f.audit,
+                idle: idle.then_some(&mut *f.upstream),
+            };
+            let verdict: Verdict = f.approver.resolve(hold, &mut io).await?;
+            decided.insert(hold.message, verdict);
+        }
+        // pgid's own estimate may have seen settings reported on the session's connection.
+        inspector.settings_reported(&f.upstream.params);
+        judged = inspector.judge(frames, &decided, false).await;
+    }
+    let records = std::mem::take(&mut judged.records);
+    if let Err(e) = f.audit.record_lines(records).await {
+        tracing::error!(error = %e, "cannot record statements; refusing them");
+        for record in inspector.not_run(&judged) {
+            f.audit.submit(record);
+        }
+        let failed = judged;
+        judged = inspector.judge(frames, &decided, true).await;
+        judged.replaces(&failed);
+    }
+    let progress = Progress {
+        consumed: judged.consumed,
+        wait_for: judged.wait_for,
+        terminate: judged.terminate,
+    };
+    let protocol_error = judged.protocol_error.take();
+    let bytes = forwarded(&judged, f.batch, f.from);
+    inspector.commit(judged);
+    if !bytes.is_empty() {
+        write_upstream(f.upstream, &bytes).await?;
+    }
+    if let Some(m) = protocol_error {
+        return Err(Flow::Protocol(m));
+    }
+    Ok(progress)
+}
+
+/// What a judged batch sends upstream.
+fn forwarded(judged: &Judged, batch: &Batch, from: usize) -> bytes::Bytes {
+    match &judged.out {
+        Some(out) => out.clone().freeze(),
+        None => batch.span(from, from + judged.consumed),
+    }
+}
+
+async fn write_upstream(upstream: &mut Upstream, bytes: &[u8]) -> Result<(), Flow> {
+    if bytes.is_empty() {
         return Ok(());
     }
-    frames.fill(client).await
+    upstream
+        .stream
+        .write_all(bytes)
+        .await
+        .map_err(|_| Flow::Upstream)?;
+    upstream.stream.flush().await.map_err(|_| Flow::Upstream)
 }
 
-/// Whether the server reads string literals with backslash escapes.
-fn dialect(params: &[(String, String)]) -> Dialect {
-    let off = params
-        .iter()
-        .any(|(k, v)| k == "standard_conforming_strings" && v == "off");
-    Dialect {
-        backslash_escapes: off,
-    }
-}
-
-/// Judges and forwards the client's complete messages, their decision records durable first.
-/// `Ok(false)` on Terminate.
-#[allow(clippy::too_many_arguments)]
-async fn client_to_server(
-    buf: &mut BytesMut,
-    upstream: &mut Upstream,
-    client: &mut super::stream::ClientStream,
-    pending: &mut i64,
-    status: u8,
-    enforcer: Option<&mut Enforcer>,
-    audit: &AuditLog,
-    approver: &Approver<'_>,
-) -> Result<bool, Flow> {
-    // Nothing in flight and no transaction open: pgid may use the connection in between.
-    let idle = *pending == 0 && status == b'I' && upstream.frames.buf.is_empty();
-    let mut end = 0;
-    let mut terminate = false;
-    loop {
-        match frame_at(buf, end, MAX_MESSAGE_BYTES) {
-            Ok(Some((tag, total))) => {
-                match tag {
-                    b'X' => {
-                        terminate = true;
-                        break;
-                    }
-                    b'Q' | b'S' | b'F' => *pending += 1,
-                    _ => {}
-                }
-                end += total;
-            }
-            Ok(None) => break,
-            Err(e) => return Err(Flow::Protocol(e.to_string())),
-        }
-    }
-    if end > 0 {
-        let chunk = buf.split_to(end);
-        let replaced = match enforcer {
-            None => None,
-            Some(enforcer) => {
-                let d = dialect(&upstream.params);
-                let mut decided = HashMap::new();
-                let mut judged = enforcer
-                    .client_frames(&chunk, d, false, &decided)
-                    .await
-                    .map_err(Flow::Protocol)?;
-                if !judged.holds.is_empty() {
-                    // Nothing of this batch goes on until its held statements are decided;
-                    // then it is judged again with those decisions.
-                    let _ = enforcer.rewind(&judged);
-                    for hold in &judged.holds {
-                        let mut io = Io {
-                            client: &mut *client,
-                            incoming: &mut *buf,
-                            audit,
-                            idle: idle.then_some(&mut *upstream),
-                        };
-                        let verdict = approver.resolve(hold, &mut io).await?;
-                        decided.insert(hold.message, verdict);
-                    }
-                    judged = enforcer
-                        .client_frames(&chunk, d, false, &decided)
-                        .await
-                        .map_err(Flow::Protocol)?;
-                }
-                let records = std::mem::take(&mut judged.records);
-                if let Err(e) = audit.record_lines(records).await {
-                    tracing::error!(error = %e, "cannot record statements; refusing them");
-                    for record in enforcer.rewind(&judged) {
-                        audit.submit(record);
-                    }
-                    judged = enforcer
-                        .client_frames(&chunk, d, true, &decided)
-                        .await
-                        .map_err(Flow::Protocol)?;
-                }
-                enforcer.forwarding(&judged);
-                judged.frames
-            }
-        };
-        let bytes: &[u8] = replaced.as_deref().unwrap_or(&chunk);
-        upstream
-            .stream
-            .write_all(bytes)
-            .await
-            .map_err(|_| Flow::Upstream)?;
-        upstream.stream.flush().await.map_err(|_| Flow::Upstream)?;
-    }
-    if terminate {
-        buf.clear();
-        return Ok(false);
-    }
-    Ok(true)
-}
-
-/// Forwards the server's complete messages, noting ReadyForQuery and ParameterStatus, turning
-/// stand-in errors into pgid's refusals, and enforcing the export limits.
-struct Relay<'a> {
-    pending: &'a mut i64,
-    status: &'a mut u8,
-    enforcer: Option<&'a mut Enforcer>,
-    limit: &'a mut ExportLimit,
-    cancel: &'a CancelTarget,
-    audit: &'a AuditLog,
-}
-
+/// Relays the server's complete messages through the session's judge: refusals in place of
+/// stand-in errors, export limits, masking; records of completed statements.
 async fn server_to_client(
     upstream: &mut Upstream,
     client: &mut super::stream::ClientStream,
-    relay: Relay<'_>,
+    judge: &mut Judge,
+    cancel: &CancelTarget,
+    audit: &AuditLog,
 ) -> Result<(), Flow> {
-    let Relay {
-        pending,
-        status,
-        mut enforcer,
-        limit,
-        cancel,
-        audit,
-    } = relay;
     let mut end = 0;
     // Built only once a message is dropped or replaced; until then the bytes go out as they came.
     let mut out: Option<BytesMut> = None;
+    let mut fatal = None;
     loop {
         let (tag, total) = match frame_at(&upstream.frames.buf, end, MAX_MESSAGE_BYTES) {
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(_) => return Err(Flow::Upstream),
         };
-        match tag {
-            b'Z' if total == 6 => {
-                *pending = (*pending - 1).max(0);
-                *status = upstream.frames.buf[end + 5];
-                if let Some(e) = enforcer.as_mut() {
-                    e.ready_for_query();
-                }
-            }
-            b'S' => {
-                if let Ok((k, v)) =
-                    backend::parse_parameter_status(&upstream.frames.buf[end + 5..end + total])
-                {
-                    upstream.set_param(k, v);
-                }
-            }
-            _ => {}
-        }
         let frame = &upstream.frames.buf[end..end + total];
-        let (mut action, cancel_now) = limit.on_message(tag, total);
-        if cancel_now {
-            let t = cancel.clone();
-            tokio::spawn(async move { super::cancel::send(&t).await });
+        let msg = Backend::decode(tag, &frame[5..]).map_err(|_| Flow::Upstream)?;
+        if let Backend::ParameterStatus { name, value } = &msg {
+            upstream_param(&mut upstream.params, name, value);
         }
-        if let Some(enforcer) = enforcer.as_mut() {
-            let limited = matches!(action, Action::Replace(_)).then_some(LIMIT_SQLSTATE);
-            if tag == b'E' && action == Action::Pass {
-                if let Some(err) = enforcer.refusal_for(&frame[5..]) {
-                    action = Action::Replace(err);
+        let action = match judge {
+            Judge::Plain(plain) => {
+                if let Backend::ReadyForQuery(status) = msg {
+                    plain.pending = (plain.pending - 1).max(0);
+                    plain.status = Some(status);
                 }
+                Action::Pass
             }
-            if action == Action::Pass {
-                action = enforcer.mask_message(tag, &frame[5..]);
+            Judge::Inspect(i) => {
+                let answer = i.backend(&msg, total);
+                if answer.cancel {
+                    let t = cancel.clone();
+                    tokio::spawn(async move { super::cancel::send(&t).await });
+                }
+                if let Some(Fatal(m)) = answer.fatal {
+                    fatal = Some(m);
+                }
+                for record in i.outcomes() {
+                    audit.submit(record);
+                }
+                answer.action
             }
-            for record in enforcer.server_message(tag, &frame[5..], limited) {
-                audit.submit(record);
-            }
-        }
+        };
         match action {
             Action::Pass => {
                 if let Some(o) = out.as_mut() {
@@ -502,6 +587,9 @@ async fn server_to_client(
             }
         }
         end += total;
+        if fatal.is_some() {
+            break;
+        }
     }
     if end > 0 {
         let chunk = upstream.frames.buf.split_to(end);
@@ -510,5 +598,20 @@ async fn server_to_client(
             send(client, bytes).await?;
         }
     }
-    Ok(())
+    match fatal {
+        Some(m) => Err(Flow::Fatal(m)),
+        None => Ok(()),
+    }
+}
+
+/// Keeps the upstream's reported settings (the pool and pgid's own estimates read them).
+fn upstream_param(params: &mut Vec<(String, String)>, name: &[u8], value: &[u8]) {
+    let (name, value) = (
+        String::from_utf8_lossy(name).into_owned(),
+        String::from_utf8_lossy(value).into_owned(),
+    );
+    match params.iter_mut().find(|(k, _)| *k == name) {
+        Some(p) => p.1 = value,
+        None => params.push((name, value)),
+    }
 }

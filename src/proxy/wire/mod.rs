@@ -1,11 +1,14 @@
 //! The Postgres wire protocol (v3), as far as pgid needs it. No I/O here except the startup
-//! reader: `framing` finds message boundaries under size caps; `backend` builds and reads the
-//! messages a server sends; `frontend` those a client sends. Original bytes are forwarded
-//! untouched; only what pgid inspects or builds gets a typed view.
+//! reader and the framed readers: `framing` finds message boundaries under size caps (per
+//! message type, before anything is buffered); `frontend` decodes the messages a client sends
+//! into [`frontend::Frontend`] and builds them; `backend` does the same for a server's
+//! ([`backend::Backend`]); `sqlstate` names the error codes pgid uses. Every message is decoded
+//! once, here; nothing outside `wire` looks at tag bytes. Original bytes are forwarded untouched.
 
 pub mod backend;
 pub mod framing;
 pub mod frontend;
+pub mod sqlstate;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -34,6 +37,27 @@ pub fn cstr<'a>(body: &'a [u8], pos: &mut usize) -> Result<&'a str, WireError> {
         std::str::from_utf8(&rest[..end]).map_err(|_| WireError::Invalid("string is not UTF-8"))?;
     *pos += end + 1;
     Ok(s)
+}
+
+/// Reads a NUL-terminated string at `pos` as bytes (in whatever encoding the peer uses).
+pub fn cstr_bytes<'a>(body: &'a [u8], pos: &mut usize) -> Result<&'a [u8], WireError> {
+    let rest = body
+        .get(*pos..)
+        .ok_or(WireError::Invalid("string past end"))?;
+    let end = rest
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or(WireError::Invalid("unterminated string"))?;
+    *pos += end + 1;
+    Ok(&rest[..end])
+}
+
+pub fn int16(body: &[u8], pos: &mut usize) -> Result<i16, WireError> {
+    let b = body
+        .get(*pos..*pos + 2)
+        .ok_or(WireError::Invalid("int16 past end"))?;
+    *pos += 2;
+    Ok(i16::from_be_bytes([b[0], b[1]]))
 }
 
 pub fn int32(body: &[u8], pos: &mut usize) -> Result<i32, WireError> {

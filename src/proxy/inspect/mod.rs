@@ -1,0 +1,225 @@
+//! The session state machine: everything pgid knows of a session's protocol state, kept so that
+//! it agrees with the server's. It owns
+//! - the lexing context each message is read under ([`context`]),
+//! - one registry of prepared statements and portals, changed only when the server confirms a
+//!   change ([`registry`]),
+//! - one queue of what was sent upstream and awaits an answer ([`queue`]).
+//!
+//! A batch of client messages is *judged* ([`Inspector::judge`], which changes nothing) and then
+//! *committed* ([`Inspector::commit`]) once its decision records are durable and it goes
+//! upstream; a batch judged again (after an approval, or with the audit log down) is judged from
+//! the same state, so nothing is ever rewound. A message whose meaning depends on an answer
+//! still to come (a name redefined before a Sync, settings a Query may change) is not judged
+//! until that answer arrives; one whose meaning the server will decide from something pgid
+//! cannot learn in time is refused. Server messages go through [`Inspector::backend`]. No I/O
+//! here: the session (`super::session`) reads and writes the sockets.
+
+mod answer;
+pub mod context;
+mod effects;
+mod judge;
+pub mod queue;
+mod refusal;
+pub mod registry;
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+pub use judge::{Hold, Judged};
+
+use super::catalog::MaskSetup;
+use super::limits::ExportLimit;
+use super::masking::Masker;
+use crate::audit::statement::SessionRecords;
+use crate::policy::{Approval, Guardrails, StatementAudit};
+use crate::proxy::wire::backend::TransactionStatus;
+use crate::sql::Analyzer;
+use context::Context;
+use queue::{Done, Queue};
+use refusal::Refusals;
+use registry::Registry;
+
+/// What a policy asks of a session's statements.
+#[derive(Clone)]
+pub struct Rules {
+    pub guardrails: Guardrails,
+    pub audit: StatementAudit,
+    pub approvals: Vec<Approval>,
+    /// The policy's masks, resolved in the database (`None`: no masks).
+    pub masks: Option<Arc<MaskSetup>>,
+}
+
+/// Counters that judging advances and committing keeps.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counters {
+    /// Queue entry ids.
+    entry: u64,
+    /// Statement and portal definition ids.
+    definition: u64,
+    /// Stand-in refusal numbers.
+    refusal: u64,
+    /// Statement records of this session.
+    seq: u64,
+}
+
+pub struct Inspector {
+    rules: Rules,
+    analyzer: Arc<Analyzer>,
+    records: SessionRecords,
+    context: Context,
+    registry: Registry,
+    queue: Queue,
+    refusals: Refusals,
+    counters: Counters,
+    masker: Option<Masker>,
+    limit: ExportLimit,
+    /// Outcome records of statements completed since the caller last took them.
+    done: Vec<Done>,
+    status: TransactionStatus,
+    /// The role the session must stay (a reported `session_authorization` must be this one).
+    role: String,
+}
+
+/// Why a session cannot go on (the caller ends it with a FATAL error carrying this message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fatal(pub String);
+
+impl Inspector {
+    /// A session's state machine, from the settings the server reported at login.
+    pub fn new(
+        rules: Rules,
+        analyzer: Arc<Analyzer>,
+        records: SessionRecords,
+        parameters: &[(String, String)],
+        role: &str,
+    ) -> Result<Inspector, Fatal> {
+        let context = Context::from_parameters(parameters).map_err(Fatal)?;
+        let limit = ExportLimit::new(rules.guardrails.max_rows, rules.guardrails.max_bytes);
+        Ok(Inspector {
+            masker: rules.masks.clone().map(Masker::new),
+            rules,
+            analyzer,
+            records,
+            context,
+            registry: Registry::default(),
+            queue: Queue::default(),
+            refusals: Refusals::new(),
+            counters: Counters::default(),
+            limit,
+            done: Vec::new(),
+            status: TransactionStatus::Idle,
+            role: role.to_string(),
+        })
+    }
+
+    /// Nothing in flight and no transaction open: the connection may be reused or lent.
+    pub fn idle(&self) -> bool {
+        self.queue.is_empty() && self.status == TransactionStatus::Idle
+    }
+
+    /// Whether the entry with `id` (a judgement waits for it) has been answered.
+    pub fn answered(&self, id: u64) -> bool {
+        self.queue.answered(id)
+    }
+
+    /// The statement-text limit of the policy (for the session's message limits).
+    pub fn max_statement_bytes(&self) -> usize {
+        self.rules.guardrails.max_statement_bytes as usize
+    }
+
+    /// Commits a judged batch that is going upstream now.
+    pub fn commit(&mut self, judged: Judged) {
+        let now = std::time::Instant::now();
+        self.counters = judged.counters;
+        for (n, err) in judged.refusals {
+            self.refusals.insert(n, err);
+        }
+        for id in judged.started {
+            self.registry.start(id);
+        }
+        for entry in judged.entries {
+            self.queue.sent(entry, now, &mut self.done);
+        }
+    }
+
+    /// Outcome records of statements completed so far.
+    pub fn outcomes(&mut self) -> Vec<String> {
+        let records = &self.records;
+        self.done
+            .drain(..)
+            .map(|d| {
+                records.outcome(&crate::audit::statement::Outcome {
+                    seq: d.seq,
+                    result: d.result,
+                    rows: d.rows,
+                    duration_ms: (d.duration_ms * 1000.0).round() / 1000.0,
+                    sqlstate: d.sqlstate.as_deref(),
+                })
+            })
+            .collect()
+    }
+
+    /// Outcome records saying the statements of a batch that was judged but never forwarded
+    /// did not run (a sink that took their decisions must not leave them looking as if they ran).
+    pub fn not_run(&self, judged: &Judged) -> Vec<String> {
+        judged
+            .entries
+            .iter()
+            .filter_map(|e| e.audited)
+            .map(|a| {
+                self.records.outcome(&crate::audit::statement::Outcome {
+                    seq: a.seq,
+                    result: crate::audit::statement::Result::NotRun,
+                    rows: None,
+                    duration_ms: 0.0,
+                    sqlstate: Some(crate::proxy::wire::sqlstate::INSUFFICIENT_PRIVILEGE),
+                })
+            })
+            .collect()
+    }
+
+    /// The policy was reloaded: new rules from the next message on, and every statement defined
+    /// so far judged again under them (one now refused is refused at each execution; a newly
+    /// masked column is masked in them too).
+    pub async fn reconfigure(&mut self, rules: Rules) {
+        self.limit
+            .set_limits(rules.guardrails.max_rows, rules.guardrails.max_bytes);
+        self.masker = rules.masks.clone().map(Masker::new);
+        self.rules = rules;
+        let mut statements = Vec::new();
+        let mut renewed = std::collections::HashMap::new();
+        let old: Vec<_> = self
+            .registry
+            .statements()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect();
+        for (name, st) in old {
+            let new = Arc::new(self.rejudge(&st).await);
+            renewed.insert(st.id, new.clone());
+            statements.push((name, new));
+        }
+        let mut portals = Vec::new();
+        for (name, p) in self.registry.portals() {
+            if let Some(new) = renewed.get(&p.statement.id) {
+                let mut q = registry::Portal::clone_with(p, new.clone());
+                q.id = p.id;
+                portals.push((name.clone(), Arc::new(q)));
+            }
+        }
+        self.registry.replace(statements, portals);
+    }
+
+    /// Settings the server reported while pgid itself used the connection (an estimate).
+    pub fn settings_reported(&mut self, params: &[(String, String)]) {
+        for (k, v) in params {
+            self.context.reported(k.as_bytes(), v.as_bytes());
+        }
+    }
+
+    /// A FATAL ErrorResponse ending the session, in the client's encoding.
+    pub fn fatal(&self, code: &str, message: &str) -> BytesMut {
+        self.refusals
+            .fatal(self.context.current.encoding, code, message)
+    }
+}
