@@ -20,8 +20,9 @@
 //!
 //! ## Layout
 //! Pure core, no I/O: [`policy`], [`units`], [`sql`] (the only user of pg_query), [`guard`],
-//! [`mask`], [`html`], [`roles::ddl`], [`audit::chain`], [`audit::statement`], [`proxy::wire`],
-//! [`proxy::scram`], [`proxy::outcome`].
+//! [`mask`], [`html`], [`encoding`] (client bytes read as the server reads them),
+//! [`roles::ddl`], [`audit::chain`], [`audit::statement`], [`proxy::wire`], [`proxy::scram`],
+//! [`proxy::outcome`].
 //! Services: [`identity`] (JWKS fetching, verification), [`roles`] (leases, reconcile, reaper),
 //! [`store`] (the `pgid` schema), [`database`] (admin pools), [`audit`] (the hash-chained log),
 //! [`keys`], [`tls`], [`metrics`].
@@ -36,6 +37,7 @@ pub mod cli;
 pub mod config;
 pub mod database;
 pub mod dev;
+pub mod encoding;
 pub mod guard;
 pub mod html;
 pub mod identity;
