@@ -903,6 +903,11 @@ fn issuer(
     })
 }
 
+/// A message cap from the file: at least 1 KiB, at most the protocol's own 1 GiB.
+fn message_cap(v: Option<ByteSize>, default: usize) -> usize {
+    v.map_or(default, |b| (b.0 as usize).clamp(1024, 1 << 30))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -995,9 +1000,4 @@ admin_url = "postgres://pgid_admin:pw@127.0.0.1:5432/app"
             "postgres://a:b@10.0.0.1/app"
         );
     }
-}
-
-/// A message cap from the file: at least 1 KiB, at most the protocol's own 1 GiB.
-fn message_cap(v: Option<ByteSize>, default: usize) -> usize {
-    v.map_or(default, |b| (b.0 as usize).clamp(1024, 1 << 30))
 }

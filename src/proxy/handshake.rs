@@ -15,7 +15,7 @@ use super::scram::{self, ServerExchange, StoredVerifier};
 use super::stream::ClientStream;
 use super::upstream::{self, Login, PoolKey, Upstream, UpstreamError};
 use super::wire::framing::{read_startup, Frames, Startup, MAX_AUTH_MESSAGE_BYTES};
-use super::wire::{backend, frontend, WireError};
+use super::wire::{backend, frontend, sqlstate, WireError};
 use super::Proxy;
 use crate::audit::{Event, Kind};
 use crate::policy::{self, Selection};
@@ -46,7 +46,7 @@ pub enum HandshakeError {
 /// Startup parameters the client may not set: pgid decides who and where.
 const RESERVED_PARAMS: &[&str] = &["user", "database", "options", "replication"];
 /// Settings that would change the session's identity.
-const FORBIDDEN_OPTIONS: &[&str] = &["role", "session_authorization"];
+const FORBIDDEN_SETTINGS: &[&str] = &["role", "session_authorization"];
 
 pub enum Outcome {
     Session(Box<Established>),
@@ -133,13 +133,19 @@ pub async fn handshake(
     }
     let options = match parse_options(get("options").unwrap_or("")) {
         Ok(o) => o,
-        Err(m) => return Err(refuse(&mut client, "42501", &m).await),
+        Err(m) => return Err(refuse(&mut client, sqlstate::INSUFFICIENT_PRIVILEGE, &m).await),
     };
-    let mut forwarded: Vec<(String, String)> = params
+    // Every other startup parameter is a setting, checked like those in `options`.
+    let mut forwarded: Vec<(String, String)> = Vec::new();
+    for (k, v) in params
         .iter()
         .filter(|(k, _)| !RESERVED_PARAMS.contains(&k.as_str()))
-        .cloned()
-        .collect();
+    {
+        if let Err(m) = check_setting(k, v) {
+            return Err(refuse(&mut client, sqlstate::INSUFFICIENT_PRIVILEGE, &m).await);
+        }
+        forwarded.push((k.clone(), v.clone()));
+    }
     if !options.forwarded.is_empty() {
         forwarded.push(("options".into(), options.forwarded.join(" ")));
     }
@@ -489,61 +495,121 @@ fn mock_verifier(p: &Proxy, user: &str) -> StoredVerifier {
 pub struct StartupOptions {
     /// `pgid.policy`, for a token presented as the password.
     pub policy: Option<String>,
-    /// Everything else, re-quoted for the upstream startup packet.
+    /// Every other setting, written out again for the upstream startup packet.
     pub forwarded: Vec<String>,
 }
 
-pub fn parse_options(text: &str) -> Result<StartupOptions, String> {
+/// White space as the server's `pg_split_opts` sees it (C `isspace`).
+fn is_space(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
+}
+
+/// Splits `options` into words exactly as the server does: at C white space, a backslash
+/// taking the next character literally.
+fn split_options(text: &str) -> Vec<Vec<u8>> {
+    let b = text.as_bytes();
     let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => cur.push(chars.next().unwrap_or('\\')),
-            c if c.is_ascii_whitespace() => {
-                if !cur.is_empty() {
-                    words.push(std::mem::take(&mut cur));
-                }
+    let mut i = 0;
+    while i < b.len() {
+        while i < b.len() && is_space(b[i]) {
+            i += 1;
+        }
+        if i == b.len() {
+            break;
+        }
+        let mut word = Vec::new();
+        let mut escaped = false;
+        while i < b.len() {
+            if is_space(b[i]) && !escaped {
+                break;
             }
-            c => cur.push(c),
+            if !escaped && b[i] == b'\\' {
+                escaped = true;
+            } else {
+                escaped = false;
+                word.push(b[i]);
+            }
+            i += 1;
+        }
+        words.push(word);
+    }
+    words
+}
+
+/// A setting name the server could read: letters, digits, `_` and `.` (custom settings).
+fn setting_name(name: &str) -> Result<String, String> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.')
+    {
+        return Err(format!("pgid: {name:?} is not a setting name"));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+/// Whether the client may choose this setting at startup. Identity is pgid's to decide, and a
+/// client encoding must be one pgid reads exactly as the server does.
+pub fn check_setting(name: &str, value: &str) -> Result<(), String> {
+    let name = setting_name(name)?;
+    if FORBIDDEN_SETTINGS.contains(&name.as_str()) {
+        return Err(format!("pgid: setting {name} at startup is not allowed"));
+    }
+    if name == "client_encoding" {
+        match crate::encoding::Encoding::from_name(value) {
+            Some(e) if e.is_ascii_safe() => {}
+            Some(e) => return Err(super::inspect::context::unsupported_encoding(e.name())),
+            None => return Err(format!("pgid: client_encoding {value:?} is not known")),
         }
     }
-    if !cur.is_empty() {
-        words.push(cur);
+    Ok(())
+}
+
+/// A value written so that the server's `pg_split_opts` reads it back exactly: every byte that
+/// is not a letter or digit is escaped.
+fn escaped(value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len() * 2);
+    for c in value {
+        if !c.is_ascii_alphanumeric() {
+            out.push(b'\\');
+        }
+        out.push(*c);
     }
+    out
+}
+
+pub fn parse_options(text: &str) -> Result<StartupOptions, String> {
     let mut out = StartupOptions::default();
-    let mut it = words.into_iter();
+    let mut it = split_options(text).into_iter();
     while let Some(w) = it.next() {
-        let setting = if w == "-c" {
+        let setting = if w == b"-c" {
             it.next().ok_or("pgid: -c without a setting in options")?
-        } else if let Some(s) = w.strip_prefix("-c").or_else(|| w.strip_prefix("--")) {
-            s.to_string()
+        } else if let Some(s) = w.strip_prefix(b"-c").or_else(|| w.strip_prefix(b"--")) {
+            s.to_vec()
         } else {
             return Err(format!(
-                "pgid: unsupported startup option {w:?} (only -c name=value)"
+                "pgid: unsupported startup option {:?} (only -c name=value)",
+                String::from_utf8_lossy(&w)
             ));
         };
+        let setting = String::from_utf8(setting)
+            .map_err(|_| "pgid: a startup option is not valid UTF-8".to_string())?;
         let (name, value) = setting
             .split_once('=')
             .ok_or_else(|| format!("pgid: startup option {setting:?} has no value"))?;
-        let name = name.to_ascii_lowercase().replace('-', "_");
+        // As the server reads `-c`/`--` names: dashes are underscores.
+        let name = setting_name(&name.replace('-', "_"))?;
         if name == "pgid.policy" {
             out.policy = Some(value.to_string());
-        } else if FORBIDDEN_OPTIONS.contains(&name.as_str()) {
-            return Err(format!("pgid: setting {name} at startup is not allowed"));
-        } else {
-            let escaped: String = value
-                .chars()
-                .flat_map(|c| {
-                    if c == '\\' || c.is_ascii_whitespace() {
-                        vec!['\\', c]
-                    } else {
-                        vec![c]
-                    }
-                })
-                .collect();
-            out.forwarded.push(format!("-c {name}={escaped}"));
+            continue;
         }
+        check_setting(&name, value)?;
+        let mut word = b"-c ".to_vec();
+        word.extend_from_slice(name.as_bytes());
+        word.push(b'=');
+        word.extend(escaped(value.as_bytes()));
+        out.forwarded
+            .push(String::from_utf8(word).unwrap_or_else(|_| unreachable!("escaped UTF-8")));
     }
     Ok(out)
 }
@@ -561,13 +627,50 @@ mod tests {
         assert_eq!(o.policy.as_deref(), Some("reporting"));
         assert_eq!(
             o.forwarded,
-            ["-c search_path=crm,public", "-c statement_timeout=5s"]
+            [r"-c search_path=crm\,public", "-c statement_timeout=5s"]
         );
         let o = parse_options(r"-c application_name=my\ app").unwrap();
         assert_eq!(o.forwarded, [r"-c application_name=my\ app"]);
         assert!(parse_options("-c role=pgid_admin").is_err());
         assert!(parse_options("-c session-authorization=postgres").is_err());
+        assert!(parse_options("-c ROLE=pgid_admin").is_err());
         assert!(parse_options("-D /tmp").is_err());
         assert_eq!(parse_options("").unwrap(), StartupOptions::default());
+    }
+
+    #[test]
+    fn options_split_where_the_server_splits_them() {
+        // Vertical tab and form feed are white space to the server (C isspace).
+        for ws in ["\u{b}", "\u{c}", "\r", "\n", "\t"] {
+            let text = format!("-c{ws}role=postgres");
+            assert!(parse_options(&text).is_err(), "{text:?}");
+            let text = format!("-c application_name=x{ws}-c{ws}role=postgres");
+            assert!(parse_options(&text).is_err(), "{text:?}");
+        }
+        assert!(parse_options("-c \u{b}role=postgres").is_err());
+        assert_eq!(
+            split_options("a\\ b\u{b}c\\"),
+            vec![b"a b".to_vec(), b"c".to_vec()]
+        );
+        // What pgid forwards reads back as exactly one setting, whatever the value holds.
+        let o = parse_options("-c application_name=a\\\u{b}-c\\ role=x").unwrap();
+        assert_eq!(o.forwarded.len(), 1);
+        let words = split_options(&o.forwarded[0]);
+        assert_eq!(words.len(), 2);
+        assert_eq!(words[1], "application_name=a\u{b}-c role=x".as_bytes());
+    }
+
+    #[test]
+    fn settings_at_startup() {
+        assert!(check_setting("role", "x").is_err());
+        assert!(check_setting("Session_Authorization", "x").is_err());
+        assert!(
+            check_setting("role\u{b}", "x").is_err(),
+            "not a setting name"
+        );
+        assert!(check_setting("client_encoding", "SJIS").is_err());
+        assert!(check_setting("client_encoding", "big5").is_err());
+        assert!(check_setting("client_encoding", "LATIN1").is_ok());
+        assert!(check_setting("application_name", "x y").is_ok());
     }
 }

@@ -2,6 +2,8 @@
 //! in-process on port 0 — the same parts a user runs.
 #![allow(dead_code)]
 
+pub mod wire;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

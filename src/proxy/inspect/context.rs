@@ -156,18 +156,18 @@ fn decode_refusal(encoding: Encoding, e: DecodeError) -> Unread {
     use crate::proxy::wire::sqlstate;
     let name = encoding.name();
     match e {
-        DecodeError::Invalid => refused(
+        DecodeError::Invalid(_) => refused(
             sqlstate::CHARACTER_NOT_IN_REPERTOIRE,
             format!("invalid byte sequence for encoding \"{name}\""),
         ),
-        DecodeError::Unsupported => refused(
+        DecodeError::Unsupported(_) => refused(
             sqlstate::FEATURE_NOT_SUPPORTED,
             format!(
                 "pgid cannot read non-ASCII text in client_encoding {name} exactly as the server \
                  does; use UTF8"
             ),
         ),
-        DecodeError::Unsafe => refused(
+        DecodeError::Unsafe(_) => refused(
             sqlstate::FEATURE_NOT_SUPPORTED,
             format!("client_encoding {name} is not ASCII-safe; pgid reads no non-ASCII text in it"),
         ),

@@ -348,10 +348,8 @@ impl Queue {
                 }
             }
             Backend::EmptyQueryResponse if query => head.completed += 1,
-            Backend::ErrorResponse(r) if query => {
-                if head.sqlstate.is_none() {
-                    head.sqlstate = Some(r.code_str().to_string());
-                }
+            Backend::ErrorResponse(r) if query && head.sqlstate.is_none() => {
+                head.sqlstate = Some(r.code_str().to_string());
             }
             _ if query => {}
             Backend::ParseComplete
@@ -376,10 +374,8 @@ impl Queue {
                     out.extend(done(e, result, now));
                 }
             }
-            Backend::RowDescription(_) | Backend::NoData => {
-                if head.sent == Sent::Describe {
-                    self.entries.pop_front();
-                }
+            Backend::RowDescription(_) | Backend::NoData if head.sent == Sent::Describe => {
+                self.entries.pop_front();
             }
             Backend::ErrorResponse(r) => {
                 if let Some(mut e) = self.entries.pop_front() {

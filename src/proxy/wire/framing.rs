@@ -312,7 +312,7 @@ impl ClientFrames {
         let mut ends = Vec::new();
         let mut end = 0;
         let mut oversized = None;
-        while self.skip == 0 {
+        while self.skip == 0 && oversized.is_none() {
             let Some(b) = self.buf.get(end..end + 5) else {
                 break;
             };
@@ -323,7 +323,7 @@ impl ClientFrames {
             let total = len as usize + 1;
             if total > self.limits.of(tag) {
                 oversized = Some(Frame::Oversized { tag, len: total });
-                break;
+                continue;
             }
             if self.buf.len() < end + total {
                 break;
