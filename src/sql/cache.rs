@@ -259,8 +259,13 @@ mod tests {
         m.analyze("COPY t TO ''", d);
         assert!(!hit(&m, "COPY t TO '/tmp/x'"), "a file name is kept");
         assert!(hit(&m, "COPY t TO ''"));
+        m.analyze("SELECT set_config('search_path', 'a', false)", d);
+        assert!(!hit(&m, "SELECT set_config('role', 'a', false)"));
+        assert!(!hit(&m, "SELECT set_config('search_path', 'b', false)"));
+        m.analyze("SET TIME ZONE -7", d);
+        assert!(!hit(&m, "SET TIME ZONE -8"), "a folded negative is read");
         m.analyze("SELECT -7", d);
-        assert!(hit(&m, "SELECT -8"), "a folded negative is a constant");
+        assert!(hit(&m, "SELECT -8"), "and otherwise blank");
         m.analyze("SELECT 1::float(24)", d);
         assert!(!hit(&m, "SELECT 1::float(0)"), "a precision is no constant");
         assert!(hit(&m, "SELECT 2::float(24)"));

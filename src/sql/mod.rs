@@ -1,21 +1,24 @@
 //! SQL analysis: the only module that imports `pg_query`. [`analyze`] parses a statement string
 //! the way the server will (given `standard_conforming_strings`) and walks the whole tree — every
 //! node of every statement, CTEs, subqueries, `EXPLAIN`, `PREPARE`, cursors included — recording
-//! statement classes, tables, functions and WHERE presence. A node type the walker does not know
-//! makes the string unanalysable; the guard refuses what cannot be analysed.
+//! statement classes, tables, functions, WHERE presence, and what the statement does to session
+//! state (settings, cursors, prepared statements). A node type the walker does not know makes the
+//! string unanalysable; the guard refuses what cannot be analysed.
 //!
-//! Layout: `walk` (the tree walk), `tokens`
+//! Layout: `walk` (the tree walk), `session` (settings, cursors, prepared statements), `tokens`
 //! (what is read from the scanner: shapes, canonical text, COPY targets), `cache` (analyses kept
 //! by shape, on deep-stack threads), `nodes` (what each node type means).
 
 mod cache;
 mod nodes;
+mod session;
 #[cfg(test)]
 mod siblings;
 mod tokens;
 mod walk;
 
 pub use cache::{Analyzer, Outcome};
+pub use session::{Cursor, Setting, SettingValue};
 pub use tokens::{canonical, depends_on_standard_conforming_strings, shape};
 
 use std::collections::BTreeSet;
@@ -56,6 +59,21 @@ pub struct Statement {
     pub executes: BTreeSet<String>,
     /// `PREPARE name AS …`: the name it defines (the classes above are the prepared query's).
     pub prepares: Option<String>,
+    /// `DECLARE name CURSOR …`: the cursor it opens (the classes above are its query's).
+    pub declares: Option<Cursor>,
+    /// `FETCH … name` or `MOVE … name`: the cursor it reads or moves.
+    pub fetches: Option<String>,
+    /// `CLOSE name` (`Some(Some(name))`) or `CLOSE ALL` (`Some(None)`).
+    pub closes: Option<Option<String>>,
+    /// `DEALLOCATE [PREPARE] name` (`Some(Some(name))`) or `DEALLOCATE ALL` (`Some(None)`).
+    pub deallocates: Option<Option<String>>,
+    /// `DISCARD ALL` (not PLANS, SEQUENCES or TEMP): settings, cursors, prepared statements,
+    /// temporary tables, listens and the session authorization all back to a new session's.
+    pub discards_all: bool,
+    /// Every session-setting change, in order: SET/RESET (NAMES, TIME ZONE, ROLE, SESSION
+    /// AUTHORIZATION, TRANSACTION … included) when the statement is one, and every set_config
+    /// call anywhere in it ([`Setting::by_function`]).
+    pub settings: Vec<Setting>,
     /// Touches pgid's own schema.
     pub touches_pgid: bool,
     /// The statement's own kind (`SelectStmt`, `ExplainStmt`, `CopyStmt`, …).
@@ -171,6 +189,9 @@ fn walk_all(
         };
         let mut w = walk::Walker::new(sql, dialect, start..end, root.map_or("", |(k, _)| k));
         w.walk(raw, walk::Ctx::default())?;
+        if let Some((kind, body)) = root {
+            session::root(kind, body, &mut w.st, &mut w.reads);
+        }
         unread.extend(w.constants.difference(&w.reads));
         read.append(&mut w.reads);
         out.statements.push(w.st);

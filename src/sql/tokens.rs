@@ -253,6 +253,29 @@ pub fn depends_on_standard_conforming_strings(sql: &str) -> bool {
     }
 }
 
+/// `ident` as the server's quote_identifier writes it: bare when it is lower case letters, digits
+/// and underscores (not first a digit) and no keyword beyond the unreserved ones, else quoted.
+pub(crate) fn quote_identifier(ident: &str) -> String {
+    let plain = ident.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && ident
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    let keyword = || {
+        lex(ident).is_none_or(|t| {
+            t.len() != 1
+                || !matches!(
+                    t[0].keyword,
+                    KeywordKind::NoKeyword | KeywordKind::UnreservedKeyword
+                )
+        })
+    };
+    if plain && !keyword() {
+        ident.to_string()
+    } else {
+        format!("\"{}\"", ident.replace('"', "\"\""))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,5 +419,20 @@ mod tests {
                 "{sql}"
             );
         }
+    }
+
+    #[test]
+    fn identifiers_quoted_as_the_server_quotes_them() {
+        assert_eq!(quote_identifier("public"), "public");
+        assert_eq!(quote_identifier("a_1"), "a_1");
+        assert_eq!(quote_identifier("My S"), "\"My S\"");
+        assert_eq!(quote_identifier("1a"), "\"1a\"");
+        assert_eq!(quote_identifier(""), "\"\"");
+        assert_eq!(quote_identifier("a\"b"), "\"a\"\"b\"");
+        // Reserved and column-name keywords are quoted, unreserved ones are not.
+        assert_eq!(quote_identifier("select"), "\"select\"");
+        assert_eq!(quote_identifier("between"), "\"between\"");
+        assert_eq!(quote_identifier("schema"), "schema");
+        assert_eq!(quote_identifier("$user"), "\"$user\"");
     }
 }

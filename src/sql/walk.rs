@@ -3,7 +3,8 @@
 //! statement unanalysable.
 //!
 //! What the walk reads is identifiers and tree structure. The values of constants (`A_Const`)
-//! it reads only where the tree's structure says so, and records their locations; every other literal the grammar keeps outside an `A_Const` (a COPY
+//! it reads only where the tree's structure says so (set_config's arguments, a SET's values), and
+//! records their locations; every other literal the grammar keeps outside an `A_Const` (a COPY
 //! file name, a function body, an option value) the cache keeps verbatim. So two statements of
 //! one shape with equal kept literals get the same walk ([`super::cache`]).
 
@@ -14,7 +15,7 @@ use serde_json::Value;
 
 use super::nodes::{self, Role};
 use super::tokens::{copy_end, CopyEnd};
-use super::{AnalyzeError, ColumnUse, Dialect, Position, Statement};
+use super::{session, AnalyzeError, ColumnUse, Dialect, Position, Statement};
 use crate::policy::StatementClass;
 
 /// One statement's walk.
@@ -256,6 +257,13 @@ impl<'a> Walker<'a> {
                         st.touches_pgid = true;
                     }
                     let name = parts.join(".").to_ascii_lowercase();
+                    if name.rsplit('.').next() == Some("set_config") {
+                        let setting = session::set_config(body, &mut self.reads);
+                        if setting.name.as_deref().is_some_and(is_identity) {
+                            st.classes.insert(C::Role);
+                        }
+                        st.settings.push(setting);
+                    }
                     st.functions.insert(name);
                 }
             }
