@@ -89,8 +89,10 @@ const REFUSED: &[(&str, &str)] = &[
         "deny_functions",
     ),
     ("SELECT pg_terminate_backend(1)", "deny_functions"),
+    // Changing the role is refused whatever the policy says, before its denied functions.
+    ("SELECT set_config('role', 'pgid_admin', false)", "identity"),
     (
-        "SELECT set_config('role', 'pgid_admin', false)",
+        "SELECT set_config('search_path', 'crm', false)",
         "deny_functions",
     ),
     ("SELECT * FROM pgid.leases", "pgid_schema"),

@@ -1,7 +1,8 @@
 //! The decision on one analysed statement string under a policy's `[guardrails]`: allow, or deny
 //! with the rule that decided and a reason a client may read. Pure.
 //!
-//! Order: pgid's own schema; classes refused whatever the policy says (identity escapes, LOAD,
+//! Order: pgid's own schema; what is refused whatever the policy says (identity escapes — SET ROLE,
+//! SESSION AUTHORIZATION, set_config of either, set_config of a setting pgid cannot name — LOAD,
 //! COPY to/from programs and server files); the policy's denied classes; WHERE required on
 //! UPDATE/DELETE; denied functions; EXECUTE of prepared statements, judged by what they prepared.
 
@@ -97,6 +98,14 @@ fn check_statement(st: &Statement, rules: &Guardrails) -> Verdict {
             return deny("identity", why);
         }
     }
+    // set_config('role', …) is a ROLE statement already; a name that is no constant could be it.
+    if st.settings.iter().any(|s| s.name.is_none()) {
+        return deny(
+            "identity",
+            "set_config with a setting name that is not a constant string is never allowed \
+             through pgid: it cannot tell which setting it changes",
+        );
+    }
     if let Some(c) = rules.deny.iter().find(|c| st.classes.contains(c)) {
         return deny(
             "deny",
@@ -173,6 +182,77 @@ mod tests {
         assert_eq!(rule("EXECUTE safe"), "allow");
         assert_eq!(rule("EXECUTE unknown"), "prepared");
         assert_eq!(rule("SELECT 'DROP TABLE t', \"delete\" FROM t"), "allow");
+    }
+
+    /// A policy that denies no class and no function: what is left is refused whatever it says.
+    fn permissive(sql: &str) -> Verdict {
+        let a = analyze(sql, Dialect::default(), 1 << 20).unwrap();
+        let rules = Guardrails {
+            deny: Vec::new(),
+            require_where: Vec::new(),
+            deny_functions: Vec::new(),
+            ..Guardrails::default()
+        };
+        check(&a, &rules, &|_| None)
+    }
+
+    #[test]
+    fn identity_settings_are_refused_however_they_are_written() {
+        for sql in [
+            "SET ROLE postgres",
+            "SET \"Role\" TO postgres",
+            "SET \"ROLE\" = postgres",
+            "SET session_authorization = postgres",
+            "SET SESSION AUTHORIZATION DEFAULT",
+            "RESET ROLE",
+            "SELECT set_config('role', 'postgres', false)",
+            "SELECT set_config('ROLE', 'postgres', true)",
+            "SELECT pg_catalog.set_config('Session_Authorization', 'postgres', false)",
+            "SELECT 1 FROM t WHERE set_config('role', current_user, false) IS NOT NULL",
+            "SELECT * FROM set_config('role', 'x', false)",
+        ] {
+            assert_eq!(
+                permissive(sql),
+                deny(
+                    "identity",
+                    "changing roles or session authorization is never allowed through pgid"
+                ),
+                "{sql}"
+            );
+        }
+    }
+
+    #[test]
+    fn set_config_of_a_setting_pgid_cannot_name_is_refused() {
+        for sql in [
+            "SELECT set_config(name, 'x', false) FROM settings",
+            "SELECT set_config('ro' || 'le', 'x', false)",
+            "SELECT set_config(NULL, 'x', false)",
+            "SELECT set_config($1, 'x', false)",
+            "SELECT 1; SELECT public.set_config(lower('ROLE'), 'x', true)",
+        ] {
+            let v = permissive(sql);
+            assert_eq!(
+                v.message().unwrap(),
+                "pgid: identity: set_config with a setting name that is not a constant string is \
+                 never allowed through pgid: it cannot tell which setting it changes",
+                "{sql}"
+            );
+        }
+        // Other settings are the policy's to judge: the default one denies set_config.
+        assert_eq!(
+            permissive("SELECT set_config('search_path', 'x', false)"),
+            Verdict::Allow
+        );
+        assert_eq!(
+            permissive("SELECT set_config('search_path', current_user, false)"),
+            Verdict::Allow
+        );
+        assert_eq!(
+            rule("SELECT set_config('search_path', 'x', false)"),
+            "deny_functions"
+        );
+        assert_eq!(rule("SET search_path = x"), "allow");
     }
 
     #[test]

@@ -1,0 +1,333 @@
+//! The walk over one statement's parse tree (as JSON): every node, recording classes, tables,
+//! functions, column references, settings. A node type [`super::nodes`] does not list makes the
+//! statement unanalysable.
+//!
+//! What the walk reads is identifiers and tree structure. The values of constants (`A_Const`)
+//! it reads only where the tree's structure says so (set_config's arguments, a SET's values), and
+//! records their locations; every other literal the grammar keeps outside an `A_Const` (a COPY
+//! file name, a function body, an option value) the cache keeps verbatim. So two statements of
+//! one shape with equal kept literals get the same walk ([`super::cache`]).
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+
+use serde_json::Value;
+
+use super::nodes::{self, Role};
+use super::tokens::{copy_end, CopyEnd};
+use super::{session, AnalyzeError, ColumnUse, Dialect, Position, Statement};
+use crate::policy::StatementClass;
+
+/// One statement's walk.
+pub(super) struct Walker<'a> {
+    pub st: Statement,
+    /// The whole string, its dialect, and this statement's bytes in it.
+    sql: &'a str,
+    dialect: Dialect,
+    range: Range<usize>,
+    /// Byte locations of the constants met, and of those whose value the walk read.
+    pub constants: BTreeSet<usize>,
+    pub reads: BTreeSet<usize>,
+}
+
+/// A node wrapper's content: `{"SelectStmt": {…}}` (one key, a type name). Some nodes also have
+/// a plain field called `node` (SortBy), which this tells apart.
+pub(super) fn node_of(v: &Value) -> Option<(&str, &Value)> {
+    let map = v.as_object()?;
+    let (kind, body) = map.iter().next()?;
+    (map.len() == 1 && kind.starts_with(|c: char| c.is_ascii_uppercase()))
+        .then_some((kind.as_str(), body))
+}
+
+/// `[{"node":{"String":{"sval":"a"}}}, …]` → ["a", …] if every element is a String node.
+fn name_list(v: &Value) -> Option<Vec<String>> {
+    let items = v.as_array()?;
+    items
+        .iter()
+        .map(|i| {
+            i.get("node")?
+                .get("String")?
+                .get("sval")?
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+fn text(v: &Value) -> Option<&str> {
+    v.as_str().filter(|s| !s.is_empty())
+}
+
+/// Where the walk is, for classifying column references.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Ctx {
+    /// Nesting of SELECTs around this point (1 = inside the outermost one).
+    selects: u8,
+    /// Directly in the body of a SelectStmt.
+    in_select: bool,
+    /// Under a predicate clause.
+    predicate: bool,
+    /// In the target list of the outermost SELECT.
+    output_list: bool,
+    /// Directly in an output ResTarget's body.
+    output_target: bool,
+    /// The value of an output ResTarget: a ColumnRef here is an [`Position::Output`].
+    output_value: bool,
+    /// Inside the expression of this output of the outermost SELECT.
+    output: Option<usize>,
+}
+
+/// Fields whose contents decide which rows come back rather than what they hold.
+const PREDICATE_FIELDS: &[&str] = &[
+    "where_clause",
+    "having_clause",
+    "group_clause",
+    "sort_clause",
+    "quals",
+    "distinct_clause",
+    "window_clause",
+    "limit_count",
+    "limit_offset",
+];
+
+impl<'a> Walker<'a> {
+    pub fn new(sql: &'a str, dialect: Dialect, range: Range<usize>, root: &str) -> Walker<'a> {
+        Walker {
+            st: Statement {
+                root: root.to_string(),
+                ..Statement::default()
+            },
+            sql,
+            dialect,
+            range,
+            constants: BTreeSet::new(),
+            reads: BTreeSet::new(),
+        }
+    }
+
+    pub fn walk(&mut self, v: &Value, ctx: Ctx) -> Result<(), AnalyzeError> {
+        match v {
+            Value::Array(items) => {
+                if let Some(names) = name_list(v) {
+                    if names.len() >= 2 && names[0] == "pgid" {
+                        self.st.touches_pgid = true;
+                    }
+                }
+                for (n, i) in items.iter().enumerate() {
+                    let mut c = ctx;
+                    if ctx.output_list {
+                        c.output = Some(n);
+                    }
+                    self.walk(i, c)?;
+                }
+                Ok(())
+            }
+            Value::Object(map) => {
+                for (k, child) in map {
+                    let mut c = ctx;
+                    if PREDICATE_FIELDS.contains(&k.as_str()) {
+                        c.predicate = true;
+                    }
+                    // A list's items and a value sit one `node` wrapper further down.
+                    c.output_list = (ctx.in_select && ctx.selects == 1 && k == "target_list")
+                        || (ctx.output_list && k == "node");
+                    c.output_value =
+                        (ctx.output_target && k == "val") || (ctx.output_value && k == "node");
+                    c.in_select = false;
+                    c.output_target = false;
+                    // A RangeVar held directly in a typed field (UPDATE's `relation`, COPY's,
+                    // SELECT INTO's `rel` …) rather than in a node wrapper.
+                    if child.get("relname").is_some() {
+                        self.special("RangeVar", child);
+                    }
+                    match (k.as_str(), node_of(child)) {
+                        ("node", Some((kind, body))) => self.visit(kind, body, c)?,
+                        _ => self.walk(child, c)?,
+                    }
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn visit(&mut self, kind: &str, body: &Value, ctx: Ctx) -> Result<(), AnalyzeError> {
+        match nodes::role(kind).ok_or_else(|| AnalyzeError::Unknown(kind.to_string()))? {
+            Role::Class(c) => {
+                self.st.classes.insert(c);
+            }
+            Role::Neutral => {}
+            Role::Special => self.special(kind, body),
+        }
+        match kind {
+            "ColumnRef" => self.st.columns.push(column_use(body, &ctx)),
+            "AConst" => {
+                if let Some(l) = body
+                    .get("location")
+                    .and_then(Value::as_i64)
+                    .and_then(|l| usize::try_from(l).ok())
+                {
+                    self.constants.insert(l);
+                }
+            }
+            _ => {}
+        }
+        let child = Ctx {
+            selects: ctx.selects + u8::from(kind == "SelectStmt"),
+            in_select: kind == "SelectStmt",
+            predicate: ctx.predicate,
+            output_list: false,
+            output_target: kind == "ResTarget" && ctx.output_list,
+            output_value: false,
+            output: ctx.output,
+        };
+        self.walk(body, child)
+    }
+
+    fn special(&mut self, kind: &str, body: &Value) {
+        use StatementClass as C;
+        let st = &mut self.st;
+        match kind {
+            "SelectStmt" => {
+                // A VALUES list reads nothing: `INSERT … VALUES` is an INSERT, not also a SELECT
+                // (a subquery inside the list is a SelectStmt of its own). Only a statement that
+                // is a VALUES list itself returns rows, as a SELECT does.
+                let values = body
+                    .get("values_lists")
+                    .and_then(Value::as_array)
+                    .is_some_and(|v| !v.is_empty());
+                if values && st.root != "SelectStmt" {
+                    return;
+                }
+                // SELECT … INTO creates a table.
+                st.classes
+                    .insert(if body.get("into_clause").is_some_and(|v| !v.is_null()) {
+                        C::Create
+                    } else {
+                        C::Select
+                    });
+            }
+            "UpdateStmt" | "DeleteStmt" => {
+                let c = if kind == "UpdateStmt" {
+                    C::Update
+                } else {
+                    C::Delete
+                };
+                st.classes.insert(c);
+                if body.get("where_clause").is_none_or(Value::is_null) {
+                    st.missing_where.insert(c);
+                }
+            }
+            "MergeStmt" => {
+                st.classes.insert(C::Merge);
+            }
+            "CopyStmt" => {
+                // The tree cannot tell `TO ''` (a server file) from `TO STDOUT`: the tokens can.
+                let program = body
+                    .get("is_program")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                let client = !program
+                    && st.root == "CopyStmt"
+                    && copy_end(self.sql, self.range.clone(), self.dialect) == CopyEnd::Client;
+                st.classes
+                    .insert(if client { C::Copy } else { C::CopyProgram });
+            }
+            "VariableSetStmt" => {
+                // Setting names are case-insensitive: `SET "Role" TO x` sets the role.
+                let name = body
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_ascii_lowercase();
+                st.classes
+                    .insert(if is_identity(&name) { C::Role } else { C::Set });
+            }
+            "ExecuteStmt" => {
+                if let Some(n) = body.get("name").and_then(text) {
+                    st.executes.insert(n.to_string());
+                }
+            }
+            "PrepareStmt" => {
+                st.prepares = body.get("name").and_then(text).map(str::to_string);
+            }
+            "FuncCall" => {
+                if let Some(parts) = body.get("funcname").and_then(name_list) {
+                    if parts.len() >= 2 && parts[0] == "pgid" {
+                        st.touches_pgid = true;
+                    }
+                    let name = parts.join(".").to_ascii_lowercase();
+                    if name.rsplit('.').next() == Some("set_config") {
+                        let setting = session::set_config(body, &mut self.reads);
+                        if setting.name.as_deref().is_some_and(is_identity) {
+                            st.classes.insert(C::Role);
+                        }
+                        st.settings.push(setting);
+                    }
+                    st.functions.insert(name);
+                }
+            }
+            "RangeVar" => {
+                let schema = body
+                    .get("schemaname")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                let table = body
+                    .get("relname")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                if schema == "pgid" {
+                    st.touches_pgid = true;
+                }
+                let alias = body
+                    .get("alias")
+                    .and_then(|a| a.get("aliasname"))
+                    .and_then(Value::as_str)
+                    .unwrap_or(&table)
+                    .to_string();
+                st.aliases.insert((alias, schema.clone(), table.clone()));
+                st.tables.insert((schema, table));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Settings that change who the session is (lower-cased).
+fn is_identity(name: &str) -> bool {
+    name == "role" || name == "session_authorization"
+}
+
+fn column_use(body: &Value, ctx: &Ctx) -> ColumnUse {
+    let fields = body
+        .get("fields")
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .map(|i| match i.get("node").and_then(node_of) {
+                    Some(("String", s)) => s
+                        .get("sval")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                    _ => "*".to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let position = if ctx.output_value {
+        Position::Output
+    } else if ctx.predicate {
+        Position::Predicate
+    } else {
+        Position::Other
+    };
+    ColumnUse {
+        fields,
+        position,
+        output: ctx.output,
+    }
+}
