@@ -479,3 +479,122 @@ async fn masks_follow_the_statement_the_server_runs() {
     assert!(!leaked(&answer), "{answer:?}");
     assert_eq!(values(&answer).len(), emails.len());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn settings_pgid_cannot_follow_are_refused_where_they_are_set() {
+    let h = Harness::start(&[WRITER]).await;
+    let mut c = client(&h, "agent:writer", &[]).await.unwrap();
+    for sql in [
+        "SET client_encoding = 'SJIS'",
+        "SET NAMES 'big5'",
+        "SET client_encoding TO 'no-such-encoding'",
+    ] {
+        let errs = errors(&c.query(sql).await);
+        assert!(errs[0].1.starts_with("pgid: encoding:"), "{sql}: {errs:?}");
+    }
+    for sql in [
+        "SELECT set_config('role', 'pgid_lease', false)",
+        "SELECT set_config('ROLE', 'pgid_lease', false)",
+        "SET \"Role\" = pgid_lease",
+        "SELECT set_config(lower('ROLE'), 'pgid_lease', false)",
+    ] {
+        let errs = errors(&c.query(sql).await);
+        assert_eq!(errs.len(), 1, "{sql}");
+        assert!(errs[0].1.starts_with("pgid: identity:"), "{sql}: {errs:?}");
+    }
+    assert_eq!(values(&c.query("SHOW client_encoding").await), ["UTF8"]);
+    assert_eq!(
+        values(&c.query("SELECT current_user = session_user").await),
+        ["t"]
+    );
+    // A safe encoding can be chosen, and pgid reads the session in it from then on.
+    c.query("SET client_encoding = 'LATIN1'").await;
+    let mut out = BytesMut::new();
+    frontend::query(&mut out, b"SELECT '\xe9t\xe9' AS summer");
+    c.send(&out).await;
+    let answer = c.until_ready(1).await;
+    assert!(errors(&answer).is_empty(), "{answer:?}");
+    assert_eq!(decisions(&h, "SELECT 'été' AS summer").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cached_analysis_is_never_another_statements() {
+    let h = Harness::start(&[WRITER, MASKED]).await;
+    let mut c = client(&h, "agent:writer", &[]).await.unwrap();
+    // UESCAPE decides what a U& identifier names: with `#` this names no function; with `!`
+    // it names set_config, which the policy denies.
+    let harmless = c
+        .query("SELECT U&\"set_confi!0067\" UESCAPE '#' ('application_name', 'pwned', false)")
+        .await;
+    assert_eq!(errors(&harmless)[0].0, "42883", "{harmless:?}");
+    let denied = c
+        .query("SELECT U&\"set_confi!0067\" UESCAPE '!' ('application_name', 'pwned', false)")
+        .await;
+    assert!(
+        errors(&denied)[0].1.starts_with("pgid: deny_functions:"),
+        "{denied:?}"
+    );
+    assert_ne!(values(&c.query("SHOW application_name").await), ["pwned"]);
+    // COPY to '' (no file at all) and COPY to a server file share a shape.
+    c.query("COPY crm.tickets TO ''").await;
+    let errs = errors(&c.query("COPY crm.tickets TO '/tmp/pgid-never'").await);
+    assert!(errs[0].1.starts_with("pgid: identity:"), "{errs:?}");
+
+    // A masked column named through UESCAPE inside an expression.
+    let emails: Vec<String> = h
+        .superuser()
+        .await
+        .query("SELECT upper(email) FROM crm.customers", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut m = client(&h, "agent:masked", &[]).await.unwrap();
+    m.query("SELECT upper(U&\"em!0061il\" UESCAPE '#') FROM crm.customers")
+        .await;
+    let answer = m
+        .query("SELECT upper(U&\"em!0061il\" UESCAPE '!') FROM crm.customers")
+        .await;
+    assert!(errors(&answer).is_empty(), "{answer:?}");
+    for e in &emails {
+        assert!(
+            !answer
+                .iter()
+                .any(|msg| msg.body.windows(e.len()).any(|w| w == e.as_bytes())),
+            "{e} in clear"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cursor_executed_through_the_protocol_is_recorded_as_what_it_runs() {
+    let h = Harness::start(&[WRITER]).await;
+    let mut c = client(&h, "agent:writer", &[]).await.unwrap();
+    let declare = "DECLARE c CURSOR FOR SELECT id FROM crm.tickets ORDER BY id";
+    let mut out = BytesMut::new();
+    query(&mut out, "BEGIN");
+    query(&mut out, declare);
+    frontend::execute(&mut out, b"c", 2);
+    frontend::sync(&mut out);
+    query(&mut out, "COMMIT");
+    c.send(&out).await;
+    let answer = c.until_ready(4).await;
+    assert!(errors(&answer).is_empty(), "{answer:?}");
+    assert_eq!(values(&answer), ["1", "2"]);
+    let records = decisions(&h, declare);
+    assert_eq!(
+        records.len(),
+        2,
+        "the DECLARE and the Execute of its cursor"
+    );
+    assert_eq!(records[1]["protocol"], "extended");
+    assert_eq!(records[1]["decision"], "allow");
+    // The cursor is gone with its transaction: an Execute of it now is refused by pgid.
+    let mut out = BytesMut::new();
+    frontend::execute(&mut out, b"c", 0);
+    frontend::sync(&mut out);
+    c.send(&out).await;
+    let errs = errors(&c.until_ready(1).await);
+    assert!(errs[0].1.contains("was not bound through pgid"), "{errs:?}");
+}

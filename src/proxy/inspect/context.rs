@@ -176,7 +176,7 @@ fn decode_refusal(encoding: Encoding, e: DecodeError) -> Unread {
 
 /// Whether `standard_conforming_strings` could change how `sql` is lexed.
 pub fn depends_on_standard_strings(sql: &str) -> bool {
-    sql.contains('\\')
+    crate::sql::depends_on_standard_conforming_strings(sql)
 }
 
 #[cfg(test)]
