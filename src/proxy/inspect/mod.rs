@@ -17,10 +17,15 @@
 mod answer;
 pub mod context;
 mod effects;
+mod extended;
+mod hold;
 mod judge;
+mod query;
 pub mod queue;
 mod refusal;
 pub mod registry;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
