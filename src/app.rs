@@ -114,6 +114,7 @@ async fn reconcile_groups(databases: &Databases, policies: &PolicySet) -> Result
             "database {}: creating the lease marker role",
             db.name
         )))?;
+        roles::hba::check(&c, &db.name, roles::LEASE_MARKER_ROLE).await;
         for p in policies.iter().filter(|p| p.database == db.name) {
             roles::apply_policy(&mut c, p, &db.dbname)
                 .await

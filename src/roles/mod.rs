@@ -2,9 +2,11 @@
 //! and short-lived lease roles that are members of it and of the `pgid_lease` marker.
 //!
 //! `ddl` builds SQL with quoted identifiers only; `reconcile` brings group roles in line with the
-//! policies; `lease` issues, renews and revokes; `reaper` expires leases and removes orphans.
+//! policies; `lease` issues, renews and revokes; `reaper` expires leases and removes orphans;
+//! `hba` checks that the server accepts lease roles only from pgid.
 
 pub mod ddl;
+pub mod hba;
 mod lease;
 mod reaper;
 mod reconcile;
