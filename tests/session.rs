@@ -163,6 +163,25 @@ async fn a_pipelined_settings_change_is_read_before_the_statement_after_it() {
     assert_eq!(errs.len(), 1, "{answer:?}");
     assert!(errs[0].1.starts_with("pgid: lexing:"), "{errs:?}");
     assert_eq!(count(&h, tickets).await, before);
+    // The same with a Flush between: the SET's answers arrive, but nothing is reported until
+    // a Sync, so what the client sends after reading them is still refused.
+    let mut c = client(
+        &h,
+        "agent:writer",
+        &[("options", "-c standard_conforming_strings=off")],
+    )
+    .await
+    .unwrap();
+    let mut out = BytesMut::new();
+    frontend::parse(&mut out, b"", b"SET standard_conforming_strings = on", &[]);
+    frontend::bind_values(&mut out, b"", &[]);
+    frontend::execute(&mut out, b"", 0);
+    pgid::proxy::wire::backend::raw(&mut out, b'H', b"");
+    c.send(&out).await;
+    c.until_complete(3).await;
+    let errs = errors(&c.query(smuggled).await);
+    assert!(errs[0].1.starts_with("pgid: lexing:"), "{errs:?}");
+    assert_eq!(count(&h, tickets).await, before);
     // Text that reads the same either way goes through in such a pipeline.
     let mut out = BytesMut::new();
     frontend::parse(&mut out, b"", b"SET standard_conforming_strings = off", &[]);

@@ -20,7 +20,7 @@ use super::inspect::{Fatal, Inspector, Judged, Rules};
 use super::limits::Action;
 use super::upstream::Upstream;
 use super::wire::backend::{self, Backend, TransactionStatus};
-use super::wire::framing::{frame_at, Batch, ClientFrames, Limits, MAX_MESSAGE_BYTES};
+use super::wire::framing::{frame_at, Batch, ClientFrames, Frame, Limits, MAX_MESSAGE_BYTES};
 use super::wire::sqlstate;
 use super::Proxy;
 use crate::audit::statement::SessionRecords;
@@ -153,11 +153,16 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
     } else {
         Judge::Plain(Plain::default())
     };
-    let statement_cap = match &judge {
-        Judge::Inspect(i) => i.max_statement_bytes(),
-        Judge::Plain(_) => MAX_MESSAGE_BYTES,
+    let caps = match &judge {
+        Judge::Inspect(i) => limits(p, i.max_statement_bytes()),
+        // A relay that reads nothing refuses nothing: only the protocol's own cap.
+        Judge::Plain(_) => Limits {
+            statement: MAX_MESSAGE_BYTES,
+            bind: MAX_MESSAGE_BYTES,
+            copy_data: MAX_MESSAGE_BYTES,
+        },
     };
-    let mut frames = ClientFrames::new(frames.into_buffer(), limits(p, statement_cap));
+    let mut frames = ClientFrames::new(frames.into_buffer(), caps);
     let audit = p.leases.audit().clone();
     let cancel_target = p
         .leases
@@ -439,6 +444,11 @@ async fn client_to_server(f: Forward<'_, '_>, judge: &mut Judge) -> Result<Progr
             let mut consumed = 0;
             let mut terminate = false;
             for frame in frames {
+                if let Frame::Oversized { len, .. } = frame {
+                    return Err(Flow::Protocol(format!(
+                        "a message of {len} bytes is too large"
+                    )));
+                }
                 if frame.is_terminate() {
                     terminate = true;
                     break;

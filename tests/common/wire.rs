@@ -135,6 +135,27 @@ impl RawClient {
         out
     }
 
+    /// Reads exactly `n` messages (for pipelines without a Sync; panics after 15 s).
+    pub async fn until_complete(&mut self, n: usize) -> Vec<Message> {
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(15), async {
+            while out.len() < n {
+                let m = self
+                    .frames
+                    .read(&mut self.stream)
+                    .await
+                    .expect("a server message");
+                out.push(Message {
+                    tag: m.tag,
+                    body: m.body.to_vec(),
+                });
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {n} messages within 15 s; got {out:?}"));
+        out
+    }
+
     /// Sends one Query and reads its answer.
     pub async fn query(&mut self, sql: &str) -> Vec<Message> {
         let mut q = BytesMut::new();

@@ -241,6 +241,16 @@ impl Batch<'_> {
         let started = self.insp.registry.started(portal.id) || self.started.contains(&portal.id);
         let judged = match (&def.verdict, &st) {
             (Verdict::Deny { .. }, _) => Err(Refusal::from(def.verdict.clone())),
+            // An empty statement runs nothing (EmptyQueryResponse).
+            (_, None)
+                if def
+                    .analysis
+                    .as_ref()
+                    .as_ref()
+                    .is_ok_and(|a| a.statements.is_empty()) =>
+            {
+                Ok((MaskPlan::Untouched, super::judge::References::default()))
+            }
             (_, None) => Err(deny("analysis", "the statement could not be analysed")),
             (_, Some(st)) => match self.references(st)? {
                 Err(r) => Err(r),

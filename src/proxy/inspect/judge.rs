@@ -412,7 +412,7 @@ impl<'s> Batch<'s> {
 
     /// The lexing context the next message is read under, when known now.
     pub(super) fn lexing(&self) -> (Option<Lexing>, Settled) {
-        let settled = queue::settled(self.pending());
+        let settled = queue::settled(self.pending(), self.insp.queue.unreported());
         let known = (settled == Settled::Now).then_some(self.insp.context.current);
         (known, settled)
     }

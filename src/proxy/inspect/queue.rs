@@ -165,6 +165,9 @@ pub struct Queue {
     entries: VecDeque<Entry>,
     /// The server is skipping to the next Sync, which pgid has not sent yet.
     skipping: bool,
+    /// A message that runs statements was answered since the last ReadyForQuery: settings it
+    /// changed are not reported yet.
+    unreported: bool,
 }
 
 fn done(e: Entry, result: Finish, now: Instant) -> Option<Done> {
@@ -233,8 +236,13 @@ pub enum Settled {
     Unknowable,
 }
 
-/// Whether the lexing settings for the next message are known (see [`Settled`]).
-pub fn settled<'e>(entries: impl DoubleEndedIterator<Item = &'e Entry>) -> Settled {
+/// Whether the lexing settings for the next message are known (see [`Settled`]), given the
+/// entries not yet answered and whether an answered one ran statements since the server last
+/// reported its settings (`unreported`).
+pub fn settled<'e>(
+    entries: impl DoubleEndedIterator<Item = &'e Entry>,
+    unreported: bool,
+) -> Settled {
     for e in entries.rev() {
         // A stand-in Query is answered with a ReadyForQuery too, and what ran before it is
         // reported before that.
@@ -245,12 +253,21 @@ pub fn settled<'e>(entries: impl DoubleEndedIterator<Item = &'e Entry>) -> Settl
             return Settled::Unknowable;
         }
     }
-    Settled::Now
+    if unreported {
+        Settled::Unknowable
+    } else {
+        Settled::Now
+    }
 }
 
 impl Queue {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// See [`settled`].
+    pub fn unreported(&self) -> bool {
+        self.unreported
     }
 
     pub fn entries(&self) -> impl DoubleEndedIterator<Item = &Entry> {
@@ -335,6 +352,7 @@ impl Queue {
                 if *status == TransactionStatus::Idle {
                     registry.transaction_ended();
                 }
+                self.unreported = false;
             }
             Backend::CommandComplete(tag) if query => {
                 if let Effects::PerStatement(each) = &head.effects {
@@ -359,6 +377,7 @@ impl Queue {
             | Backend::EmptyQueryResponse
             | Backend::PortalSuspended => {
                 if let Some(mut e) = self.entries.pop_front() {
+                    self.unreported |= e.executes;
                     let result = match msg {
                         Backend::PortalSuspended => Finish::Suspended,
                         _ => Finish::Ok,
@@ -379,6 +398,7 @@ impl Queue {
             }
             Backend::ErrorResponse(r) => {
                 if let Some(mut e) = self.entries.pop_front() {
+                    self.unreported |= e.executes;
                     let code = replaced_by
                         .map(str::to_string)
                         .or_else(|| Some(r.code_str().to_string()));
@@ -617,16 +637,50 @@ mod tests {
     fn settings_are_known_until_something_runs_in_the_same_stretch() {
         let mut q = Queue::default();
         let mut out = Vec::new();
-        assert_eq!(settled(q.entries()), Settled::Now);
+        assert_eq!(settled(q.entries(), q.unreported()), Settled::Now);
         q.sent(entry(1, Sent::Parse, None), t(), &mut out);
-        assert_eq!(settled(q.entries()), Settled::Now);
+        assert_eq!(settled(q.entries(), q.unreported()), Settled::Now);
         let mut b = entry(2, Sent::Bind, None);
         b.executes = true;
         q.sent(b, t(), &mut out);
-        assert_eq!(settled(q.entries()), Settled::Unknowable);
+        assert_eq!(settled(q.entries(), q.unreported()), Settled::Unknowable);
         q.sent(entry(3, Sent::Sync, None), t(), &mut out);
-        assert_eq!(settled(q.entries()), Settled::After(3));
+        assert_eq!(settled(q.entries(), q.unreported()), Settled::After(3));
         q.sent(entry(4, Sent::Describe, None), t(), &mut out);
-        assert_eq!(settled(q.entries()), Settled::After(3));
+        assert_eq!(settled(q.entries(), q.unreported()), Settled::After(3));
+    }
+
+    #[test]
+    fn settings_stay_unknown_after_a_statement_ran_until_the_server_reports_them() {
+        // Parse, Bind, Execute, Flush: all answered, no ReadyForQuery yet.
+        let (mut q, mut r, mut out) = (Queue::default(), Registry::default(), Vec::new());
+        q.sent(entry(1, Sent::Parse, None), t(), &mut out);
+        let mut b = entry(2, Sent::Bind, None);
+        b.executes = true;
+        q.sent(b, t(), &mut out);
+        let mut e = entry(3, Sent::Execute, None);
+        e.executes = true;
+        q.sent(e, t(), &mut out);
+        feed(
+            &mut q,
+            &mut r,
+            &[
+                Backend::ParseComplete,
+                Backend::BindComplete,
+                Backend::CommandComplete(b"SET"),
+            ],
+            &mut out,
+        );
+        assert!(q.is_empty());
+        assert_eq!(settled(q.entries(), q.unreported()), Settled::Unknowable);
+        q.sent(entry(4, Sent::Sync, None), t(), &mut out);
+        assert_eq!(settled(q.entries(), q.unreported()), Settled::After(4));
+        feed(
+            &mut q,
+            &mut r,
+            &[Backend::ReadyForQuery(TransactionStatus::Idle)],
+            &mut out,
+        );
+        assert_eq!(settled(q.entries(), q.unreported()), Settled::Now);
     }
 }
