@@ -184,48 +184,6 @@ pub fn data_row(body: &[u8], layout: &Layout, key: &[u8]) -> Option<BytesMut> {
     Some(out)
 }
 
-/// An ErrorResponse or NoticeResponse (`tag`) keeping only severity and SQLSTATE, with pgid's
-/// message in place of the server's texts.
-pub fn withheld(tag: u8, body: &[u8]) -> BytesMut {
-    let mut severity = "ERROR".to_string();
-    let mut code = "XX000".to_string();
-    let mut pos = 0;
-    while pos < body.len() && body[pos] != 0 {
-        let field = body[pos];
-        let end = body[pos + 1..]
-            .iter()
-            .position(|b| *b == 0)
-            .map_or(body.len(), |e| pos + 1 + e);
-        let value = String::from_utf8_lossy(&body[pos + 1..end]).into_owned();
-        match field {
-            b'S' => severity = value,
-            b'C' => code = value,
-            _ => {}
-        }
-        pos = end + 1;
-    }
-    let mut out = BytesMut::new();
-    out.put_u8(tag);
-    out.put_i32(0);
-    for (f, v) in [
-        (b'S', severity.as_str()),
-        (b'V', severity.as_str()),
-        (b'C', code.as_str()),
-        (
-            b'M',
-            "pgid: message withheld: the statement uses masked columns",
-        ),
-    ] {
-        out.put_u8(f);
-        out.put_slice(v.as_bytes());
-        out.put_u8(0);
-    }
-    out.put_u8(0);
-    let len = (out.len() - 1) as i32;
-    out[1..5].copy_from_slice(&len.to_be_bytes());
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,29 +283,5 @@ mod tests {
         let mut bad = row(&[Some(b"12")]);
         bad.pop();
         assert!(data_row(&bad, &l, b"k").is_none());
-    }
-
-    #[test]
-    fn errors_keep_only_severity_and_code() {
-        let mut body = Vec::new();
-        for (f, v) in [
-            (b'S', "ERROR"),
-            (b'C', "22P02"),
-            (
-                b'M',
-                "invalid input syntax for type integer: \"123-45-6789\"",
-            ),
-            (b'D', "secret detail"),
-        ] {
-            body.push(f);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        let out = withheld(b'E', &body);
-        let text = String::from_utf8_lossy(&out);
-        assert!(!text.contains("123-45-6789") && !text.contains("secret"));
-        assert!(text.contains("22P02") && text.contains("pgid: message withheld"));
-        assert!(out.windows(7).any(|w| w == b"C22P02\0"));
     }
 }

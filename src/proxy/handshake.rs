@@ -361,10 +361,10 @@ async fn scram_auth(
     client.write_all(&out).await.map_err(WireError::from)?;
     client.flush().await.map_err(WireError::from)?;
     let m = frames.read(client).await?;
-    if m.tag != b'p' {
+    let Some(body) = frontend::password_message(m.tag, &m.body) else {
         return Err(refuse(client, "08P01", "pgid: expected a SASL response").await);
-    }
-    let (mechanism, data) = frontend::parse_sasl_initial(&m.body)?;
+    };
+    let (mechanism, data) = frontend::parse_sasl_initial(body)?;
     let binding = match (mechanism.as_str(), end_point) {
         (scram::MECHANISM, None) => scram::Binding::None,
         (scram::MECHANISM, Some(data)) => scram::Binding::Offered { data, plus: false },
@@ -391,10 +391,10 @@ async fn scram_auth(
     client.write_all(&out).await.map_err(WireError::from)?;
     client.flush().await.map_err(WireError::from)?;
     let m = frames.read(client).await?;
-    if m.tag != b'p' {
+    let Some(body) = frontend::password_message(m.tag, &m.body) else {
         return Err(refuse(client, "08P01", "pgid: expected a SASL response").await);
-    }
-    match exchange.finish(&m.body) {
+    };
+    match exchange.finish(body) {
         Ok(server_final) => {
             let mut out = BytesMut::new();
             backend::authentication(&mut out, backend::AUTH_SASL_FINAL, server_final.as_bytes());
@@ -420,10 +420,10 @@ async fn token_auth(
     client.write_all(&out).await.map_err(WireError::from)?;
     client.flush().await.map_err(WireError::from)?;
     let m = frames.read(client).await?;
-    if m.tag != b'p' {
+    let Some(body) = frontend::password_message(m.tag, &m.body) else {
         return Err(refuse(client, "08P01", "pgid: expected a password message").await);
-    }
-    let token = frontend::parse_password(&m.body)?;
+    };
+    let token = frontend::parse_password(body)?;
     if token.split('.').count() != 3 {
         return Ok(Err((
             "28P01",

@@ -11,7 +11,8 @@ use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use super::upstream::{PoolKey, Upstream};
-use super::wire::{backend, frontend};
+use super::wire::backend::{Backend, TransactionStatus};
+use super::wire::frontend;
 
 const MAX_IDLE_PER_KEY: usize = 64;
 const RESET_TIMEOUT: Duration = Duration::from_secs(5);
@@ -108,14 +109,14 @@ async fn reset(up: &mut Upstream) -> Result<(), ()> {
     up.stream.write_all(&out).await.map_err(|_| ())?;
     loop {
         let m = up.frames.read(&mut up.stream).await.map_err(|_| ())?;
-        match m.tag {
-            b'S' => {
-                let (k, v) = backend::parse_parameter_status(&m.body).map_err(|_| ())?;
-                up.set_param(k, v);
-            }
-            b'E' => return Err(()),
-            b'Z' => {
-                return if m.body.first() == Some(&b'I') && up.frames.buf.is_empty() {
+        match Backend::decode(m.tag, &m.body).map_err(|_| ())? {
+            Backend::ParameterStatus { name, value } => up.set_param(
+                String::from_utf8_lossy(name).into_owned(),
+                String::from_utf8_lossy(value).into_owned(),
+            ),
+            Backend::ErrorResponse(_) => return Err(()),
+            Backend::ReadyForQuery(status) => {
+                return if status == TransactionStatus::Idle && up.frames.buf.is_empty() {
                     Ok(())
                 } else {
                     Err(())

@@ -11,8 +11,9 @@ use uuid::Uuid;
 
 use super::scram::{self, ClientExchange};
 use super::stream::ServerStream;
+use super::wire::backend::{self, Backend};
 use super::wire::framing::{Frames, MAX_AUTH_MESSAGE_BYTES, MAX_MESSAGE_BYTES};
-use super::wire::{backend, frontend, WireError};
+use super::wire::{frontend, WireError};
 use crate::config::UpstreamTls;
 use crate::database::{Database, Upstream as UpstreamAddr};
 use crate::secret::Secret;
@@ -154,9 +155,8 @@ pub async fn connect(l: Login<'_>) -> Result<Upstream, UpstreamError> {
     loop {
         let m = frames.read(&mut up.stream).await?;
         let mut out = BytesMut::new();
-        match m.tag {
-            b'R' => {
-                let (code, rest) = backend::parse_authentication(&m.body)?;
+        match Backend::decode(m.tag, &m.body)? {
+            Backend::Authentication { code, data: rest } => {
                 match code {
                     backend::AUTH_OK => {}
                     // A password in the clear only ever goes over TLS: on a plain connection a
@@ -225,19 +225,22 @@ pub async fn connect(l: Login<'_>) -> Result<Upstream, UpstreamError> {
                     }
                 }
             }
-            b'S' => {
-                let (k, v) = backend::parse_parameter_status(&m.body)?;
-                up.set_param(k, v);
-            }
-            b'K' => (up.pid, up.secret) = backend::parse_backend_key_data(&m.body)?,
-            b'N' => {}
-            b'E' => {
+            Backend::ParameterStatus { name, value } => up.set_param(
+                String::from_utf8_lossy(name).into_owned(),
+                String::from_utf8_lossy(value).into_owned(),
+            ),
+            Backend::BackendKeyData { pid, secret } => (up.pid, up.secret) = (pid, secret),
+            Backend::NoticeResponse(_) => {}
+            Backend::ErrorResponse(r) => {
                 return Err(UpstreamError::Server {
-                    code: backend::error_field(&m.body, b'C').unwrap_or_else(|| "08000".into()),
-                    message: backend::error_field(&m.body, b'M').unwrap_or_default(),
+                    code: match r.code_str() {
+                        "" => "08000".into(),
+                        c => c.to_string(),
+                    },
+                    message: String::from_utf8_lossy(r.message).into_owned(),
                 })
             }
-            b'Z' => {
+            Backend::ReadyForQuery(_) => {
                 up.frames.buf = frames.buf;
                 return Ok(up);
             }

@@ -18,7 +18,7 @@ use crate::guard::{self, Verdict};
 use crate::mask::{self, MaskPlan};
 use crate::policy::{Approval, StatementClass};
 use crate::proxy::wire::framing::Frame;
-use crate::proxy::wire::frontend::{self, Frontend};
+use crate::proxy::wire::frontend::{self, Frontend, Kind};
 use crate::proxy::wire::sqlstate;
 use crate::sql::{Analysis, Dialect, Outcome, Statement};
 
@@ -555,7 +555,7 @@ impl<'s> Batch<'s> {
 
     pub(super) async fn message(&mut self, i: usize, frame: &Frame) -> Result<Step, Stop> {
         let bytes = match frame {
-            Frame::Oversized { tag, len } => return Ok(self.oversized(*tag, *len)),
+            Frame::Oversized { kind, len } => return Ok(self.oversized(*kind, *len)),
             Frame::Whole(b) => b,
         };
         let m =
@@ -604,21 +604,14 @@ impl<'s> Batch<'s> {
     }
 
     /// A message over its type's size limit: refused unread.
-    pub(super) fn oversized(&mut self, tag: u8, len: usize) -> Step {
-        let what = match tag {
-            b'Q' => "Query",
-            b'P' => "Parse",
-            b'B' => "Bind",
-            b'F' => "FunctionCall",
-            b'd' => "CopyData",
-            _ => "message",
+    pub(super) fn oversized(&mut self, kind: Kind, len: usize) -> Step {
+        let limit = match kind {
+            Kind::Query | Kind::Parse => "max_statement_bytes",
+            Kind::Bind | Kind::FunctionCall => "max_bind_bytes",
+            Kind::CopyData => "max_copy_data_bytes",
+            Kind::Other => "the message size limit",
         };
-        let limit = match tag {
-            b'Q' | b'P' => "max_statement_bytes",
-            b'B' | b'F' => "max_bind_bytes",
-            b'd' => "max_copy_data_bytes",
-            _ => "the message size limit",
-        };
+        let what = kind.name();
         let r = Refusal {
             verdict: Verdict::Deny {
                 rule: "max_message_bytes",
@@ -627,17 +620,21 @@ impl<'s> Batch<'s> {
             code: sqlstate::PROGRAM_LIMIT_EXCEEDED,
         };
         let shown = format!("<{what} message of {len} bytes, not read>");
-        if matches!(tag, b'Q' | b'P' | b'B' | b'F') {
-            self.decision(Protocol::Simple, &shown, None, None, &[], &[], &r.verdict);
-        }
-        match tag {
-            b'Q' | b'F' => self.refuse_query(&r),
-            b'd' => {
+        match kind {
+            Kind::Query | Kind::FunctionCall => {
+                self.decision(Protocol::Simple, &shown, None, None, &[], &[], &r.verdict);
+                self.refuse_query(&r)
+            }
+            Kind::CopyData => {
                 let mut fail = BytesMut::new();
                 frontend::copy_fail(&mut fail, &r.verdict.message().unwrap_or_default());
                 Step::Replace(fail, None)
             }
-            _ => self.refuse_extended(&r, None),
+            Kind::Parse | Kind::Bind => {
+                self.decision(Protocol::Extended, &shown, None, None, &[], &[], &r.verdict);
+                self.refuse_extended(&r, None)
+            }
+            Kind::Other => self.refuse_extended(&r, None),
         }
     }
 

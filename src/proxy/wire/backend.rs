@@ -312,11 +312,6 @@ pub fn parse_parameter_status(body: &[u8]) -> Result<(String, String), WireError
     Ok((k, v))
 }
 
-pub fn parse_backend_key_data(body: &[u8]) -> Result<(i32, i32), WireError> {
-    let mut pos = 0;
-    Ok((int32(body, &mut pos)?, int32(body, &mut pos)?))
-}
-
 /// SASL mechanism names from an AuthenticationSASL body (after the code).
 pub fn sasl_mechanisms(rest: &[u8]) -> Vec<String> {
     let mut out = Vec::new();

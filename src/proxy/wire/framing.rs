@@ -8,6 +8,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::frontend::Kind;
 use super::{cstr, int32, WireError};
 
 /// Postgres's own limit for the startup packet.
@@ -203,14 +204,21 @@ pub enum Frame {
     /// The whole message, tag and length included.
     Whole(Bytes),
     /// A message over its type's limit: pgid drops its `len` bytes as they arrive.
-    Oversized { tag: u8, len: usize },
+    Oversized { kind: Kind, len: usize },
 }
 
 impl Frame {
     pub fn tag(&self) -> u8 {
         match self {
             Frame::Whole(b) => b[0],
-            Frame::Oversized { tag, .. } => *tag,
+            Frame::Oversized { kind, .. } => match kind {
+                Kind::Query => b'Q',
+                Kind::Parse => b'P',
+                Kind::Bind => b'B',
+                Kind::FunctionCall => b'F',
+                Kind::CopyData => b'd',
+                Kind::Other => 0,
+            },
         }
     }
 }
@@ -322,7 +330,10 @@ impl ClientFrames {
             }
             let total = len as usize + 1;
             if total > self.limits.of(tag) {
-                oversized = Some(Frame::Oversized { tag, len: total });
+                oversized = Some(Frame::Oversized {
+                    kind: Kind::of(tag),
+                    len: total,
+                });
                 continue;
             }
             if self.buf.len() < end + total {
@@ -420,7 +431,7 @@ mod tests {
         assert_eq!(
             f.batch().unwrap().frames,
             vec![Frame::Oversized {
-                tag: b'Q',
+                kind: Kind::Query,
                 len: 10_000_005
             }]
         );

@@ -33,6 +33,42 @@ impl Target {
     }
 }
 
+/// A client message's type, known from its header alone (for one pgid will not read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Query,
+    Parse,
+    Bind,
+    FunctionCall,
+    CopyData,
+    /// Any other (Describe, Execute, Close, Sync, Flush, CopyDone, CopyFail, Terminate …).
+    Other,
+}
+
+impl Kind {
+    pub fn of(tag: u8) -> Kind {
+        match tag {
+            b'Q' => Kind::Query,
+            b'P' => Kind::Parse,
+            b'B' => Kind::Bind,
+            b'F' => Kind::FunctionCall,
+            b'd' => Kind::CopyData,
+            _ => Kind::Other,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Query => "Query",
+            Kind::Parse => "Parse",
+            Kind::Bind => "Bind",
+            Kind::FunctionCall => "FunctionCall",
+            Kind::CopyData => "CopyData",
+            Kind::Other => "message",
+        }
+    }
+}
+
 /// A Bind message: parameter values as sent, in their formats.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bind<'a> {
@@ -333,6 +369,12 @@ pub fn terminate(out: &mut BytesMut) {
 /// Ends a COPY FROM STDIN with an error the server reports.
 pub fn copy_fail(out: &mut BytesMut, reason: &str) {
     message(out, b'f', |b| put_cstr(b, reason));
+}
+
+/// The body of a PasswordMessage / SASLInitialResponse / SASLResponse (all `p`), if that is
+/// what the message is.
+pub fn password_message(tag: u8, body: &[u8]) -> Option<&[u8]> {
+    (tag == b'p').then_some(body)
 }
 
 /// SASLInitialResponse body → (mechanism, data).
