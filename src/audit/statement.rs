@@ -205,23 +205,9 @@ mod tests {
 
     fn lease() -> LeaseRow {
         LeaseRow {
-            id: Uuid::nil(),
             role_name: "pgid_l_x".into(),
-            policy: "p".into(),
-            database: "app".into(),
-            issuer: "https://i".into(),
             subject: "agent \"7\"".into(),
-            state: crate::store::LeaseState::Active,
-            final_state: None,
-            client_verifier: String::new(),
-            connection_limit: 1,
-            created_at: Utc::now(),
-            expires_at: Utc::now(),
-            max_expires_at: Utc::now(),
-            ended_at: None,
-            end_reason: None,
-            attempts: 0,
-            last_error: None,
+            ..crate::store::test_lease()
         }
     }
 

@@ -71,6 +71,31 @@ pub struct LeaseRow {
     pub last_error: Option<String>,
 }
 
+/// A lease row for tests of modules that only read it.
+#[cfg(test)]
+pub fn test_lease() -> LeaseRow {
+    let now = chrono::Utc::now();
+    LeaseRow {
+        id: Uuid::nil(),
+        role_name: "pgid_t_x".into(),
+        policy: "p".into(),
+        database: "app".into(),
+        issuer: "https://i".into(),
+        subject: "agent".into(),
+        state: LeaseState::Active,
+        final_state: None,
+        client_verifier: String::new(),
+        connection_limit: 1,
+        created_at: now,
+        expires_at: now,
+        max_expires_at: now,
+        ended_at: None,
+        end_reason: None,
+        attempts: 0,
+        last_error: None,
+    }
+}
+
 const COLUMNS: &str = "id, role_name, policy, database, issuer, subject, state, final_state, client_verifier, \
      connection_limit, created_at, expires_at, max_expires_at, ended_at, end_reason, attempts, last_error";
 

@@ -10,6 +10,8 @@ pub use approvals::{
     ApprovalRow, ApprovalWaits, Approvals, Decided, NewApproval, APPROVAL_EVENTS_CHANNEL,
 };
 pub use instance::{InstanceLock, INSTANCE_LOCK_SPACE, LEASE_EVENTS_CHANNEL};
+#[cfg(test)]
+pub use leases::test_lease;
 pub use leases::{LeaseRow, LeaseState, NewLease, Store};
 pub use migrate::{migrate, MIGRATIONS};
 

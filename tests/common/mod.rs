@@ -502,55 +502,8 @@ pub fn free_port() -> u16 {
 /// Logs in with SCRAM by hand (the raw protocol, for tests that send their own messages),
 /// leaving the socket after ReadyForQuery.
 pub async fn raw_login(port: u16, user: &str, password: &str) -> tokio::net::TcpStream {
-    use pgid::proxy::scram::{salted_password, ClientExchange};
-    use pgid::proxy::wire::framing::{Frames, MAX_MESSAGE_BYTES};
-    use pgid::proxy::wire::{backend, frontend};
-    use tokio::io::AsyncWriteExt;
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let mut out = bytes::BytesMut::new();
-    frontend::startup(
-        &mut out,
-        &[
-            ("user".into(), user.into()),
-            ("database".into(), "app".into()),
-        ],
-    );
-    s.write_all(&out).await.unwrap();
-    let mut frames = Frames::new(MAX_MESSAGE_BYTES);
-    let ex = ClientExchange::new("hostile-test-nonce", None);
-    let mut expected = [0u8; 32];
-    loop {
-        let m = frames.read(&mut s).await.unwrap();
-        let mut out = bytes::BytesMut::new();
-        match m.tag {
-            b'R' => {
-                let (code, rest) = backend::parse_authentication(&m.body).unwrap();
-                match code {
-                    10 => frontend::sasl_initial_response(
-                        &mut out,
-                        "SCRAM-SHA-256",
-                        ex.client_first().as_bytes(),
-                    ),
-                    11 => {
-                        let (salt, i) = ex.server_params(rest).unwrap();
-                        let (msg, sig) = ex
-                            .client_final(rest, &salted_password(password.as_bytes(), &salt, i))
-                            .unwrap();
-                        expected = sig;
-                        frontend::sasl_response(&mut out, msg.as_bytes());
-                    }
-                    12 => ClientExchange::check_server_final(rest, &expected).unwrap(),
-                    _ => {}
-                }
-            }
-            b'Z' => return s,
-            b'E' => panic!("login failed: {:?}", backend::error_fields(&m.body)),
-            _ => {}
-        }
-        if !out.is_empty() {
-            s.write_all(&out).await.unwrap();
-        }
+    match wire::RawClient::login(port, user, password, &[]).await {
+        Ok(c) => c.stream,
+        Err(e) => panic!("login failed: {e:?}"),
     }
 }

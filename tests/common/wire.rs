@@ -112,47 +112,55 @@ impl RawClient {
 
     /// Reads messages until `n` ReadyForQuery have arrived (panics after 15 s).
     pub async fn until_ready(&mut self, n: usize) -> Vec<Message> {
-        let mut out = Vec::new();
         let mut seen = 0;
-        tokio::time::timeout(Duration::from_secs(15), async {
-            while seen < n {
-                let m = self
-                    .frames
-                    .read(&mut self.stream)
-                    .await
-                    .expect("a server message");
-                if m.tag == b'Z' {
-                    seen += 1;
-                }
-                out.push(Message {
-                    tag: m.tag,
-                    body: m.body.to_vec(),
-                });
-            }
+        self.read_until(&format!("{n} ReadyForQuery"), |m| {
+            seen += usize::from(m.tag == b'Z');
+            seen == n
         })
         .await
-        .unwrap_or_else(|_| panic!("no {n} ReadyForQuery within 15 s; got {out:?}"));
-        out
     }
 
     /// Reads exactly `n` messages (for pipelines without a Sync; panics after 15 s).
     pub async fn until_complete(&mut self, n: usize) -> Vec<Message> {
+        let mut seen = 0;
+        self.read_until(&format!("{n} messages"), |_| {
+            seen += 1;
+            seen == n
+        })
+        .await
+    }
+
+    /// Reads messages up to and including the one `last` says is the last.
+    async fn read_until(
+        &mut self,
+        what: &str,
+        mut last: impl FnMut(&Message) -> bool,
+    ) -> Vec<Message> {
         let mut out = Vec::new();
-        tokio::time::timeout(Duration::from_secs(15), async {
-            while out.len() < n {
+        let read = async {
+            loop {
                 let m = self
                     .frames
                     .read(&mut self.stream)
                     .await
                     .expect("a server message");
-                out.push(Message {
+                let m = Message {
                     tag: m.tag,
                     body: m.body.to_vec(),
-                });
+                };
+                let done = last(&m);
+                out.push(m);
+                if done {
+                    break;
+                }
             }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no {n} messages within 15 s; got {out:?}"));
+        };
+        if tokio::time::timeout(Duration::from_secs(15), read)
+            .await
+            .is_err()
+        {
+            panic!("no {what} within 15 s; got {out:?}");
+        }
         out
     }
 

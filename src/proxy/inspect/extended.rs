@@ -32,13 +32,9 @@ impl Batch<'_> {
         let (text, dialect) = match self.read(raw, true)? {
             Ok(t) => t,
             Err(r) => {
-                self.decision(
+                self.denial(
                     Protocol::Extended,
                     &String::from_utf8_lossy(raw),
-                    None,
-                    None,
-                    &[],
-                    &[],
                     &r.verdict,
                 );
                 return Ok(self.refuse_extended(&r, Some(raw_name)));
@@ -225,15 +221,8 @@ impl Batch<'_> {
                 "prepared",
                 format!("portal \"{}\" was not bound through pgid", name.display()),
             );
-            self.decision(
-                Protocol::Extended,
-                &format!("<Execute of portal \"{}\">", name.display()),
-                None,
-                None,
-                &[],
-                &[],
-                &r.verdict,
-            );
+            let shown = format!("<Execute of portal \"{}\">", name.display());
+            self.denial(Protocol::Extended, &shown, &r.verdict);
             return Ok(self.refuse_extended(&r, None));
         };
         let def = portal.statement.clone();

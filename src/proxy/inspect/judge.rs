@@ -546,6 +546,11 @@ impl<'s> Batch<'s> {
         self.counters.seq
     }
 
+    /// The record of a message refused before pgid knew what it would run.
+    pub(super) fn denial(&mut self, protocol: Protocol, shown: &str, verdict: &Verdict) {
+        self.decision(protocol, shown, None, None, &[], &[], verdict);
+    }
+
     pub(super) fn audited(&self, seq: u64) -> Option<Audited> {
         Some(Audited {
             seq,
@@ -588,15 +593,7 @@ impl<'s> Batch<'s> {
             Frontend::FunctionCall => {
                 // It names a function by OID, which no policy can be checked against.
                 let r = deny("deny", "the FunctionCall protocol message is not allowed");
-                self.decision(
-                    Protocol::Extended,
-                    "<FunctionCall>",
-                    None,
-                    None,
-                    &[],
-                    &[],
-                    &r.verdict,
-                );
+                self.denial(Protocol::Extended, "<FunctionCall>", &r.verdict);
                 Ok(self.refuse_query(&r))
             }
             Frontend::Terminate => Ok(Step::Terminate),
@@ -622,7 +619,7 @@ impl<'s> Batch<'s> {
         let shown = format!("<{what} message of {len} bytes, not read>");
         match kind {
             Kind::Query | Kind::FunctionCall => {
-                self.decision(Protocol::Simple, &shown, None, None, &[], &[], &r.verdict);
+                self.denial(Protocol::Simple, &shown, &r.verdict);
                 self.refuse_query(&r)
             }
             Kind::CopyData => {
@@ -631,7 +628,7 @@ impl<'s> Batch<'s> {
                 Step::Replace(fail, None)
             }
             Kind::Parse | Kind::Bind => {
-                self.decision(Protocol::Extended, &shown, None, None, &[], &[], &r.verdict);
+                self.denial(Protocol::Extended, &shown, &r.verdict);
                 self.refuse_extended(&r, None)
             }
             Kind::Other => self.refuse_extended(&r, None),

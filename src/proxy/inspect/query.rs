@@ -20,15 +20,7 @@ impl Batch<'_> {
         let (text, dialect) = match self.read(raw, true)? {
             Ok(t) => t,
             Err(r) => {
-                self.decision(
-                    Protocol::Simple,
-                    &String::from_utf8_lossy(raw),
-                    None,
-                    None,
-                    &[],
-                    &[],
-                    &r.verdict,
-                );
+                self.denial(Protocol::Simple, &String::from_utf8_lossy(raw), &r.verdict);
                 return Ok(self.refuse_query(&r));
             }
         };

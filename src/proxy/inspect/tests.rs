@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 
 use bytes::{Bytes, BytesMut};
-use chrono::Utc;
 use uuid::Uuid;
 
 use super::{Inspector, Judged, Rules};
@@ -15,29 +14,6 @@ use crate::proxy::wire::backend::{Backend, Report, TransactionStatus};
 use crate::proxy::wire::framing::Frame;
 use crate::proxy::wire::frontend;
 use crate::sql::Analyzer;
-use crate::store::LeaseRow;
-
-fn lease() -> LeaseRow {
-    LeaseRow {
-        id: Uuid::nil(),
-        role_name: "pgid_t_x".into(),
-        policy: "p".into(),
-        database: "app".into(),
-        issuer: "https://i".into(),
-        subject: "agent".into(),
-        state: crate::store::LeaseState::Active,
-        final_state: None,
-        client_verifier: String::new(),
-        connection_limit: 1,
-        created_at: Utc::now(),
-        expires_at: Utc::now(),
-        max_expires_at: Utc::now(),
-        ended_at: None,
-        end_reason: None,
-        attempts: 0,
-        last_error: None,
-    }
-}
 
 fn inspector() -> Inspector {
     let rules = Rules {
@@ -54,7 +30,7 @@ fn inspector() -> Inspector {
     Inspector::new(
         rules,
         Analyzer::start(1).unwrap(),
-        SessionRecords::new(&lease(), Uuid::nil(), "127.0.0.1:1"),
+        SessionRecords::new(&crate::store::test_lease(), Uuid::nil(), "127.0.0.1:1"),
         &params,
         "pgid_t_x",
     )

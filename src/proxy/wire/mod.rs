@@ -24,19 +24,15 @@ pub enum WireError {
     Version(u16, u16),
 }
 
-/// Reads a NUL-terminated string at `pos`, advancing it.
+/// Reads a NUL-terminated UTF-8 string at `pos`, advancing it (startup and authentication
+/// messages; statement text is read as bytes, in the session's encoding).
 pub fn cstr<'a>(body: &'a [u8], pos: &mut usize) -> Result<&'a str, WireError> {
-    let rest = body
-        .get(*pos..)
-        .ok_or(WireError::Invalid("string past end"))?;
-    let end = rest
-        .iter()
-        .position(|b| *b == 0)
-        .ok_or(WireError::Invalid("unterminated string"))?;
-    let s =
-        std::str::from_utf8(&rest[..end]).map_err(|_| WireError::Invalid("string is not UTF-8"))?;
-    *pos += end + 1;
-    Ok(s)
+    let start = *pos;
+    let b = cstr_bytes(body, pos)?;
+    std::str::from_utf8(b).map_err(|_| {
+        *pos = start;
+        WireError::Invalid("string is not UTF-8")
+    })
 }
 
 /// Reads a NUL-terminated string at `pos` as bytes (in whatever encoding the peer uses).
