@@ -581,3 +581,123 @@ async fn merge_then_delete_is_not_a_delete_to_guardrails_or_approvals() {
         "an order deleted without review: {reviewed:?}"
     );
 }
+
+/// The resident memory of this process (pgid runs in it), in bytes.
+fn resident() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+// Class: memory bounds; refusal stand-ins while the server skips to Sync. Each refused message
+// keeps its client-facing error in `Refusals::waiting` until its stand-in's error arrives or an
+// empty queue meets a ReadyForQuery. While the server skips to a Sync that never comes, no
+// stand-in is answered and no ReadyForQuery arrives: every refused message adds an entry,
+// forever. A Bind with a portal name that is not UTF-8 is refused without even a decision
+// record: 14 bytes from the client, some 200 bytes kept by pgid.
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_pile_up_while_the_server_skips_to_a_sync_that_never_comes() {
+    let h = Harness::start(&[WRITER]).await;
+    let mut c = Conn::open(&h, "agent:writer", &[]).await;
+    let mut out = BytesMut::new();
+    frontend::bind_values(&mut out, b"no_such_statement", &[]);
+    flush(&mut out);
+    c.send(&out).await;
+    c.until(b'E').await;
+    let mut bad = BytesMut::new();
+    bind(&mut bad, b"\xff", b"");
+    let per_chunk = 20_000;
+    let chunks = 15;
+    let chunk: Vec<u8> = bad.repeat(per_chunk);
+    let before = resident();
+    for _ in 0..chunks {
+        c.send(&chunk).await;
+    }
+    // Let pgid read and judge all of it (nothing is answered: the server is skipping).
+    let mut last = resident();
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = resident();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let grown = last.saturating_sub(before);
+    let sent = (chunk.len() * chunks) as u64;
+    assert!(
+        grown < 4 * sent,
+        "pgid kept {} MB for {} MB of refused messages awaiting a Sync",
+        grown >> 20,
+        sent >> 20
+    );
+}
+
+/// The request id in a retry-mode refusal.
+fn request_id(message: &str) -> String {
+    message
+        .split_whitespace()
+        .skip_while(|w| *w != "request")
+        .nth(1)
+        .unwrap()
+        .to_string()
+}
+
+// Class: approvals (retry mode) and pgid's own use of the session's connection. The planner
+// estimate runs `EXPLAIN (FORMAT JSON) …` on the session's idle connection as a Parse of the
+// unnamed statement, which replaces the client's unnamed statement at the server; pgid's
+// registry still holds the client's. Once approved, the client's `Bind ""` of its unnamed
+// statement binds pgid's EXPLAIN: the approval is used and the record says the DELETE ran —
+// what ran is an EXPLAIN, and the approved DELETE never does.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_estimate_replaces_the_clients_unnamed_statement_and_the_approval_runs_an_explain() {
+    let h = Harness::start(&[REVIEWED]).await;
+    let alice = h.issuer.mint(&{
+        let mut c = h.issuer.claims("alice");
+        c.insert("groups".into(), json!(["dba"]));
+        c
+    });
+    let mut c = Conn::open(&h, "agent:reviewed", &[]).await;
+    let delete = "DELETE FROM crm.orders WHERE id = 36";
+    let mut out = BytesMut::new();
+    frontend::parse(&mut out, b"", delete.as_bytes(), &[]);
+    frontend::sync(&mut out);
+    c.send(&out).await;
+    assert!(errors(&c.until_ready(1).await).is_empty());
+    let run = |out: &mut BytesMut| {
+        bind(out, b"", b"");
+        frontend::execute(out, b"", 0);
+        frontend::sync(out);
+    };
+    let mut out = BytesMut::new();
+    run(&mut out);
+    c.send(&out).await;
+    let errs = errors(&c.until_ready(1).await);
+    assert!(errs[0].1.starts_with("pgid: approval required"), "{errs:?}");
+    let id = request_id(&errs[0].1);
+    let (status, _) = h
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/approvals/{id}/approve"),
+            Some(&alice),
+            Some(json!({})),
+        )
+        .await;
+    assert!(status.is_success());
+    let mut out = BytesMut::new();
+    run(&mut out);
+    c.send(&out).await;
+    let answer = c.until_ready(1).await;
+    assert!(errors(&answer).is_empty(), "{answer:?}");
+    assert_eq!(
+        orders(&h, 36).await,
+        0,
+        "the approved DELETE did not run; the server ran: {:?}",
+        values(&answer)
+    );
+}
