@@ -39,8 +39,12 @@ async fn stream_message(c: &mut RawClient, tag: u8, len: usize, head: &[u8], tai
     c.send(tail).await;
 }
 
+/// The tests here measure this process's memory: one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_messages_are_refused_unread_and_memory_stays_bounded() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let h = Harness::start(&[AGENT]).await;
     let lease = h.lease("agent:app", json!({})).await;
     let (user, secret) = (
@@ -113,4 +117,51 @@ async fn oversized_messages_are_refused_unread_and_memory_stays_bounded() {
             "<Bind message of 68157445 bytes, not read>"
         ]
     );
+}
+
+/// Refused messages the server will skip (after an error, until a Sync that never comes) keep
+/// nothing: their refusals are dropped with them.
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_the_server_skips_are_not_kept() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let h = Harness::start(&[AGENT]).await;
+    let lease = h.lease("agent:app", json!({})).await;
+    let (user, secret) = (
+        lease["username"].as_str().unwrap(),
+        lease["password"].as_str().unwrap(),
+    );
+    let mut c = RawClient::login(h.proxy_port(), user, secret, &[])
+        .await
+        .unwrap();
+    // An error and no Sync: the server skips everything until one.
+    let mut out = BytesMut::new();
+    pgid::proxy::wire::frontend::bind_values(&mut out, b"no_such_statement", &[]);
+    pgid::proxy::wire::backend::raw(&mut out, b'H', b"");
+    c.send(&out).await;
+    assert_eq!(errors(&c.until_complete(1).await)[0].0, "26000");
+    // Binds whose portal name is not UTF-8 (refused by pgid, each with a stand-in), 300,000.
+    let mut bad = BytesMut::new();
+    pgid::proxy::wire::frontend::bind_portal(&mut bad, b"\xff", b"", &[]);
+    let chunk = bad.repeat(20_000);
+    let before = rss();
+    for _ in 0..15 {
+        c.send(&chunk).await;
+    }
+    // Everything read and judged: a Sync after it is answered.
+    let mut sync = BytesMut::new();
+    pgid::proxy::wire::frontend::sync(&mut sync);
+    c.send(&sync).await;
+    c.until_ready(1).await;
+    let grown = rss().saturating_sub(before);
+    let sent = (chunk.len() * 15) as u64;
+    println!(
+        "RSS grew by {} KiB for {} KiB of skipped refusals",
+        grown >> 10,
+        sent >> 10
+    );
+    assert!(
+        grown < sent,
+        "pgid kept {grown} bytes for {sent} bytes of skipped refusals"
+    );
+    assert_eq!(values(&c.query("SELECT 1").await), ["1"]);
 }

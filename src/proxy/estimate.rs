@@ -16,8 +16,11 @@ use super::inspect::registry::ExactParameters;
 use super::stream::ClientStream;
 use super::upstream::Upstream;
 use super::wire::backend::{self, Backend};
-use super::wire::frontend;
+use super::wire::frontend::{self, Target};
 use super::Proxy;
+
+/// The statement and portal name pgid's estimate uses on a session's connection.
+const OWN_NAME: &[u8] = b"pgid_estimate";
 
 /// Longest pgid waits for an estimate.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -55,9 +58,13 @@ pub async fn on_session(
     let mut out = BytesMut::new();
     let mut explain = b"EXPLAIN (FORMAT JSON) ".to_vec();
     explain.extend_from_slice(raw_sql);
-    frontend::parse(&mut out, b"", &explain, &params.types);
-    frontend::bind_values(&mut out, b"", &params.values);
-    frontend::execute(&mut out, b"", 0);
+    // Under names of pgid's own, closed before the Sync: the client's unnamed statement and
+    // portal stay as they were.
+    frontend::parse(&mut out, OWN_NAME, &explain, &params.types);
+    frontend::bind_portal(&mut out, OWN_NAME, OWN_NAME, &params.values);
+    frontend::execute(&mut out, OWN_NAME, 0);
+    frontend::close(&mut out, Target::Portal, OWN_NAME);
+    frontend::close(&mut out, Target::Statement, OWN_NAME);
     frontend::sync(&mut out);
     upstream
         .stream

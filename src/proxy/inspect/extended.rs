@@ -282,9 +282,7 @@ impl Batch<'_> {
         if !started {
             if let Some(st) = &st {
                 let mut statements = vec![st];
-                for (_, d) in &refs.executes {
-                    statements.extend(d.statement());
-                }
+                statements.extend(self.run_by(&refs));
                 if let Some(matched) = self.insp.approval_rule(&statements, prepared.clone()) {
                     let held = HoldOf {
                         message: i,
@@ -319,6 +317,7 @@ impl Batch<'_> {
             return Ok(self.refuse_extended(&verdict.into(), None));
         }
         self.started.insert(portal.id);
+        self.started.extend(refs.portals());
         let mut e = self.entry(Sent::Execute);
         e.executes = true;
         e.audited = self.audited(seq);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::context::{Lexing, Unread};
-use super::queue::{self, Audited, Entry, Lookup, Sent, Settled};
+use super::queue::{self, Audited, CopySync, Entry, Lookup, Sent, Settled};
 use super::registry::{Effect, ExactParameters, Matched, Name, Portal, Statement as Definition};
 use super::{refusal, Counters, Inspector};
 use crate::audit::statement::{self, Decision, DecisionKind, Protocol};
@@ -166,6 +166,25 @@ pub(super) struct References {
     pub(super) fetches: Vec<(String, Option<Arc<Portal>>)>,
 }
 
+impl References {
+    /// Every definition that runs: the statements EXECUTEd and those of the portals FETCHed
+    /// (a FETCH runs its portal's statement — a DECLAREd cursor's, or a protocol portal's).
+    pub(super) fn definitions(&self) -> impl Iterator<Item = &Arc<Definition>> {
+        self.executes.iter().map(|(_, d)| d).chain(
+            self.fetches
+                .iter()
+                .filter_map(|(_, p)| p.as_ref().map(|p| &p.statement)),
+        )
+    }
+
+    /// Portals FETCHed (they are started by it).
+    pub(super) fn portals(&self) -> impl Iterator<Item = u64> + '_ {
+        self.fetches
+            .iter()
+            .filter_map(|(_, p)| p.as_ref().map(|p| p.id))
+    }
+}
+
 /// A judgement in progress over one batch.
 pub(super) struct Batch<'s> {
     pub(super) insp: &'s Inspector,
@@ -318,6 +337,20 @@ impl Inspector {
             }
             let mut plan = mask::plan(st, &setup.columns);
             if let Some(r) = refs.get(i) {
+                // What a prepared statement or portal returns reaches the client only through a
+                // bare EXECUTE or FETCH; anything else (CREATE TABLE AS EXECUTE, EXPLAIN
+                // EXECUTE …) would move or show the values unmasked.
+                let bare = matches!(st.root.as_str(), "ExecuteStmt" | "FetchStmt");
+                let masked = r
+                    .definitions()
+                    .any(|d| !matches!(d.mask, MaskPlan::Untouched));
+                if masked && !bare {
+                    return Err(deny(
+                        "mask",
+                        "what it runs by name uses masked columns; such a statement must be a \
+                         plain EXECUTE or FETCH",
+                    ));
+                }
                 for (_, def) in &r.executes {
                     plan = mask::plan::merge(plan, def.mask.clone());
                 }
@@ -397,7 +430,9 @@ impl<'s> Batch<'s> {
 
     pub(super) fn entry(&mut self, sent: Sent) -> Entry {
         self.counters.entry += 1;
-        Entry::new(self.counters.entry, sent)
+        let mut e = Entry::new(self.counters.entry, sent);
+        e.copy = self.counters.copy;
+        e
     }
 
     pub(super) fn definition_id(&mut self) -> u64 {
@@ -586,8 +621,15 @@ impl<'s> Batch<'s> {
             Frontend::Describe { target, name } => self.describe(target, name),
             Frontend::Execute { portal, .. } => self.execute(i, bytes, portal),
             Frontend::Close { target, name } => self.close(target, name),
-            Frontend::Sync => Ok(Step::Keep(Some(self.entry(Sent::Sync)))),
-            Frontend::Flush | Frontend::CopyData | Frontend::CopyDone | Frontend::CopyFail => {
+            Frontend::Sync => self.sync(),
+            Frontend::Flush => Ok(Step::Keep(None)),
+            Frontend::CopyData => {
+                self.counters.copy.messages += 1;
+                Ok(Step::Keep(None))
+            }
+            Frontend::CopyDone | Frontend::CopyFail => {
+                self.counters.copy.messages += 1;
+                self.counters.copy.ends += 1;
                 Ok(Step::Keep(None))
             }
             Frontend::FunctionCall => {
@@ -598,6 +640,23 @@ impl<'s> Batch<'s> {
             }
             Frontend::Terminate => Ok(Step::Terminate),
         }
+    }
+
+    /// A Sync: answered with ReadyForQuery, unless the server is reading COPY data (it ignores
+    /// Syncs then).
+    fn sync(&mut self) -> Result<Step, Stop> {
+        if let Some(start) = self.insp.queue.copy_in() {
+            match CopySync::of(start, self.counters.copy) {
+                CopySync::Ignored => return Ok(Step::Keep(None)),
+                CopySync::Unknowable => {
+                    return Err(Stop::Protocol(
+                        "a Sync among COPY data, before its CopyDone or CopyFail".into(),
+                    ))
+                }
+                CopySync::Answered => {}
+            }
+        }
+        Ok(Step::Keep(Some(self.entry(Sent::Sync))))
     }
 
     /// A message over its type's size limit: refused unread.
@@ -658,11 +717,19 @@ impl<'s> Batch<'s> {
 
     /// What running these references means: refused if any is refused.
     pub(super) fn check_references(&self, r: &References) -> Result<(), Refusal> {
-        for (_, def) in &r.executes {
+        for def in r.definitions() {
             if def.verdict != Verdict::Allow {
                 return Err(def.verdict.clone().into());
             }
             let Some(inner) = def.statement() else {
+                if def
+                    .analysis
+                    .as_ref()
+                    .as_ref()
+                    .is_ok_and(|a| a.statements.is_empty())
+                {
+                    continue;
+                }
                 return Err(deny(
                     "prepared",
                     "the prepared statement could not be analysed",
@@ -678,6 +745,22 @@ impl<'s> Batch<'s> {
             }
         }
         Ok(())
+    }
+
+    /// What the references run, for approval rules: every statement EXECUTEd, and the
+    /// statement of every portal FETCHed that has not run yet (its first fetch runs it).
+    pub(super) fn run_by<'r>(&self, r: &'r References) -> Vec<&'r Statement> {
+        let mut out: Vec<&Statement> = r
+            .executes
+            .iter()
+            .filter_map(|(_, d)| d.statement())
+            .collect();
+        for p in r.fetches.iter().filter_map(|(_, p)| p.as_ref()) {
+            if !self.insp.registry.started(p.id) && !self.started.contains(&p.id) {
+                out.extend(p.statement.statement());
+            }
+        }
+        out
     }
 
     /// Gives a portal defined by an effect its own definition id.

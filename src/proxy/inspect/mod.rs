@@ -66,6 +66,8 @@ struct Counters {
     refusal: u64,
     /// Statement records of this session.
     seq: u64,
+    /// COPY messages the client has sent.
+    copy: queue::CopyPosition,
 }
 
 pub struct Inspector {
@@ -120,7 +122,7 @@ impl Inspector {
 
     /// Nothing in flight and no transaction open: the connection may be reused or lent.
     pub fn idle(&self) -> bool {
-        self.queue.is_empty() && self.status == TransactionStatus::Idle
+        self.queue.is_empty() && !self.queue.skipping() && self.status == TransactionStatus::Idle
     }
 
     /// Whether the entry with `id` (a judgement waits for it) has been answered.
@@ -145,6 +147,9 @@ impl Inspector {
         }
         for entry in judged.entries {
             self.queue.sent(entry, now, &mut self.done);
+        }
+        for n in self.queue.take_dropped() {
+            self.refusals.forget(n);
         }
     }
 
@@ -192,26 +197,37 @@ impl Inspector {
             .set_limits(rules.guardrails.max_rows, rules.guardrails.max_bytes);
         self.masker = rules.masks.clone().map(Masker::new);
         self.rules = rules;
-        let mut statements = Vec::new();
-        let mut renewed = std::collections::HashMap::new();
-        let old: Vec<_> = self
+        // Every definition that can still run: named statements, and the statements of
+        // portals (a cursor's, or one whose statement was closed since it was bound).
+        let mut renewed: std::collections::HashMap<u64, Arc<registry::Statement>> =
+            std::collections::HashMap::new();
+        let defined: Vec<_> = self
             .registry
             .statements()
-            .map(|(n, s)| (n.clone(), s.clone()))
+            .map(|(_, s)| s.clone())
+            .chain(self.registry.portals().map(|(_, p)| p.statement.clone()))
             .collect();
-        for (name, st) in old {
-            let new = Arc::new(self.rejudge(&st).await);
-            renewed.insert(st.id, new.clone());
-            statements.push((name, new));
-        }
-        let mut portals = Vec::new();
-        for (name, p) in self.registry.portals() {
-            if let Some(new) = renewed.get(&p.statement.id) {
-                let mut q = registry::Portal::clone_with(p, new.clone());
-                q.id = p.id;
-                portals.push((name.clone(), Arc::new(q)));
+        for st in defined {
+            if let std::collections::hash_map::Entry::Vacant(slot) = renewed.entry(st.id) {
+                slot.insert(Arc::new(self.rejudge(&st).await));
             }
         }
+        let statements = self
+            .registry
+            .statements()
+            .filter_map(|(n, s)| Some((n.clone(), renewed.get(&s.id)?.clone())))
+            .collect();
+        let portals = self
+            .registry
+            .portals()
+            .filter_map(|(n, p)| {
+                let new = renewed.get(&p.statement.id)?;
+                Some((
+                    n.clone(),
+                    Arc::new(registry::Portal::clone_with(p, new.clone())),
+                ))
+            })
+            .collect();
         self.registry.replace(statements, portals);
     }
 

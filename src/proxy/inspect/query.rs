@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::hold::HoldOf;
-use super::judge::{masked_columns, merged, Batch, Refusal, Step, Stop};
+use super::judge::{masked_columns, merged, Batch, References, Refusal, Step, Stop};
 use super::queue::{Effects, Note, Sent};
 use super::registry::{Effect, Matched, Name, Origin, Statement as Definition};
 use crate::audit::statement::Protocol;
@@ -38,6 +38,7 @@ impl Batch<'_> {
             per_statement,
             matched,
             prepared,
+            fetched,
         } = judged?;
         self.query_effects.clear();
         let mut verdict = verdict.map(|()| Verdict::Allow);
@@ -91,6 +92,7 @@ impl Batch<'_> {
         if let Some(r) = refusal {
             return Ok(self.refuse_query(&r));
         }
+        self.started.extend(fetched);
         let mut e = self.entry(Sent::Query);
         e.executes = true;
         e.audited = self.audited(seq);
@@ -141,6 +143,11 @@ impl Batch<'_> {
             for (name, def) in &r.executes {
                 prepared_texts.push((name.clone(), def.text.to_string()));
             }
+            for (name, p) in &r.fetches {
+                if let Some(p) = p.as_ref().filter(|p| !p.cursor) {
+                    prepared_texts.push((name.clone(), p.statement.text.to_string()));
+                }
+            }
             refs.push(r);
             let mut effects = Vec::new();
             if index == 0 {
@@ -178,15 +185,12 @@ impl Batch<'_> {
             self.query_effects.extend(effects.iter().cloned());
             per_statement[index].extend(effects);
         }
-        // Inner statements of EXECUTEs count for approvals as what they run.
+        // What EXECUTE and FETCH run counts for approvals as what it is.
         let mut statements = held.clone();
         for r in &refs {
-            for (_, def) in &r.executes {
-                if let Some(inner) = def.statement() {
-                    statements.push(inner);
-                }
-            }
+            statements.extend(self.run_by(r));
         }
+        let fetched: Vec<u64> = refs.iter().flat_map(References::portals).collect();
         let matched = self.insp.approval_rule(&statements, prepared_texts.clone());
         Ok(Judgement {
             verdict: Ok(()),
@@ -194,6 +198,7 @@ impl Batch<'_> {
             per_statement,
             matched,
             prepared: prepared_texts,
+            fetched,
         })
     }
 }
@@ -206,6 +211,8 @@ struct Judgement {
     matched: Option<Matched>,
     /// Names and texts of the prepared statements it executes (for its record).
     prepared: Vec<(String, String)>,
+    /// Portals its FETCHes run.
+    fetched: Vec<u64>,
 }
 
 fn refused(r: Refusal) -> Judgement {
@@ -215,5 +222,6 @@ fn refused(r: Refusal) -> Judgement {
         per_statement: Vec::new(),
         matched: None,
         prepared: Vec::new(),
+        fetched: Vec::new(),
     }
 }

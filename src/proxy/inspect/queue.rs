@@ -110,6 +110,9 @@ pub struct Entry {
     pub executes: bool,
     /// A stand-in for refused message number `n`: it fails at the server, effects none.
     pub refusal: Option<u64>,
+    /// COPY messages (CopyData, CopyDone, CopyFail) and COPY ends (CopyDone, CopyFail) the
+    /// client had sent before this message: where it stands relative to a COPY FROM STDIN.
+    pub copy: CopyPosition,
     completed: usize,
     data_rows: u64,
     completed_rows: Option<u64>,
@@ -126,6 +129,7 @@ impl Entry {
             note: None,
             executes: false,
             refusal: None,
+            copy: CopyPosition::default(),
             completed: 0,
             data_rows: 0,
             completed_rows: None,
@@ -160,6 +164,39 @@ pub enum Lookup<T> {
     Wait(u64),
 }
 
+/// How many COPY messages and COPY ends the client had sent at some point.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CopyPosition {
+    pub messages: u64,
+    pub ends: u64,
+}
+
+/// What the server does with a Sync a client sends after a COPY FROM STDIN began (the server
+/// ignores Sync and Flush while it reads COPY data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopySync {
+    /// Not during a COPY FROM STDIN: answered as usual.
+    Answered,
+    /// Sent before any COPY data: the server ignores it.
+    Ignored,
+    /// Sent among the COPY data: ignored unless the COPY failed before it arrived — which pgid
+    /// cannot know.
+    Unknowable,
+}
+
+impl CopySync {
+    /// A Sync at `at`, for a COPY FROM STDIN that began when the client stood at `start`.
+    pub fn of(start: CopyPosition, at: CopyPosition) -> CopySync {
+        if at.ends > start.ends {
+            CopySync::Answered
+        } else if at.messages == start.messages {
+            CopySync::Ignored
+        } else {
+            CopySync::Unknowable
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Queue {
     entries: VecDeque<Entry>,
@@ -168,6 +205,12 @@ pub struct Queue {
     /// A message that runs statements was answered since the last ReadyForQuery: settings it
     /// changed are not reported yet.
     unreported: bool,
+    /// The server reads COPY data for a COPY FROM STDIN that began with the client here.
+    copy_in: Option<CopyPosition>,
+    /// A Sync pgid cannot place (sent among COPY data): the session cannot go on.
+    lost: bool,
+    /// Stand-ins that will never be answered (skipped or not sent): their refusals go.
+    dropped: Vec<u64>,
 }
 
 fn done(e: Entry, result: Finish, now: Instant) -> Option<Done> {
@@ -270,6 +313,27 @@ impl Queue {
         self.unreported
     }
 
+    /// The server is skipping to a Sync pgid has not sent: it must not use the connection
+    /// itself (its own Sync would end the skip).
+    pub fn skipping(&self) -> bool {
+        self.skipping
+    }
+
+    /// Where the client stood when the COPY FROM STDIN the server reads now began.
+    pub fn copy_in(&self) -> Option<CopyPosition> {
+        self.copy_in
+    }
+
+    /// A Sync was sent where pgid cannot tell whether the server honours it.
+    pub fn lost(&self) -> bool {
+        self.lost
+    }
+
+    /// Refusal numbers of stand-ins that will not be answered, since last taken.
+    pub fn take_dropped(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.dropped)
+    }
+
     pub fn entries(&self) -> impl DoubleEndedIterator<Item = &Entry> {
         self.entries.iter()
     }
@@ -283,6 +347,7 @@ impl Queue {
     /// and are not passed here.
     pub fn sent(&mut self, entry: Entry, now: Instant, out: &mut Vec<Done>) {
         if self.skipping && !entry.sent.is_sync() {
+            self.dropped.extend(entry.refusal);
             out.extend(done(entry, Finish::NotRun, now));
             return;
         }
@@ -333,12 +398,19 @@ impl Queue {
             }
         }
         let query = head.sent == Sent::Query;
+        if matches!(msg, Backend::CommandComplete(_) | Backend::ErrorResponse(_)) {
+            // A COPY ends with its completion or an error.
+            self.copy_in = None;
+        }
         match msg {
             Backend::DataRow(_) => head.data_rows += 1,
             Backend::ReadyForQuery(status) => {
                 // Ends a Query, or the Sync of a pipeline (and whatever it still holds).
                 while let Some(e) = self.entries.pop_front() {
                     let last = matches!(e.sent, Sent::Query | Sent::Sync);
+                    if !last {
+                        self.dropped.extend(e.refusal);
+                    }
                     let result = if e.sent == Sent::Query {
                         Finish::Ok
                     } else {
@@ -353,6 +425,8 @@ impl Queue {
                     registry.transaction_ended();
                 }
                 self.unreported = false;
+                self.skipping = false;
+                self.copy_in = None;
             }
             Backend::CommandComplete(tag) if query => {
                 if let Effects::PerStatement(each) = &head.effects {
@@ -368,6 +442,27 @@ impl Queue {
             Backend::EmptyQueryResponse if query => head.completed += 1,
             Backend::ErrorResponse(r) if query && head.sqlstate.is_none() => {
                 head.sqlstate = Some(r.code_str().to_string());
+            }
+            Backend::CopyInResponse => {
+                // The server now ignores Sync (and Flush) until the COPY ends: Syncs the client
+                // sent after the COPY began are not answered, unless they follow its end.
+                let start = head.copy;
+                self.copy_in = Some(start);
+                let mut i = 1;
+                while i < self.entries.len() {
+                    let e = &self.entries[i];
+                    if e.sent.is_sync() {
+                        match CopySync::of(start, e.copy) {
+                            CopySync::Ignored => {
+                                self.entries.remove(i);
+                                continue;
+                            }
+                            CopySync::Unknowable => self.lost = true,
+                            CopySync::Answered => {}
+                        }
+                    }
+                    i += 1;
+                }
             }
             _ if query => {}
             Backend::ParseComplete
@@ -396,6 +491,9 @@ impl Queue {
             Backend::RowDescription(_) | Backend::NoData if head.sent == Sent::Describe => {
                 self.entries.pop_front();
             }
+            // An error answering a Sync is its own (the implicit transaction's commit failed):
+            // its ReadyForQuery follows; nothing is skipped.
+            Backend::ErrorResponse(_) if head.sent.is_sync() => {}
             Backend::ErrorResponse(r) => {
                 if let Some(mut e) = self.entries.pop_front() {
                     self.unreported |= e.executes;
@@ -418,6 +516,7 @@ impl Queue {
                 // The server now skips to Sync: nothing before it runs or takes effect.
                 while self.entries.front().is_some_and(|e| !e.sent.is_sync()) {
                     if let Some(e) = self.entries.pop_front() {
+                        self.dropped.extend(e.refusal);
                         out.extend(done(e, Finish::NotRun, now));
                     }
                 }

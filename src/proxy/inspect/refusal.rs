@@ -91,6 +91,11 @@ impl Refusals {
         is_ours.then_some(err)
     }
 
+    /// Stand-in `n` will not be answered (the server skips it): its refusal is not sent.
+    pub fn forget(&mut self, n: u64) {
+        self.waiting.remove(&n);
+    }
+
     /// Nothing is in flight: every stand-in was answered or skipped (after an earlier error).
     pub fn clear(&mut self) {
         self.waiting.clear();

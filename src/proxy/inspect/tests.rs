@@ -249,3 +249,26 @@ async fn a_query_redefining_a_name_is_waited_for() {
     assert_eq!(r[0]["statement"], "PREPARE p AS SELECT 1");
     assert_eq!(r[0]["decision"], "allow");
 }
+
+#[tokio::test]
+async fn a_sync_sent_while_the_server_reads_copy_data_is_not_answered() {
+    let mut i = inspector();
+    let f = frames(|b| {
+        frontend::query(b, b"COPY sink FROM STDIN");
+        frontend::sync(b);
+        crate::proxy::wire::backend::raw(b, b'd', b"row\n");
+        crate::proxy::wire::backend::raw(b, b'c', b"");
+    });
+    let j = judge(&i, &f).await;
+    assert_eq!(j.consumed, 4);
+    i.commit(j);
+    answer(
+        &mut i,
+        &[
+            Backend::CopyInResponse,
+            Backend::CommandComplete(b"COPY 1"),
+            READY,
+        ],
+    );
+    assert!(i.idle(), "the ignored Sync awaits nothing");
+}

@@ -320,7 +320,18 @@ pub fn parse(out: &mut BytesMut, name: &[u8], sql: &[u8], types: &[u32]) {
 
 /// A Bind of the unnamed portal: values with their own format codes, results in text.
 pub fn bind_values(out: &mut BytesMut, statement: &[u8], values: &[(bool, Option<Vec<u8>>)]) {
+    bind_portal(out, b"", statement, values);
+}
+
+/// A Bind of `portal` to `statement`: values with their own format codes, results in text.
+pub fn bind_portal(
+    out: &mut BytesMut,
+    portal: &[u8],
+    statement: &[u8],
+    values: &[(bool, Option<Vec<u8>>)],
+) {
     message(out, b'B', |b| {
+        b.put_slice(portal);
         b.put_u8(0);
         b.put_slice(statement);
         b.put_u8(0);
@@ -339,6 +350,14 @@ pub fn bind_values(out: &mut BytesMut, statement: &[u8], values: &[(bool, Option
             }
         }
         b.put_i16(0);
+    });
+}
+
+pub fn close(out: &mut BytesMut, target: Target, name: &[u8]) {
+    message(out, b'C', |b| {
+        b.put_u8(target.byte());
+        b.put_slice(name);
+        b.put_u8(0);
     });
 }
 
