@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use chrono::Utc;
 
 use super::inspect::Hold;
-use super::session::{lease_end, send, Flow};
+use super::stream::{send, Flow};
 use super::upstream::Upstream;
 use super::wire::backend::{self, Severity};
 use super::Proxy;
@@ -236,7 +236,7 @@ impl Approver<'_> {
         let woken = self.proxy.approval_waits.register(id);
         let decision = self.decision(id, &woken);
         tokio::pin!(decision);
-        let ended = lease_end(self.lease_watch.clone());
+        let ended = crate::roles::lease_ended(self.lease_watch.clone());
         tokio::pin!(ended);
         let verdict = loop {
             tokio::select! {

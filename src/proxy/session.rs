@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use chrono::Utc;
 use tokio::io::AsyncWriteExt;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
@@ -18,6 +17,7 @@ use super::cancel::CancelTarget;
 use super::handshake::Established;
 use super::inspect::{Fatal, Inspector, Judged, Rules};
 use super::limits::Action;
+use super::stream::{send, Flow};
 use super::upstream::Upstream;
 use super::wire::backend::{self, Backend, TransactionStatus};
 use super::wire::framing::{frame_at, Batch, ClientFrames, Frame, Limits, MAX_MESSAGE_BYTES};
@@ -26,7 +26,7 @@ use super::Proxy;
 use crate::audit::statement::SessionRecords;
 use crate::audit::{AuditLog, Event, Kind};
 use crate::guard::Verdict;
-use crate::roles::{EndReason, LeaseStatus};
+use crate::roles::EndReason;
 
 enum End {
     /// The client left (Terminate or closed socket).
@@ -35,31 +35,6 @@ enum End {
     Fatal(&'static str, String),
     /// The upstream closed or broke.
     UpstreamGone,
-}
-
-/// Resolves when the lease ends: revoked, or expired (renewals move the deadline).
-pub(super) async fn lease_end(mut watch: tokio::sync::watch::Receiver<LeaseStatus>) -> EndReason {
-    loop {
-        let status = *watch.borrow_and_update();
-        let deadline = match status {
-            LeaseStatus::Ended(reason) => return reason,
-            LeaseStatus::Active { expires_at } => {
-                let left = (expires_at - Utc::now()).to_std().unwrap_or_default();
-                if left.is_zero() {
-                    return EndReason::Expired;
-                }
-                Instant::now() + left
-            }
-        };
-        tokio::select! {
-            changed = watch.changed() => {
-                if changed.is_err() {
-                    return EndReason::Revoked;
-                }
-            }
-            _ = sleep_until(deadline) => {}
-        }
-    }
 }
 
 /// A relay that checks nothing (`[proxy] inspect = false`): it only knows when the connection is
@@ -180,7 +155,7 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
     let mut waiting: Option<u64> = None;
     // Created once: re-creating timers and waiters per message would cost on every round trip.
     let lease_watch = watch.clone();
-    let lease_end = lease_end(watch);
+    let lease_end = crate::roles::lease_ended(watch);
     tokio::pin!(lease_end);
     let shutting_down = shutdown.cancelled();
     tokio::pin!(shutting_down);
@@ -394,27 +369,6 @@ async fn reconfigure(
         .await;
     tracing::info!(lease = %lease.id, policy = %policy.name, "session follows the reloaded policy");
     Ok(())
-}
-
-pub(super) enum Flow {
-    Upstream,
-    Protocol(String),
-    /// The client went away (writing to it failed, or it closed while a statement waited).
-    ClientGone,
-    /// The session must end with this message.
-    Fatal(String),
-}
-
-/// Writes to the client and flushes.
-pub(super) async fn send(
-    client: &mut super::stream::ClientStream,
-    bytes: &[u8],
-) -> Result<(), Flow> {
-    client
-        .write_all(bytes)
-        .await
-        .map_err(|_| Flow::ClientGone)?;
-    client.flush().await.map_err(|_| Flow::ClientGone)
 }
 
 /// The part of a batch to judge and forward now, and what it needs.

@@ -5,7 +5,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 macro_rules! delegate_io {
@@ -71,4 +71,23 @@ impl ServerStream {
     pub fn is_tls(&self) -> bool {
         matches!(self, ServerStream::Tls(_))
     }
+}
+
+/// Why relaying a session's messages stopped.
+pub(super) enum Flow {
+    Upstream,
+    Protocol(String),
+    /// The client went away (writing to it failed, or it closed while a statement waited).
+    ClientGone,
+    /// The session must end with this message.
+    Fatal(String),
+}
+
+/// Writes to the client and flushes.
+pub(super) async fn send(client: &mut ClientStream, bytes: &[u8]) -> Result<(), Flow> {
+    client
+        .write_all(bytes)
+        .await
+        .map_err(|_| Flow::ClientGone)?;
+    client.flush().await.map_err(|_| Flow::ClientGone)
 }

@@ -21,7 +21,7 @@ pub use reconcile::{
     apply_policy, drop_group_role, ensure_marker_role, plan_policy, GroupPlan, GroupRemoval,
     ReconcileError,
 };
-pub use watch::{EndReason, LeaseStatus, LeaseWatch};
+pub use watch::{lease_ended, EndReason, LeaseStatus, LeaseWatch};
 
 /// The NOLOGIN role every lease role is a member of: how pgid recognises its own roles.
 pub const LEASE_MARKER_ROLE: &str = "pgid_lease";

@@ -115,6 +115,31 @@ impl LeaseWatch {
     }
 }
 
+/// Resolves when the lease ends: revoked, or expired (renewals move the deadline).
+pub async fn lease_ended(mut watch: watch::Receiver<LeaseStatus>) -> EndReason {
+    loop {
+        let status = *watch.borrow_and_update();
+        let deadline = match status {
+            LeaseStatus::Ended(reason) => return reason,
+            LeaseStatus::Active { expires_at } => {
+                let left = (expires_at - Utc::now()).to_std().unwrap_or_default();
+                if left.is_zero() {
+                    return EndReason::Expired;
+                }
+                tokio::time::Instant::now() + left
+            }
+        };
+        tokio::select! {
+            changed = watch.changed() => {
+                if changed.is_err() {
+                    return EndReason::Revoked;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

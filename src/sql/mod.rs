@@ -174,7 +174,7 @@ fn walk_all(
         let root = raw
             .get("stmt")
             .and_then(|s| s.get("node"))
-            .and_then(walk::node_of);
+            .and_then(node_of);
         // Where this statement stands in the string (a length of 0: up to the end).
         let at = |field: &str| {
             raw.get(field)
@@ -203,6 +203,15 @@ fn walk_all(
 /// that must not keep values). `None` when it does not parse.
 pub fn normalize(sql: &str) -> Option<String> {
     pg_query::normalize(sql).ok()
+}
+
+/// A node wrapper's content: `{"SelectStmt": {…}}` (one key, a type name). Some nodes also have
+/// a plain field called `node` (SortBy), which this tells apart.
+fn node_of(v: &Value) -> Option<(&str, &Value)> {
+    let map = v.as_object()?;
+    let (kind, body) = map.iter().next()?;
+    (map.len() == 1 && kind.starts_with(|c: char| c.is_ascii_uppercase()))
+        .then_some((kind.as_str(), body))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use pg_query::protobuf::{DiscardMode, VariableSetKind};
 use serde_json::Value;
 
-use super::walk::node_of;
+use super::node_of;
 use super::Statement;
 
 /// A cursor a DECLARE opens.

@@ -13,6 +13,8 @@ use std::ops::Range;
 
 use serde_json::Value;
 
+use super::node_of;
+
 use super::nodes::{self, Role};
 use super::tokens::{copy_end, CopyEnd};
 use super::{session, AnalyzeError, ColumnUse, Dialect, Position, Statement};
@@ -28,15 +30,6 @@ pub(super) struct Walker<'a> {
     /// Byte locations of the constants met, and of those whose value the walk read.
     pub constants: BTreeSet<usize>,
     pub reads: BTreeSet<usize>,
-}
-
-/// A node wrapper's content: `{"SelectStmt": {…}}` (one key, a type name). Some nodes also have
-/// a plain field called `node` (SortBy), which this tells apart.
-pub(super) fn node_of(v: &Value) -> Option<(&str, &Value)> {
-    let map = v.as_object()?;
-    let (kind, body) = map.iter().next()?;
-    (map.len() == 1 && kind.starts_with(|c: char| c.is_ascii_uppercase()))
-        .then_some((kind.as_str(), body))
 }
 
 /// `[{"node":{"String":{"sval":"a"}}}, …]` → ["a", …] if every element is a String node.

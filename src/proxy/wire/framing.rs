@@ -18,10 +18,7 @@ pub const MAX_AUTH_MESSAGE_BYTES: usize = 32 * 1024;
 /// The largest message either side may send once authenticated (Postgres's own cap is 1 GB).
 pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
 
-pub(super) const SSL_REQUEST: i32 = 80877103;
-const GSSENC_REQUEST: i32 = 80877104;
-pub(super) const CANCEL_REQUEST: i32 = 80877102;
-use super::frontend::PROTOCOL_3;
+use super::{CANCEL_REQUEST, GSSENC_REQUEST, PROTOCOL_3, SSL_REQUEST};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Startup {

@@ -4,10 +4,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::{cstr, cstr_bytes, int16, int32, message, put_cstr, WireError};
-
-/// Protocol 3.0, as the startup packet says it.
-pub const PROTOCOL_3: i32 = 196608;
+use super::{cstr, cstr_bytes, int16, int32, message, put_cstr, WireError, PROTOCOL_3};
 
 /// What a Describe or Close names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -269,14 +266,14 @@ pub fn startup(out: &mut BytesMut, params: &[(String, String)]) {
 pub fn ssl_request() -> [u8; 8] {
     let mut b = [0u8; 8];
     b[..4].copy_from_slice(&8i32.to_be_bytes());
-    b[4..].copy_from_slice(&super::framing::SSL_REQUEST.to_be_bytes());
+    b[4..].copy_from_slice(&super::SSL_REQUEST.to_be_bytes());
     b
 }
 
 pub fn cancel_request(pid: i32, secret: i32) -> [u8; 16] {
     let mut b = [0u8; 16];
     b[..4].copy_from_slice(&16i32.to_be_bytes());
-    b[4..8].copy_from_slice(&super::framing::CANCEL_REQUEST.to_be_bytes());
+    b[4..8].copy_from_slice(&super::CANCEL_REQUEST.to_be_bytes());
     b[8..12].copy_from_slice(&pid.to_be_bytes());
     b[12..].copy_from_slice(&secret.to_be_bytes());
     b

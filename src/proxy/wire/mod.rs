@@ -10,6 +10,13 @@ pub mod framing;
 pub mod frontend;
 pub mod sqlstate;
 
+/// Protocol 3.0, as the startup packet says it.
+pub const PROTOCOL_3: i32 = 196608;
+/// The codes of the untagged first messages that are not a startup packet.
+pub const SSL_REQUEST: i32 = 80877103;
+pub const GSSENC_REQUEST: i32 = 80877104;
+pub const CANCEL_REQUEST: i32 = 80877102;
+
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
     #[error("connection closed")]
