@@ -188,6 +188,11 @@ impl TempPostgres {
         self.dir.path().join("data")
     }
 
+    /// The server's own log (its stderr and stdout).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("postgres.log")
+    }
+
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SIGINT = fast shutdown: disconnect clients, checkpoint, exit.

@@ -118,12 +118,43 @@ impl Harness {
     }
 
     pub async fn start_with(policies: &[&str], extra_config: &str) -> Harness {
+        Harness::start_with_postgres(&[], "", policies, extra_config).await
+    }
+
+    /// [`Harness::start_with`] on a server started with extra `settings`, where `setup` runs in
+    /// the database as its owner (pgid's admin role, which must be able to grant on what it
+    /// creates) after the demo schema and before pgid starts (tables that policies grant on must
+    /// exist then).
+    pub async fn start_with_postgres(
+        settings: &[(&str, &str)],
+        setup: &str,
+        policies: &[&str],
+        extra_config: &str,
+    ) -> Harness {
         init_logging();
-        let pg = tokio::task::spawn_blocking(TempPostgres::start)
-            .await
-            .unwrap()
-            .expect("start postgres");
+        let settings: Vec<(String, String)> = settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let pg = tokio::task::spawn_blocking(move || {
+            let settings: Vec<(&str, &str)> = settings
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            TempPostgres::start_with(&settings)
+        })
+        .await
+        .unwrap()
+        .expect("start postgres");
         let admin_url = demo::provision(&pg, "app").await.expect("provision");
+        if !setup.is_empty() {
+            connect(&admin_url)
+                .await
+                .expect("admin")
+                .batch_execute(setup)
+                .await
+                .expect("setup");
+        }
         let clients = vec![DevClient {
             id: "nightly".into(),
             secret: "nightly-secret".into(),
