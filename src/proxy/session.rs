@@ -460,13 +460,22 @@ async fn client_to_server(f: Forward<'_, '_>, judge: &mut Judge) -> Result<Progr
     let protocol_error = judged.protocol_error.take();
     let bytes = forwarded(&judged, f.batch, f.from);
     inspector.commit(judged);
+    // Messages the server skips (after an error, until a Sync) are done as soon as they go.
+    for record in inspector.outcomes() {
+        f.audit.submit(record);
+    }
     if !bytes.is_empty() {
         write_upstream(f.upstream, &bytes).await?;
     }
     if let Some(m) = protocol_error {
         return Err(Flow::Protocol(m));
     }
-    Ok(progress)
+    // What the rest waits for may be answered already: skipped by the server, nothing comes.
+    let wait_for = progress.wait_for.filter(|id| !inspector.answered(*id));
+    Ok(Progress {
+        wait_for,
+        ..progress
+    })
 }
 
 /// What a judged batch sends upstream.

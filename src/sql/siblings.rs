@@ -236,7 +236,7 @@ fn alternatives(kind: Token) -> &'static [&'static str] {
 /// The tokens of `sql` the generator varies (byte range, kind): literals, U& identifiers,
 /// STDIN/STDOUT.
 fn literals(sql: &str) -> Vec<(usize, usize, Token)> {
-    pg_query::scan_tokens(sql)
+    super::tokens::scan(sql)
         .map(|tokens| {
             tokens
                 .iter()

@@ -23,7 +23,7 @@ pub(crate) struct Lexeme {
 /// standard_conforming_strings on. `None` when the text does not scan cleanly: a scan error (an
 /// unterminated string or comment), or text after the last token that is not white space.
 pub(crate) fn lex(sql: &str) -> Option<Vec<Lexeme>> {
-    let scanned = pg_query::scan_tokens(sql).ok()?;
+    let scanned = scan(sql)?;
     let mut out = Vec::with_capacity(scanned.len());
     let mut scanned_to = 0usize;
     for t in &scanned {
@@ -42,6 +42,19 @@ pub(crate) fn lex(sql: &str) -> Option<Vec<Lexeme>> {
         });
     }
     sql[scanned_to..].trim().is_empty().then_some(out)
+}
+
+/// The scanner's tokens. Text that is only white space has none, and is never handed to
+/// `pg_query::scan_tokens`: for no tokens it builds a slice from a null pointer (undefined
+/// behaviour; an abort in a debug build).
+pub(crate) fn scan(sql: &str) -> Option<Vec<pg_query::protobuf::ScanToken>> {
+    if sql
+        .bytes()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c))
+    {
+        return Some(Vec::new());
+    }
+    pg_query::scan_tokens(sql).ok()
 }
 
 /// The placeholder a literal's value gives way to in a shape. U&'' strings keep their text: the
@@ -279,6 +292,14 @@ pub(crate) fn quote_identifier(ident: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn white_space_alone_has_no_tokens() {
+        for sql in ["", " ", "\n\t ", "\u{b}\u{c}\r"] {
+            assert_eq!(lex(sql), Some(Vec::new()), "{sql:?}");
+        }
+        assert_eq!(lex(" ; ").map(|t| t.len()), Some(1));
+    }
 
     #[test]
     fn canonical_text_ignores_layout_and_keeps_literals() {

@@ -115,7 +115,10 @@ impl Batch<'_> {
                 .and_then(|d| d.parameter_types.clone())
                 .unwrap_or_default()
         };
-        let encoding = self.insp.context.current.encoding;
+        // Values are converted from the client encoding by the server (text format, and the
+        // binary input of text types): shown converted where pgid knows the encoding the server
+        // will read them in, else as the bytes sent.
+        let encoding = self.lexing().0.and_then(|l| l.encoding);
         let record = self.insp.rules.audit.parameters;
         let held = self.could_be_held(&def);
         let parameters = if record || held {
@@ -124,14 +127,12 @@ impl Batch<'_> {
                 .enumerate()
                 .map(|(i, v)| {
                     let binary = bind.binary(i);
-                    let text = match (v, binary, encoding) {
-                        (Some(v), false, Some(enc)) if !v.is_ascii() => {
-                            enc.decode(v).map(|t| t.into_owned().into_bytes()).ok()
-                        }
-                        _ => None,
-                    };
-                    let value = text.as_deref().or(*v);
-                    statement::parameter(value, binary, types.get(i).copied().unwrap_or(0))
+                    let oid = types.get(i).copied().unwrap_or(0);
+                    let v = (*v)?;
+                    match converted(v, binary, oid, encoding) {
+                        Some(value) => statement::parameter(Some(&value), binary, oid),
+                        None => Some(format!("\\x{}", hex::encode(v))),
+                    }
                 })
                 .collect()
         } else {
@@ -369,4 +370,28 @@ impl Batch<'_> {
                     .is_some_and(|id| id == portal.id || id == portal.statement.id)
         })
     }
+}
+
+/// Types whose binary input reads text in the client encoding (`pq_getmsgtext`): text, varchar,
+/// bpchar, name, json, unknown, xml, and jsonb after its version byte.
+const TEXT_RECEIVED: &[u32] = &[25, 1043, 1042, 19, 114, 705, 142, 3802];
+
+/// A Bind value as the server reads it (converted to UTF-8 where the server converts it);
+/// `None` when it would be converted and pgid does not know how.
+fn converted(
+    v: &[u8],
+    binary: bool,
+    oid: u32,
+    encoding: Option<crate::encoding::Encoding>,
+) -> Option<std::borrow::Cow<'_, [u8]>> {
+    if v.is_ascii() || (binary && !TEXT_RECEIVED.contains(&oid)) {
+        return Some(std::borrow::Cow::Borrowed(v));
+    }
+    let (head, body) = if binary && oid == 3802 && !v.is_empty() {
+        v.split_at(1)
+    } else {
+        (&v[..0], v)
+    };
+    let text = encoding?.decode(body).ok()?;
+    Some(std::borrow::Cow::Owned([head, text.as_bytes()].concat()))
 }
