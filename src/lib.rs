@@ -22,7 +22,7 @@
 //! Pure core, no I/O: [`policy`], [`units`], [`sql`] (the only user of pg_query), [`guard`],
 //! [`mask`], [`html`], [`encoding`] (client bytes read as the server reads them),
 //! [`roles::ddl`], [`audit::chain`], [`audit::statement`], [`proxy::wire`], [`proxy::scram`],
-//! [`proxy::outcome`].
+//! [`proxy::inspect`] (the session state machine: what the server has, what awaits an answer).
 //! Services: [`identity`] (JWKS fetching, verification), [`roles`] (leases, reconcile, reaper),
 //! [`store`] (the `pgid` schema), [`database`] (admin pools), [`audit`] (the hash-chained log),
 //! [`keys`], [`tls`], [`metrics`].

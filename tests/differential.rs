@@ -152,7 +152,8 @@ impl Bench {
             ],
             &SETUP.replace("CANARY_ROWS", &CANARY_ROWS.to_string()),
             &[POLICY],
-            "",
+            // The run reads the audit file by offset: one file, however long the run.
+            "[audit]\nrotate_size = \"0\"\n",
         )
         .await;
         let lease = h.lease("agent:differential", json!({})).await;
@@ -562,6 +563,14 @@ async fn differential(seeds: &[u64], per_seed: usize) {
     );
     if failures.is_empty() {
         return;
+    }
+    if let Ok(dir) = std::env::var("PGID_DIFF_KEEP") {
+        // The server's log and pgid's audit as they were, for a look after the run.
+        let _ = std::fs::copy(bench.h.pg.log_path(), format!("{dir}/postgres.log"));
+        let _ = std::fs::copy(
+            bench.h.state_dir().join("audit.jsonl"),
+            format!("{dir}/audit.jsonl"),
+        );
     }
     let report = report(&mut bench, &failures).await;
     panic!("{report}");

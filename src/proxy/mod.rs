@@ -3,8 +3,9 @@
 //! the session, ending it when the lease expires or is revoked.
 //!
 //! `wire` is the protocol without I/O; `scram` both SCRAM sides; `handshake` a client's way in;
-//! `upstream` pgid's login to Postgres; `pool` idle upstream reuse; `session` the relay;
-//! `cancel` CancelRequest forwarding; `stream` the socket types.
+//! `upstream` pgid's login to Postgres; `pool` idle upstream reuse; `session` the I/O loop;
+//! `inspect` the session state machine that judges what goes through it; `cancel` CancelRequest
+//! forwarding; `stream` the socket types.
 
 mod approver;
 pub mod cancel;

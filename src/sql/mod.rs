@@ -155,18 +155,34 @@ pub(crate) fn fresh(sql: &str, dialect: Dialect) -> Fresh {
     }
 }
 
+/// pg_query's parser under `dialect`. libpg_query keeps `standard_conforming_strings` in a
+/// thread-local that its scanner (`pg_query::scan_tokens`, which has no options) reads too: a
+/// parse with it off sets it for the call and restores it only when the parse succeeds. A parse
+/// that fails under `off` would leave every later scan on this thread lexing with backslash
+/// escapes — another session's shape keys and COPY targets read wrong. So a failure under `off`
+/// is followed at once by a parse that succeeds under the default, which restores it.
+fn parse(sql: &str, dialect: Dialect) -> pg_query::Result<pg_query::ParseResult> {
+    if !dialect.backslash_escapes {
+        return pg_query::parse(sql, pg_query::ParserOptions::DEFAULT);
+    }
+    let parsed = pg_query::parse(
+        sql,
+        pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS,
+    );
+    if parsed.is_err() {
+        let restored = pg_query::parse(";", pg_query::ParserOptions::DEFAULT);
+        debug_assert!(restored.is_ok(), "an empty statement parses");
+    }
+    parsed
+}
+
 fn walk_all(
     sql: &str,
     dialect: Dialect,
     unread: &mut BTreeSet<usize>,
     read: &mut BTreeSet<usize>,
 ) -> Result<Analysis, AnalyzeError> {
-    let options = if dialect.backslash_escapes {
-        pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS
-    } else {
-        pg_query::ParserOptions::DEFAULT
-    };
-    let parsed = pg_query::parse(sql, options).map_err(|e| AnalyzeError::Parse(e.to_string()))?;
+    let parsed = parse(sql, dialect).map_err(|e| AnalyzeError::Parse(e.to_string()))?;
     let tree = serde_json::to_value(&parsed.protobuf.stmts)
         .map_err(|e| AnalyzeError::Parse(e.to_string()))?;
     let mut out = Analysis::default();
@@ -424,6 +440,20 @@ mod tests {
                 Err(AnalyzeError::Parse(_))
             ));
         });
+    }
+
+    #[test]
+    fn a_failed_parse_with_backslash_escapes_leaves_the_scanner_as_it_was() {
+        let trick = r"SET standard_conforming_strings = off; SELECT 'a\'; DELETE FROM t; --'";
+        let before = shape(trick, Dialect::default());
+        let off = Dialect {
+            backslash_escapes: true,
+        };
+        assert!(analyze(r"SELECT 'unterminated\'", off, 1 << 20).is_err());
+        // The same thread now scans as before: the DELETE is still its own statement.
+        assert_eq!(shape(trick, Dialect::default()), before);
+        assert!(before.unwrap().contains("DELETE"));
+        assert!(depends_on_standard_conforming_strings(trick));
     }
 
     #[test]

@@ -108,9 +108,11 @@ pub fn is_empty_statement(text: &str) -> bool {
 }
 
 /// Two parameter values as the same value: equal text, or the same integer. The server logs
-/// what the type's output function prints (`01` is logged as `1`); pgid records a binary value
-/// whose type it does not know (the server inferred it) as `\x` hex, which is the same integer
-/// when it is 2, 4 or 8 bytes big-endian.
+/// what the type's output function prints (`01` is logged as `1`); pgid records a value it
+/// cannot show as the server reads it — binary of a type it does not know (the server inferred
+/// it), or text in a client encoding it cannot be sure of — as the bytes sent, `\x` hex: the same
+/// integer when 2, 4 or 8 bytes big-endian, or the same text read in UTF8 or LATIN1 (the only
+/// client encodings the generator uses).
 fn same_value(recorded: &Option<String>, logged: &Option<String>) -> bool {
     match (recorded, logged) {
         (None, None) => true,
@@ -120,6 +122,7 @@ fn same_value(recorded: &Option<String>, logged: &Option<String>) -> bool {
                 || (logged.is_some() && a.trim().parse::<i64>().ok() == logged)
                 || (logged.is_some() && hex_integer(a) == logged)
                 || hex_text(a).as_deref() == Some(b.as_str())
+                || hex_latin1(a).as_deref() == Some(b.as_str())
         }
         _ => false,
     }
@@ -128,6 +131,12 @@ fn same_value(recorded: &Option<String>, logged: &Option<String>) -> bool {
 /// `\x6869` → `hi` (a binary text value).
 fn hex_text(text: &str) -> Option<String> {
     String::from_utf8(hex::decode(text.strip_prefix("\\x")?).ok()?).ok()
+}
+
+/// `\xe9` → `é`: the bytes as LATIN1 text.
+fn hex_latin1(text: &str) -> Option<String> {
+    let bytes = hex::decode(text.strip_prefix("\\x")?).ok()?;
+    Some(bytes.iter().map(|b| *b as char).collect())
 }
 
 /// `\x0000002a` → 42 (a binary int2, int4 or int8).
@@ -508,6 +517,7 @@ mod tests {
         let same = |a: &str, b: &str| same_value(&Some(a.into()), &Some(b.into()));
         assert!(same("01", "1") && same(" +3", "3") && same("\\xffffffff", "-1"));
         assert!(same("\\x6869", "hi"));
+        assert!(same("\\xc3bc", "Ã¼"), "UTF-8 bytes read as LATIN1");
         assert!(!same("\\x00000004", "5") && !same("a", "b"));
         assert!(same_value(&None, &None) && !same_value(&None, &Some("NULL".into())));
     }

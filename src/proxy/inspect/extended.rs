@@ -319,6 +319,18 @@ impl Batch<'_> {
         }
         self.started.insert(portal.id);
         self.started.extend(refs.portals());
+        // pgid's own Describe first, when it would not otherwise learn a masked result's
+        // columns; its answer stays with pgid. (Entries are numbered in the order they go.)
+        let describe =
+            (matches!(plan, MaskPlan::Mask { .. }) && !self.described(&portal)).then(|| {
+                let mut d = self.entry(Sent::Describe);
+                d.note = Some(Arc::new(Note {
+                    describes: Some(portal.id),
+                    swallow: true,
+                    ..Note::default()
+                }));
+                d
+            });
         let mut e = self.entry(Sent::Execute);
         e.executes = true;
         e.audited = self.audited(seq);
@@ -327,28 +339,22 @@ impl Batch<'_> {
             let effects: Vec<Effect> = effects.into_iter().map(|e| self.numbered(e)).collect();
             e.effects = Effects::OnSuccess(effects);
         }
-        let masked_plan = matches!(plan, MaskPlan::Mask { .. });
         e.note = Some(Arc::new(Note {
             plans: vec![plan],
             portal: Some(portal.clone()),
             ..Note::default()
         }));
-        if masked_plan && !self.described(&portal) {
-            // pgid's own Describe first, so it learns the columns; its answer stays with pgid.
-            let mut d = self.entry(Sent::Describe);
-            d.note = Some(Arc::new(Note {
-                describes: Some(portal.id),
-                swallow: true,
-                ..Note::default()
-            }));
-            let mut both = BytesMut::new();
-            frontend::describe(&mut both, Target::Portal, raw_portal);
-            // The Execute as the client sent it (row limit included) follows pgid's Describe.
-            both.extend_from_slice(frame);
-            self.entries.push(d);
-            return Ok(Step::Replace(both, Some(e)));
+        match describe {
+            Some(d) => {
+                let mut both = BytesMut::new();
+                frontend::describe(&mut both, Target::Portal, raw_portal);
+                // The Execute as the client sent it (row limit included) follows.
+                both.extend_from_slice(frame);
+                self.entries.push(d);
+                Ok(Step::Replace(both, Some(e)))
+            }
+            None => Ok(Step::Keep(Some(e))),
         }
-        Ok(Step::Keep(Some(e)))
     }
 
     /// Whether pgid knows, or will know before its rows arrive, the columns of `portal`.

@@ -122,7 +122,10 @@ impl Inspector {
 
     /// Nothing in flight and no transaction open: the connection may be reused or lent.
     pub fn idle(&self) -> bool {
-        self.queue.is_empty() && !self.queue.skipping() && self.status == TransactionStatus::Idle
+        self.queue.is_empty()
+            && self.queue.at_rest()
+            && !self.queue.skipping()
+            && self.status == TransactionStatus::Idle
     }
 
     /// Whether the entry with `id` (a judgement waits for it) has been answered.

@@ -211,6 +211,9 @@ pub struct Queue {
     lost: bool,
     /// Stand-ins that will never be answered (skipped or not sent): their refusals go.
     dropped: Vec<u64>,
+    /// Something was sent since the last ReadyForQuery: the server is inside a pipeline (an
+    /// implicit transaction may be open), not at a point where pgid may use the connection.
+    open: bool,
 }
 
 fn done(e: Entry, result: Finish, now: Instant) -> Option<Done> {
@@ -319,6 +322,12 @@ impl Queue {
         self.skipping
     }
 
+    /// Whether the server is between pipelines (its last answer was a ReadyForQuery and nothing
+    /// was sent since).
+    pub fn at_rest(&self) -> bool {
+        !self.open
+    }
+
     /// Where the client stood when the COPY FROM STDIN the server reads now began.
     pub fn copy_in(&self) -> Option<CopyPosition> {
         self.copy_in
@@ -346,6 +355,7 @@ impl Queue {
     /// A message pgid forwarded upstream. Flush and COPY messages get no answer of their own
     /// and are not passed here.
     pub fn sent(&mut self, entry: Entry, now: Instant, out: &mut Vec<Done>) {
+        self.open = true;
         if self.skipping && !entry.sent.is_sync() {
             self.dropped.extend(entry.refusal);
             out.extend(done(entry, Finish::NotRun, now));
@@ -389,7 +399,20 @@ impl Queue {
         now: Instant,
         out: &mut Vec<Done>,
     ) {
+        if let Backend::ReadyForQuery(status) = msg {
+            // The server is at a sync point: it skips nothing, reads no COPY, has reported
+            // every setting; with no transaction open, portals are gone.
+            self.unreported = false;
+            self.skipping = false;
+            self.copy_in = None;
+            if *status == TransactionStatus::Idle {
+                registry.transaction_ended();
+            }
+        }
         let Some(head) = self.entries.front_mut() else {
+            if matches!(msg, Backend::ReadyForQuery(_)) {
+                self.open = false;
+            }
             return;
         };
         if let Some(code) = replaced_by {
@@ -404,7 +427,7 @@ impl Queue {
         }
         match msg {
             Backend::DataRow(_) => head.data_rows += 1,
-            Backend::ReadyForQuery(status) => {
+            Backend::ReadyForQuery(_) => {
                 // Ends a Query, or the Sync of a pipeline (and whatever it still holds).
                 while let Some(e) = self.entries.pop_front() {
                     let last = matches!(e.sent, Sent::Query | Sent::Sync);
@@ -421,12 +444,8 @@ impl Queue {
                         break;
                     }
                 }
-                if *status == TransactionStatus::Idle {
-                    registry.transaction_ended();
-                }
-                self.unreported = false;
-                self.skipping = false;
-                self.copy_in = None;
+                // Messages sent after the one this answers are still on their way.
+                self.open = !self.entries.is_empty();
             }
             Backend::CommandComplete(tag) if query => {
                 if let Effects::PerStatement(each) = &head.effects {
