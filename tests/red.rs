@@ -6,69 +6,12 @@
 
 mod common;
 
-use std::time::Duration;
-
 use bytes::{BufMut, BytesMut};
-use common::wire::{errors, values, Message, RawClient};
-use common::Harness;
+use common::wire::{errors, values, Message};
+use common::{Harness, EMAIL_MASKED as MASKED, REVIEWED, WRITER};
 use pgid::proxy::wire::backend;
-use pgid::proxy::wire::framing::{Frames, MAX_MESSAGE_BYTES};
 use pgid::proxy::wire::frontend::{self, Target};
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-
-/// Writes to the CRM's tickets and notes; UPDATE and DELETE need a WHERE.
-const WRITER: &str = r#"
-name = "writer"
-database = "app"
-ttl = "15m"
-max_connections = 10
-[identity]
-subject = "agent:writer"
-[[grant]]
-privileges = ["SELECT", "INSERT", "UPDATE", "DELETE"]
-on = ["crm.tickets", "crm.notes"]
-[guardrails]
-require_where = ["UPDATE", "DELETE"]
-"#;
-
-/// Deleting orders needs a reviewer (retry mode: refused at once, a request is made).
-const REVIEWED: &str = r#"
-name = "reviewed"
-database = "app"
-ttl = "15m"
-max_connections = 10
-[identity]
-subject = "agent:reviewed"
-[[grant]]
-privileges = ["SELECT", "DELETE"]
-on = ["crm.orders"]
-[[approval]]
-statements = ["DELETE"]
-tables = ["crm.orders"]
-approvers = { claims = { groups = "dba" } }
-mode = "retry"
-timeout = "1m"
-window = "1m"
-"#;
-
-/// Reads customers with their e-mail addresses masked; the default guardrails (temporary
-/// tables may be created, as by any role with the database's default TEMP privilege).
-const MASKED: &str = r#"
-name = "masked"
-database = "app"
-ttl = "15m"
-max_connections = 10
-[identity]
-subject = "agent:masked"
-[[grant]]
-privileges = ["SELECT"]
-on = ["crm.customers"]
-[[mask]]
-columns = ["crm.customers.email"]
-method = "redact"
-"#;
 
 /// Reads customers, nothing masked yet (a reload adds the mask).
 const READER: &str = r#"
@@ -82,79 +25,6 @@ subject = "agent:reader"
 privileges = ["SELECT"]
 on = ["crm.customers"]
 "#;
-
-/// A raw-protocol connection through pgid that can read up to any message, not only to a
-/// ReadyForQuery (pipelines with Flush and no Sync need that).
-struct Conn {
-    stream: TcpStream,
-    frames: Frames,
-}
-
-impl Conn {
-    async fn open(h: &Harness, subject: &str, extra: &[(&str, &str)]) -> Conn {
-        let lease = h.lease(subject, json!({})).await;
-        let c = RawClient::login(
-            h.proxy_port(),
-            lease["username"].as_str().unwrap(),
-            lease["password"].as_str().unwrap(),
-            extra,
-        )
-        .await
-        .unwrap();
-        Conn {
-            stream: c.stream,
-            frames: Frames::new(MAX_MESSAGE_BYTES),
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.unwrap();
-    }
-
-    /// Reads messages up to and including the first one with tag `tag` (panics after 15 s).
-    async fn until(&mut self, tag: u8) -> Vec<Message> {
-        self.until_n(tag, 1).await
-    }
-
-    async fn until_n(&mut self, tag: u8, n: usize) -> Vec<Message> {
-        let mut out = Vec::new();
-        let mut seen = 0;
-        let read = async {
-            while seen < n {
-                let m = self
-                    .frames
-                    .read(&mut self.stream)
-                    .await
-                    .expect("a server message");
-                if m.tag == tag {
-                    seen += 1;
-                }
-                out.push(Message {
-                    tag: m.tag,
-                    body: m.body.to_vec(),
-                });
-            }
-        };
-        if tokio::time::timeout(Duration::from_secs(15), read)
-            .await
-            .is_err()
-        {
-            panic!("no {n} {:?} within 15 s; got {out:?}", char::from(tag));
-        }
-        out
-    }
-
-    async fn until_ready(&mut self, n: usize) -> Vec<Message> {
-        self.until_n(b'Z', n).await
-    }
-
-    async fn query(&mut self, sql: &str) -> Vec<Message> {
-        let mut q = BytesMut::new();
-        frontend::query(&mut q, sql.as_bytes());
-        self.send(&q).await;
-        self.until_ready(1).await
-    }
-}
 
 fn query(out: &mut BytesMut, sql: &str) {
     frontend::query(out, sql.as_bytes());
@@ -256,12 +126,13 @@ async fn an_answered_set_before_any_sync_is_the_context_of_the_next_query() {
     let tickets = "SELECT count(*) FROM crm.tickets";
     let before = count(&h, tickets).await;
     assert!(before > 0);
-    let mut c = Conn::open(
-        &h,
-        "agent:writer",
-        &[("options", "-c standard_conforming_strings=off")],
-    )
-    .await;
+    let mut c = h
+        .raw_client(
+            "agent:writer",
+            &[("options", "-c standard_conforming_strings=off")],
+        )
+        .await
+        .unwrap();
     // Under standard_conforming_strings = off one string literal; under on, a DELETE without
     // WHERE that the policy refuses.
     let smuggled = r"SELECT 'a\'; DELETE FROM crm.tickets; --'";
@@ -292,7 +163,7 @@ async fn an_answered_set_before_any_sync_is_the_context_of_the_next_query() {
 async fn a_sync_sent_during_copy_in_shifts_masking_onto_the_wrong_statement() {
     let h = Harness::start(&[MASKED]).await;
     let secrets = emails(&h).await;
-    let mut c = Conn::open(&h, "agent:masked", &[]).await;
+    let mut c = h.raw_client("agent:masked", &[]).await.unwrap();
     let tainted = "SELECT upper(email) FROM crm.customers";
     // The control: masked as a whole (a tainted output).
     let answer = c.query(tainted).await;
@@ -321,7 +192,7 @@ async fn a_sync_sent_during_copy_in_shifts_masking_onto_the_wrong_statement() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_estimate_ending_the_servers_skip_leaves_pgid_skipping_and_a_delete_runs_unreviewed() {
     let h = Harness::start(&[REVIEWED]).await;
-    let mut c = Conn::open(&h, "agent:reviewed", &[]).await;
+    let mut c = h.raw_client("agent:reviewed", &[]).await.unwrap();
     let delete = "DELETE FROM crm.orders WHERE id = 32";
     assert_eq!(orders(&h, 32).await, 1);
     // An error, no Sync: the server skips.
@@ -386,7 +257,7 @@ async fn an_estimate_ending_the_servers_skip_leaves_pgid_skipping_and_a_delete_r
 async fn a_commit_failing_at_sync_leaves_pgid_skipping_and_masked_rows_pass_in_clear() {
     let h = Harness::start(&[MASKED]).await;
     let secrets = emails(&h).await;
-    let mut c = Conn::open(&h, "agent:masked", &[]).await;
+    let mut c = h.raw_client("agent:masked", &[]).await.unwrap();
     let answer = c
         .query("CREATE TEMP TABLE u (x int UNIQUE DEFERRABLE INITIALLY DEFERRED)")
         .await;
@@ -435,7 +306,7 @@ async fn a_commit_failing_at_sync_leaves_pgid_skipping_and_masked_rows_pass_in_c
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sql_fetch_of_a_protocol_portal_runs_its_delete_without_approval() {
     let h = Harness::start(&[REVIEWED]).await;
-    let mut c = Conn::open(&h, "agent:reviewed", &[]).await;
+    let mut c = h.raw_client("agent:reviewed", &[]).await.unwrap();
     assert_eq!(orders(&h, 33).await, 1);
     assert!(errors(&c.query("BEGIN").await).is_empty());
     let mut out = BytesMut::new();
@@ -466,7 +337,7 @@ async fn a_sql_fetch_of_a_protocol_portal_runs_its_delete_without_approval() {
 #[ignore = "issue 12 (relations resolved through the catalog)"]
 async fn a_temporary_view_deletes_from_a_reviewed_table_without_approval() {
     let h = Harness::start(&[REVIEWED]).await;
-    let mut c = Conn::open(&h, "agent:reviewed", &[]).await;
+    let mut c = h.raw_client("agent:reviewed", &[]).await.unwrap();
     assert_eq!(orders(&h, 34).await, 1);
     let answer = c
         .query("CREATE TEMP VIEW o AS SELECT * FROM crm.orders")
@@ -488,7 +359,7 @@ async fn a_temporary_view_deletes_from_a_reviewed_table_without_approval() {
 async fn a_cursor_declared_before_a_reload_escapes_the_mask_it_adds() {
     let h = Harness::start(&[READER]).await;
     let secrets = emails(&h).await;
-    let mut c = Conn::open(&h, "agent:reader", &[]).await;
+    let mut c = h.raw_client("agent:reader", &[]).await.unwrap();
     assert!(errors(&c.query("BEGIN").await).is_empty());
     let answer = c
         .query("DECLARE c CURSOR FOR SELECT email FROM crm.customers")
@@ -525,7 +396,7 @@ async fn a_cursor_declared_before_a_reload_escapes_the_mask_it_adds() {
 async fn create_table_as_execute_copies_masked_values_into_a_table_read_in_clear() {
     let h = Harness::start(&[MASKED]).await;
     let secrets = emails(&h).await;
-    let mut c = Conn::open(&h, "agent:masked", &[]).await;
+    let mut c = h.raw_client("agent:masked", &[]).await.unwrap();
     // Prepared through the protocol (a SQL PREPARE of it is refused as not a plain SELECT).
     let mut out = BytesMut::new();
     frontend::parse(&mut out, b"m", b"SELECT email FROM crm.customers", &[]);
@@ -567,7 +438,7 @@ async fn merge_then_delete_is_not_a_delete_to_guardrails_or_approvals() {
     let h = Harness::start(&[NO_DELETE, REVIEWED]).await;
     let tickets = "SELECT count(*) FROM crm.tickets";
     let before = count(&h, tickets).await;
-    let mut c = Conn::open(&h, "agent:no-delete", &[]).await;
+    let mut c = h.raw_client("agent:no-delete", &[]).await.unwrap();
     // The control: a DELETE is refused.
     let errs = errors(&c.query("DELETE FROM crm.tickets WHERE id = 1").await);
     assert!(errs[0].1.starts_with("pgid: deny:"), "{errs:?}");
@@ -575,7 +446,7 @@ async fn merge_then_delete_is_not_a_delete_to_guardrails_or_approvals() {
         .query("MERGE INTO crm.tickets t USING (SELECT 1) s ON true WHEN MATCHED THEN DELETE")
         .await;
     let after = count(&h, tickets).await;
-    let mut r = Conn::open(&h, "agent:reviewed", &[]).await;
+    let mut r = h.raw_client("agent:reviewed", &[]).await.unwrap();
     let reviewed = r
         .query(
             "MERGE INTO crm.orders o USING (SELECT 35 AS id) s ON o.id = s.id \
@@ -614,7 +485,7 @@ async fn the_estimate_replaces_the_clients_unnamed_statement_and_the_approval_ru
         c.insert("groups".into(), json!(["dba"]));
         c
     });
-    let mut c = Conn::open(&h, "agent:reviewed", &[]).await;
+    let mut c = h.raw_client("agent:reviewed", &[]).await.unwrap();
     let delete = "DELETE FROM crm.orders WHERE id = 36";
     let mut out = BytesMut::new();
     frontend::parse(&mut out, b"", delete.as_bytes(), &[]);

@@ -8,73 +8,16 @@ mod common;
 
 use bytes::BytesMut;
 use common::wire::{errors, values, Message, RawClient};
-use common::Harness;
+use common::{Harness, EMAIL_MASKED as MASKED, REVIEWED, WRITER};
 use pgid::proxy::wire::frontend::{self, Target};
 use serde_json::{json, Value};
-
-/// Writes to the CRM's tickets and notes; UPDATE and DELETE need a WHERE.
-const WRITER: &str = r#"
-name = "writer"
-database = "app"
-ttl = "15m"
-max_connections = 10
-[identity]
-subject = "agent:writer"
-[[grant]]
-privileges = ["SELECT", "INSERT", "UPDATE", "DELETE"]
-on = ["crm.tickets", "crm.notes"]
-[guardrails]
-require_where = ["UPDATE", "DELETE"]
-"#;
-
-/// Deleting orders needs a reviewer (retry mode: refused at once, a request is made).
-const REVIEWED: &str = r#"
-name = "reviewed"
-database = "app"
-ttl = "15m"
-max_connections = 10
-[identity]
-subject = "agent:reviewed"
-[[grant]]
-privileges = ["SELECT", "DELETE"]
-on = ["crm.orders"]
-[[approval]]
-statements = ["DELETE"]
-tables = ["crm.orders"]
-approvers = { claims = { groups = "dba" } }
-mode = "retry"
-timeout = "1m"
-window = "1m"
-"#;
-
-const MASKED: &str = r#"
-name = "masked"
-database = "app"
-ttl = "15m"
-max_connections = 10
-[identity]
-subject = "agent:masked"
-[[grant]]
-privileges = ["SELECT"]
-on = ["crm.customers"]
-[[mask]]
-columns = ["crm.customers.email"]
-method = "redact"
-"#;
 
 async fn client(
     h: &Harness,
     subject: &str,
     extra: &[(&str, &str)],
 ) -> Result<RawClient, (String, String)> {
-    let lease = h.lease(subject, json!({})).await;
-    RawClient::login(
-        h.proxy_port(),
-        lease["username"].as_str().unwrap(),
-        lease["password"].as_str().unwrap(),
-        extra,
-    )
-    .await
+    h.raw_client(subject, extra).await
 }
 
 fn query(out: &mut BytesMut, sql: &str) {

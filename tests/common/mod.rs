@@ -68,6 +68,57 @@ approvers = { claims = { groups = "dba" } }
 timeout = "3s"
 "#;
 
+/// Writes to the CRM's tickets and notes; UPDATE and DELETE need a WHERE (session tests).
+pub const WRITER: &str = r#"
+name = "writer"
+database = "app"
+ttl = "15m"
+max_connections = 10
+[identity]
+subject = "agent:writer"
+[[grant]]
+privileges = ["SELECT", "INSERT", "UPDATE", "DELETE"]
+on = ["crm.tickets", "crm.notes"]
+[guardrails]
+require_where = ["UPDATE", "DELETE"]
+"#;
+
+/// Deleting orders needs a reviewer (retry mode: refused at once, a request is made).
+pub const REVIEWED: &str = r#"
+name = "reviewed"
+database = "app"
+ttl = "15m"
+max_connections = 10
+[identity]
+subject = "agent:reviewed"
+[[grant]]
+privileges = ["SELECT", "DELETE"]
+on = ["crm.orders"]
+[[approval]]
+statements = ["DELETE"]
+tables = ["crm.orders"]
+approvers = { claims = { groups = "dba" } }
+mode = "retry"
+timeout = "1m"
+window = "1m"
+"#;
+
+/// Reads customers with their e-mail addresses masked, under the default guardrails.
+pub const EMAIL_MASKED: &str = r#"
+name = "masked"
+database = "app"
+ttl = "15m"
+max_connections = 10
+[identity]
+subject = "agent:masked"
+[[grant]]
+privileges = ["SELECT"]
+on = ["crm.customers"]
+[[mask]]
+columns = ["crm.customers.email"]
+method = "redact"
+"#;
+
 pub struct Harness {
     pub pg: TempPostgres,
     pub admin_url: String,
@@ -231,6 +282,22 @@ impl Harness {
         let (status, lease) = self.issue(&self.token(subject), body).await;
         assert_eq!(status, StatusCode::CREATED, "{lease}");
         lease
+    }
+
+    /// A raw-protocol client of a new lease for `subject`, with `extra` startup parameters.
+    pub async fn raw_client(
+        &self,
+        subject: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<wire::RawClient, (String, String)> {
+        let lease = self.lease(subject, json!({})).await;
+        wire::RawClient::login(
+            self.proxy_port(),
+            lease["username"].as_str().unwrap(),
+            lease["password"].as_str().unwrap(),
+            extra,
+        )
+        .await
     }
 
     /// Connects through pgid's proxy with a lease's DSN (plaintext on loopback).

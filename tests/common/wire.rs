@@ -112,9 +112,19 @@ impl RawClient {
 
     /// Reads messages until `n` ReadyForQuery have arrived (panics after 15 s).
     pub async fn until_ready(&mut self, n: usize) -> Vec<Message> {
+        self.until_n(b'Z', n).await
+    }
+
+    /// Reads messages up to and including the first one with tag `tag` (panics after 15 s).
+    pub async fn until(&mut self, tag: u8) -> Vec<Message> {
+        self.until_n(tag, 1).await
+    }
+
+    /// Reads messages up to and including the `n`th with tag `tag` (panics after 15 s).
+    pub async fn until_n(&mut self, tag: u8, n: usize) -> Vec<Message> {
         let mut seen = 0;
-        self.read_until(&format!("{n} ReadyForQuery"), |m| {
-            seen += usize::from(m.tag == b'Z');
+        self.read_until(&format!("{n} {:?}", char::from(tag)), |m| {
+            seen += usize::from(m.tag == tag);
             seen == n
         })
         .await
