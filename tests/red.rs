@@ -433,7 +433,6 @@ require_where = ["UPDATE", "DELETE"]
 // rows, but pgid classes the statement MERGE only: a policy's `deny = ["DELETE"]`, its
 // `require_where` for DELETE, and approval rules for DELETE do not see it.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "issue 12 (a statement carries the classes of its actions)"]
 async fn merge_then_delete_is_not_a_delete_to_guardrails_or_approvals() {
     let h = Harness::start(&[NO_DELETE, REVIEWED]).await;
     let tickets = "SELECT count(*) FROM crm.tickets";

@@ -1,7 +1,9 @@
 //! The decision on one analysed statement string under a policy's `[guardrails]`: allow, or deny
 //! with the rule that decided and a reason a client may read. Pure.
 //!
-//! Order: pgid's own schema; what is refused whatever the policy says (identity escapes — SET ROLE,
+//! Order: pgid's own schema; SQL pgid cannot read (given to a function as a string that is not a
+//! constant, or a relation or cursor named by a value); what is refused whatever the policy says
+//! (identity escapes — SET ROLE,
 //! SESSION AUTHORIZATION, set_config of either, set_config of a setting pgid cannot name — LOAD,
 //! COPY to/from programs and server files); the policy's denied classes; WHERE required on
 //! UPDATE/DELETE; denied functions; EXECUTE of prepared statements, judged by what they prepared.
@@ -86,6 +88,9 @@ fn check_statement(st: &Statement, rules: &Guardrails) -> Verdict {
     if st.touches_pgid {
         return deny("pgid_schema", "pgid's own schema is off limits");
     }
+    if let Some(why) = st.unjudgeable.first() {
+        return deny("sql_text", why.clone());
+    }
     for c in StatementClass::ALWAYS_DENIED {
         if st.classes.contains(&c) {
             let why = match c {
@@ -125,6 +130,15 @@ fn check_statement(st: &Statement, rules: &Guardrails) -> Verdict {
             format!("{} without a WHERE clause is not allowed", class_name(*c)),
         );
     }
+    if let (Some(language), false) = (&st.opaque_code, rules.deny_functions.is_empty()) {
+        return deny(
+            "deny_functions",
+            format!(
+                "code in language {language} can call functions pgid cannot see, and this policy \
+                 denies functions; write the body in LANGUAGE sql, which pgid reads"
+            ),
+        );
+    }
     for f in &st.functions {
         let bare = f.rsplit('.').next().unwrap_or(f);
         if rules.deny_functions.iter().any(|d| d == f || d == bare) {
@@ -156,6 +170,59 @@ mod tests {
             Verdict::Deny { rule, .. } => rule,
             Verdict::Allow => "allow",
         }
+    }
+
+    fn rule_under(sql: &str, rules: &Guardrails) -> &'static str {
+        let a = analyze(sql, Dialect::default(), 1 << 20).unwrap();
+        match check(&a, rules, &|_| None) {
+            Verdict::Deny { rule, .. } => rule,
+            Verdict::Allow => "allow",
+        }
+    }
+
+    #[test]
+    fn actions_sql_given_as_text_and_code_are_judged_by_meaning() {
+        let d = Guardrails::default();
+        for (sql, want) in [
+            ("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE", "require_where"),
+            ("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED AND s.gone THEN DELETE", "allow"),
+            ("INSERT INTO t SELECT * FROM t ON CONFLICT (id) DO UPDATE SET a = 0", "require_where"),
+            ("INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET a = 0", "allow"),
+            ("TRUNCATE t", "deny"),
+            ("SELECT query_to_xml('SELECT pg_terminate_backend(1)', true, false, '')", "deny_functions"),
+            ("SELECT query_to_xml('SELECT set_config(''role'', ''postgres'', false)', true, false, '')", "identity"),
+            ("SELECT query_to_xml('DELETE FROM t RETURNING 1', true, false, '')", "require_where"),
+            ("SELECT query_to_xml('SELECT * FROM pgid.leases', true, false, '')", "pgid_schema"),
+            ("SELECT query_to_xml('SELECT 1', true, false, '')", "allow"),
+            ("SELECT query_to_xml($1, true, false, '')", "sql_text"),
+            ("SELECT table_to_xml('t', true, false, '')", "sql_text"),
+            ("CREATE OPERATOR === (FUNCTION = pg_terminate_backend, LEFTARG = int)", "deny"),
+        ] {
+            assert_eq!(rule_under(sql, &d), want, "{sql}");
+        }
+        // A policy that allows code: what the code calls is still judged.
+        let code = Guardrails {
+            deny: vec![],
+            ..Guardrails::default()
+        };
+        for (sql, want) in [
+            ("CREATE OPERATOR === (FUNCTION = pg_terminate_backend, LEFTARG = int)", "deny_functions"),
+            ("CREATE AGGREGATE a (int) (SFUNC = pg_catalog.pg_cancel_backend, STYPE = int)", "deny_functions"),
+            ("CREATE CAST (text AS int) WITH FUNCTION pg_read_file(text)", "deny_functions"),
+            ("CREATE FUNCTION f(a int) RETURNS bool LANGUAGE sql AS 'SELECT pg_terminate_backend(a)'", "deny_functions"),
+            ("CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS 'BEGIN RETURN 1; END'", "deny_functions"),
+            ("DO 'BEGIN END'", "deny_functions"),
+            ("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'", "allow"),
+            ("CREATE OPERATOR === (FUNCTION = int4eq, LEFTARG = int, RIGHTARG = int)", "allow"),
+        ] {
+            assert_eq!(rule_under(sql, &code), want, "{sql}");
+        }
+        let no_denied_functions = Guardrails {
+            deny: vec![],
+            deny_functions: vec![],
+            ..Guardrails::default()
+        };
+        assert_eq!(rule_under("DO 'BEGIN END'", &no_denied_functions), "allow");
     }
 
     #[test]

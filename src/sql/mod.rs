@@ -9,11 +9,14 @@
 //! (what is read from the scanner: shapes, canonical text, COPY targets), `cache` (analyses kept
 //! by shape, on deep-stack threads), `nodes` (what each node type means).
 
+mod actions;
 mod cache;
+mod code;
 mod nodes;
 mod session;
 #[cfg(test)]
 mod siblings;
+pub mod text;
 mod tokens;
 mod walk;
 
@@ -76,6 +79,13 @@ pub struct Statement {
     pub settings: Vec<Setting>,
     /// Touches pgid's own schema.
     pub touches_pgid: bool,
+    /// Why pgid cannot judge what the statement runs (SQL given to a function as a string that
+    /// is not a constant, a function that reads what a value names): refused whatever the
+    /// policy says.
+    pub unjudgeable: Vec<String>,
+    /// Code in a language pgid cannot read (a DO block or a function body in plpgsql, C …):
+    /// the language. SQL-language bodies are analysed instead, as SQL given as text.
+    pub opaque_code: Option<String>,
     /// The statement's own kind (`SelectStmt`, `ExplainStmt`, `CopyStmt`, …).
     pub root: String,
     /// Every column reference and where it stands (what masking needs).
@@ -109,6 +119,37 @@ pub struct ColumnUse {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Analysis {
     pub statements: Vec<Statement>,
+}
+
+impl Statement {
+    /// Folds in a statement that runs as part of this one (SQL a function is given as text):
+    /// its classes, tables, functions, settings and columns count as this statement's, every
+    /// column as used inside an expression (the function returns what it read as one value),
+    /// every setting as one that changes only if the function runs.
+    pub(crate) fn merge_nested(&mut self, inner: Statement) {
+        self.classes.extend(inner.classes);
+        self.missing_where.extend(inner.missing_where);
+        self.tables.extend(inner.tables);
+        self.functions.extend(inner.functions);
+        self.executes.extend(inner.executes);
+        self.touches_pgid |= inner.touches_pgid;
+        self.unjudgeable.extend(inner.unjudgeable);
+        if self.opaque_code.is_none() {
+            self.opaque_code = inner.opaque_code;
+        }
+        self.settings
+            .extend(inner.settings.into_iter().map(|s| Setting {
+                by_function: true,
+                ..s
+            }));
+        self.columns
+            .extend(inner.columns.into_iter().map(|c| ColumnUse {
+                position: Position::Other,
+                output: None,
+                ..c
+            }));
+        self.aliases.extend(inner.aliases);
+    }
 }
 
 impl Analysis {
@@ -182,6 +223,24 @@ fn walk_all(
     unread: &mut BTreeSet<usize>,
     read: &mut BTreeSet<usize>,
 ) -> Result<Analysis, AnalyzeError> {
+    walk_at(sql, dialect, 0, unread, read)
+}
+
+/// The statements of SQL given to a function as text, `depth` levels down. What they read of
+/// their own constants does not matter to the cache: the whole string is a constant the outer
+/// statement read.
+fn walk_nested(sql: &str, dialect: Dialect, depth: u8) -> Result<Vec<Statement>, AnalyzeError> {
+    let (mut unread, mut read) = (BTreeSet::new(), BTreeSet::new());
+    Ok(walk_at(sql, dialect, depth, &mut unread, &mut read)?.statements)
+}
+
+fn walk_at(
+    sql: &str,
+    dialect: Dialect,
+    depth: u8,
+    unread: &mut BTreeSet<usize>,
+    read: &mut BTreeSet<usize>,
+) -> Result<Analysis, AnalyzeError> {
     let parsed = parse(sql, dialect).map_err(|e| AnalyzeError::Parse(e.to_string()))?;
     let tree = serde_json::to_value(&parsed.protobuf.stmts)
         .map_err(|e| AnalyzeError::Parse(e.to_string()))?;
@@ -203,7 +262,7 @@ fn walk_all(
             0 => sql.len(),
             len => (start + len).min(sql.len()),
         };
-        let mut w = walk::Walker::new(sql, dialect, start..end, root.map_or("", |(k, _)| k));
+        let mut w = walk::Walker::new(sql, dialect, start..end, root.map_or("", |(k, _)| k), depth);
         w.walk(raw, walk::Ctx::default())?;
         if let Some((kind, body)) = root {
             session::root(kind, body, &mut w.st, &mut w.reads);
@@ -305,9 +364,15 @@ mod tests {
 
     #[test]
     fn copy_set_role_and_where() {
-        assert_eq!(classes("COPY t TO STDOUT"), set(&[C::Copy]));
-        assert_eq!(classes("COPY t FROM PROGRAM 'id'"), set(&[C::CopyProgram]));
-        assert_eq!(classes("COPY t TO '/tmp/x'"), set(&[C::CopyProgram]));
+        assert_eq!(classes("COPY t TO STDOUT"), set(&[C::Copy, C::Select]));
+        assert_eq!(
+            classes("COPY t FROM PROGRAM 'id'"),
+            set(&[C::CopyProgram, C::Insert])
+        );
+        assert_eq!(
+            classes("COPY t TO '/tmp/x'"),
+            set(&[C::CopyProgram, C::Select])
+        );
         // '' is a file name too (the tree cannot tell it from STDOUT; the tokens can).
         for sql in [
             "COPY t TO ''",
@@ -324,7 +389,7 @@ mod tests {
         }
         assert_eq!(
             classes("COPY (SELECT 'x' AS stdin) TO STDOUT; COPY t FROM STDIN"),
-            set(&[C::Copy, C::Select])
+            set(&[C::Copy, C::Select, C::Insert])
         );
         // With backslash escapes, a COPY whose target the scanner cannot vouch for is refused
         // as a file COPY; after the target, backslashes do not matter.
@@ -338,7 +403,7 @@ mod tests {
         );
         assert_eq!(
             class(r"COPY t FROM STDIN WITH (DELIMITER '\t')"),
-            set(&[C::Copy])
+            set(&[C::Copy, C::Insert])
         );
         assert_eq!(classes("SET ROLE postgres"), set(&[C::Role]));
         assert_eq!(
@@ -347,7 +412,10 @@ mod tests {
         );
         assert_eq!(classes("RESET ROLE"), set(&[C::Role]));
         assert_eq!(classes("SET search_path = x"), set(&[C::Set]));
-        assert_eq!(classes("SELECT * INTO newt FROM t"), set(&[C::Create]));
+        assert_eq!(
+            classes("SELECT * INTO newt FROM t"),
+            set(&[C::Create, C::Select])
+        );
         let a = analyze(
             "DELETE FROM t; UPDATE t SET x = 1 WHERE y = 2",
             Dialect::default(),

@@ -18,42 +18,49 @@ pub fn role(name: &str) -> Option<Role> {
     use Role::*;
     Some(match name {
         "SelectStmt" | "UpdateStmt" | "DeleteStmt" | "CopyStmt" | "VariableSetStmt"
-        | "ExecuteStmt" | "PrepareStmt" | "FuncCall" | "RangeVar" | "MergeStmt" => Special,
-        "InsertStmt" => Class(C::Insert),
+        | "ExecuteStmt" | "PrepareStmt" | "FuncCall" | "RangeVar" | "MergeStmt" | "InsertStmt"
+        | "TruncateStmt" | "DefineStmt" => Special,
         "VariableShowStmt" | "FetchStmt" => Class(C::Select),
         "CreateSchemaStmt"
         | "CreateStmt"
         | "CreateTableSpaceStmt"
         | "CreateExtensionStmt"
-        | "CreateFdwStmt"
         | "CreateForeignServerStmt"
         | "CreateForeignTableStmt"
         | "CreateUserMappingStmt"
         | "ImportForeignSchemaStmt"
         | "CreatePolicyStmt"
-        | "CreateAmStmt"
-        | "CreatePlangStmt"
         | "CreateSeqStmt"
-        | "DefineStmt"
         | "CreateDomainStmt"
-        | "CreateOpClassStmt"
-        | "CreateOpFamilyStmt"
         | "IndexStmt"
         | "CreateStatsStmt"
         | "CompositeTypeStmt"
         | "CreateEnumStmt"
-        | "CreateRangeStmt"
         | "ViewStmt"
         | "CreatedbStmt"
         | "CreateTableAsStmt"
+        | "CreatePublicationStmt"
+        | "CreateSubscriptionStmt" => Class(C::Create),
+        // Code the server runs later: functions, triggers, rules, and every object that binds
+        // functions to be called without the calling statement naming them ([`super::code`]).
+        "CreateFunctionStmt"
+        | "CreateTrigStmt"
+        | "CreateEventTrigStmt"
+        | "RuleStmt"
+        | "CreatePlangStmt"
+        | "CreateOpClassStmt"
+        | "CreateOpFamilyStmt"
+        | "CreateRangeStmt"
         | "CreateConversionStmt"
         | "CreateCastStmt"
         | "CreateTransformStmt"
-        | "CreatePublicationStmt"
-        | "CreateSubscriptionStmt" => Class(C::Create),
-        "CreateFunctionStmt" | "CreateTrigStmt" | "CreateEventTrigStmt" | "RuleStmt" => {
-            Class(C::Function)
-        }
+        | "CreateFdwStmt"
+        | "CreateAmStmt"
+        | "AlterFdwStmt"
+        | "AlterOpFamilyStmt"
+        | "AlterOperatorStmt"
+        | "AlterTypeStmt"
+        | "AlterFunctionStmt" => Class(C::Function),
         "AlterTableStmt"
         | "AlterCollationStmt"
         | "AlterDomainStmt"
@@ -61,23 +68,18 @@ pub fn role(name: &str) -> Option<Role> {
         | "AlterTableMoveAllStmt"
         | "AlterExtensionStmt"
         | "AlterExtensionContentsStmt"
-        | "AlterFdwStmt"
         | "AlterForeignServerStmt"
         | "AlterUserMappingStmt"
         | "AlterPolicyStmt"
         | "AlterEventTrigStmt"
         | "AlterSeqStmt"
-        | "AlterOpFamilyStmt"
         | "CommentStmt"
         | "SecLabelStmt"
         | "AlterStatsStmt"
-        | "AlterFunctionStmt"
         | "RenameStmt"
         | "AlterObjectDependsStmt"
         | "AlterObjectSchemaStmt"
         | "AlterOwnerStmt"
-        | "AlterOperatorStmt"
-        | "AlterTypeStmt"
         | "AlterEnumStmt"
         | "AlterDatabaseStmt"
         | "AlterDatabaseRefreshCollStmt"
@@ -94,7 +96,6 @@ pub fn role(name: &str) -> Option<Role> {
         | "DropdbStmt"
         | "DropOwnedStmt"
         | "DropSubscriptionStmt" => Class(C::Drop),
-        "TruncateStmt" => Class(C::Truncate),
         "GrantStmt" | "AlterDefaultPrivilegesStmt" => Class(C::Grant),
         "GrantRoleStmt" | "CreateRoleStmt" | "AlterRoleStmt" | "AlterRoleSetStmt"
         | "DropRoleStmt" | "ReassignOwnedStmt" => Class(C::Role),

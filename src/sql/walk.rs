@@ -16,13 +16,17 @@ use serde_json::Value;
 use super::node_of;
 
 use super::nodes::{self, Role};
+use super::text::{self, TextCall};
 use super::tokens::{copy_end, CopyEnd};
+use super::{actions, code};
 use super::{session, AnalyzeError, ColumnUse, Dialect, Position, Statement};
 use crate::policy::StatementClass;
 
 /// One statement's walk.
 pub(super) struct Walker<'a> {
     pub st: Statement,
+    /// 0 for a statement as sent; n for SQL given as text n levels down.
+    depth: u8,
     /// The whole string, its dialect, and this statement's bytes in it.
     sql: &'a str,
     dialect: Dialect,
@@ -84,12 +88,19 @@ const PREDICATE_FIELDS: &[&str] = &[
 ];
 
 impl<'a> Walker<'a> {
-    pub fn new(sql: &'a str, dialect: Dialect, range: Range<usize>, root: &str) -> Walker<'a> {
+    pub fn new(
+        sql: &'a str,
+        dialect: Dialect,
+        range: Range<usize>,
+        root: &str,
+        depth: u8,
+    ) -> Walker<'a> {
         Walker {
             st: Statement {
                 root: root.to_string(),
                 ..Statement::default()
             },
+            depth,
             sql,
             dialect,
             range,
@@ -131,7 +142,7 @@ impl<'a> Walker<'a> {
                     // A RangeVar held directly in a typed field (UPDATE's `relation`, COPY's,
                     // SELECT INTO's `rel` …) rather than in a node wrapper.
                     if child.get("relname").is_some() {
-                        self.special("RangeVar", child);
+                        self.special("RangeVar", child)?;
                     }
                     match (k.as_str(), node_of(child)) {
                         ("node", Some((kind, body))) => self.visit(kind, body, c)?,
@@ -150,7 +161,17 @@ impl<'a> Walker<'a> {
                 self.st.classes.insert(c);
             }
             Role::Neutral => {}
-            Role::Special => self.special(kind, body),
+            Role::Special => self.special(kind, body)?,
+        }
+        if kind == "CreateFunctionStmt" || kind == "DoStmt" {
+            self.routine_body(kind, body)?;
+        }
+        if code::binds_functions(kind) {
+            let mut names = Vec::new();
+            code::bound_names(body, &mut names);
+            self.st
+                .functions
+                .extend(names.into_iter().map(|n| n.to_ascii_lowercase()));
         }
         match kind {
             "ColumnRef" => self.st.columns.push(column_use(body, &ctx)),
@@ -177,7 +198,7 @@ impl<'a> Walker<'a> {
         self.walk(body, child)
     }
 
-    fn special(&mut self, kind: &str, body: &Value) {
+    fn special(&mut self, kind: &str, body: &Value) -> Result<(), AnalyzeError> {
         use StatementClass as C;
         let st = &mut self.st;
         match kind {
@@ -190,15 +211,13 @@ impl<'a> Walker<'a> {
                     .and_then(Value::as_array)
                     .is_some_and(|v| !v.is_empty());
                 if values && st.root != "SelectStmt" {
-                    return;
+                    return Ok(());
                 }
-                // SELECT … INTO creates a table.
-                st.classes
-                    .insert(if body.get("into_clause").is_some_and(|v| !v.is_null()) {
-                        C::Create
-                    } else {
-                        C::Select
-                    });
+                // SELECT … INTO creates a table from what it reads.
+                st.classes.insert(C::Select);
+                if body.get("into_clause").is_some_and(|v| !v.is_null()) {
+                    st.classes.insert(C::Create);
+                }
             }
             "UpdateStmt" | "DeleteStmt" => {
                 let c = if kind == "UpdateStmt" {
@@ -211,8 +230,22 @@ impl<'a> Walker<'a> {
                     st.missing_where.insert(c);
                 }
             }
+            // A statement carries the class of every action it can take (README: Guardrails).
             "MergeStmt" => {
                 st.classes.insert(C::Merge);
+                actions::merge(body, st);
+            }
+            "InsertStmt" => {
+                st.classes.insert(C::Insert);
+                actions::upsert(body, st);
+            }
+            "TruncateStmt" => {
+                st.classes.insert(C::Truncate);
+                st.classes.insert(C::Delete);
+                st.missing_where.insert(C::Delete);
+            }
+            "DefineStmt" => {
+                st.classes.insert(actions::define(body));
             }
             "CopyStmt" => {
                 // The tree cannot tell `TO ''` (a server file) from `TO STDOUT`: the tokens can.
@@ -225,6 +258,10 @@ impl<'a> Walker<'a> {
                     && copy_end(self.sql, self.range.clone(), self.dialect) == CopyEnd::Client;
                 st.classes
                     .insert(if client { C::Copy } else { C::CopyProgram });
+                // COPY FROM adds rows; COPY TO reads them (a query's own classes come from
+                // its tree).
+                let from = body.get("is_from").and_then(Value::as_bool) == Some(true);
+                st.classes.insert(if from { C::Insert } else { C::Select });
             }
             "VariableSetStmt" => {
                 // Setting names are case-insensitive: `SET "Role" TO x` sets the role.
@@ -250,6 +287,15 @@ impl<'a> Walker<'a> {
                         st.touches_pgid = true;
                     }
                     let name = parts.join(".").to_ascii_lowercase();
+                    match text::call(&name, body) {
+                        TextCall::None => {}
+                        TextCall::Refused(reason) => self.st.unjudgeable.push(reason),
+                        TextCall::Runs { sql, location } => {
+                            self.reads.extend(location);
+                            self.text_sql(&name, &sql)?;
+                        }
+                    }
+                    let st = &mut self.st;
                     if name.rsplit('.').next() == Some("set_config") {
                         let setting = session::set_config(body, &mut self.reads);
                         if setting.name.as_deref().is_some_and(is_identity) {
@@ -285,8 +331,98 @@ impl<'a> Walker<'a> {
             }
             _ => {}
         }
+        Ok(())
+    }
+
+    /// A function's or DO block's body given as a string: in LANGUAGE sql it is SQL given as
+    /// text, judged with the statement (`BEGIN ATOMIC` bodies are part of the tree already);
+    /// in any other language pgid cannot read it.
+    fn routine_body(&mut self, kind: &str, body: &Value) -> Result<(), AnalyzeError> {
+        let field = if kind == "DoStmt" { "args" } else { "options" };
+        let mut language = (kind == "DoStmt").then(|| "plpgsql".to_string());
+        let mut code: Option<Vec<String>> = None;
+        for item in body
+            .get(field)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Some(("DefElem", d)) = item.get("node").and_then(node_of) else {
+                continue;
+            };
+            let arg = d.get("arg").and_then(|a| a.get("node")).and_then(node_of);
+            match (d.get("defname").and_then(Value::as_str), arg) {
+                (Some("language"), Some(("String", l))) => {
+                    language = l.get("sval").and_then(Value::as_str).map(str::to_string);
+                }
+                (Some("as"), Some(("String", s))) => {
+                    code = s
+                        .get("sval")
+                        .and_then(Value::as_str)
+                        .map(|s| vec![s.to_string()]);
+                }
+                (Some("as"), Some(("List", l))) => {
+                    code = name_list(l.get("items").unwrap_or(&Value::Null))
+                }
+                _ => {}
+            }
+        }
+        let Some(code) = code else {
+            return Ok(());
+        };
+        match (language.as_deref(), code.as_slice()) {
+            (Some(l), [sql]) if l.eq_ignore_ascii_case("sql") => {
+                self.text_sql("the function body", sql)
+            }
+            _ => {
+                self.st.opaque_code = Some(language.unwrap_or_else(|| "unknown".into()));
+                Ok(())
+            }
+        }
+    }
+
+    /// SQL a function runs, given as a constant string: analysed as statements of their own and
+    /// merged into this one, as if written here — except that what they do to session state
+    /// pgid keeps (prepared statements, cursors) is refused, and their settings change only if
+    /// the function runs.
+    fn text_sql(&mut self, function: &str, sql: &str) -> Result<(), AnalyzeError> {
+        if self.depth >= MAX_TEXT_DEPTH {
+            self.st.unjudgeable.push(format!(
+                "SQL given as text nested deeper than {MAX_TEXT_DEPTH} levels"
+            ));
+            return Ok(());
+        }
+        let inner = match super::walk_nested(sql, self.dialect, self.depth + 1) {
+            Ok(inner) => inner,
+            Err(e) => {
+                self.st
+                    .unjudgeable
+                    .push(format!("the SQL {function} runs cannot be analysed: {e}"));
+                return Ok(());
+            }
+        };
+        for i in inner {
+            if i.prepares.is_some()
+                || i.declares.is_some()
+                || i.fetches.is_some()
+                || i.closes.is_some()
+                || i.deallocates.is_some()
+                || i.discards_all
+                || !i.executes.is_empty()
+            {
+                self.st.unjudgeable.push(format!(
+                    "the SQL {function} runs uses prepared statements or cursors, which pgid \
+                     does not allow there"
+                ));
+            }
+            self.st.merge_nested(i);
+        }
+        Ok(())
     }
 }
+
+/// How deep SQL given as text may nest in SQL given as text.
+const MAX_TEXT_DEPTH: u8 = 4;
 
 /// Settings that change who the session is (lower-cased).
 fn is_identity(name: &str) -> bool {

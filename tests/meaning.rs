@@ -1,0 +1,224 @@
+//! Enforcement by meaning (through the real proxy, raw protocol): a statement is judged by every
+//! action it takes (MERGE actions, upserts), by the SQL it hands to functions as text, and by the
+//! functions the code it creates binds (operators, aggregates, casts, SQL function bodies). Each
+//! test asserts the real effect: rows unchanged, a session not killed, an object not created, a
+//! masked value absent from every byte received.
+
+mod common;
+
+use common::wire::{errors, values, Message};
+use common::{Harness, EMAIL_MASKED, WRITER};
+
+/// May create code (FUNCTION is not denied), under the default denied functions.
+const CODER: &str = r#"
+name = "coder"
+database = "app"
+ttl = "15m"
+max_connections = 10
+[identity]
+subject = "agent:coder"
+[[grant]]
+privileges = ["SELECT"]
+on = ["crm.tickets"]
+[guardrails]
+deny = ["DROP", "TRUNCATE", "ALTER", "GRANT", "ROLE", "COPY_PROGRAM", "LOAD"]
+"#;
+
+async fn count(h: &Harness, sql: &str) -> i64 {
+    h.superuser()
+        .await
+        .query_one(sql, &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn refused_by(answer: &[Message], rule: &str) -> bool {
+    errors(answer)
+        .first()
+        .is_some_and(|(code, m)| code == "42501" && m.starts_with(&format!("pgid: {rule}:")))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upsert_from_a_query_is_an_update_without_where() {
+    let h = Harness::start(&[WRITER]).await;
+    let mut c = h.raw_client("agent:writer", &[]).await.unwrap();
+    let touched = "SELECT count(*) FROM crm.tickets WHERE status = 'upserted'";
+    let answer = c
+        .query(
+            "INSERT INTO crm.tickets SELECT * FROM crm.tickets \
+             ON CONFLICT (id) DO UPDATE SET status = 'upserted'",
+        )
+        .await;
+    assert!(refused_by(&answer, "require_where"), "{answer:?}");
+    assert_eq!(count(&h, touched).await, 0, "every ticket updated");
+    // The same upsert with a condition of its own, and one row written out: both run.
+    let answer = c
+        .query(
+            "INSERT INTO crm.tickets SELECT * FROM crm.tickets \
+             ON CONFLICT (id) DO UPDATE SET status = 'upserted' WHERE crm.tickets.id = 1",
+        )
+        .await;
+    assert!(errors(&answer).is_empty(), "{answer:?}");
+    let answer = c
+        .query(
+            "INSERT INTO crm.tickets (id, customer_id, subject) VALUES (2, 1, 'x') \
+             ON CONFLICT (id) DO UPDATE SET status = 'upserted'",
+        )
+        .await;
+    assert!(errors(&answer).is_empty(), "{answer:?}");
+    assert_eq!(count(&h, touched).await, 2);
+    // MERGE: an UPDATE action needs a condition of its own; ON is a join.
+    let answer = c
+        .query(
+            "MERGE INTO crm.tickets t USING (SELECT 1 AS id) s ON true \
+             WHEN MATCHED THEN UPDATE SET status = 'merged'",
+        )
+        .await;
+    assert!(refused_by(&answer, "require_where"), "{answer:?}");
+    let merged = "SELECT count(*) FROM crm.tickets WHERE status = 'merged'";
+    assert_eq!(count(&h, merged).await, 0);
+    let answer = c
+        .query(
+            "MERGE INTO crm.tickets t USING (SELECT 3 AS id) s ON t.id = s.id \
+             WHEN MATCHED AND t.id = 3 THEN UPDATE SET status = 'merged'",
+        )
+        .await;
+    assert!(errors(&answer).is_empty(), "{answer:?}");
+    assert_eq!(count(&h, merged).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_given_to_a_function_as_text_is_judged() {
+    let h = Harness::start(&[WRITER]).await;
+    let mut c = h.raw_client("agent:writer", &[]).await.unwrap();
+    // A denied function inside the string: the session would end itself.
+    for sql in [
+        "SELECT query_to_xml('SELECT pg_terminate_backend(pg_backend_pid())', true, false, '')",
+        "SELECT * FROM ts_stat('SELECT to_tsvector(pg_terminate_backend(pg_backend_pid())::text)')",
+        "SELECT query_to_xml('SELECT query_to_xml(''SELECT pg_terminate_backend(pg_backend_pid())'', true, false, '''')', true, false, '')",
+    ] {
+        let answer = c.query(sql).await;
+        assert!(refused_by(&answer, "deny_functions"), "{sql}: {answer:?}");
+        assert_eq!(values(&c.query("SELECT 'alive'").await), ["alive"]);
+    }
+    // SQL pgid cannot read: refused.
+    let answer = c
+        .query("SELECT query_to_xml('SELECT pg_terminate_' || 'backend(pg_backend_pid())', true, false, '')")
+        .await;
+    assert!(refused_by(&answer, "sql_text"), "{answer:?}");
+    let answer = c
+        .query("SELECT table_to_xml('crm.tickets', true, false, '')")
+        .await;
+    assert!(refused_by(&answer, "sql_text"), "{answer:?}");
+    // Identity through text: refused as SET ROLE is.
+    let answer = c
+        .query("SELECT query_to_xml('SELECT set_config(''role'', ''postgres'', false)', true, false, '')")
+        .await;
+    assert!(refused_by(&answer, "identity"), "{answer:?}");
+    assert_eq!(values(&c.query("SELECT 'alive'").await), ["alive"]);
+    // What can be read runs.
+    let answer = c
+        .query("SELECT query_to_xml('SELECT count(*) AS n FROM crm.tickets', true, false, '')")
+        .await;
+    assert!(errors(&answer).is_empty(), "{answer:?}");
+    assert!(values(&answer)[0].contains("<n>"), "{answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ts_rewrite_does_not_read_a_masked_column_in_clear() {
+    let h = Harness::start(&[EMAIL_MASKED]).await;
+    let secrets: Vec<String> = h
+        .superuser()
+        .await
+        .query("SELECT email FROM crm.customers", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut c = h.raw_client("agent:masked", &[]).await.unwrap();
+    for sql in [
+        "SELECT ts_rewrite('x'::tsquery, 'SELECT ''x''::tsquery, plainto_tsquery(''simple'', email) FROM crm.customers LIMIT 1')",
+        "SELECT * FROM ts_stat('SELECT to_tsvector(''simple'', email) FROM crm.customers')",
+        "SELECT query_to_xml('SELECT email FROM crm.customers', true, false, '')",
+    ] {
+        let answer = c.query(sql).await;
+        let leaked: Vec<_> = secrets
+            .iter()
+            .filter(|s| {
+                answer
+                    .iter()
+                    .any(|m| m.body.windows(s.len()).any(|w| w == s.as_bytes()))
+            })
+            .collect();
+        assert!(leaked.is_empty(), "{sql}: {leaked:?} in {answer:?}");
+        assert!(!errors(&answer).is_empty(), "{sql}: {answer:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn code_that_binds_a_denied_function_is_not_created() {
+    let h = Harness::start(&[CODER]).await;
+    let mut c = h.raw_client("agent:coder", &[]).await.unwrap();
+    let operators = "SELECT count(*) FROM pg_operator WHERE oprname = '==='";
+    let answer = c
+        .query(
+            "CREATE OPERATOR pg_temp.=== (FUNCTION = pg_terminate_backend, \
+             LEFTARG = integer, RIGHTARG = bigint)",
+        )
+        .await;
+    assert!(refused_by(&answer, "deny_functions"), "{answer:?}");
+    assert_eq!(count(&h, operators).await, 0);
+    for sql in [
+        "CREATE AGGREGATE pg_temp.kill (integer) (SFUNC = pg_catalog.pg_terminate_backend, STYPE = integer)",
+        "CREATE FUNCTION pg_temp.k(p integer) RETURNS boolean LANGUAGE sql AS 'SELECT pg_terminate_backend(p)'",
+        "CREATE FUNCTION pg_temp.k(p integer) RETURNS boolean LANGUAGE plpgsql AS 'BEGIN RETURN pg_terminate_backend(p); END'",
+    ] {
+        let answer = c.query(sql).await;
+        assert!(refused_by(&answer, "deny_functions"), "{sql}: {answer:?}");
+    }
+    let functions = "SELECT count(*) FROM pg_proc WHERE proname IN ('kill', 'k')";
+    assert_eq!(count(&h, functions).await, 0);
+    // Code that binds allowed functions is created.
+    let answer = c
+        .query(
+            "CREATE OPERATOR pg_temp.=== (FUNCTION = int4eq, LEFTARG = integer, RIGHTARG = integer)",
+        )
+        .await;
+    assert!(errors(&answer).is_empty(), "{answer:?}");
+    assert_eq!(count(&h, operators).await, 1);
+}
+
+/// The server's own catalog: every built-in function that runs SQL given as text, or reads the
+/// relations, schemas or cursors a value names, is one pgid judges (`pgid::sql::text`).
+#[tokio::test(flavor = "multi_thread")]
+async fn every_function_the_catalog_shows_running_sql_given_as_text_is_known() {
+    let h = Harness::start(&[WRITER]).await;
+    let rows = h
+        .superuser()
+        .await
+        .query(
+            "SELECT DISTINCT p.proname::text FROM pg_proc p \
+             WHERE p.pronamespace = 'pg_catalog'::regnamespace AND ( \
+               EXISTS (SELECT 1 FROM unnest(p.proargnames) WITH ORDINALITY a(n, i) \
+                       WHERE coalesce(p.proargmodes[i], 'i') IN ('i', 'b', 'v') \
+                       AND n IN ('query', 'sqlquery', 'tbl', 'cursor', 'schema')) \
+               OR 'refcursor'::regtype = ANY (p.proargtypes) \
+               OR p.proname LIKE '%\\_to\\_xml%' \
+               OR (p.proname = 'ts_rewrite' AND p.pronargs = 2))",
+            &[],
+        )
+        .await
+        .unwrap();
+    let found: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert!(found.iter().any(|f| f == "query_to_xml"), "{found:?}");
+    let unknown: Vec<&String> = found
+        .iter()
+        .filter(|f| !pgid::sql::text::known().any(|k| k == f.as_str()))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "functions pgid does not judge: {unknown:?}"
+    );
+}
