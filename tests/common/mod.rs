@@ -49,6 +49,7 @@ on = ["crm.notes", "crm.tickets"]
 [guardrails]
 deny = []
 require_where = []
+deny_functions = []
 "#;
 
 /// agent:x may DELETE from crm.orders once a reviewer in group dba approves (approval tests).
