@@ -24,15 +24,6 @@ on = ["crm.tickets"]
 deny = ["DROP", "TRUNCATE", "ALTER", "GRANT", "ROLE", "COPY_PROGRAM", "LOAD"]
 "#;
 
-async fn count(h: &Harness, sql: &str) -> i64 {
-    h.superuser()
-        .await
-        .query_one(sql, &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 fn refused_by(answer: &[Message], rule: &str) -> bool {
     errors(answer)
         .first()
@@ -51,7 +42,7 @@ async fn an_upsert_from_a_query_is_an_update_without_where() {
         )
         .await;
     assert!(refused_by(&answer, "require_where"), "{answer:?}");
-    assert_eq!(count(&h, touched).await, 0, "every ticket updated");
+    assert_eq!(h.count(touched).await, 0, "every ticket updated");
     // The same upsert with a condition of its own, and one row written out: both run.
     let answer = c
         .query(
@@ -67,7 +58,7 @@ async fn an_upsert_from_a_query_is_an_update_without_where() {
         )
         .await;
     assert!(errors(&answer).is_empty(), "{answer:?}");
-    assert_eq!(count(&h, touched).await, 2);
+    assert_eq!(h.count(touched).await, 2);
     // MERGE: an UPDATE action needs a condition of its own; ON is a join.
     let answer = c
         .query(
@@ -77,7 +68,7 @@ async fn an_upsert_from_a_query_is_an_update_without_where() {
         .await;
     assert!(refused_by(&answer, "require_where"), "{answer:?}");
     let merged = "SELECT count(*) FROM crm.tickets WHERE status = 'merged'";
-    assert_eq!(count(&h, merged).await, 0);
+    assert_eq!(h.count(merged).await, 0);
     let answer = c
         .query(
             "MERGE INTO crm.tickets t USING (SELECT 3 AS id) s ON t.id = s.id \
@@ -85,7 +76,7 @@ async fn an_upsert_from_a_query_is_an_update_without_where() {
         )
         .await;
     assert!(errors(&answer).is_empty(), "{answer:?}");
-    assert_eq!(count(&h, merged).await, 1);
+    assert_eq!(h.count(merged).await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -169,7 +160,7 @@ async fn code_that_binds_a_denied_function_is_not_created() {
         )
         .await;
     assert!(refused_by(&answer, "deny_functions"), "{answer:?}");
-    assert_eq!(count(&h, operators).await, 0);
+    assert_eq!(h.count(operators).await, 0);
     for sql in [
         "CREATE AGGREGATE pg_temp.kill (integer) (SFUNC = pg_catalog.pg_terminate_backend, STYPE = integer)",
         "CREATE FUNCTION pg_temp.k(p integer) RETURNS boolean LANGUAGE sql AS 'SELECT pg_terminate_backend(p)'",
@@ -179,7 +170,7 @@ async fn code_that_binds_a_denied_function_is_not_created() {
         assert!(refused_by(&answer, "deny_functions"), "{sql}: {answer:?}");
     }
     let functions = "SELECT count(*) FROM pg_proc WHERE proname IN ('kill', 'k')";
-    assert_eq!(count(&h, functions).await, 0);
+    assert_eq!(h.count(functions).await, 0);
     // Code that binds allowed functions is created.
     let answer = c
         .query(
@@ -187,7 +178,7 @@ async fn code_that_binds_a_denied_function_is_not_created() {
         )
         .await;
     assert!(errors(&answer).is_empty(), "{answer:?}");
-    assert_eq!(count(&h, operators).await, 1);
+    assert_eq!(h.count(operators).await, 1);
 }
 
 /// The server's own catalog: every built-in function that runs SQL given as text, or reads the

@@ -55,21 +55,9 @@ fn bind(out: &mut BytesMut, portal: &[u8], statement: &[u8]) {
     backend::raw(out, b'B', &body);
 }
 
-async fn count(h: &Harness, sql: &str) -> i64 {
-    h.superuser()
-        .await
-        .query_one(sql, &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 async fn orders(h: &Harness, id: i32) -> i64 {
-    count(
-        h,
-        &format!("SELECT count(*) FROM crm.orders WHERE id = {id}"),
-    )
-    .await
+    h.count(&format!("SELECT count(*) FROM crm.orders WHERE id = {id}"))
+        .await
 }
 
 /// Every e-mail address of the demo customers, as stored and upper-cased.
@@ -124,7 +112,7 @@ fn decisions_containing(h: &Harness, part: &str) -> Vec<Value> {
 async fn an_answered_set_before_any_sync_is_the_context_of_the_next_query() {
     let h = Harness::start(&[WRITER]).await;
     let tickets = "SELECT count(*) FROM crm.tickets";
-    let before = count(&h, tickets).await;
+    let before = h.count(tickets).await;
     assert!(before > 0);
     let mut c = h
         .raw_client(
@@ -147,7 +135,7 @@ async fn an_answered_set_before_any_sync_is_the_context_of_the_next_query() {
     assert!(errors(&answer).is_empty(), "{answer:?}");
     let answer = c.query(smuggled).await;
     assert_eq!(
-        count(&h, tickets).await,
+        h.count(tickets).await,
         before,
         "a DELETE without WHERE ran: {answer:?}"
     );
@@ -436,7 +424,7 @@ require_where = ["UPDATE", "DELETE"]
 async fn merge_then_delete_is_not_a_delete_to_guardrails_or_approvals() {
     let h = Harness::start(&[NO_DELETE, REVIEWED]).await;
     let tickets = "SELECT count(*) FROM crm.tickets";
-    let before = count(&h, tickets).await;
+    let before = h.count(tickets).await;
     let mut c = h.raw_client("agent:no-delete", &[]).await.unwrap();
     // The control: a DELETE is refused.
     let errs = errors(&c.query("DELETE FROM crm.tickets WHERE id = 1").await);
@@ -444,7 +432,7 @@ async fn merge_then_delete_is_not_a_delete_to_guardrails_or_approvals() {
     let merged = c
         .query("MERGE INTO crm.tickets t USING (SELECT 1) s ON true WHEN MATCHED THEN DELETE")
         .await;
-    let after = count(&h, tickets).await;
+    let after = h.count(tickets).await;
     let mut r = h.raw_client("agent:reviewed", &[]).await.unwrap();
     let reviewed = r
         .query(

@@ -24,15 +24,6 @@ fn query(out: &mut BytesMut, sql: &str) {
     frontend::query(out, sql.as_bytes());
 }
 
-async fn count(h: &Harness, sql: &str) -> i64 {
-    h.superuser()
-        .await
-        .query_one(sql, &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 /// The values of `sql`'s first column, read directly as the superuser: what must not leak.
 async fn secrets(h: &Harness, sql: &str) -> Vec<String> {
     let rows = h.superuser().await.query(sql, &[]).await.unwrap();
@@ -63,7 +54,7 @@ fn decisions(h: &Harness, sql: &str) -> Vec<Value> {
 async fn a_pipelined_settings_change_is_read_before_the_statement_after_it() {
     let h = Harness::start(&[WRITER]).await;
     let tickets = "SELECT count(*) FROM crm.tickets";
-    let before = count(&h, tickets).await;
+    let before = h.count(tickets).await;
     // Under standard_conforming_strings = off this is one string literal; under on, a DELETE.
     let smuggled = r"SELECT 'a\'; DELETE FROM crm.tickets; --'";
     let mut c = client(
@@ -90,7 +81,7 @@ async fn a_pipelined_settings_change_is_read_before_the_statement_after_it() {
         errs[0].1.starts_with("pgid: require_where: DELETE"),
         "{errs:?}"
     );
-    assert_eq!(count(&h, tickets).await, before, "no row was deleted");
+    assert_eq!(h.count(tickets).await, before, "no row was deleted");
     let record = &decisions(&h, smuggled)[0];
     assert_eq!(record["decision"], "deny");
     assert!(record["classes"]
@@ -123,7 +114,7 @@ async fn a_pipelined_settings_change_is_read_before_the_statement_after_it() {
     let errs = errors(&answer);
     assert_eq!(errs.len(), 1, "{answer:?}");
     assert!(errs[0].1.starts_with("pgid: lexing:"), "{errs:?}");
-    assert_eq!(count(&h, tickets).await, before);
+    assert_eq!(h.count(tickets).await, before);
     // The same with a Flush between: the SET's answers arrive, but nothing is reported until
     // a Sync, so what the client sends after reading them is still refused.
     let mut c = client(
@@ -142,7 +133,7 @@ async fn a_pipelined_settings_change_is_read_before_the_statement_after_it() {
     c.until_complete(3).await;
     let errs = errors(&c.query(smuggled).await);
     assert!(errs[0].1.starts_with("pgid: lexing:"), "{errs:?}");
-    assert_eq!(count(&h, tickets).await, before);
+    assert_eq!(h.count(tickets).await, before);
     // Text that reads the same either way goes through in such a pipeline.
     let mut out = BytesMut::new();
     frontend::parse(&mut out, b"", b"SET standard_conforming_strings = off", &[]);
@@ -250,11 +241,8 @@ fn request_id(message: &str) -> String {
 }
 
 async fn orders(h: &Harness, id: i32) -> i64 {
-    count(
-        h,
-        &format!("SELECT count(*) FROM crm.orders WHERE id = {id}"),
-    )
-    .await
+    h.count(&format!("SELECT count(*) FROM crm.orders WHERE id = {id}"))
+        .await
 }
 
 /// Bind and Execute of `statement`, then Sync.

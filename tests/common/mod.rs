@@ -445,6 +445,16 @@ impl Harness {
         connect(&self.pg.superuser_url("app")).await.unwrap()
     }
 
+    /// The single bigint a query returns, asked as the superuser (`SELECT count(*) …`).
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.superuser()
+            .await
+            .query_one(sql, &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     /// The lease's database password, derived from the server key as pgid does (test-only).
     pub fn database_password(&self, lease_id: &str) -> String {
         let key =
