@@ -513,3 +513,66 @@ async fn sighup_reloads_the_policies_of_a_running_pgid_serve() {
         .unwrap();
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_check_and_plan_find_names_the_database_lacks() {
+    let h = Harness::start(&[NIGHTLY]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let typo =
+        format!("{NIGHTLY}\n[[mask]]\ncolumns = [\"crm.customers.emial\"]\nmethod = \"redact\"\n");
+    std::fs::write(dir.path().join("a.toml"), &typo).unwrap();
+    let line = typo.lines().position(|l| l.contains("emial")).unwrap() + 1;
+    let file = dir.path().join("a.toml").display().to_string();
+    let check = |database: Option<String>| {
+        let mut c = pgid();
+        c.args(["policy", "check", "--dir"]).arg(dir.path());
+        if let Some(d) = database {
+            c.args(["--database", &d]);
+        }
+        run(c)
+    };
+
+    // The files alone check, and the output says the names were not.
+    let out = check(None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("names not checked against a database"),
+        "{}",
+        out.stdout
+    );
+    // Against the database: the misspelt column, with file:line and a suggestion.
+    for database in [h.admin_url.clone(), format!("app={}", h.admin_url)] {
+        let out = check(Some(database)).await;
+        assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+        assert!(
+            out.stderr.contains(&format!(
+                "{file}:{line}: policy nightly-report: [[mask]] names column crm.customers.emial, \
+                 which does not exist in database app (did you mean \"email\"?)"
+            )),
+            "{}",
+            out.stderr
+        );
+    }
+    // A database no --database covers is not silently skipped.
+    let out = check(Some(format!("other={}", h.admin_url))).await;
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("names not checked"), "{}", out.stderr);
+    // Corrected, it passes.
+    std::fs::write(dir.path().join("a.toml"), typo.replace("emial", "email")).unwrap();
+    let out = check(Some(h.admin_url.clone())).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("names checked"), "{}", out.stdout);
+
+    // plan refuses to plan for it.
+    std::fs::write(h.state.path().join("policies/p0.toml"), &typo).unwrap();
+    let mut c = pgid();
+    c.args(["policy", "plan", "--config"]).arg(&h.config_path);
+    let out = run(c).await;
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("crm.customers.emial") && out.stderr.contains("no plan"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stdout.contains("GRANT"), "{}", out.stdout);
+}
