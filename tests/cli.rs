@@ -435,6 +435,51 @@ async fn policy_test_prints_each_verdict_and_the_rule_that_decided() {
     assert!(out.stdout.contains("no policy matches"), "{}", out.stdout);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_test_prints_masked_columns_and_held_statements() {
+    let mut c = pgid();
+    c.args(["policy", "test", "--dir"])
+        .arg(repo_path("policies"))
+        .args([
+            "--claims",
+            r#"{"sub": "agent:support-bot", "iss": "https://idp.example.com"}"#,
+        ])
+        .args([
+            "SELECT name, ssn, card_number FROM crm.customers",
+            "SELECT name FROM crm.customers",
+            "DELETE FROM crm.tickets WHERE status = 'open'",
+        ]);
+    let out = run(c).await;
+    // Nothing is refused: held is not refused.
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let after = |first: &str| {
+        let i = lines
+            .iter()
+            .position(|l| *l == first)
+            .unwrap_or_else(|| panic!("no line {first:?} in\n{}", out.stdout));
+        lines.get(i + 1).copied().unwrap_or("")
+    };
+    assert_eq!(
+        after("allow  SELECT name, ssn, card_number FROM crm.customers"),
+        "       mask crm.customers.card_number (hash), crm.customers.ssn (hash)"
+    );
+    assert!(
+        !after("allow  SELECT name FROM crm.customers").contains("mask"),
+        "{}",
+        out.stdout
+    );
+    let held = after("hold   DELETE FROM crm.tickets WHERE status = 'open'");
+    assert!(
+        held.starts_with(
+            "       approval [[approval]] #1 (DELETE, UPDATE on crm.tickets): waits up to 5m \
+             for a reviewer; approvers {\"claims\":{\"groups\":\"dba\"}}; only if the planner \
+             estimates 5 rows or more"
+        ),
+        "{held}"
+    );
+}
+
 /// The next line starting with `prefix` (fails the test after 30 s, or if the process ended).
 async fn next_line(
     lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,

@@ -33,8 +33,9 @@ pub enum PolicyCommand {
         #[arg(long, short, env = "PGID_CONFIG", default_value = "pgid.toml")]
         config: PathBuf,
     },
-    /// Evaluate statements for an identity: which policy applies, and each statement's verdict
-    /// with the rule that decided it. Exit 0 if all are allowed, 1 if any is refused.
+    /// Evaluate statements for an identity: which policy applies, and each statement's outcome —
+    /// refused (with the rule), held for approval (with the rule), or allowed — and the columns
+    /// its results would have masked. Exit 0 if none is refused, 1 if any is.
     Test {
         /// Policy directory.
         #[arg(long, default_value = "policies")]
@@ -67,7 +68,7 @@ pub async fn run(cmd: PolicyCommand) -> anyhow::Result<u8> {
             database,
             policy,
             statements,
-        } => test(
+        } => super::policy_test::run(
             &dir,
             &claims,
             database.as_deref(),
@@ -267,87 +268,4 @@ async fn plan(config: PathBuf) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
-}
-
-fn test(
-    dir: &std::path::Path,
-    claims: &str,
-    database: Option<&str>,
-    policy_name: Option<&str>,
-    statements: Vec<String>,
-) -> anyhow::Result<u8> {
-    let set = policy::load_dir(dir).map_err(|errors| {
-        anyhow::anyhow!(errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n"))
-    })?;
-    let claims: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(claims).context("--claims must be a JSON object")?;
-    let subject = claims
-        .get("sub")
-        .and_then(|v| v.as_str())
-        .context("--claims needs a \"sub\"")?
-        .to_string();
-    let issuer = claims
-        .get("iss")
-        .and_then(|v| v.as_str())
-        .unwrap_or("")
-        .to_string();
-    let request = policy::Request {
-        database,
-        policy: policy_name,
-    };
-    let chosen = match policy::select(&set, &issuer, &subject, &claims, &request) {
-        policy::Selection::One(p) => p,
-        policy::Selection::None => {
-            println!("no policy matches this identity: every statement would be refused");
-            return Ok(1);
-        }
-        policy::Selection::Ambiguous(names) => {
-            println!(
-                "several policies match ({}); choose one with --policy",
-                names.join(", ")
-            );
-            return Ok(1);
-        }
-    };
-    println!("policy {} ({})", chosen.name, chosen.source.display());
-    let rules = chosen.guardrails.clone();
-    // Analysis runs on a thread with the stack deep statements need.
-    let verdicts = std::thread::Builder::new()
-        .stack_size(crate::sql::ANALYSIS_STACK)
-        .spawn(move || {
-            statements
-                .into_iter()
-                .map(|sql| {
-                    let verdict = match crate::sql::analyze(
-                        &sql,
-                        Default::default(),
-                        rules.max_statement_bytes as usize,
-                    ) {
-                        Ok(a) => crate::guard::check(&a, &rules, &|_| None),
-                        Err(e) => crate::guard::Verdict::Deny {
-                            rule: "analysis",
-                            reason: e.to_string(),
-                        },
-                    };
-                    (sql, verdict)
-                })
-                .collect::<Vec<_>>()
-        })?
-        .join()
-        .map_err(|_| anyhow::anyhow!("analysis thread failed"))?;
-    let mut refused = false;
-    for (sql, verdict) in verdicts {
-        match verdict {
-            crate::guard::Verdict::Allow => println!("allow  {sql}"),
-            crate::guard::Verdict::Deny { rule, reason } => {
-                refused = true;
-                println!("deny   {sql}\n       rule {rule}: {reason}");
-            }
-        }
-    }
-    Ok(u8::from(refused))
 }
