@@ -269,3 +269,31 @@ async fn plan(config: PathBuf) -> anyhow::Result<u8> {
     }
     Ok(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_name_their_database_or_cover_all() {
+        let urls = database_urls(&[
+            "postgres://a@h/app".into(),
+            "crm=postgresql://b@h/crm".into(),
+        ])
+        .unwrap();
+        assert_eq!(
+            urls,
+            [
+                (None, "postgres://a@h/app".to_string()),
+                (Some("crm".to_string()), "postgresql://b@h/crm".to_string())
+            ]
+        );
+        // A URL whose query holds '=' is still one URL.
+        assert_eq!(
+            database_urls(&["postgres://a@h/app?sslmode=require".into()]).unwrap()[0].0,
+            None
+        );
+        assert!(database_urls(&["host=h dbname=app".into()]).is_err());
+        assert!(database_urls(&["Bad Name=postgres://h/app".into()]).is_err());
+    }
+}
