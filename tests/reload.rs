@@ -286,3 +286,30 @@ async fn start_refuses_policies_that_name_what_does_not_exist() {
     assert!(e.contains("[[grant]] names schema \"crn\""), "{e}");
     assert!(e.contains("(did you mean \"crm\"?)"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_masked_column_renamed_while_pgid_runs_is_not_left_in_clear() {
+    let masked =
+        format!("{READER}\n[[mask]]\ncolumns = [\"crm.customers.email\"]\nmethod = \"redact\"\n");
+    let h = Harness::start(&[&masked]).await;
+    let policy = pgid::policy::parse_policy(std::path::Path::new("p0.toml"), &masked).unwrap();
+    let (pool, _) = pgid::database::pool(&h.admin_url, 2, None).unwrap();
+    let analyzer = pgid::sql::Analyzer::start(1).unwrap();
+    let resolve = || async {
+        // A fresh catalog: what the proxy finds once its cached resolution expires.
+        pgid::proxy::catalog::MaskCatalog::default()
+            .resolve(&policy, &pool, &analyzer, [0; 32])
+            .await
+    };
+    assert!(resolve().await.unwrap().is_some());
+    h.superuser()
+        .await
+        .batch_execute("ALTER TABLE crm.customers RENAME COLUMN email TO mail")
+        .await
+        .unwrap();
+    let e = resolve().await.unwrap_err();
+    assert!(
+        e.contains("policy reader: masked column crm.customers.email does not exist"),
+        "{e}"
+    );
+}
