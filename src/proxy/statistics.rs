@@ -1,6 +1,8 @@
 //! Whether the planner's estimate of a statement can be trusted for `min_rows`: only when every
 //! relation its plan scans has statistics the planner reads — analysed (by ANALYZE or autovacuum),
-//! with a row count (`pg_class.reltuples` ≥ 0), and not changed much since. On a table never
+//! with a row count (`pg_class.reltuples` ≥ 0), and not changed much since: by the rows changed
+//! since (`n_mod_since_analyze`, which other sessions report with a delay of up to seconds) and by
+//! the table's size on disk against the pages that analysis counted (known at once). On a table never
 //! analysed the planner guesses (a default selectivity times a size made up from the page count),
 //! and a guess must not let a bulk statement past review. Read with pgid's admin connection (the
 //! catalog as it is, not as a lease's `search_path` shows it); anything unknown is untrusted.
@@ -20,6 +22,10 @@ pub struct RelationStatistics {
     pub analysed: bool,
     /// `n_mod_since_analyze`.
     pub modified_since: i64,
+    /// `pg_class.relpages`: the table's pages when last counted.
+    pub relpages: i32,
+    /// Its pages now.
+    pub pages_now: i64,
 }
 
 /// Whether the planner's view of a relation can be trusted.
@@ -30,6 +36,7 @@ pub fn known(stats: Option<RelationStatistics>) -> bool {
             s.analysed
                 && s.reltuples >= 0.0
                 && s.modified_since as f64 <= f64::from(s.reltuples) * STALE_SHARE
+                && s.pages_now as f64 <= f64::from(s.relpages.max(0)) * (1.0 + STALE_SHARE)
         }
     }
 }
@@ -38,7 +45,8 @@ pub fn known(stats: Option<RelationStatistics>) -> bool {
 /// statistics views) does not know, a temporary table among them.
 const QUERY: &str = "SELECT s.ord, c.reltuples, \
        (t.last_analyze IS NOT NULL OR t.last_autoanalyze IS NOT NULL), \
-       coalesce(t.n_mod_since_analyze, 0) \
+       coalesce(t.n_mod_since_analyze, 0), c.relpages, \
+       pg_catalog.pg_relation_size(c.oid) / pg_catalog.current_setting('block_size')::bigint \
      FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS s(nspname, relname, ord) \
      JOIN pg_catalog.pg_namespace n ON n.nspname = s.nspname \
      JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = s.relname \
@@ -80,6 +88,8 @@ pub async fn all_known(pool: &deadpool_postgres::Pool, scans: &[Scan]) -> bool {
                 reltuples: r.get(1),
                 analysed: r.get(2),
                 modified_since: r.get(3),
+                relpages: r.get(4),
+                pages_now: r.get(5),
             });
         }
     }
@@ -95,6 +105,16 @@ mod tests {
             reltuples,
             analysed,
             modified_since,
+            relpages: 1,
+            pages_now: 1,
+        })
+    }
+
+    fn sized(relpages: i32, pages_now: i64) -> Option<RelationStatistics> {
+        Some(RelationStatistics {
+            relpages,
+            pages_now,
+            ..stats(1000.0, true, 0).unwrap()
         })
     }
 
@@ -111,5 +131,10 @@ mod tests {
         assert!(!known(stats(40.0, true, 9)));
         // Unknown to the catalog (a temporary table, a name the plan did not qualify).
         assert!(!known(None));
+        // Grown on disk since it was analysed, before the change counts reach the statistics.
+        assert!(known(sized(10, 12)));
+        assert!(!known(sized(10, 13)));
+        assert!(!known(sized(0, 1)));
+        assert!(known(sized(0, 0)));
     }
 }
