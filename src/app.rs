@@ -103,9 +103,13 @@ pub fn state_database(
 }
 
 /// Brings every policy's group role in line with its file (and the lease marker role into being).
+/// All or nothing: every name the policies use is checked in their database first, each
+/// database's changes run in one transaction, and the transactions commit only once every
+/// database has applied its own; a problem anywhere (all are reported) changes no grant.
 async fn reconcile_groups(databases: &Databases, policies: &PolicySet) -> Result<(), StartError> {
+    let mut clients = Vec::new();
     for db in databases.iter() {
-        let mut c = db
+        let c = db
             .pool
             .get()
             .await
@@ -115,11 +119,27 @@ async fn reconcile_groups(databases: &Databases, policies: &PolicySet) -> Result
             db.name
         )))?;
         roles::hba::check(&c, &db.name, roles::LEASE_MARKER_ROLE).await;
-        for p in policies.iter().filter(|p| p.database == db.name) {
-            roles::apply_policy(&mut c, p, &db.dbname)
-                .await
-                .map_err(|e| StartError(e.to_string()))?;
+        clients.push((db, c));
+    }
+    // In the order of the databases' names, as every instance does (no deadlock between two).
+    let mut staged = Vec::new();
+    let mut problems = Vec::new();
+    for (db, c) in clients.iter_mut() {
+        let mine: Vec<&crate::policy::Policy> = policies
+            .iter()
+            .filter(|p| p.database == db.name)
+            .map(|p| &**p)
+            .collect();
+        match roles::stage_policies(c, &db.name, &mine, &db.dbname).await {
+            Ok(s) => staged.push(s),
+            Err(e) => problems.push(e.to_string()),
         }
+    }
+    if !problems.is_empty() {
+        return Err(StartError(problems.join("\n")));
+    }
+    for s in staged {
+        s.commit().await.map_err(|e| StartError(e.to_string()))?;
     }
     Ok(())
 }

@@ -1041,3 +1041,128 @@ async fn what_the_client_sends_while_waiting_runs_after_and_leaving_withdraws() 
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn min_rows_holds_statements_on_tables_the_planner_knows_nothing_about() {
+    use std::time::Duration;
+    // A table never analysed (autovacuum off for it, so nothing analyses it behind the test's
+    // back): the planner guesses a handful of rows for `status = 'open'`, all 40 match.
+    // And one analysed while empty (crm.queue), filled afterwards.
+    let setup = "CREATE TABLE crm.jobs (id int PRIMARY KEY, status text NOT NULL) \
+                 WITH (autovacuum_enabled = false); \
+                 INSERT INTO crm.jobs SELECT i, 'open' FROM generate_series(1, 40) i; \
+                 CREATE TABLE crm.queue (LIKE crm.jobs) WITH (autovacuum_enabled = false); \
+                 ANALYZE crm.queue;";
+    let policy = GUARDED
+        .replace("timeout = \"3s\"", "timeout = \"30s\"\nmin_rows = 20")
+        .replace(
+            "on = [\"crm.orders\"]",
+            "on = [\"crm.orders\", \"crm.jobs\", \"crm.queue\"]",
+        )
+        .replace(
+            "tables = [\"crm.orders\"]",
+            "tables = [\"crm.jobs\", \"crm.queue\"]",
+        );
+    let h = Harness::start_with_postgres(&[], setup, &[&policy], "").await;
+    let su = h.superuser().await;
+    let guess: f64 = {
+        let plan: serde_json::Value = su
+            .query_one(
+                "EXPLAIN (FORMAT JSON) DELETE FROM crm.jobs WHERE status = 'open'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        plan[0]["Plan"]["Plans"][0]["Plan Rows"].as_f64().unwrap()
+    };
+    assert!(
+        guess < 20.0,
+        "the planner's guess is below min_rows: {guess}"
+    );
+    let alice = token(&h, "alice", &["dba"]);
+    let lease = h.lease("agent:x", json!({})).await;
+    let c = std::sync::Arc::new(h.connect_proxy(&lease).await.unwrap());
+
+    // The estimate cannot be trusted: held for review, and nothing is deleted when denied.
+    let run = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.simple_query("DELETE FROM crm.jobs WHERE status = 'open'")
+                .await
+        })
+    };
+    let request = first_pending(&h, &alice).await;
+    assert_eq!(
+        request["statement"],
+        "DELETE FROM crm.jobs WHERE status = 'open'"
+    );
+    decide(&h, &alice, request["id"].as_str().unwrap(), "deny", None).await;
+    let e = run.await.unwrap().unwrap_err();
+    assert_eq!(
+        e.as_db_error().unwrap().message(),
+        "pgid: approval denied by alice"
+    );
+    assert_eq!(count(&su, "SELECT count(*) FROM crm.jobs").await, 40);
+
+    // Once analysed, the estimate counts: a one-row delete runs without review, in both
+    // protocols.
+    su.batch_execute("ANALYZE crm.jobs").await.unwrap();
+    let n = tokio::time::timeout(
+        Duration::from_secs(10),
+        c.execute("DELETE FROM crm.jobs WHERE id = $1", &[&1i32]),
+    )
+    .await
+    .expect("a one-row delete on an analysed table was held")
+    .unwrap();
+    assert_eq!(n, 1);
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        c.simple_query("DELETE FROM crm.jobs WHERE id = 2"),
+    )
+    .await
+    .expect("a one-row delete on an analysed table was held")
+    .unwrap();
+    assert_eq!(count(&su, "SELECT count(*) FROM crm.jobs").await, 38);
+    // And a bulk one is still held.
+    let run = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.simple_query("DELETE FROM crm.jobs WHERE status = 'open'")
+                .await
+        })
+    };
+    let request = first_pending(&h, &alice).await;
+    assert!(
+        request["estimated_rows"].as_i64().unwrap() >= 20,
+        "{request}"
+    );
+    decide(&h, &alice, request["id"].as_str().unwrap(), "deny", None).await;
+    run.await.unwrap().unwrap_err();
+    assert_eq!(count(&su, "SELECT count(*) FROM crm.jobs").await, 38);
+
+    // Analysed empty, filled since: the statistics say nothing of its rows now (and the change
+    // counts may not have reached them yet; its size on disk has).
+    su.batch_execute("INSERT INTO crm.queue SELECT i, 'open' FROM generate_series(1, 40) i")
+        .await
+        .unwrap();
+    let run = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.simple_query("DELETE FROM crm.queue WHERE status = 'open'")
+                .await
+        })
+    };
+    let request = first_pending(&h, &alice).await;
+    assert_eq!(
+        request["statement"],
+        "DELETE FROM crm.queue WHERE status = 'open'"
+    );
+    assert!(
+        request["estimated_rows"].as_i64().unwrap() < 20,
+        "held although the planner guessed few rows: {request}"
+    );
+    decide(&h, &alice, request["id"].as_str().unwrap(), "deny", None).await;
+    run.await.unwrap().unwrap_err();
+    assert_eq!(count(&su, "SELECT count(*) FROM crm.queue").await, 40);
+}

@@ -435,6 +435,51 @@ async fn policy_test_prints_each_verdict_and_the_rule_that_decided() {
     assert!(out.stdout.contains("no policy matches"), "{}", out.stdout);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_test_prints_masked_columns_and_held_statements() {
+    let mut c = pgid();
+    c.args(["policy", "test", "--dir"])
+        .arg(repo_path("policies"))
+        .args([
+            "--claims",
+            r#"{"sub": "agent:support-bot", "iss": "https://idp.example.com"}"#,
+        ])
+        .args([
+            "SELECT name, ssn, card_number FROM crm.customers",
+            "SELECT name FROM crm.customers",
+            "DELETE FROM crm.tickets WHERE status = 'open'",
+        ]);
+    let out = run(c).await;
+    // Nothing is refused: held is not refused.
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let after = |first: &str| {
+        let i = lines
+            .iter()
+            .position(|l| *l == first)
+            .unwrap_or_else(|| panic!("no line {first:?} in\n{}", out.stdout));
+        lines.get(i + 1).copied().unwrap_or("")
+    };
+    assert_eq!(
+        after("allow  SELECT name, ssn, card_number FROM crm.customers"),
+        "       mask crm.customers.card_number (hash), crm.customers.ssn (hash)"
+    );
+    assert!(
+        !after("allow  SELECT name FROM crm.customers").contains("mask"),
+        "{}",
+        out.stdout
+    );
+    let held = after("hold   DELETE FROM crm.tickets WHERE status = 'open'");
+    assert!(
+        held.starts_with(
+            "       approval [[approval]] #1 (DELETE, UPDATE on crm.tickets): waits up to 5m \
+             for a reviewer; approvers {\"claims\":{\"groups\":\"dba\"}}; only if the planner \
+             estimates 5 rows or more"
+        ),
+        "{held}"
+    );
+}
+
 /// The next line starting with `prefix` (fails the test after 30 s, or if the process ended).
 async fn next_line(
     lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
@@ -512,4 +557,67 @@ async fn sighup_reloads_the_policies_of_a_running_pgid_serve() {
         .await
         .unwrap();
     assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_check_and_plan_find_names_the_database_lacks() {
+    let h = Harness::start(&[NIGHTLY]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let typo =
+        format!("{NIGHTLY}\n[[mask]]\ncolumns = [\"crm.customers.emial\"]\nmethod = \"redact\"\n");
+    std::fs::write(dir.path().join("a.toml"), &typo).unwrap();
+    let line = typo.lines().position(|l| l.contains("emial")).unwrap() + 1;
+    let file = dir.path().join("a.toml").display().to_string();
+    let check = |database: Option<String>| {
+        let mut c = pgid();
+        c.args(["policy", "check", "--dir"]).arg(dir.path());
+        if let Some(d) = database {
+            c.args(["--database", &d]);
+        }
+        run(c)
+    };
+
+    // The files alone check, and the output says the names were not.
+    let out = check(None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("names not checked against a database"),
+        "{}",
+        out.stdout
+    );
+    // Against the database: the misspelt column, with file:line and a suggestion.
+    for database in [h.admin_url.clone(), format!("app={}", h.admin_url)] {
+        let out = check(Some(database)).await;
+        assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+        assert!(
+            out.stderr.contains(&format!(
+                "{file}:{line}: policy nightly-report: [[mask]] names column crm.customers.emial, \
+                 which does not exist in database app (did you mean \"email\"?)"
+            )),
+            "{}",
+            out.stderr
+        );
+    }
+    // A database no --database covers is not silently skipped.
+    let out = check(Some(format!("other={}", h.admin_url))).await;
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("names not checked"), "{}", out.stderr);
+    // Corrected, it passes.
+    std::fs::write(dir.path().join("a.toml"), typo.replace("emial", "email")).unwrap();
+    let out = check(Some(h.admin_url.clone())).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("names checked"), "{}", out.stdout);
+
+    // plan refuses to plan for it.
+    std::fs::write(h.state.path().join("policies/p0.toml"), &typo).unwrap();
+    let mut c = pgid();
+    c.args(["policy", "plan", "--config"]).arg(&h.config_path);
+    let out = run(c).await;
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("crm.customers.emial") && out.stderr.contains("no plan"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stdout.contains("GRANT"), "{}", out.stdout);
 }

@@ -96,6 +96,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
             (Some(pg), url)
         }
     };
+    demo::analyze_demo(&admin_url)
+        .await
+        .context("analysing the demo tables")?;
 
     let clients: Vec<DevClient> = CLIENTS
         .iter()

@@ -1,10 +1,12 @@
-//! The `pgid` command line: `serve`, `dev`, `login`, `policy check|plan`.
+//! The `pgid` command line: `serve`, `dev`, `login`, `policy check|plan|test`, `approvals`,
+//! `audit`.
 
 mod approvals;
 mod audit;
 mod dev;
 mod login;
 mod policy;
+mod policy_test;
 mod serve;
 
 use std::path::PathBuf;

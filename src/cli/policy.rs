@@ -1,4 +1,4 @@
-//! `pgid policy check` and `pgid policy plan`.
+//! `pgid policy check`, `plan` and `test`.
 
 use std::path::PathBuf;
 
@@ -13,7 +13,8 @@ use crate::roles;
 
 #[derive(Subcommand, Debug)]
 pub enum PolicyCommand {
-    /// Validate every policy file; exit 1 with file:line for each problem.
+    /// Validate every policy file; exit 1 with file:line for each problem. Without --database
+    /// only the files themselves are checked, not the names they use.
     Check {
         /// Policy directory (default: the config's `policies`, else ./policies).
         #[arg(long)]
@@ -21,14 +22,20 @@ pub enum PolicyCommand {
         /// Also check that each policy's database is configured.
         #[arg(long, short, env = "PGID_CONFIG")]
         config: Option<PathBuf>,
+        /// Check every table, schema and column the policies name against this database:
+        /// `postgres://…` for all policies, or `NAME=postgres://…` for the policies of database
+        /// NAME (repeat for several). A database no URL covers is a problem.
+        #[arg(long = "database", value_name = "[NAME=]URL")]
+        databases: Vec<String>,
     },
     /// Print the SQL that would bring the group roles in line with the policies.
     Plan {
         #[arg(long, short, env = "PGID_CONFIG", default_value = "pgid.toml")]
         config: PathBuf,
     },
-    /// Evaluate statements for an identity: which policy applies, and each statement's verdict
-    /// with the rule that decided it. Exit 0 if all are allowed, 1 if any is refused.
+    /// Evaluate statements for an identity: which policy applies, and each statement's outcome —
+    /// refused (with the rule), held for approval (with the rule), or allowed — and the columns
+    /// its results would have masked. Exit 0 if none is refused, 1 if any is.
     Test {
         /// Policy directory.
         #[arg(long, default_value = "policies")]
@@ -49,7 +56,11 @@ pub enum PolicyCommand {
 
 pub async fn run(cmd: PolicyCommand) -> anyhow::Result<u8> {
     match cmd {
-        PolicyCommand::Check { dir, config } => check(dir, config),
+        PolicyCommand::Check {
+            dir,
+            config,
+            databases,
+        } => check(dir, config, &databases).await,
         PolicyCommand::Plan { config } => plan(config).await,
         PolicyCommand::Test {
             dir,
@@ -57,7 +68,7 @@ pub async fn run(cmd: PolicyCommand) -> anyhow::Result<u8> {
             database,
             policy,
             statements,
-        } => test(
+        } => super::policy_test::run(
             &dir,
             &claims,
             database.as_deref(),
@@ -67,7 +78,11 @@ pub async fn run(cmd: PolicyCommand) -> anyhow::Result<u8> {
     }
 }
 
-fn check(dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<u8> {
+async fn check(
+    dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+    databases: &[String],
+) -> anyhow::Result<u8> {
     let config = match config {
         Some(path) => Some(Config::load(&path)?),
         None if dir.is_none() && std::path::Path::new("pgid.toml").exists() => {
@@ -80,7 +95,7 @@ fn check(dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<u8> {
         .unwrap_or_else(|| "policies".into());
     let mut errors = match policy::load_dir(&dir) {
         Ok(set) => {
-            let problems = match &config {
+            let mut problems = match &config {
                 Some(c) => set.check_databases(
                     &c.databases
                         .iter()
@@ -89,12 +104,20 @@ fn check(dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<u8> {
                 ),
                 None => Vec::new(),
             };
+            if !databases.is_empty() {
+                problems.extend(check_names(&set, databases).await?);
+            }
             if problems.is_empty() {
                 println!(
-                    "ok: {} polic{} in {}",
+                    "ok: {} polic{} in {} ({})",
                     set.len(),
                     if set.len() == 1 { "y" } else { "ies" },
-                    dir.display()
+                    dir.display(),
+                    if databases.is_empty() {
+                        "the files only: names not checked against a database; use --database URL"
+                    } else {
+                        "names checked against the database"
+                    }
                 );
                 return Ok(0);
             }
@@ -114,10 +137,116 @@ fn check(dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<u8> {
     Ok(1)
 }
 
+/// `--database [NAME=]URL` values: the URL for every database (`None` key), or per name.
+fn database_urls(values: &[String]) -> anyhow::Result<Vec<(Option<String>, String)>> {
+    values
+        .iter()
+        .map(|v| {
+            let is_url = |u: &str| u.starts_with("postgres://") || u.starts_with("postgresql://");
+            match v.split_once('=') {
+                _ if is_url(v) => Ok((None, v.clone())),
+                Some((name, url)) if policy::valid_name(name) && is_url(url) => {
+                    Ok((Some(name.to_string()), url.to_string()))
+                }
+                _ => anyhow::bail!("--database takes postgres://… or NAME=postgres://…"),
+            }
+        })
+        .collect()
+}
+
+/// Every name each policy uses, checked in the database given for it.
+async fn check_names(
+    set: &policy::PolicySet,
+    databases: &[String],
+) -> anyhow::Result<Vec<policy::PolicyError>> {
+    let urls = database_urls(databases)?;
+    let mut problems = Vec::new();
+    let mut by_url: Vec<(&str, Vec<&policy::Policy>)> = Vec::new();
+    for p in set.iter() {
+        let url = urls
+            .iter()
+            .find(|(name, _)| name.as_deref() == Some(p.database.as_str()))
+            .or_else(|| urls.iter().find(|(name, _)| name.is_none()));
+        match url {
+            Some((_, url)) => match by_url.iter_mut().find(|(u, _)| u == url) {
+                Some((_, list)) => list.push(p),
+                None => by_url.push((url, vec![p])),
+            },
+            None => problems.push(policy::PolicyError {
+                location: p.source.display().to_string(),
+                message: format!(
+                    "names not checked: no --database for database {} (use --database {}=postgres://…)",
+                    p.database, p.database
+                ),
+            }),
+        }
+    }
+    for (url, policies) in by_url {
+        let tls = crate::postgres_tls::client_config(
+            if url
+                .parse::<tokio_postgres::Config>()
+                .is_ok_and(|c| c.get_ssl_mode() == tokio_postgres::config::SslMode::Require)
+            {
+                crate::config::UpstreamTls::Require
+            } else {
+                crate::config::UpstreamTls::Disable
+            },
+            None,
+        )
+        .map_err(|e| anyhow::anyhow!("--database: TLS: {e}"))?;
+        let (pool, _) =
+            crate::database::pool(url, 1, tls).map_err(|e| anyhow::anyhow!("--database: {e}"))?;
+        let c = pool.get().await.context("--database: connecting")?;
+        for missing in roles::check_names(&**c, &policies)
+            .await
+            .map_err(|e| anyhow::anyhow!("--database: {}", crate::database::pg_message(&e)))?
+        {
+            problems.push(policy::PolicyError {
+                location: missing.location.clone(),
+                message: format!(
+                    "policy {}: {} {}",
+                    missing.policy, missing.rule, missing.message
+                ),
+            });
+        }
+    }
+    Ok(problems)
+}
+
 async fn plan(config: PathBuf) -> anyhow::Result<u8> {
     let config = Config::load(&config)?;
     let policies = load_policies(&config)?;
     let databases = Databases::connect(&config.databases)?;
+    // A policy naming what does not exist would apply without protecting anything: no plan.
+    let mut missing = Vec::new();
+    for db in databases.iter() {
+        let c = db
+            .pool
+            .get()
+            .await
+            .with_context(|| format!("connecting to database {}", db.name))?;
+        let mine: Vec<&policy::Policy> = policies
+            .iter()
+            .filter(|p| p.database == db.name)
+            .map(|p| &**p)
+            .collect();
+        missing.extend(
+            roles::check_names(&**c, &mine)
+                .await
+                .with_context(|| format!("database {}", db.name))?,
+        );
+    }
+    if !missing.is_empty() {
+        for m in &missing {
+            eprintln!("{m}");
+        }
+        eprintln!(
+            "{} name{} not found: no plan",
+            missing.len(),
+            if missing.len() == 1 { "" } else { "s" }
+        );
+        return Ok(1);
+    }
     for db in databases.iter() {
         let c = db
             .pool
@@ -141,85 +270,30 @@ async fn plan(config: PathBuf) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-fn test(
-    dir: &std::path::Path,
-    claims: &str,
-    database: Option<&str>,
-    policy_name: Option<&str>,
-    statements: Vec<String>,
-) -> anyhow::Result<u8> {
-    let set = policy::load_dir(dir).map_err(|errors| {
-        anyhow::anyhow!(errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n"))
-    })?;
-    let claims: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(claims).context("--claims must be a JSON object")?;
-    let subject = claims
-        .get("sub")
-        .and_then(|v| v.as_str())
-        .context("--claims needs a \"sub\"")?
-        .to_string();
-    let issuer = claims
-        .get("iss")
-        .and_then(|v| v.as_str())
-        .unwrap_or("")
-        .to_string();
-    let request = policy::Request {
-        database,
-        policy: policy_name,
-    };
-    let chosen = match policy::select(&set, &issuer, &subject, &claims, &request) {
-        policy::Selection::One(p) => p,
-        policy::Selection::None => {
-            println!("no policy matches this identity: every statement would be refused");
-            return Ok(1);
-        }
-        policy::Selection::Ambiguous(names) => {
-            println!(
-                "several policies match ({}); choose one with --policy",
-                names.join(", ")
-            );
-            return Ok(1);
-        }
-    };
-    println!("policy {} ({})", chosen.name, chosen.source.display());
-    let rules = chosen.guardrails.clone();
-    // Analysis runs on a thread with the stack deep statements need.
-    let verdicts = std::thread::Builder::new()
-        .stack_size(crate::sql::ANALYSIS_STACK)
-        .spawn(move || {
-            statements
-                .into_iter()
-                .map(|sql| {
-                    let verdict = match crate::sql::analyze(
-                        &sql,
-                        Default::default(),
-                        rules.max_statement_bytes as usize,
-                    ) {
-                        Ok(a) => crate::guard::check(&a, &rules, &|_| None),
-                        Err(e) => crate::guard::Verdict::Deny {
-                            rule: "analysis",
-                            reason: e.to_string(),
-                        },
-                    };
-                    (sql, verdict)
-                })
-                .collect::<Vec<_>>()
-        })?
-        .join()
-        .map_err(|_| anyhow::anyhow!("analysis thread failed"))?;
-    let mut refused = false;
-    for (sql, verdict) in verdicts {
-        match verdict {
-            crate::guard::Verdict::Allow => println!("allow  {sql}"),
-            crate::guard::Verdict::Deny { rule, reason } => {
-                refused = true;
-                println!("deny   {sql}\n       rule {rule}: {reason}");
-            }
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_name_their_database_or_cover_all() {
+        let urls = database_urls(&[
+            "postgres://a@h/app".into(),
+            "crm=postgresql://b@h/crm".into(),
+        ])
+        .unwrap();
+        assert_eq!(
+            urls,
+            [
+                (None, "postgres://a@h/app".to_string()),
+                (Some("crm".to_string()), "postgresql://b@h/crm".to_string())
+            ]
+        );
+        // A URL whose query holds '=' is still one URL.
+        assert_eq!(
+            database_urls(&["postgres://a@h/app?sslmode=require".into()]).unwrap()[0].0,
+            None
+        );
+        assert!(database_urls(&["host=h dbname=app".into()]).is_err());
+        assert!(database_urls(&["Bad Name=postgres://h/app".into()]).is_err());
     }
-    Ok(u8::from(refused))
 }

@@ -47,3 +47,15 @@ pub async fn provision(pg: &TempPostgres, dbname: &str) -> Result<String, tokio_
 pub async fn install_demo(admin_url: &str) -> Result<(), tokio_postgres::Error> {
     connect(admin_url).await?.batch_execute(DEMO_SQL).await
 }
+
+/// Analyses the demo tables, as autovacuum would a real database's in time: `min_rows` trusts
+/// the planner's estimate only on analysed tables (on others every matching statement waits
+/// for review), and `pgid dev` should show the rule as it works day to day.
+pub async fn analyze_demo(admin_url: &str) -> Result<(), tokio_postgres::Error> {
+    connect(admin_url)
+        .await?
+        .batch_execute(
+            "ANALYZE crm.customers, crm.orders, crm.tickets, crm.notes, reporting.daily_revenue",
+        )
+        .await
+}

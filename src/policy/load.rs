@@ -282,6 +282,7 @@ pub fn parse_policy(path: &Path, text: &str) -> Result<Policy, Vec<PolicyError>>
         errs.at(raw.identity.span(), m);
     }
 
+    let mut names = Vec::new();
     let mut grants = Vec::new();
     for g in &raw.grant {
         let mut privileges = Vec::new();
@@ -308,7 +309,14 @@ pub fn parse_policy(path: &Path, text: &str) -> Result<Policy, Vec<PolicyError>>
         let mut on = Vec::new();
         for t in &g.on {
             match parse_table_ref(t.get_ref(), true) {
-                Ok(r) => on.push(r),
+                Ok(r) => {
+                    names.push(NamedObject {
+                        rule: "[[grant]]",
+                        object: ObjectName::Relation(r.clone()),
+                        line: line_of(text, t.span().start),
+                    });
+                    on.push(r)
+                }
                 Err(m) => errs.at(t.span(), m),
             }
         }
@@ -361,11 +369,17 @@ pub fn parse_policy(path: &Path, text: &str) -> Result<Policy, Vec<PolicyError>>
         for c in &m.columns {
             match parse_qualified(c.get_ref()) {
                 Ok(parts) if parts.len() == 3 && !parts.iter().any(|p| p == "*") => {
-                    columns.push(ColumnRef {
+                    let column = ColumnRef {
                         schema: parts[0].clone(),
                         table: parts[1].clone(),
                         column: parts[2].clone(),
-                    })
+                    };
+                    names.push(NamedObject {
+                        rule: "[[mask]]",
+                        object: ObjectName::Column(column.clone()),
+                        line: line_of(text, c.span().start),
+                    });
+                    columns.push(column)
                 }
                 Ok(_) => errs.at(
                     c.span(),
@@ -398,7 +412,14 @@ pub fn parse_policy(path: &Path, text: &str) -> Result<Policy, Vec<PolicyError>>
         let mut tables = Vec::new();
         for t in &a.tables {
             match parse_table_ref(t.get_ref(), true) {
-                Ok(r) => tables.push(r),
+                Ok(r) => {
+                    names.push(NamedObject {
+                        rule: "[[approval]]",
+                        object: ObjectName::Relation(r.clone()),
+                        line: line_of(text, t.span().start),
+                    });
+                    tables.push(r)
+                }
                 Err(m) => errs.at(t.span(), m),
             }
         }
@@ -464,6 +485,7 @@ pub fn parse_policy(path: &Path, text: &str) -> Result<Policy, Vec<PolicyError>>
         masks,
         approvals,
         audit,
+        names,
         source: path.to_path_buf(),
     })
 }

@@ -22,7 +22,33 @@ pub struct Policy {
     pub masks: Vec<Mask>,
     pub approvals: Vec<Approval>,
     pub audit: StatementAudit,
+    /// Every table, schema and column the policy's rules name, with its line: checked against
+    /// the database at start, reload and `plan` (a misspelt name must not switch a rule off).
+    pub names: Vec<NamedObject>,
     pub source: PathBuf,
+}
+
+/// A name in a policy file that must exist in the policy's database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedObject {
+    /// The rule naming it: `[[grant]]`, `[[mask]]` or `[[approval]]`.
+    pub rule: &'static str,
+    pub object: ObjectName,
+    /// Line in [`Policy::source`].
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectName {
+    /// A table (or view…), or `schema.*`.
+    Relation(TableRef),
+    Column(ColumnRef),
+}
+
+impl fmt::Display for ColumnRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.schema, self.table, self.column)
+    }
 }
 
 impl Policy {

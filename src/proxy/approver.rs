@@ -64,10 +64,12 @@ impl Approver<'_> {
     }
 
     /// `min_rows` and the planner's estimate: `None` when the statement is small enough to run
-    /// without review, else the estimate the reviewer sees (if there is one).
+    /// without review, else the estimate the reviewer sees (if there is one). An estimate below
+    /// `min_rows` counts only when every relation the plan scans has statistics
+    /// ([`super::statistics`]): on a table never analysed the planner guesses.
     async fn screen(&self, hold: &Hold, io: &mut Io<'_>) -> Result<Option<Option<i64>>, Flow> {
         let sql = &hold.sql;
-        let rows = match io.idle.as_deref_mut() {
+        let estimate = match io.idle.as_deref_mut() {
             Some(up) => super::estimate::on_session(up, io.client, &hold.raw_sql, &hold.exact)
                 .await
                 .map_err(|e| match e {
@@ -78,10 +80,21 @@ impl Approver<'_> {
                 super::estimate::on_new_connection(self.proxy, self.lease, sql, &hold.exact).await
             }
         };
-        Ok(match (hold.rule.min_rows, rows) {
-            (Some(min), Some(rows)) if rows < min as f64 => None,
-            (_, rows) => Some(rows.map(|r| r.round() as i64)),
-        })
+        if let (Some(min), Some(e)) = (hold.rule.min_rows, &estimate) {
+            if e.rows < min as f64 && self.statistics_known(&e.scans).await {
+                return Ok(None);
+            }
+        }
+        Ok(Some(estimate.map(|e| e.rows.round() as i64)))
+    }
+
+    /// Whether the planner knows every relation it scans (read with the admin connection of the
+    /// lease's database).
+    async fn statistics_known(&self, scans: &[super::estimate::Scan]) -> bool {
+        match self.proxy.leases.databases().get(&self.lease.database) {
+            Some(db) => super::statistics::all_known(&db.pool, scans).await,
+            None => false,
+        }
     }
 
     fn review_link(&self, id: uuid::Uuid) -> String {

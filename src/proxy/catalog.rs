@@ -121,12 +121,25 @@ async fn lookup(
             .map(|m| (m.method, m.keep))
     };
     let mut found = HashMap::new();
+    let mut resolved: BTreeSet<(String, String, String)> = BTreeSet::new();
     for r in &rows {
         let oid: u32 = r.get(0);
         let attnum: i16 = r.get(1);
         let (s, t, col): (String, String, String) = (r.get(2), r.get(3), r.get(4));
         if let Some(m) = method_of(&s, &t, &col) {
             found.insert((oid, attnum), m);
+        }
+        resolved.insert((s, t, col));
+    }
+    // A masked column the database no longer has by that name (renamed or dropped since the
+    // policy was checked at start or reload): masking by name would find nothing and let the
+    // values through, so the policy's sessions are refused until policy and database agree.
+    for col in policy.masks.iter().flat_map(|m| &m.columns) {
+        if !resolved.contains(&(col.schema.clone(), col.table.clone(), col.column.clone())) {
+            return Err(format!(
+                "masking catalog: policy {}: masked column {col} does not exist in database {}",
+                policy.name, policy.database
+            ));
         }
     }
     // Views (and materialized views) reading masked columns, then views reading those. Each

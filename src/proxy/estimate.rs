@@ -1,7 +1,9 @@
 //! The planner's row estimate for a held statement (`min_rows`, and what reviewers see):
 //! `EXPLAIN (FORMAT JSON)`, never ANALYZE, with the statement's own Bind values in their own
 //! formats, as the lease's own role, over the extended protocol (which takes one statement
-//! only). The largest row estimate of any plan node counts; `None` when there is none.
+//! only). The largest row estimate of any plan node counts; `None` when there is none. VERBOSE,
+//! so that each scan names its relation's schema: whether the estimate can be trusted depends on
+//! the statistics of the relations scanned ([`super::statistics`]).
 //!
 //! On the session's own upstream connection when it is idle (nothing in flight, no transaction
 //! open): no extra login, and no extra slot of the lease's connection limit. Otherwise on a
@@ -31,20 +33,57 @@ pub enum Broken {
     Client,
 }
 
-/// The largest `Plan Rows` in an `EXPLAIN (FORMAT JSON)` result.
-pub fn most_rows(plan: &serde_json::Value) -> Option<f64> {
-    fn walk(node: &serde_json::Value) -> f64 {
+/// What the planner expects of a statement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Estimate {
+    /// The largest `Plan Rows` of any node.
+    pub rows: f64,
+    /// Every relation a node of the plan scans (its subplans and init plans included).
+    pub scans: Vec<Scan>,
+}
+
+/// A relation a plan node scans, as `EXPLAIN (VERBOSE)` names it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Scan {
+    /// `None` when the plan does not say (then nothing can be known of its statistics).
+    pub schema: Option<String>,
+    pub relation: String,
+}
+
+/// Reads an `EXPLAIN (VERBOSE, FORMAT JSON)` result.
+pub fn read_plan(plan: &serde_json::Value) -> Option<Estimate> {
+    fn walk(node: &serde_json::Value, scans: &mut Vec<Scan>) -> f64 {
+        // A ModifyTable node names its target, whose rows it takes from the scans below it
+        // (or from VALUES, for an INSERT): the target's own statistics do not make the estimate.
+        if node["Node Type"] != "ModifyTable" {
+            if let Some(relation) = node["Relation Name"].as_str() {
+                scans.push(Scan {
+                    schema: node["Schema"].as_str().map(str::to_string),
+                    relation: relation.to_string(),
+                });
+            }
+        }
         let own = node["Plan Rows"].as_f64().unwrap_or(0.0);
         node["Plans"]
             .as_array()
             .into_iter()
             .flatten()
-            .map(walk)
+            .map(|n| walk(n, scans))
             .fold(own, f64::max)
     }
     let top = &plan[0]["Plan"];
-    top.is_object().then(|| walk(top))
+    if !top.is_object() {
+        return None;
+    }
+    let mut scans = Vec::new();
+    let rows = walk(top, &mut scans);
+    scans.sort();
+    scans.dedup();
+    Some(Estimate { rows, scans })
 }
+
+/// The EXPLAIN pgid runs in front of a statement.
+const EXPLAIN: &str = "EXPLAIN (VERBOSE, FORMAT JSON) ";
 
 /// On the session's idle upstream connection, with the statement as the client sent it (in the
 /// session's client encoding). Messages the server sends meanwhile that belong to the client
@@ -54,9 +93,9 @@ pub async fn on_session(
     client: &mut ClientStream,
     raw_sql: &[u8],
     params: &ExactParameters,
-) -> Result<Option<f64>, Broken> {
+) -> Result<Option<Estimate>, Broken> {
     let mut out = BytesMut::new();
-    let mut explain = b"EXPLAIN (FORMAT JSON) ".to_vec();
+    let mut explain = EXPLAIN.as_bytes().to_vec();
     explain.extend_from_slice(raw_sql);
     // Under names of pgid's own, closed before the Sync: the client's unnamed statement and
     // portal stay as they were.
@@ -106,7 +145,7 @@ pub async fn on_session(
     client.flush().await.map_err(|_| Broken::Client)?;
     Ok(plan
         .and_then(|text| serde_json::from_slice(&text).ok())
-        .and_then(|v: serde_json::Value| most_rows(&v)))
+        .and_then(|v: serde_json::Value| read_plan(&v)))
 }
 
 /// The first column of a DataRow, as sent.
@@ -125,7 +164,7 @@ pub async fn on_new_connection(
     lease: &crate::store::LeaseRow,
     sql: &str,
     params: &ExactParameters,
-) -> Option<f64> {
+) -> Option<Estimate> {
     let db = proxy.leases.databases().get(&lease.database)?;
     let mut cfg = tokio_postgres::Config::new();
     match &db.upstream {
@@ -138,7 +177,7 @@ pub async fn on_new_connection(
         .dbname(&db.dbname)
         .application_name("pgid estimate")
         .connect_timeout(TIMEOUT);
-    let explain = format!("EXPLAIN (FORMAT JSON) {sql}");
+    let explain = format!("{EXPLAIN}{sql}");
     // The parameter types the client declared, as far as they are built-in ones; the server
     // infers the rest, as it did for the client.
     let types: Vec<tokio_postgres::types::Type> = params
@@ -186,7 +225,7 @@ pub async fn on_new_connection(
     })
     .await
     .ok()??;
-    most_rows(&plan)
+    read_plan(&plan)
 }
 
 /// A Bind value passed on to the server exactly as the client sent it, in its own format.
@@ -237,9 +276,41 @@ mod tests {
             {"Plan Rows": 40, "Plans": [{"Plan Rows": 7}]},
             {"Plan Rows": 12}
         ]}}]);
-        assert_eq!(most_rows(&plan), Some(40.0));
-        assert_eq!(most_rows(&serde_json::json!([])), None);
-        assert_eq!(most_rows(&serde_json::json!("x")), None);
+        assert_eq!(read_plan(&plan).map(|e| e.rows), Some(40.0));
+        assert_eq!(read_plan(&serde_json::json!([])), None);
+        assert_eq!(read_plan(&serde_json::json!("x")), None);
+    }
+
+    #[test]
+    fn every_scanned_relation_is_named_but_not_the_modified_one() {
+        // DELETE FROM a partitioned table with a subquery: the target itself is not a scan.
+        let plan = serde_json::json!([{"Plan": {
+            "Node Type": "ModifyTable", "Relation Name": "jobs", "Schema": "crm", "Plan Rows": 0,
+            "Plans": [{"Node Type": "Append", "Plan Rows": 5, "Plans": [
+                {"Node Type": "Seq Scan", "Relation Name": "jobs_1", "Schema": "crm", "Plan Rows": 2},
+                {"Node Type": "Index Scan", "Relation Name": "jobs_2", "Schema": "crm",
+                 "Index Name": "jobs_2_pkey", "Plan Rows": 3},
+                {"Node Type": "Seq Scan", "Relation Name": "jobs_1", "Schema": "crm", "Plan Rows": 1},
+                {"Node Type": "Function Scan", "Function Name": "f", "Schema": "public", "Plan Rows": 1000},
+                {"Node Type": "Seq Scan", "Parent Relationship": "SubPlan",
+                 "Relation Name": "t", "Plan Rows": 1}
+            ]}]
+        }}]);
+        let e = read_plan(&plan).unwrap();
+        assert_eq!(e.rows, 1000.0);
+        let names: Vec<(Option<&str>, &str)> = e
+            .scans
+            .iter()
+            .map(|s| (s.schema.as_deref(), s.relation.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (None, "t"),
+                (Some("crm"), "jobs_1"),
+                (Some("crm"), "jobs_2")
+            ]
+        );
     }
 
     #[test]

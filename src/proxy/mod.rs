@@ -5,7 +5,8 @@
 //! `wire` is the protocol without I/O; `scram` both SCRAM sides; `handshake` a client's way in;
 //! `upstream` pgid's login to Postgres; `pool` idle upstream reuse; `session` the I/O loop;
 //! `inspect` the session state machine that judges what goes through it; `cancel` CancelRequest
-//! forwarding; `stream` the socket types.
+//! forwarding; `stream` the socket types; `estimate` and `statistics` the planner's estimate for
+//! `min_rows` and whether it can be trusted.
 
 mod approver;
 pub mod cancel;
@@ -18,6 +19,7 @@ pub mod masking;
 pub mod pool;
 pub mod scram;
 pub mod session;
+pub mod statistics;
 pub mod stream;
 pub mod upstream;
 pub mod wire;

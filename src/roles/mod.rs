@@ -1,13 +1,14 @@
 //! Postgres roles pgid manages (DESIGN §2): a NOLOGIN group role per policy holding its grants,
 //! and short-lived lease roles that are members of it and of the `pgid_lease` marker.
 //!
-//! `ddl` builds SQL with quoted identifiers only; `reconcile` brings group roles in line with the
-//! policies; `lease` issues, renews and revokes; `reaper` expires leases and removes orphans;
+//! `ddl` builds SQL with quoted identifiers only; `names` checks the names policies use against
+//! the database; `reconcile` brings group roles in line with the policies, all in one transaction; `lease` issues, renews and revokes; `reaper` expires leases and removes orphans;
 //! `hba` checks that the server accepts lease roles only from pgid.
 
 pub mod ddl;
 pub mod hba;
 mod lease;
+mod names;
 mod reaper;
 mod reconcile;
 mod watch;
@@ -16,10 +17,11 @@ pub use lease::{
     database_password, lease_role_name, ClientSecret, IssuedLease, LeaseError, LeaseSetup, Leases,
     Notifier,
 };
+pub use names::{check_names, closest, MissingName};
 pub use reaper::{reap_once, Reaper};
 pub use reconcile::{
-    apply_policy, drop_group_role, ensure_marker_role, plan_policy, GroupPlan, GroupRemoval,
-    ReconcileError,
+    drop_group_role, ensure_marker_role, plan_policy, stage_policies, GroupPlan, GroupRemoval,
+    ReconcileError, Staged,
 };
 pub use watch::{lease_ended, EndReason, LeaseStatus, LeaseWatch};
 

@@ -1,11 +1,14 @@
 //! Group roles follow the policy files: create the role, grant what the policy lists, revoke
-//! what it no longer lists. `plan_policy` computes the SQL from the catalog; `apply` runs it.
+//! what it no longer lists. `plan_policy` computes the SQL from the catalog; `stage_policies`
+//! runs it for every policy of a database in one transaction, after checking every name the
+//! policies use, and [`Staged::commit`] makes it take effect: all of it or none.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use tokio_postgres::GenericClient;
 
 use super::ddl;
+use super::names::{check_names, MissingName};
 use super::LEASE_MARKER_ROLE;
 use crate::policy::{Policy, Privilege, TableRef};
 
@@ -20,6 +23,14 @@ pub enum ReconcileError {
     #[error("policy {policy}: {}", crate::database::pg_message(source))]
     Postgres {
         policy: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Names(Vec<MissingName>),
+    #[error("database {database}: {}", crate::database::pg_message(source))]
+    Database {
+        database: String,
         #[source]
         source: tokio_postgres::Error,
     },
@@ -321,21 +332,59 @@ pub async fn drop_group_role(
     Ok(GroupRemoval::Dropped)
 }
 
-/// Plans and applies one policy inside a transaction, under an advisory lock.
-pub async fn apply_policy(
-    client: &mut tokio_postgres::Client,
-    policy: &Policy,
+/// Every policy of one database applied in one open transaction (under the reconcile lock), not
+/// yet committed: dropping it rolls all of it back.
+pub struct Staged<'a> {
+    tx: tokio_postgres::Transaction<'a>,
+    database: String,
+    pub plans: Vec<GroupPlan>,
+}
+
+/// Checks every name the policies use (all problems at once, as [`ReconcileError::Names`]), then
+/// plans and runs each policy's SQL in one transaction, left open for [`Staged::commit`].
+pub async fn stage_policies<'a>(
+    client: &'a mut tokio_postgres::Client,
+    database: &str,
+    policies: &[&Policy],
     dbname: &str,
-) -> Result<GroupPlan, ReconcileError> {
-    let pg = postgres_error(policy);
-    let tx = begin_locked(client).await.map_err(pg)?;
-    let plan = plan_policy(&tx, policy, dbname).await?;
-    for stmt in &plan.statements {
-        tx.batch_execute(stmt).await.map_err(pg)?;
+) -> Result<Staged<'a>, ReconcileError> {
+    let db_error = |source| ReconcileError::Database {
+        database: database.to_string(),
+        source,
+    };
+    let tx = begin_locked(client).await.map_err(db_error)?;
+    let missing = check_names(&tx, policies).await.map_err(db_error)?;
+    if !missing.is_empty() {
+        return Err(ReconcileError::Names(missing));
     }
-    tx.commit().await.map_err(pg)?;
-    if !plan.statements.is_empty() {
-        tracing::info!(policy = %policy.name, role = %plan.role, statements = plan.statements.len(), "group role reconciled");
+    let mut plans = Vec::new();
+    for policy in policies {
+        let plan = plan_policy(&tx, policy, dbname).await?;
+        for stmt in &plan.statements {
+            tx.batch_execute(stmt)
+                .await
+                .map_err(postgres_error(policy))?;
+        }
+        plans.push(plan);
     }
-    Ok(plan)
+    Ok(Staged {
+        tx,
+        database: database.to_string(),
+        plans,
+    })
+}
+
+impl Staged<'_> {
+    /// Makes the staged grants take effect.
+    pub async fn commit(self) -> Result<Vec<GroupPlan>, ReconcileError> {
+        let database = self.database;
+        self.tx
+            .commit()
+            .await
+            .map_err(|source| ReconcileError::Database { database, source })?;
+        for plan in self.plans.iter().filter(|p| !p.statements.is_empty()) {
+            tracing::info!(policy = %plan.policy, role = %plan.role, statements = plan.statements.len(), "group role reconciled");
+        }
+        Ok(self.plans)
+    }
 }
