@@ -7,7 +7,7 @@
 mod common;
 
 use common::wire::{errors, values, Message};
-use common::{Harness, EMAIL_MASKED, WRITER};
+use common::{Harness, EMAIL_MASKED, REVIEWED, WRITER};
 
 /// May create code (FUNCTION is not denied), under the default denied functions.
 const CODER: &str = r#"
@@ -212,4 +212,56 @@ async fn every_function_the_catalog_shows_running_sql_given_as_text_is_known() {
         unknown.is_empty(),
         "functions pgid does not judge: {unknown:?}"
     );
+}
+
+/// A DELETE reaches a reviewed table through a view, a rewrite rule or an inheritance child
+/// made by the database's owners before the session started: each is held as a DELETE on the
+/// table itself, while a DELETE that reaches no reviewed table is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn relations_that_reach_a_reviewed_table_are_reviewed_as_it() {
+    let h = Harness::start(&[REVIEWED]).await;
+    h.superuser()
+        .await
+        .batch_execute(
+            "CREATE VIEW crm.big_orders AS SELECT * FROM crm.orders WHERE amount > 0;
+             CREATE VIEW crm.big_orders_again AS SELECT * FROM crm.big_orders;
+             CREATE TABLE crm.orders_archive () INHERITS (crm.orders);
+             INSERT INTO crm.orders_archive (id, customer_id, amount) VALUES (9001, 1, 5);
+             CREATE TABLE crm.outbox (id int);
+             CREATE RULE purge AS ON DELETE TO crm.outbox DO ALSO DELETE FROM crm.orders;
+             CREATE TABLE crm.scratch (id int);
+             GRANT SELECT, DELETE ON crm.big_orders, crm.big_orders_again, crm.orders_archive,
+                 crm.outbox, crm.scratch TO PUBLIC;",
+        )
+        .await
+        .unwrap();
+    let orders = "SELECT count(*) FROM crm.orders";
+    let before = h.count(orders).await;
+    let mut c = h.raw_client("agent:reviewed", &[]).await.unwrap();
+    for sql in [
+        "DELETE FROM crm.big_orders WHERE id = 34",
+        "DELETE FROM crm.big_orders_again WHERE id = 34",
+        "DELETE FROM big_orders_again WHERE id = 34",
+        "DELETE FROM crm.orders_archive WHERE id = 9001",
+        "DELETE FROM crm.outbox WHERE id = 1",
+        "WITH o AS (SELECT 1) DELETE FROM crm.big_orders WHERE id IN (SELECT * FROM o)",
+    ] {
+        let answer = c.query(sql).await;
+        let errs = errors(&answer);
+        assert!(
+            errs.first()
+                .is_some_and(|(_, m)| m.starts_with("pgid: approval required")),
+            "{sql}: not held: {answer:?}"
+        );
+    }
+    assert_eq!(
+        h.count(orders).await,
+        before,
+        "orders deleted without review"
+    );
+    // What reaches no reviewed table runs (a CTE is no relation).
+    let answer = c
+        .query("WITH o AS (SELECT 1 AS id) DELETE FROM crm.scratch WHERE id IN (SELECT id FROM o)")
+        .await;
+    assert!(errors(&answer).is_empty(), "{answer:?}");
 }

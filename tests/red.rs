@@ -322,7 +322,6 @@ async fn a_sql_fetch_of_a_protocol_portal_runs_its_delete_without_approval() {
 // statement's table names; a temporary view (CREATE is not denied by default, TEMP is granted
 // to PUBLIC) is another name for the table, and an auto-updatable one deletes from it.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "issue 12 (relations resolved through the catalog)"]
 async fn a_temporary_view_deletes_from_a_reviewed_table_without_approval() {
     let h = Harness::start(&[REVIEWED]).await;
     let mut c = h.raw_client("agent:reviewed", &[]).await.unwrap();

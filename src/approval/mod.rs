@@ -3,6 +3,8 @@
 //! (`notify`). The requests themselves live in the `pgid` schema (`store::approvals`).
 
 pub mod notify;
+pub mod relations;
 pub mod rules;
 
+pub use relations::{Reach, Relations};
 pub use rules::{fingerprint, may_decide, rule_for};

@@ -7,6 +7,7 @@
 //! matches a rule table of that name in any schema: pgid cannot tell which one `search_path`
 //! resolves to, so it asks rather than guesses.
 
+use super::relations::Relations;
 use crate::policy::{Approval, IdentityMatch, TableRef};
 use crate::sql::Statement;
 
@@ -20,17 +21,28 @@ fn table_matches(rule: &TableRef, schema: &str, table: &str) -> bool {
     }
 }
 
-/// The first rule that sends these statements (of one message) for approval.
-pub fn rule_for<'a>(statements: &[&Statement], rules: &'a [Approval]) -> Option<&'a Approval> {
-    rules.iter().find(|rule| {
-        statements.iter().any(|st| {
-            rule.statements.iter().any(|c| st.classes.contains(c))
-                && (rule.tables.is_empty()
-                    || st
-                        .tables
-                        .iter()
-                        .any(|(s, t)| rule.tables.iter().any(|r| table_matches(r, s, t))))
-        })
+/// The first rule that sends these statements (of one message) for approval. `relations`: what
+/// reaches each rule's tables in the catalog (views, rules, partitions — `None`: names as
+/// written only); `created`: the session may have created or redefined relations.
+pub fn rule_for<'a>(
+    statements: &[&Statement],
+    rules: &'a [Approval],
+    relations: Option<&Relations>,
+    created: bool,
+) -> Option<&'a Approval> {
+    rules.iter().enumerate().find_map(|(i, rule)| {
+        statements
+            .iter()
+            .any(|st| {
+                rule.statements.iter().any(|c| st.classes.contains(c))
+                    && (rule.tables.is_empty()
+                        || st.tables.iter().any(|(s, t)| {
+                            rule.tables.iter().any(|r| table_matches(r, s, t))
+                                || relations
+                                    .is_some_and(|rel| rel.may_reach(i, s, t, created, &st.ctes))
+                        }))
+            })
+            .then_some(rule)
     })
 }
 
@@ -103,8 +115,13 @@ approvers = { subject = "ops:*" }
     fn rule(sql: &str) -> Option<usize> {
         let rules = rules();
         let a = analyze(sql, Dialect::default(), 1 << 20).unwrap();
-        rule_for(&a.statements.iter().collect::<Vec<_>>(), &rules)
-            .map(|r| rules.iter().position(|x| std::ptr::eq(x, r)).unwrap())
+        rule_for(
+            &a.statements.iter().collect::<Vec<_>>(),
+            &rules,
+            None,
+            false,
+        )
+        .map(|r| rules.iter().position(|x| std::ptr::eq(x, r)).unwrap())
     }
 
     #[test]

@@ -116,7 +116,7 @@ pub(super) fn outcome(policy: &Policy, analysis: Result<&Analysis, String>) -> O
         }
     }
     let statements: Vec<&crate::sql::Statement> = a.statements.iter().collect();
-    let held = crate::approval::rule_for(&statements, &policy.approvals).map(|rule| {
+    let held = crate::approval::rule_for(&statements, &policy.approvals, None, false).map(|rule| {
         let index = policy
             .approvals
             .iter()

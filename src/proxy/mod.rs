@@ -17,6 +17,7 @@ pub mod inspect;
 pub mod limits;
 pub mod masking;
 pub mod pool;
+pub mod relations;
 pub mod scram;
 pub mod session;
 pub mod statistics;

@@ -110,6 +110,7 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
             audit: policy.audit,
             approvals: policy.approvals.clone(),
             masks,
+            relations: session_relations(p, &policy, &lease).await,
         };
         let records = SessionRecords::new(&lease, session_id, &peer.to_string());
         match Inspector::new(
@@ -346,6 +347,16 @@ async fn session_masks(
         )
 }
 
+/// What reaches the tables of the policy's approval rules (`None`: no rule names tables).
+async fn session_relations(
+    p: &Proxy,
+    policy: &crate::policy::Policy,
+    lease: &crate::store::LeaseRow,
+) -> Option<Arc<crate::approval::Relations>> {
+    let db = p.leases.databases().get(&lease.database)?;
+    super::relations::resolve(policy, &db.pool).await
+}
+
 /// Applies the reloaded policy set to a live session; `Err` ends the session with that message.
 async fn reconfigure(
     p: &Proxy,
@@ -365,6 +376,7 @@ async fn reconfigure(
             audit: policy.audit,
             approvals: policy.approvals.clone(),
             masks,
+            relations: session_relations(p, policy, lease).await,
         })
         .await;
     tracing::info!(lease = %lease.id, policy = %policy.name, "session follows the reloaded policy");

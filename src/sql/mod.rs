@@ -90,6 +90,8 @@ pub struct Statement {
     pub root: String,
     /// Every column reference and where it stands (what masking needs).
     pub columns: Vec<ColumnUse>,
+    /// Names the statement's WITH clauses define (a RangeVar of such a name may be the CTE).
+    pub ctes: BTreeSet<String>,
     /// Tables and views with the name they go by in the statement: (alias, schema, table).
     pub aliases: BTreeSet<(String, String, String)>,
 }
@@ -149,6 +151,7 @@ impl Statement {
                 ..c
             }));
         self.aliases.extend(inner.aliases);
+        self.ctes.extend(inner.ctes);
     }
 }
 

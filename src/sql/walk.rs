@@ -175,6 +175,11 @@ impl<'a> Walker<'a> {
         }
         match kind {
             "ColumnRef" => self.st.columns.push(column_use(body, &ctx)),
+            "CommonTableExpr" => {
+                if let Some(name) = body.get("ctename").and_then(text) {
+                    self.st.ctes.insert(name.to_string());
+                }
+            }
             "AConst" => {
                 if let Some(l) = body
                     .get("location")

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::hold::HoldOf;
-use super::judge::{deny, masked_columns, Batch, Refusal, Step, Stop};
+use super::judge::{self, deny, masked_columns, Batch, Refusal, Step, Stop};
 use super::queue::{Effects, Note, Sent};
 use super::registry::{Effect, ExactParameters, Origin, Portal, Statement as Definition};
 use crate::audit::statement::{self, Protocol};
@@ -174,7 +174,8 @@ impl Batch<'_> {
             return false;
         };
         // An EXECUTE inside may run anything prepared: keep the values.
-        !st.executes.is_empty() || self.insp.approval_rule(&[st], Vec::new()).is_some()
+        // Assumes the session may have created relations by the time it runs.
+        !st.executes.is_empty() || self.insp.approval_rule(&[st], Vec::new(), true).is_some()
     }
 
     pub(super) fn describe(&mut self, target: Target, raw_name: &[u8]) -> Result<Step, Stop> {
@@ -284,7 +285,13 @@ impl Batch<'_> {
             if let Some(st) = &st {
                 let mut statements = vec![st];
                 statements.extend(self.run_by(&refs));
-                if let Some(matched) = self.insp.approval_rule(&statements, prepared.clone()) {
+                let created =
+                    self.counters.created || statements.iter().any(|s| judge::may_create(s));
+                self.counters.created = created;
+                if let Some(matched) =
+                    self.insp
+                        .approval_rule(&statements, prepared.clone(), created)
+                {
                     let held = HoldOf {
                         message: i,
                         sql: &def.text,

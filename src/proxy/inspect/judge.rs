@@ -134,6 +134,15 @@ fn names(st: &Statement) -> (Vec<StatementClass>, Vec<String>) {
 }
 
 /// The classes and tables of every statement of a multi-statement string, for its record.
+/// Whether a statement can create or redefine relations (so that a name may no longer mean what
+/// the catalog said): CREATE, ALTER, DROP, and code, which can do either.
+pub(super) fn may_create(st: &Statement) -> bool {
+    use StatementClass as C;
+    [C::Create, C::Alter, C::Drop, C::Function, C::Do, C::Call]
+        .iter()
+        .any(|c| st.classes.contains(c))
+}
+
 pub(super) fn merged(a: &Analysis) -> Statement {
     let mut m = Statement::default();
     for st in &a.statements {
@@ -379,15 +388,24 @@ impl Inspector {
 
     /// The approval rule statements fall under, if any (`prepared`: names and texts of the
     /// prepared statements among them, shown to the reviewer).
+    /// `created`: the session may have created or redefined relations (then no name is
+    /// vouched for by the catalog read at its start).
     pub(super) fn approval_rule(
         &self,
         statements: &[&Statement],
         prepared: Vec<(String, String)>,
+        created: bool,
     ) -> Option<Matched> {
         if self.rules.approvals.is_empty() {
             return None;
         }
-        let rule = crate::approval::rule_for(statements, &self.rules.approvals)?.clone();
+        let rule = crate::approval::rule_for(
+            statements,
+            &self.rules.approvals,
+            self.rules.relations.as_deref(),
+            created,
+        )?
+        .clone();
         Some(Matched {
             rule,
             tables: statements.iter().flat_map(|s| names(s).1).collect(),

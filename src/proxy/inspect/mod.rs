@@ -53,6 +53,8 @@ pub struct Rules {
     pub approvals: Vec<Approval>,
     /// The policy's masks, resolved in the database (`None`: no masks).
     pub masks: Option<Arc<MaskSetup>>,
+    /// What reaches each approval rule's tables in the catalog (`None`: no rule names tables).
+    pub relations: Option<Arc<crate::approval::Relations>>,
 }
 
 /// Counters that judging advances and committing keeps.
@@ -68,6 +70,8 @@ struct Counters {
     seq: u64,
     /// COPY messages the client has sent.
     copy: queue::CopyPosition,
+    /// The session has judged a statement that can create or redefine relations.
+    created: bool,
 }
 
 pub struct Inspector {

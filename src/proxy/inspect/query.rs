@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::hold::HoldOf;
-use super::judge::{masked_columns, merged, Batch, References, Refusal, Step, Stop};
+use super::judge::{self, masked_columns, merged, Batch, References, Refusal, Step, Stop};
 use super::queue::{Effects, Note, Sent};
 use super::registry::{Effect, Matched, Name, Origin, Statement as Definition};
 use crate::audit::statement::Protocol;
@@ -191,7 +191,11 @@ impl Batch<'_> {
             statements.extend(self.run_by(r));
         }
         let fetched: Vec<u64> = refs.iter().flat_map(References::portals).collect();
-        let matched = self.insp.approval_rule(&statements, prepared_texts.clone());
+        let created = self.counters.created || statements.iter().any(|s| judge::may_create(s));
+        let matched = self
+            .insp
+            .approval_rule(&statements, prepared_texts.clone(), created);
+        self.counters.created = created;
         Ok(Judgement {
             verdict: Ok(()),
             plans,

@@ -21,6 +21,7 @@ fn inspector() -> Inspector {
         audit: StatementAudit::default(),
         approvals: Vec::new(),
         masks: None,
+        relations: None,
     };
     let params = [
         ("client_encoding".to_string(), "UTF8".to_string()),
