@@ -265,3 +265,37 @@ async fn relations_that_reach_a_reviewed_table_are_reviewed_as_it() {
         .await;
     assert!(errors(&answer).is_empty(), "{answer:?}");
 }
+
+/// A masked column read through an inheritance child (a partition is one) of its table, or
+/// through a view on the child, is masked as it is in the table.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_masked_column_is_masked_in_inheritance_children_and_views_on_them() {
+    let h = Harness::start(&[EMAIL_MASKED]).await;
+    let secret = "archived.secret@example.com";
+    h.superuser()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE crm.customers_archive () INHERITS (crm.customers);
+             INSERT INTO crm.customers_archive (id, name, email, ssn, card_number)
+                 VALUES (9001, 'Old', '{secret}', '000-00-0000', '4000000000000002');
+             CREATE VIEW crm.archive_emails AS SELECT id, email FROM crm.customers_archive;
+             GRANT SELECT ON crm.customers_archive, crm.archive_emails TO PUBLIC;"
+        ))
+        .await
+        .unwrap();
+    let mut c = h.raw_client("agent:masked", &[]).await.unwrap();
+    for sql in [
+        "SELECT email FROM crm.customers_archive",
+        "SELECT * FROM crm.customers_archive",
+        "SELECT email FROM crm.archive_emails",
+        "SELECT email FROM crm.customers WHERE id = 9001",
+    ] {
+        let answer = c.query(sql).await;
+        assert!(
+            !answer
+                .iter()
+                .any(|m| m.body.windows(secret.len()).any(|w| w == secret.as_bytes())),
+            "{sql}: the masked value in clear: {answer:?}"
+        );
+    }
+}

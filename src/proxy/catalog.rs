@@ -142,6 +142,45 @@ async fn lookup(
             ));
         }
     }
+    // Inheritance parents and children (partitions) of a masked table hold the same column under
+    // the same name, and their rows are read through one another: masked there too.
+    let direct: Vec<(u32, String, (MaskMethod, usize))> = rows
+        .iter()
+        .filter_map(|r| {
+            let (s, t, col): (String, String, String) = (r.get(2), r.get(3), r.get(4));
+            method_of(&s, &t, &col).map(|m| (r.get::<_, u32>(0), col, m))
+        })
+        .collect();
+    for (oid, column, method) in direct {
+        let relatives = c
+            .query(
+                "WITH RECURSIVE edges(a, b) AS (
+                     SELECT inhrelid, inhparent FROM pg_inherits
+                     UNION SELECT inhparent, inhrelid FROM pg_inherits),
+                 linked(oid) AS (
+                     SELECT $1::oid UNION SELECT e.b FROM edges e JOIN linked l ON e.a = l.oid)
+                 SELECT c.oid, a.attnum, n.nspname::text, c.relname::text
+                 FROM linked l
+                 JOIN pg_class c ON c.oid = l.oid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $2
+                  AND a.attnum > 0 AND NOT a.attisdropped
+                 WHERE c.oid <> $1::oid",
+                &[&oid, &column],
+            )
+            .await
+            .map_err(err)?;
+        for r in &relatives {
+            found.insert((r.get(0), r.get(1)), method);
+            setup.columns.push(MaskedColumn {
+                schema: r.get(2),
+                table: r.get(3),
+                column: Some(column.clone()),
+                method: method.0,
+                keep: method.1,
+            });
+        }
+    }
     // Views (and materialized views) reading masked columns, then views reading those. Each
     // view's definition is analysed like a statement: an output that is a masked column, or is
     // built from one, is masked; when that cannot be told, every column of the view is.
