@@ -231,7 +231,8 @@ async fn relations_that_reach_a_reviewed_table_are_reviewed_as_it() {
              CREATE RULE purge AS ON DELETE TO crm.outbox DO ALSO DELETE FROM crm.orders;
              CREATE TABLE crm.scratch (id int);
              GRANT SELECT, DELETE ON crm.big_orders, crm.big_orders_again, crm.orders_archive,
-                 crm.outbox, crm.scratch TO PUBLIC;",
+                 crm.outbox, crm.scratch TO PUBLIC;
+             GRANT DELETE ON crm.customers TO PUBLIC;",
         )
         .await
         .unwrap();
@@ -245,6 +246,8 @@ async fn relations_that_reach_a_reviewed_table_are_reviewed_as_it() {
         "DELETE FROM crm.orders_archive WHERE id = 9001",
         "DELETE FROM crm.outbox WHERE id = 1",
         "WITH o AS (SELECT 1) DELETE FROM crm.big_orders WHERE id IN (SELECT * FROM o)",
+        // Orders refer to customers: deleting customers can cascade into orders.
+        "DELETE FROM crm.customers WHERE id > 100",
     ] {
         let answer = c.query(sql).await;
         let errs = errors(&answer);

@@ -1,6 +1,7 @@
 //! Which relations reach an approval rule's tables: the tables themselves, views on them (and
 //! views on those), tables whose rewrite rules act on them, and their inheritance parents and
-//! children (partitions) — read from the catalog ([`crate::proxy::relations`]). A statement
+//! children (partitions), tables whose rows a foreign key cascades to them from — read from the
+//! catalog ([`crate::proxy::relations`]). A statement
 //! falls under a rule with tables when a relation it names may be one of those. Pure.
 //!
 //! A name pgid cannot vouch for counts as reaching every rule's tables: one that was not in the

@@ -1,6 +1,7 @@
 //! Reads, for a policy's `[[approval]]` rules that name tables, which relations reach those
 //! tables in the catalog (`crate::approval::relations`): views and their nesting, tables whose
-//! rewrite rules act on them, inheritance parents and children (partitions) — with pgid's admin
+//! rewrite rules act on them, inheritance parents and children (partitions), tables they refer
+//! to by foreign key (cascades) — with pgid's admin
 //! connection, when a session starts and when policies are reloaded. A catalog that cannot be
 //! read vouches for nothing (every named relation then counts as reaching the rules' tables).
 
@@ -18,7 +19,9 @@ const KNOWN: &str = "SELECT n.nspname::text, c.relname::text
 
 /// The relations that reach the tables given as ($1 schema, $2 table or '*' for all in the
 /// schema): the tables, and every relation with an edge to one already found — a rewrite rule
-/// (a view's, or a rule on a table) that refers to it, or an inheritance link either way.
+/// (a view's, or a rule on a table) that refers to it, an inheritance link either way, or a
+/// foreign key referring from it (a DELETE, UPDATE or TRUNCATE … CASCADE of the referenced
+/// table can delete or change the referring rows).
 const REACHING: &str = "WITH RECURSIVE
     targets AS (
         SELECT c.oid FROM pg_class c
@@ -30,7 +33,8 @@ const REACHING: &str = "WITH RECURSIVE
         JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = rw.oid
          AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> rw.ev_class
         UNION SELECT inhrelid, inhparent FROM pg_inherits
-        UNION SELECT inhparent, inhrelid FROM pg_inherits),
+        UNION SELECT inhparent, inhrelid FROM pg_inherits
+        UNION SELECT confrelid, conrelid FROM pg_constraint WHERE contype = 'f'),
     reaching(oid) AS (
         SELECT oid FROM targets
         UNION SELECT e.src FROM edges e JOIN reaching r ON e.dst = r.oid)
