@@ -82,6 +82,13 @@ pub struct Statement {
     pub columns: Vec<ColumnUse>,
     /// Tables and views with the name they go by in the statement: (alias, schema, table).
     pub aliases: BTreeSet<(String, String, String)>,
+    /// FROM items that give their columns new names with an alias column list: a table's or
+    /// view's (`crm.customers AS c(a, b, x)`: its (schema, table)), or a join's (`("*", "*")`:
+    /// whatever it joins). References by those names escape matching by column name.
+    pub renamed: BTreeSet<(String, String)>,
+    /// Columns merged by joins: the names in `JOIN … USING (…)`, and `*` for a NATURAL join
+    /// (whose names only the catalog knows). A merged column has no single source column.
+    pub merged: BTreeSet<String>,
 }
 
 /// Where a column reference stands.

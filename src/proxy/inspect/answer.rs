@@ -160,6 +160,7 @@ impl Inspector {
             | Backend::EmptyQueryResponse => masker.end(),
             Backend::ErrorResponse(r) => masker.report(false, r, self.queue.any_masked()),
             Backend::NoticeResponse(r) => masker.report(true, r, self.queue.any_masked()),
+            Backend::NotificationResponse => masker.notification(),
             Backend::ReadyForQuery(_) => {
                 masker.ready();
                 Action::Pass
