@@ -1,5 +1,6 @@
 //! Data-export limits (`max_rows`, `max_bytes` per statement): result rows (DataRow), COPY TO
-//! STDOUT data (CopyData) and notifications (NotificationResponse) are counted as they pass; past
+//! STDOUT data (CopyData), notices (NoticeResponse: code a policy lets run can RAISE one per
+//! row) and notifications (NotificationResponse) are counted as they pass; past
 //! a limit pgid stops relaying them, cancels the query upstream, and ends the statement for the
 //! client with an error in place of its completion (or the cancellation error).
 //!
@@ -70,7 +71,7 @@ impl ExportLimit {
                 if self.ended {
                     "further notifications were not delivered"
                 } else {
-                    "the query was cancelled"
+                    "the statement was cancelled"
                 }
             ))
         } else if self.max_bytes.is_some_and(|m| self.bytes > m) {
@@ -80,7 +81,7 @@ impl ExportLimit {
                 if self.ended {
                     "further notifications were not delivered"
                 } else {
-                    "the query was cancelled"
+                    "the statement was cancelled"
                 }
             ))
         } else {
@@ -113,7 +114,10 @@ impl ExportLimit {
                     (Action::Drop, true)
                 }
             }
-            Backend::DataRow(_) | Backend::CopyData => {
+            // Notices count as rows: code the policy lets run (DO, a function) can RAISE one per
+            // row. The server sends them while a statement runs, so one opens a count as data
+            // does.
+            Backend::DataRow(_) | Backend::CopyData | Backend::NoticeResponse(_) => {
                 if self.tripped.is_some() {
                     return (Action::Drop, false);
                 }
@@ -238,9 +242,14 @@ mod tests {
         assert_eq!(l.on_message(&NOTIFY, 60), (Action::Pass, false));
         assert!(is_warning(&l.on_message(&NOTIFY, 60).0));
         assert_eq!(l.on_message(&READY, 6), (Action::Pass, false));
-        // A notification amid a statement's rows (not what servers do, but counted alike).
+        // A notice amid a statement's rows (RAISE NOTICE per row) ends the statement.
         assert_eq!(l.on_message(&ROW, 60), (Action::Pass, false));
-        assert_eq!(l.on_message(&NOTIFY, 60), (Action::Drop, true));
+        let notice = Backend::NoticeResponse(Report {
+            code: b"00000",
+            message: b"row 2",
+            severity: b"NOTICE",
+        });
+        assert_eq!(l.on_message(&notice, 60), (Action::Drop, true));
         assert_eq!(l.on_message(&ROW, 10), (Action::Drop, false));
         let (a, _) = l.on_message(&Backend::CommandComplete(b"SELECT 2"), 20);
         assert!(matches!(a, Action::Replace(ref e) if e[0] == b'E'
