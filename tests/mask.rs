@@ -194,6 +194,29 @@ const ATTEMPTS: &[&str] = &[
     "PREPARE leak_p AS SELECT upper(ssn), email FROM crm.customers",
     "EXECUTE leak_p",
     "SELECT 1; SELECT email FROM crm.customers; SELECT upper(ssn) FROM crm.customers",
+    // Merged join columns: no single source column, so RowDescription names none.
+    "SELECT email FROM crm.customers a FULL JOIN crm.customers b USING (email)",
+    "SELECT * FROM crm.customers a NATURAL FULL JOIN crm.customers b",
+    "SELECT j.ssn FROM (crm.customers a FULL JOIN crm.customers b USING (ssn)) j",
+    "SELECT u.card_number FROM crm.customers a FULL JOIN crm.customers b USING (card_number) AS u",
+    "SELECT * FROM crm.customers a LEFT JOIN crm.customers b USING (email, ssn)",
+    "SELECT email FROM (VALUES ('x'::text)) v(email) FULL JOIN crm.customers USING (email)",
+    "SELECT ssn FROM (SELECT 'x'::text AS ssn) s RIGHT JOIN crm.customers USING (ssn)",
+    "SELECT * FROM (SELECT email FROM crm.customers a FULL JOIN crm.customers b USING (email)) s",
+    "WITH t AS (SELECT * FROM crm.customers a NATURAL FULL JOIN crm.customers b) SELECT * FROM t",
+    "SELECT ssn FROM crm.customers a FULL JOIN crm.customers b USING (ssn) UNION ALL SELECT 'x'",
+    "SELECT upper(email) FROM crm.customers a FULL JOIN crm.customers b USING (email)",
+    // Columns renamed by alias column lists.
+    "SELECT upper(x) FROM crm.customers AS c(i, n, x)",
+    "SELECT x::int FROM crm.customers AS c(i, n, e, x)",
+    "SELECT j.x FROM (crm.customers CROSS JOIN (SELECT 1) o) AS j(a, b, x)",
+    "SELECT x FROM crm.customers a(i, n, x) FULL JOIN crm.customers b(i, n, x) USING (x)",
+    "SELECT x || '' FROM crm.customers c(i, n, e, s, x)",
+    // Notifications and inline code.
+    "LISTEN leak",
+    "NOTIFY leak, 'x'",
+    "SELECT pg_notify('leak', x) FROM crm.customers AS c(i, n, x)",
+    "DO $$ BEGIN RAISE NOTICE '%', (SELECT ssn FROM crm.customers LIMIT 1); END $$",
 ];
 
 /// Statements a masked agent still runs exactly as a direct connection would.

@@ -80,7 +80,9 @@ pub(super) fn outcome(policy: &Policy, analysis: Result<&Analysis, String>) -> O
     let mut whole_outputs = false;
     for st in &a.statements {
         match crate::mask::plan(st, &columns) {
-            MaskPlan::Untouched => {}
+            // Names a masked table without reading a masked column: rows as they are, error
+            // texts withheld.
+            MaskPlan::Untouched | MaskPlan::Withhold => {}
             MaskPlan::Refuse(reason) => {
                 return Outcome::Refused {
                     rule: "mask".into(),

@@ -10,7 +10,14 @@
 //! whole. A statement using masked columns is refused when it could move the value somewhere
 //! else: anything but a SELECT (EXPLAIN too: it quotes expressions), a function outside a list of side-effect-free
 //! built-ins, COPY of a masked table, and — under any policy with masks — the statistics views,
-//! whose histograms and most-common values hold column contents.
+//! whose histograms and most-common values hold column contents, notifications (LISTEN, NOTIFY,
+//! pg_notify: a payload cannot be masked) and DO (code pgid cannot see).
+//!
+//! Names can hide where a value comes from, so two cases make every output Postgres cannot
+//! attribute masked: a join that merges a masked column (`USING`, `NATURAL`: a FULL join's merged
+//! column has no origin), and an alias column list over a masked table or a join (`AS c(a, b, x)`),
+//! under which any reference may be a masked column. A statement that names a masked table
+//! without reading a masked column still has its error texts withheld ([`MaskPlan::Withhold`]).
 
 use std::collections::BTreeSet;
 
@@ -33,6 +40,10 @@ pub enum MaskPlan {
     Untouched,
     /// Refused: the reason.
     Refuse(String),
+    /// A masked table or view is named but no masked column read: results are masked by origin
+    /// only, and error and notice texts are withheld (a constraint's `Failing row contains (…)`
+    /// quotes the whole row).
+    Withhold,
     /// Masked columns are read: mask outputs by origin; when `tainted`, also every output with no
     /// origin, by `method`. Error and notice texts are withheld.
     Mask {
@@ -191,6 +202,7 @@ pub fn merge(a: MaskPlan, b: MaskPlan) -> MaskPlan {
     match (a, b) {
         (MaskPlan::Refuse(r), _) | (_, MaskPlan::Refuse(r)) => MaskPlan::Refuse(r),
         (MaskPlan::Untouched, other) | (other, MaskPlan::Untouched) => other,
+        (MaskPlan::Withhold, other) | (other, MaskPlan::Withhold) => other,
         (
             MaskPlan::Mask {
                 tainted: t1,
@@ -231,6 +243,9 @@ struct Scope<'a> {
     names: BTreeSet<String>,
     columns: BTreeSet<String>,
     all_columns: bool,
+    /// A masked table's columns (or a join's) go by other names in the statement: any
+    /// reference may be to a masked column.
+    renamed: bool,
 }
 
 impl<'a> Scope<'a> {
@@ -258,6 +273,12 @@ impl<'a> Scope<'a> {
             .map(|(a, _, _)| a.clone())
             .collect();
         let all_columns = involved.iter().any(|m| m.column.is_none());
+        let renamed = st.renamed.iter().any(|(s, t)| {
+            (s == "*" && t == "*")
+                || involved
+                    .iter()
+                    .any(|m| m.table == *t && (s.is_empty() || *s == m.schema))
+        });
         let columns = involved
             .iter()
             .filter_map(|m| m.column.as_deref().map(lower))
@@ -267,11 +288,24 @@ impl<'a> Scope<'a> {
             names,
             columns,
             all_columns,
+            renamed,
         })
+    }
+
+    /// Whether a join may merge a masked column (USING it, NATURAL, or under other names): a
+    /// merged column has no single source, so Postgres names none in RowDescription.
+    fn merges(&self, merged: &BTreeSet<String>) -> bool {
+        !merged.is_empty()
+            && (self.all_columns
+                || self.renamed
+                || merged.iter().any(|m| m == "*" || self.columns.contains(m)))
     }
 
     /// Whether a column reference can reach a masked value.
     fn relevant(&self, fields: &[String]) -> bool {
+        if self.renamed && !fields.is_empty() {
+            return true;
+        }
         match fields {
             [one] if one == "*" => true,
             [one] => self.columns.contains(one) || self.names.contains(one) || self.all_columns,
@@ -338,10 +372,39 @@ fn lower(s: &str) -> String {
     s.to_ascii_lowercase()
 }
 
+/// Notifications under a policy with masks: a payload is free text that no RowDescription
+/// describes, so it cannot be masked; sending one (NOTIFY, pg_notify) could carry a masked value
+/// to any listener, and listening would receive what others send. UNLISTEN stays allowed.
+fn notification(st: &Statement) -> Option<String> {
+    let what = match st.root.as_str() {
+        "NotifyStmt" => "NOTIFY",
+        "ListenStmt" => "LISTEN",
+        _ => st
+            .functions
+            .iter()
+            .find(|f| f.rsplit('.').next() == Some("pg_notify"))
+            .map(|_| "pg_notify")?,
+    };
+    Some(format!(
+        "{what} is not allowed under a policy with masked columns: a notification's payload cannot be masked"
+    ))
+}
+
 /// Decides `st` under `masks`.
 pub fn plan(st: &Statement, masks: &[MaskedColumn]) -> MaskPlan {
     if masks.is_empty() {
         return MaskPlan::Untouched;
+    }
+    if let Some(reason) = notification(st) {
+        return MaskPlan::Refuse(reason);
+    }
+    if st.classes.contains(&StatementClass::Do) {
+        // Inline code reads what it likes and sends it on (RAISE, NOTIFY, a table): like a
+        // function defined in the database, it is not allowed where columns are masked.
+        return MaskPlan::Refuse(
+            "DO runs code pgid cannot see; it is not allowed under a policy with masked columns"
+                .into(),
+        );
     }
     if let Some((_, t)) = st
         .tables
@@ -402,13 +465,27 @@ pub fn plan(st: &Statement, masks: &[MaskedColumn]) -> MaskPlan {
             },
         }
     }
+    // A column merged by a join is no column of its own: whatever Postgres cannot attribute is
+    // masked (a FULL join's merged column is reported with no origin; the others report the
+    // input they take the value from, masked by origin when that input is).
+    if scope.merges(&st.merged) {
+        used = true;
+        tainted = true;
+        for m in involved {
+            if let Some(col) = &m.column {
+                if scope.renamed || st.merged.contains("*") || st.merged.contains(&lower(col)) {
+                    touched.insert(format!("{}.{}.{col}", m.schema, m.table));
+                }
+            }
+        }
+    }
     if st.root == "CopyStmt" {
         return MaskPlan::Refuse(
             "COPY of a table with masked columns is not allowed; SELECT the columns instead".into(),
         );
     }
     if !used {
-        return MaskPlan::Untouched;
+        return MaskPlan::Withhold;
     }
     let select_only = st.classes.iter().all(|c| *c == StatementClass::Select);
     // EXPLAIN is out too: its plan text quotes the statement's expressions and constants.
@@ -628,14 +705,133 @@ mod tests {
 
     #[test]
     fn statements_without_masked_columns_are_untouched() {
+        for sql in ["SELECT 1", "SELECT email FROM crm.orders", "UNLISTEN *"] {
+            assert_eq!(decide(sql), MaskPlan::Untouched, "{sql}");
+        }
+        // Naming a masked table without reading a masked column: error texts are withheld (a
+        // constraint violation quotes the whole row).
         for sql in [
-            "SELECT 1",
             "SELECT id, name FROM crm.customers",
             "SELECT count(*) FROM crm.customers",
-            "SELECT email FROM crm.orders",
             "DELETE FROM crm.customers WHERE id = 1",
+            "UPDATE crm.customers SET name = NULL WHERE id = 1",
+            "SELECT id, c1.name FROM crm.customers c1 FULL JOIN crm.customers c2 USING (id)",
         ] {
-            assert_eq!(decide(sql), MaskPlan::Untouched, "{sql}");
+            assert_eq!(decide(sql), MaskPlan::Withhold, "{sql}");
+        }
+    }
+
+    #[test]
+    fn notifications_are_refused_under_masks() {
+        for sql in [
+            "NOTIFY c, 'x'",
+            "LISTEN c",
+            "SELECT pg_notify('c', 'x')",
+            "SELECT pg_catalog.pg_notify('c', name) FROM crm.customers",
+            "SELECT count(pg_notify('c', n::text)) FROM generate_series(1, 10) n",
+        ] {
+            assert!(
+                matches!(decide(sql), MaskPlan::Refuse(ref r) if r.contains("notification")),
+                "{sql}"
+            );
+        }
+        for sql in [
+            "DO $$ BEGIN EXECUTE 'LISTEN c'; END $$",
+            "DO $$ BEGIN RAISE NOTICE '%', (SELECT email FROM crm.customers LIMIT 1); END $$",
+        ] {
+            assert!(
+                matches!(decide(sql), MaskPlan::Refuse(ref r) if r.contains("DO")),
+                "{sql}"
+            );
+        }
+    }
+
+    #[test]
+    fn merged_join_columns_are_masked_whole() {
+        // Every join kind, USING and NATURAL, qualified or not, through `*`, join aliases and
+        // USING aliases: the outputs Postgres cannot attribute are masked (tainted).
+        let kinds = [
+            "JOIN",
+            "INNER JOIN",
+            "LEFT JOIN",
+            "RIGHT JOIN",
+            "FULL JOIN",
+            "FULL OUTER JOIN",
+        ];
+        let mut n = 0;
+        for kind in kinds {
+            for (select, from) in [
+                (
+                    "email",
+                    format!("crm.customers a {kind} crm.customers b USING (email)"),
+                ),
+                (
+                    "*",
+                    format!("crm.customers a {kind} crm.customers b USING (id, email)"),
+                ),
+                (
+                    "j.email",
+                    format!("(crm.customers a {kind} crm.customers b USING (email)) j"),
+                ),
+                (
+                    "u.email",
+                    format!("crm.customers a {kind} crm.customers b USING (email) AS u"),
+                ),
+                (
+                    "email",
+                    format!("crm.customers a NATURAL {kind} crm.customers b"),
+                ),
+                ("*", format!("crm.customers NATURAL {kind} crm.orders")),
+                (
+                    "ssn",
+                    format!("crm.customers a {kind} (SELECT 'x'::text AS ssn) b USING (ssn)"),
+                ),
+                (
+                    "x",
+                    format!("crm.customers a(i, n, x) {kind} crm.customers b(i, n, x) USING (x)"),
+                ),
+            ] {
+                let sql = format!("SELECT {select} FROM {from}");
+                assert_eq!(kind_of(&sql), mask(true), "{sql}");
+                n += 1;
+            }
+        }
+        assert_eq!(n, 48);
+        // A merged column that is not masked leaves the statement as it was.
+        assert_eq!(
+            decide("SELECT email FROM crm.customers a JOIN crm.customers b USING (id)"),
+            kind_masked(false)
+        );
+    }
+
+    #[test]
+    fn column_names_given_by_an_alias_reach_the_masked_column() {
+        for sql in [
+            "SELECT upper(x) FROM crm.customers AS c(i, n, x)",
+            "SELECT x::int FROM crm.customers c(i, n, x)",
+            "SELECT upper(j.x) FROM (crm.customers CROSS JOIN crm.orders) AS j(a, b, x)",
+        ] {
+            assert_eq!(kind_of(sql), mask(true), "{sql}");
+        }
+        for sql in [
+            "SELECT pg_notify('c', x) FROM crm.customers AS c(i, n, x)",
+            "INSERT INTO crm.notes (body) SELECT x FROM crm.customers AS c(i, n, x)",
+        ] {
+            assert!(matches!(decide(sql), MaskPlan::Refuse(_)), "{sql}");
+        }
+    }
+
+    fn kind_of(sql: &str) -> MaskPlan {
+        kind(decide(sql))
+    }
+
+    fn kind_masked(tainted: bool) -> MaskPlan {
+        MaskPlan::Mask {
+            tainted,
+            tainted_outputs: Vec::new(),
+            method: MaskMethod::Redact,
+            keep: 0,
+            columns: vec!["crm.customers.email".into()],
         }
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use rand::Rng;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use super::upstream::connect_socket;
@@ -75,15 +75,26 @@ impl CancelMap {
     }
 }
 
-/// Asks the upstream backend to cancel what it is running (a CancelRequest with its own key).
+/// Asks the upstream backend to cancel what it is running (a CancelRequest with its own key),
+/// and returns once the server has closed the request's connection: it signals the backend
+/// before it closes, so a statement sent after this returns is not the one cancelled (a
+/// backend that is between statements when the signal arrives ignores it).
 pub async fn send(t: &CancelTarget) {
-    match connect_socket(&t.addr).await {
-        Ok(mut s) => {
-            let _ = s
-                .write_all(&super::wire::frontend::cancel_request(t.pid, t.secret))
-                .await;
-            let _ = s.flush().await;
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot send a cancel request upstream"),
+    let request = async {
+        let mut s = connect_socket(&t.addr).await?;
+        s.write_all(&super::wire::frontend::cancel_request(t.pid, t.secret))
+            .await?;
+        s.flush().await?;
+        let mut rest = [0u8; 64];
+        while s.read(&mut rest).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    };
+    match tokio::time::timeout(CANCEL_TIMEOUT, request).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot send a cancel request upstream"),
+        Err(_) => tracing::warn!("the server did not close a cancel request's connection in time"),
     }
 }
+
+/// Longest pgid waits for the server to take a cancel request.
+const CANCEL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);

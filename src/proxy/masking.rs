@@ -5,8 +5,11 @@
 //! ([`super::inspect::registry`]); an Execute's rows are read with it (a statement's with the
 //! Bind's result formats). When a client executes a masked statement it never described, pgid
 //! adds a Describe of its own first. A row pgid cannot attribute is not sent: the statement ends
-//! with an error instead. While a statement using masked columns is in flight, error and notice
-//! texts are withheld (they can quote a value).
+//! with an error instead. While a statement using masked columns (or naming a table or view that
+//! has some) is in flight, error and notice texts are withheld (they can quote a value).
+//! Notifications are never relayed under a policy with masks: a payload is free text no
+//! RowDescription describes (LISTEN, NOTIFY and pg_notify are refused; one that arrives anyway —
+//! a LISTEN made by code pgid did not see — is replaced by a notice).
 
 use std::sync::Arc;
 
@@ -111,6 +114,18 @@ impl Masker {
         } else {
             Action::Pass
         }
+    }
+
+    /// A NotificationResponse: withheld, a notice in its place.
+    pub fn notification(&self) -> Action {
+        let mut out = BytesMut::new();
+        backend::error_response(
+            &mut out,
+            Severity::Notice,
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            "pgid: mask: a notification was withheld: under a policy with masked columns notifications are not relayed",
+        );
+        Action::Replace(out)
     }
 
     pub fn ready(&mut self) {
@@ -218,6 +233,11 @@ mod tests {
         assert_eq!(a, Action::Drop);
         let end = m.end();
         assert!(matches!(end, Action::Replace(ref e) if e.windows(10).any(|w| w == b"pgid: mask")));
+        // Notifications are never relayed.
+        assert!(
+            matches!(m.notification(), Action::Replace(ref n) if n[0] == b'N'
+            && n.windows(10).any(|w| w == b"pgid: mask"))
+        );
         // Errors while a masked statement is in flight keep only their code.
         let r = Report {
             code: b"22P02",

@@ -185,6 +185,19 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
                 if r.is_err() {
                     break End::UpstreamGone;
                 }
+                // A reloaded policy reaches an idle session before what the server sends it
+                // unasked (notifications from other sessions), not only at its next statement.
+                if let Judge::Inspect(i) = &mut judge {
+                    let now = p.policy_generation.load(Ordering::Acquire);
+                    if now != policy_generation && i.idle() {
+                        policy_generation = now;
+                        let current = p.policies.read().unwrap().clone();
+                        match reconfigure(p, &lease, &current, i).await {
+                            Ok(()) => frames.set_limits(limits(p, i.max_statement_bytes())),
+                            Err(m) => break End::Fatal(sqlstate::ADMIN_SHUTDOWN, m.into()),
+                        }
+                    }
+                }
                 let Some(target) = cancel_target.as_ref() else { break End::UpstreamGone };
                 match server_to_client(&mut upstream, &mut client, &mut judge, target, &audit).await {
                     Ok(()) => {}
@@ -544,9 +557,10 @@ async fn server_to_client(
             }
             Judge::Inspect(i) => {
                 let answer = i.backend(&msg, total);
+                // Sent before anything else goes upstream: a cancel still on its way when the
+                // client's next statement arrives would cancel that one instead.
                 if answer.cancel {
-                    let t = cancel.clone();
-                    tokio::spawn(async move { super::cancel::send(&t).await });
+                    super::cancel::send(cancel).await;
                 }
                 if let Some(Fatal(m)) = answer.fatal {
                     fatal = Some(m);

@@ -94,6 +94,13 @@ pub struct Statement {
     pub ctes: BTreeSet<String>,
     /// Tables and views with the name they go by in the statement: (alias, schema, table).
     pub aliases: BTreeSet<(String, String, String)>,
+    /// FROM items that give their columns new names with an alias column list: a table's or
+    /// view's (`crm.customers AS c(a, b, x)`: its (schema, table)), or a join's (`("*", "*")`:
+    /// whatever it joins). References by those names escape matching by column name.
+    pub renamed: BTreeSet<(String, String)>,
+    /// Columns merged by joins: the names in `JOIN … USING (…)`, and `*` for a NATURAL join
+    /// (whose names only the catalog knows). A merged column has no single source column.
+    pub merged: BTreeSet<String>,
 }
 
 /// Where a column reference stands.
@@ -152,6 +159,8 @@ impl Statement {
             }));
         self.aliases.extend(inner.aliases);
         self.ctes.extend(inner.ctes);
+        self.renamed.extend(inner.renamed);
+        self.merged.extend(inner.merged);
     }
 }
 

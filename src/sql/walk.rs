@@ -180,6 +180,7 @@ impl<'a> Walker<'a> {
                     self.st.ctes.insert(name.to_string());
                 }
             }
+            "JoinExpr" => self.join(body),
             "AConst" => {
                 if let Some(l) = body
                     .get("location")
@@ -331,6 +332,9 @@ impl<'a> Walker<'a> {
                     .and_then(Value::as_str)
                     .unwrap_or(&table)
                     .to_string();
+                if has_column_names(body.get("alias")) {
+                    st.renamed.insert((schema.clone(), table.clone()));
+                }
                 st.aliases.insert((alias, schema.clone(), table.clone()));
                 st.tables.insert((schema, table));
             }
@@ -428,6 +432,29 @@ impl<'a> Walker<'a> {
 
 /// How deep SQL given as text may nest in SQL given as text.
 const MAX_TEXT_DEPTH: u8 = 4;
+
+impl Walker<'_> {
+    /// A join: the columns it merges (USING, NATURAL) and whether its alias renames them.
+    fn join(&mut self, body: &Value) {
+        if body.get("is_natural").and_then(Value::as_bool) == Some(true) {
+            self.st.merged.insert("*".to_string());
+        }
+        if let Some(names) = body.get("using_clause").and_then(name_list) {
+            self.st.merged.extend(names);
+        }
+        if has_column_names(body.get("alias")) {
+            self.st.renamed.insert(("*".to_string(), "*".to_string()));
+        }
+    }
+}
+
+/// An alias with a column list (`AS c(a, b)`).
+fn has_column_names(alias: Option<&Value>) -> bool {
+    alias
+        .and_then(|a| a.get("colnames"))
+        .and_then(Value::as_array)
+        .is_some_and(|c| !c.is_empty())
+}
 
 /// Settings that change who the session is (lower-cased).
 fn is_identity(name: &str) -> bool {

@@ -133,6 +133,12 @@ impl Inspector {
             return Action::Pass;
         };
         match msg {
+            // A Describe's answer opens no result: the rows of a later Execute are read with the
+            // description kept in the registry and the Execute's own plan. (Taking it for a
+            // result laid the Execute's rows out under the Describe's plan — none — so
+            // `Parse, Bind, Describe portal, Execute, Sync`, libpq's PQexecParams, sent tainted
+            // outputs in clear.)
+            Backend::RowDescription(_) if sent == Some(Sent::Describe) => Action::Pass,
             Backend::RowDescription(body) => {
                 let plan = note
                     .and_then(|n| n.plans.get(completed))
@@ -160,6 +166,7 @@ impl Inspector {
             | Backend::EmptyQueryResponse => masker.end(),
             Backend::ErrorResponse(r) => masker.report(false, r, self.queue.any_masked()),
             Backend::NoticeResponse(r) => masker.report(true, r, self.queue.any_masked()),
+            Backend::NotificationResponse => masker.notification(),
             Backend::ReadyForQuery(_) => {
                 masker.ready();
                 Action::Pass

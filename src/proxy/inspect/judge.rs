@@ -352,7 +352,7 @@ impl Inspector {
                 let bare = matches!(st.root.as_str(), "ExecuteStmt" | "FetchStmt");
                 let masked = r
                     .definitions()
-                    .any(|d| !matches!(d.mask, MaskPlan::Untouched));
+                    .any(|d| matches!(d.mask, MaskPlan::Mask { .. }));
                 if masked && !bare {
                     return Err(deny(
                         "mask",

@@ -62,7 +62,7 @@ impl Note {
     pub fn masked(&self) -> bool {
         self.plans
             .iter()
-            .any(|p| matches!(p, MaskPlan::Mask { .. }))
+            .any(|p| matches!(p, MaskPlan::Mask { .. } | MaskPlan::Withhold))
     }
 }
 
@@ -380,7 +380,8 @@ impl Queue {
         })
     }
 
-    /// Whether any message awaiting its answer reads masked columns.
+    /// Whether any message awaiting its answer reads masked columns or names a table or view
+    /// that has some (their error and notice texts are withheld).
     pub fn any_masked(&self) -> bool {
         self.entries
             .iter()

@@ -273,3 +273,79 @@ async fn a_sync_sent_while_the_server_reads_copy_data_is_not_answered() {
     );
     assert!(i.idle(), "the ignored Sync awaits nothing");
 }
+
+/// A RowDescription body: (table oid, attnum, type) per column, text format.
+fn row_description(cols: &[(u32, i16, u32)]) -> Vec<u8> {
+    use bytes::BufMut;
+    let mut b = BytesMut::new();
+    b.put_i16(cols.len() as i16);
+    for (table, attnum, ty) in cols {
+        b.put_slice(b"c\0");
+        b.put_u32(*table);
+        b.put_i16(*attnum);
+        b.put_u32(*ty);
+        b.put_i16(-1);
+        b.put_i32(-1);
+        b.put_i16(0);
+    }
+    b.to_vec()
+}
+
+#[tokio::test]
+async fn rows_after_a_describe_in_the_same_pipeline_are_masked_by_the_executes_plan() {
+    use crate::mask::MaskedColumn;
+    use crate::policy::MaskMethod;
+    use crate::proxy::catalog::MaskSetup;
+    let mut setup = MaskSetup::default();
+    setup.columns.push(MaskedColumn {
+        schema: "crm".into(),
+        table: "customers".into(),
+        column: Some("email".into()),
+        method: MaskMethod::Redact,
+        keep: 0,
+    });
+    setup
+        .origins
+        .columns
+        .insert((100, 3), (MaskMethod::Redact, 0));
+    let mut i = inspector();
+    i.reconfigure(Rules {
+        guardrails: Guardrails::default(),
+        audit: StatementAudit::default(),
+        approvals: Vec::new(),
+        masks: Some(std::sync::Arc::new(setup)),
+        relations: None,
+    })
+    .await;
+    // libpq's PQexecParams: Parse, Bind, Describe portal, Execute, Sync.
+    let f = frames(|b| {
+        frontend::parse(b, b"", b"SELECT upper(email) FROM crm.customers", &[]);
+        frontend::bind_values(b, b"", &[]);
+        frontend::describe(b, frontend::Target::Portal, b"");
+        frontend::execute(b, b"", 0);
+        frontend::sync(b);
+    });
+    let j = judge(&i, &f).await;
+    assert_eq!((j.consumed, j.wait_for), (5, None));
+    i.commit(j);
+    // The derived column has no origin (table oid 0).
+    let description = row_description(&[(0, 0, 25)]);
+    let actions = answer(
+        &mut i,
+        &[
+            Backend::ParseComplete,
+            Backend::BindComplete,
+            Backend::RowDescription(&description),
+            Backend::DataRow(b"\0\x01\0\0\0\x0fADA@EXAMPLE.COM"),
+            Backend::CommandComplete(b"SELECT 1"),
+            READY,
+        ],
+    );
+    match &actions[3] {
+        Action::Replace(row) => {
+            assert!(!row.windows(3).any(|w| w == b"ADA"), "{row:?}");
+            assert!(row.windows(8).any(|w| w == b"REDACTED"), "{row:?}");
+        }
+        other => panic!("the row went out as it came: {other:?}"),
+    }
+}
