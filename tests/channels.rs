@@ -7,7 +7,7 @@ mod common;
 
 use bytes::{BufMut, BytesMut};
 use common::wire::{errors, Message};
-use common::{Harness, EMAIL_MASKED};
+use common::{Harness, EMAIL_MASKED, READER};
 use pgid::proxy::wire::backend;
 use pgid::proxy::wire::frontend;
 
@@ -28,19 +28,6 @@ deny = []
 deny_functions = []
 max_rows = 100
 max_bytes = "64kB"
-"#;
-
-/// Reads customers, nothing masked (a reload adds the mask).
-const READER: &str = r#"
-name = "reader"
-database = "app"
-ttl = "15m"
-max_connections = 10
-[identity]
-subject = "agent:reader"
-[[grant]]
-privileges = ["SELECT"]
-on = ["crm.customers"]
 "#;
 
 /// Updates customers whose e-mail and SSN are masked.

@@ -8,23 +8,10 @@ mod common;
 
 use bytes::{BufMut, BytesMut};
 use common::wire::{errors, values, Message};
-use common::{Harness, EMAIL_MASKED as MASKED, REVIEWED, WRITER};
+use common::{Harness, EMAIL_MASKED as MASKED, READER, REVIEWED, WRITER};
 use pgid::proxy::wire::backend;
 use pgid::proxy::wire::frontend::{self, Target};
 use serde_json::{json, Value};
-
-/// Reads customers, nothing masked yet (a reload adds the mask).
-const READER: &str = r#"
-name = "reader"
-database = "app"
-ttl = "15m"
-max_connections = 10
-[identity]
-subject = "agent:reader"
-[[grant]]
-privileges = ["SELECT"]
-on = ["crm.customers"]
-"#;
 
 fn query(out: &mut BytesMut, sql: &str) {
     frontend::query(out, sql.as_bytes());

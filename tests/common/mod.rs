@@ -104,6 +104,19 @@ timeout = "1m"
 window = "1m"
 "#;
 
+/// Reads customers, nothing masked (the reload tests add a mask).
+pub const READER: &str = r#"
+name = "reader"
+database = "app"
+ttl = "15m"
+max_connections = 10
+[identity]
+subject = "agent:reader"
+[[grant]]
+privileges = ["SELECT"]
+on = ["crm.customers"]
+"#;
+
 /// Reads customers with their e-mail addresses masked, under the default guardrails.
 pub const EMAIL_MASKED: &str = r#"
 name = "masked"
