@@ -110,6 +110,9 @@ pub(super) const CORPUS: &[&str] = &[
     "CREATE TABLE x (a varchar(10) DEFAULT 'x', b numeric(10, 2) CHECK (b > 0)) WITH (fillfactor = 70)",
     // SQL given as text, and actions beyond a statement's kind.
     "SELECT query_to_xml('SELECT 1', true, false, '')",
+    "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+    "CREATE FUNCTION f() RETURNS int LANGUAGE 'sql' AS $$SELECT 1$$",
+    "CREATE OPERATOR === (FUNCTION = f, LEFTARG = int)",
     "SELECT query_to_xml('SELECT 1'::text, true, false, 'x')",
     "SELECT ts_rewrite('a'::tsquery, 'SELECT 1')",
     "SELECT * FROM ts_stat('SELECT to_tsvector(body) FROM crm.notes', 'ab')",
