@@ -302,3 +302,34 @@ async fn a_masked_column_is_masked_in_inheritance_children_and_views_on_them() {
         );
     }
 }
+
+/// The server's own catalog: every built-in function attribute notation can call over a whole
+/// row (`c.f` for `f(c)`) is one masking treats as reading the row (`pgid::mask::plan`).
+#[tokio::test(flavor = "multi_thread")]
+async fn every_function_the_catalog_shows_taking_any_row_is_known() {
+    let h = Harness::start(&[WRITER]).await;
+    let rows = h
+        .superuser()
+        .await
+        .query(
+            "SELECT DISTINCT p.proname::text FROM pg_proc p \
+             WHERE p.pronamespace = 'pg_catalog'::regnamespace AND p.prokind = 'f' \
+               AND p.pronargs >= 1 AND p.pronargs - p.pronargdefaults <= 1 \
+               AND p.proargtypes[0] IN ('record'::regtype, 'anyelement'::regtype, \
+                   'anycompatible'::regtype, '\"any\"'::regtype, 'anynonarray'::regtype, \
+                   'anycompatiblenonarray'::regtype)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let found: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert!(found.iter().any(|f| f == "row_to_json"), "{found:?}");
+    let unknown: Vec<&String> = found
+        .iter()
+        .filter(|f| !pgid::mask::plan::ROW_FUNCTIONS.contains(&f.as_str()))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "row functions pgid does not know: {unknown:?}"
+    );
+}

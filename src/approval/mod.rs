@@ -6,5 +6,5 @@ pub mod notify;
 pub mod relations;
 pub mod rules;
 
-pub use relations::{Reach, Relations};
+pub use relations::{Made, Reach, Relations, Touch};
 pub use rules::{fingerprint, may_decide, rule_for};

@@ -7,8 +7,8 @@
 //! matches a rule table of that name in any schema: pgid cannot tell which one `search_path`
 //! resolves to, so it asks rather than guesses.
 
-use super::relations::Relations;
-use crate::policy::{Approval, IdentityMatch, TableRef};
+use super::relations::{Made, Relations, Touch};
+use crate::policy::{Approval, IdentityMatch, StatementClass, TableRef};
 use crate::sql::Statement;
 
 fn table_matches(rule: &TableRef, schema: &str, table: &str) -> bool {
@@ -21,26 +21,42 @@ fn table_matches(rule: &TableRef, schema: &str, table: &str) -> bool {
     }
 }
 
+/// Classes that write rows: a rewrite rule or a foreign key action may turn one into another.
+const WRITES: [StatementClass; 5] = [
+    StatementClass::Insert,
+    StatementClass::Update,
+    StatementClass::Delete,
+    StatementClass::Merge,
+    StatementClass::Truncate,
+];
+
 /// The first rule that sends these statements (of one message) for approval. `relations`: what
-/// reaches each rule's tables in the catalog (views, rules, partitions — `None`: names as
-/// written only); `created`: the session may have created or redefined relations.
+/// reaches each rule's tables in the catalog (views, rules, partitions, foreign keys — `None`:
+/// names as written only); `made`: what the session may have created so far.
 pub fn rule_for<'a>(
     statements: &[&Statement],
     rules: &'a [Approval],
     relations: Option<&Relations>,
-    created: bool,
+    made: Made,
 ) -> Option<&'a Approval> {
     rules.iter().enumerate().find_map(|(i, rule)| {
+        let writing_rule = rule.statements.iter().any(|c| WRITES.contains(c));
         statements
             .iter()
             .any(|st| {
-                rule.statements.iter().any(|c| st.classes.contains(c))
-                    && (rule.tables.is_empty()
-                        || st.tables.iter().any(|(s, t)| {
-                            rule.tables.iter().any(|r| table_matches(r, s, t))
-                                || relations
-                                    .is_some_and(|rel| rel.may_reach(i, s, t, created, &st.ctes))
-                        }))
+                let same_class = rule.statements.iter().any(|c| st.classes.contains(c));
+                let writes = st.classes.iter().any(|c| WRITES.contains(c));
+                if rule.tables.is_empty() {
+                    return same_class;
+                }
+                st.tables.iter().any(|(s, t)| {
+                    let touch =
+                        relations.map_or(Touch::No, |rel| rel.touch(i, s, t, made, &st.ctes));
+                    (same_class
+                        && (rule.tables.iter().any(|r| table_matches(r, s, t))
+                            || touch != Touch::No))
+                        || (writes && writing_rule && touch == Touch::Converted)
+                })
             })
             .then_some(rule)
     })
@@ -119,7 +135,7 @@ approvers = { subject = "ops:*" }
             &a.statements.iter().collect::<Vec<_>>(),
             &rules,
             None,
-            false,
+            Made::default(),
         )
         .map(|r| rules.iter().position(|x| std::ptr::eq(x, r)).unwrap())
     }

@@ -118,7 +118,13 @@ pub(super) fn outcome(policy: &Policy, analysis: Result<&Analysis, String>) -> O
         }
     }
     let statements: Vec<&crate::sql::Statement> = a.statements.iter().collect();
-    let held = crate::approval::rule_for(&statements, &policy.approvals, None, false).map(|rule| {
+    let held = crate::approval::rule_for(
+        &statements,
+        &policy.approvals,
+        None,
+        crate::approval::Made::default(),
+    )
+    .map(|rule| {
         let index = policy
             .approvals
             .iter()

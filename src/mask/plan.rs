@@ -184,6 +184,38 @@ const SAFE_FUNCTIONS: &[&str] = &[
     "ntile",
 ];
 
+/// Built-in functions that take any row: in attribute notation (`c.to_json` for `to_json(c)`)
+/// they read a whole row — masked columns included — written like a column reference. Taken
+/// from the catalog (every pg_catalog function callable with one argument of type record, any,
+/// anyelement, anynonarray, anycompatible or anycompatiblenonarray); `tests/meaning.rs` fails on
+/// a server that has one more.
+pub const ROW_FUNCTIONS: &[&str] = &[
+    "any_out",
+    "anycompatible_out",
+    "anycompatiblenonarray_out",
+    "anyelement_out",
+    "anynonarray_out",
+    "concat",
+    "hash_record",
+    "json_build_array",
+    "json_build_object",
+    "jsonb_build_array",
+    "jsonb_build_object",
+    "num_nonnulls",
+    "num_nulls",
+    "pg_collation_for",
+    "pg_column_compression",
+    "pg_column_size",
+    "pg_typeof",
+    "quote_literal",
+    "quote_nullable",
+    "record_out",
+    "record_send",
+    "row_to_json",
+    "to_json",
+    "to_jsonb",
+];
+
 /// A function the statement calls that is defined in the database rather than built in
 /// (`user_functions`: names of functions outside pg_catalog and information_schema). Under a
 /// policy with masks such a function is refused: it could read a masked column itself.
@@ -195,6 +227,13 @@ pub fn user_function<'a>(st: &'a Statement, user_functions: &BTreeSet<String>) -
             schema != "pg_catalog" && user_functions.contains(name)
         })
         .map(String::as_str)
+        // In attribute notation (`c.f` for `f(c)`) a call looks like a column reference.
+        .or_else(|| {
+            st.columns.iter().find_map(|c| match c.fields.as_slice() {
+                [.., _, last] if user_functions.contains(last) => Some(last.as_str()),
+                _ => None,
+            })
+        })
 }
 
 /// One plan for a statement and what it EXECUTEs: a refusal wins, then masking.
@@ -311,7 +350,8 @@ impl<'a> Scope<'a> {
             [one] => self.columns.contains(one) || self.names.contains(one) || self.all_columns,
             [.., q, last] => {
                 let qualifier_masked = self.names.contains(q);
-                (last == "*" && qualifier_masked)
+                // `c.*`, or `c.f` for a function over the whole row `f(c)`.
+                (qualifier_masked && (last == "*" || ROW_FUNCTIONS.contains(&last.as_str())))
                     || (last != "*" && self.columns.contains(last))
                     || (self.all_columns && qualifier_masked)
             }
@@ -406,6 +446,15 @@ pub fn plan(st: &Statement, masks: &[MaskedColumn]) -> MaskPlan {
                 .into(),
         );
     }
+    if st.classes.contains(&StatementClass::Function) {
+        // Code made now runs later without being named: an operator, a cast or a trigger calls
+        // its function where no statement shows it, reading masked columns unseen.
+        return MaskPlan::Refuse(
+            "creating code (functions, operators, casts, triggers …) is not allowed under a \
+             policy with masked columns: it would run where pgid cannot see what it reads"
+                .into(),
+        );
+    }
     if let Some((_, t)) = st
         .tables
         .iter()
@@ -453,7 +502,12 @@ pub fn plan(st: &Statement, masks: &[MaskedColumn]) -> MaskPlan {
                 _ => {}
             }
         }
-        let whole_row = c.fields.len() == 1 && names.contains(&c.fields[0]);
+        // A whole row: `c`, or `c.f` — a function over it in attribute notation.
+        let whole_row = match c.fields.as_slice() {
+            [one] => names.contains(one),
+            [.., q, last] => names.contains(q) && ROW_FUNCTIONS.contains(&last.as_str()),
+            [] => false,
+        };
         match c.position {
             Position::Output if !whole_row => {}
             Position::Predicate => {}

@@ -19,27 +19,34 @@ const KNOWN: &str = "SELECT n.nspname::text, c.relname::text
 
 /// The relations that reach the tables given as ($1 schema, $2 table or '*' for all in the
 /// schema): the tables, and every relation with an edge to one already found — a rewrite rule
-/// (a view's, or a rule on a table) that refers to it, an inheritance link either way, or a
-/// foreign key referring from it (a DELETE, UPDATE or TRUNCATE … CASCADE of the referenced
-/// table can delete or change the referring rows).
+/// (a view's, or a rule on a table, on itself too) that refers to it, an inheritance link
+/// either way, or a foreign key referring from it (a DELETE, UPDATE or TRUNCATE … CASCADE of the
+/// referenced table can delete or change the referring rows) — each with whether its path may
+/// change what a statement does (a rule that is no view's `_RETURN`, a foreign key that sets
+/// NULL or DEFAULT on delete, a partition: an UPDATE moves rows out of one, as a DELETE there).
 const REACHING: &str = "WITH RECURSIVE
     targets AS (
         SELECT c.oid FROM pg_class c
         JOIN pg_namespace n ON n.oid = c.relnamespace
         JOIN unnest($1::text[], $2::text[]) AS t(s, r)
           ON n.nspname = t.s AND (t.r = '*' OR c.relname = t.r)),
-    edges(src, dst) AS (
-        SELECT DISTINCT rw.ev_class, d.refobjid FROM pg_rewrite rw
+    edges(src, dst, converts) AS (
+        SELECT DISTINCT rw.ev_class, d.refobjid, rw.rulename <> '_RETURN' FROM pg_rewrite rw
         JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = rw.oid
-         AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> rw.ev_class
-        UNION SELECT inhrelid, inhparent FROM pg_inherits
-        UNION SELECT inhparent, inhrelid FROM pg_inherits
-        UNION SELECT confrelid, conrelid FROM pg_constraint WHERE contype = 'f'),
-    reaching(oid) AS (
-        SELECT oid FROM targets
-        UNION SELECT e.src FROM edges e JOIN reaching r ON e.dst = r.oid)
-    SELECT n.nspname::text, c.relname::text FROM reaching r
-    JOIN pg_class c ON c.oid = r.oid JOIN pg_namespace n ON n.oid = c.relnamespace";
+         AND d.refclassid = 'pg_class'::regclass
+         AND (d.refobjid <> rw.ev_class OR rw.rulename <> '_RETURN')
+        UNION SELECT i.inhrelid, i.inhparent, p.relkind = 'p' FROM pg_inherits i
+              JOIN pg_class p ON p.oid = i.inhparent
+        UNION SELECT i.inhparent, i.inhrelid, p.relkind = 'p' FROM pg_inherits i
+              JOIN pg_class p ON p.oid = i.inhparent
+        UNION SELECT confrelid, conrelid, confdeltype IN ('n', 'd')
+              FROM pg_constraint WHERE contype = 'f'),
+    reaching(oid, converts) AS (
+        SELECT oid, false FROM targets
+        UNION SELECT e.src, r.converts OR e.converts FROM edges e JOIN reaching r ON e.dst = r.oid)
+    SELECT n.nspname::text, c.relname::text, bool_or(r.converts) FROM reaching r
+    JOIN pg_class c ON c.oid = r.oid JOIN pg_namespace n ON n.oid = c.relnamespace
+    GROUP BY 1, 2";
 
 /// `None` when no approval rule of the policy names tables.
 pub async fn resolve(policy: &Policy, pool: &deadpool_postgres::Pool) -> Option<Arc<Relations>> {
@@ -72,16 +79,21 @@ async fn read(policy: &Policy, pool: &deadpool_postgres::Pool) -> Result<Relatio
                 TableRef::AllInSchema { .. } => "*".to_string(),
             });
         }
-        let relations = if tables.is_empty() {
-            HashSet::new()
-        } else {
-            pairs(
-                c.query(REACHING, &[&schemas, &tables])
-                    .await
-                    .map_err(|e| e.to_string())?,
-            )
-        };
-        reach.push(Reach { relations });
+        let mut r = Reach::default();
+        if !tables.is_empty() {
+            for row in c
+                .query(REACHING, &[&schemas, &tables])
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                let name: (String, String) = (row.get(0), row.get(1));
+                if row.get::<_, bool>(2) {
+                    r.converting.insert(name.clone());
+                }
+                r.relations.insert(name);
+            }
+        }
+        reach.push(r);
     }
     Ok(Relations::new(known, reach))
 }

@@ -197,6 +197,12 @@ mod tests {
             "SELECT schema_to_xml('crm', true, false, '')",
             "SELECT database_to_xml(true, false, '')",
             "SELECT s.table_to_xml('t', true, false, '')",
+            // Read under the standard_conforming_strings of the moment it runs.
+            r"SELECT query_to_xml('SELECT ''x\'', pg_terminate_backend(1) --''', true, false, '')",
+            r"CREATE FUNCTION f() RETURNS text LANGUAGE sql AS 'SELECT ''a\'' || pg_read_file(''x'') --'''",
+            // Bound where no call shows the text.
+            "CREATE OPERATOR === (FUNCTION = ts_rewrite, LEFTARG = tsquery, RIGHTARG = text)",
+            "CREATE AGGREGATE a (text) (SFUNC = pg_catalog.query_to_xml, STYPE = xml)",
         ] {
             let st = one(sql);
             assert!(!st.unjudgeable.is_empty(), "{sql}");

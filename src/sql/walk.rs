@@ -169,9 +169,19 @@ impl<'a> Walker<'a> {
         if code::binds_functions(kind) {
             let mut names = Vec::new();
             code::bound_names(body, &mut names);
-            self.st
-                .functions
-                .extend(names.into_iter().map(|n| n.to_ascii_lowercase()));
+            for name in names {
+                let name = name.to_ascii_lowercase();
+                // Bound to an operator, aggregate or cast, a function that runs SQL given as
+                // text would run it where no call shows the text.
+                let bare = name.rsplit('.').next().unwrap_or(&name);
+                if text::known().any(|k| k == bare) {
+                    self.st.unjudgeable.push(format!(
+                        "{bare} runs SQL or reads relations given as values; binding it to an \
+                         operator, aggregate, cast or trigger would run what pgid cannot judge"
+                    ));
+                }
+                self.st.functions.insert(name);
+            }
         }
         match kind {
             "ColumnRef" => self.st.columns.push(column_use(body, &ctx)),
@@ -395,6 +405,16 @@ impl<'a> Walker<'a> {
     /// pgid keeps (prepared statements, cursors) is refused, and their settings change only if
     /// the function runs.
     fn text_sql(&mut self, function: &str, sql: &str) -> Result<(), AnalyzeError> {
+        // The server lexes this text when it runs — perhaps much later (a prepared statement, a
+        // view, a function body), under the standard_conforming_strings of that moment.
+        if super::tokens::depends_on_standard_conforming_strings(sql) {
+            self.st.unjudgeable.push(format!(
+                "the SQL {function} runs has a backslash in a '…' literal, which the server reads \
+                 under the standard_conforming_strings in force when it runs; write it as E'…' or \
+                 with dollar quotes"
+            ));
+            return Ok(());
+        }
         if self.depth >= MAX_TEXT_DEPTH {
             self.st.unjudgeable.push(format!(
                 "SQL given as text nested deeper than {MAX_TEXT_DEPTH} levels"

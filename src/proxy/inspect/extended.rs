@@ -9,6 +9,8 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::hold::HoldOf;
+use crate::approval::Made;
+
 use super::judge::{self, deny, masked_columns, Batch, Refusal, Step, Stop};
 use super::queue::{Effects, Note, Sent};
 use super::registry::{Effect, ExactParameters, Origin, Portal, Statement as Definition};
@@ -174,8 +176,16 @@ impl Batch<'_> {
             return false;
         };
         // An EXECUTE inside may run anything prepared: keep the values.
-        // Assumes the session may have created relations by the time it runs.
-        !st.executes.is_empty() || self.insp.approval_rule(&[st], Vec::new(), true).is_some()
+        // Assumes the session may have made relations and code by the time it runs.
+        let anything = Made {
+            relations: true,
+            code: true,
+        };
+        !st.executes.is_empty()
+            || self
+                .insp
+                .approval_rule(&[st], Vec::new(), anything)
+                .is_some()
     }
 
     pub(super) fn describe(&mut self, target: Target, raw_name: &[u8]) -> Result<Step, Stop> {
@@ -285,12 +295,9 @@ impl Batch<'_> {
             if let Some(st) = &st {
                 let mut statements = vec![st];
                 statements.extend(self.run_by(&refs));
-                let created =
-                    self.counters.created || statements.iter().any(|s| judge::may_create(s));
-                self.counters.created = created;
-                if let Some(matched) =
-                    self.insp
-                        .approval_rule(&statements, prepared.clone(), created)
+                let made = judge::made_by(self.counters.made, &statements);
+                self.counters.made = made;
+                if let Some(matched) = self.insp.approval_rule(&statements, prepared.clone(), made)
                 {
                     let held = HoldOf {
                         message: i,

@@ -37,6 +37,11 @@ impl Batch<'_> {
             ));
         }
         canonical.push_str(&format!("\n-- parameter types: {:?}", held.exact.types));
+        // The same text means something else under the other standard_conforming_strings: an
+        // approval is for the statement as it was read.
+        if held.dialect.backslash_escapes {
+            canonical.push_str("\n-- standard_conforming_strings: off");
+        }
         self.holds.push(Hold {
             message: held.message,
             statement,

@@ -134,13 +134,24 @@ fn names(st: &Statement) -> (Vec<StatementClass>, Vec<String>) {
 }
 
 /// The classes and tables of every statement of a multi-statement string, for its record.
-/// Whether a statement can create or redefine relations (so that a name may no longer mean what
-/// the catalog said): CREATE, ALTER, DROP, and code, which can do either.
-pub(super) fn may_create(st: &Statement) -> bool {
+/// What the session may have made once `statements` ran, given what it had: relations (CREATE,
+/// ALTER, DROP, and code, which can do either) and code (functions, DO, CALL — which can make
+/// rules and triggers), after which a name may no longer mean what the catalog said.
+pub(super) fn made_by(
+    before: crate::approval::Made,
+    statements: &[&Statement],
+) -> crate::approval::Made {
     use StatementClass as C;
-    [C::Create, C::Alter, C::Drop, C::Function, C::Do, C::Call]
-        .iter()
-        .any(|c| st.classes.contains(c))
+    let any = |classes: &[C]| {
+        statements
+            .iter()
+            .any(|st| classes.iter().any(|c| st.classes.contains(c)))
+    };
+    let code = before.code || any(&[C::Function, C::Do, C::Call]);
+    crate::approval::Made {
+        relations: before.relations || code || any(&[C::Create, C::Alter, C::Drop]),
+        code,
+    }
 }
 
 pub(super) fn merged(a: &Analysis) -> Statement {
@@ -388,13 +399,13 @@ impl Inspector {
 
     /// The approval rule statements fall under, if any (`prepared`: names and texts of the
     /// prepared statements among them, shown to the reviewer).
-    /// `created`: the session may have created or redefined relations (then no name is
-    /// vouched for by the catalog read at its start).
+    /// `made`: what the session may have created or redefined (then names are not vouched for
+    /// by the catalog read at its start).
     pub(super) fn approval_rule(
         &self,
         statements: &[&Statement],
         prepared: Vec<(String, String)>,
-        created: bool,
+        made: crate::approval::Made,
     ) -> Option<Matched> {
         if self.rules.approvals.is_empty() {
             return None;
@@ -403,7 +414,7 @@ impl Inspector {
             statements,
             &self.rules.approvals,
             self.rules.relations.as_deref(),
-            created,
+            made,
         )?
         .clone();
         Some(Matched {

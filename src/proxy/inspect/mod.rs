@@ -70,8 +70,8 @@ struct Counters {
     seq: u64,
     /// COPY messages the client has sent.
     copy: queue::CopyPosition,
-    /// The session has judged a statement that can create or redefine relations.
-    created: bool,
+    /// What the statements judged so far may have made (relations, code).
+    made: crate::approval::Made,
 }
 
 pub struct Inspector {

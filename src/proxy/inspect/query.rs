@@ -191,11 +191,11 @@ impl Batch<'_> {
             statements.extend(self.run_by(r));
         }
         let fetched: Vec<u64> = refs.iter().flat_map(References::portals).collect();
-        let created = self.counters.created || statements.iter().any(|s| judge::may_create(s));
+        let made = judge::made_by(self.counters.made, &statements);
         let matched = self
             .insp
-            .approval_rule(&statements, prepared_texts.clone(), created);
-        self.counters.created = created;
+            .approval_rule(&statements, prepared_texts.clone(), made);
+        self.counters.made = made;
         Ok(Judgement {
             verdict: Ok(()),
             plans,
