@@ -399,8 +399,13 @@ pub fn view_outputs(
         }
         let last = c.fields.last().map(String::as_str).unwrap_or("*");
         match c.output {
-            Some(i) if last != "*" => {
+            // The column itself keeps its method; a value computed from it is redacted (see
+            // `plan`: partial and hash are for the column's own value).
+            Some(i) if last != "*" && c.position == Position::Output => {
                 out.entry(i).or_insert_with(|| scope.method(last));
+            }
+            Some(i) if last != "*" => {
+                out.insert(i, (MaskMethod::Redact, 0));
             }
             _ => return None,
         }
@@ -556,12 +561,13 @@ pub fn plan(st: &Statement, masks: &[MaskedColumn]) -> MaskPlan {
             "function {f} is not allowed in a statement that uses masked columns"
         ));
     }
-    let first = involved[0];
-    let same = involved
-        .iter()
-        .all(|m| m.method == first.method && m.keep == first.keep);
-    let (method, keep) = if same {
-        (first.method, first.keep)
+    // What masks an output computed from masked columns: never `partial` or `hash`, which are
+    // made for the column's own value — over a derived one the statement chooses which
+    // characters `partial` keeps (`'x' || substr(card, k, 4)`), and `hash` becomes an oracle for
+    // any text the statement builds (`left(ssn, 0) || '7'`). `null` where every column involved
+    // says so, `redact` otherwise.
+    let (method, keep) = if involved.iter().all(|m| m.method == MaskMethod::Null) {
+        (MaskMethod::Null, 0)
     } else {
         (MaskMethod::Redact, 0)
     };

@@ -12,6 +12,7 @@
 mod actions;
 mod cache;
 mod code;
+mod estimable;
 mod nodes;
 mod session;
 #[cfg(test)]
@@ -21,6 +22,7 @@ mod tokens;
 mod walk;
 
 pub use cache::{Analyzer, Outcome};
+pub use estimable::estimable;
 pub use session::{Cursor, Setting, SettingValue};
 pub use tokens::{canonical, depends_on_standard_conforming_strings, shape};
 

@@ -49,9 +49,16 @@ pub enum Unread {
 pub struct Context {
     /// As the server last reported it.
     pub current: Lexing,
+    /// Reported settings that give literals their meaning (dates, intervals, time zones), as
+    /// the server last reported them: part of what a retry-mode approval is for.
+    meaning: std::collections::BTreeMap<String, String>,
     /// The server's own encoding is UTF-8 (pgid reads identifiers as the server does only then).
     server_utf8: bool,
 }
+
+/// Reported settings that change what a literal means (`'01/02/2026'` is 2 January under MDY,
+/// 1 February under DMY).
+const MEANING: &[&str] = &["DateStyle", "IntervalStyle", "TimeZone"];
 
 fn refused(code: &'static str, reason: String) -> Unread {
     Unread::Refused(
@@ -90,7 +97,29 @@ impl Context {
                 standard_strings: get("standard_conforming_strings") != Some("off"),
             },
             server_utf8: get("server_encoding").is_none_or(|e| e == "UTF8"),
+            meaning: params
+                .iter()
+                .filter(|(n, _)| MEANING.contains(&n.as_str()))
+                .cloned()
+                .collect(),
         })
+    }
+
+    /// The reported settings that give literals their meaning, as one line.
+    pub fn meaning(&self) -> String {
+        let mut out = format!(
+            "client_encoding={} standard_conforming_strings={}",
+            self.current.encoding.map_or("?", |e| e.name()),
+            if self.current.standard_strings {
+                "on"
+            } else {
+                "off"
+            }
+        );
+        for (n, v) in &self.meaning {
+            out.push_str(&format!(" {n}={v}"));
+        }
+        out
     }
 
     /// A ParameterStatus: the setting as the server now has it.
@@ -103,7 +132,12 @@ impl Context {
             }
             b"standard_conforming_strings" => self.current.standard_strings = value != "off",
             b"server_encoding" => self.server_utf8 = value == "UTF8",
-            _ => {}
+            _ => {
+                let name = String::from_utf8_lossy(name);
+                if MEANING.contains(&name.as_ref()) {
+                    self.meaning.insert(name.into_owned(), value.into_owned());
+                }
+            }
         }
     }
 

@@ -37,12 +37,30 @@ impl Batch<'_> {
             ));
         }
         canonical.push_str(&format!("\n-- parameter types: {:?}", held.exact.types));
-        // The same text means something else under the other standard_conforming_strings: an
-        // approval is for the statement as it was read.
+        // The same text means something else under other settings (standard_conforming_strings,
+        // DateStyle, TimeZone, IntervalStyle): an approval is for the statement as the server
+        // reads it under the settings it last reported.
         if held.dialect.backslash_escapes {
             canonical.push_str("\n-- standard_conforming_strings: off");
         }
+        canonical.push_str(&format!("\n-- settings: {}", self.insp.context.meaning()));
+        // A session that may have made relations of its own (a temporary table the statement
+        // reads, filled after the approval) can change what the text does where no reviewer
+        // sees: its approvals are never used again (wait mode still works there).
+        if self.counters.made.relations {
+            canonical.push_str(&format!(
+                "\n-- session-made relations: {}",
+                hex::encode(rand::random::<[u8; 16]>())
+            ));
+        }
+        let prepared = held
+            .matched
+            .prepared
+            .iter()
+            .map(|(_, text)| text.clone())
+            .collect();
         self.holds.push(Hold {
+            prepared,
             message: held.message,
             statement,
             sql: held.sql.to_string(),

@@ -41,6 +41,8 @@ pub struct Hold {
     /// Canonical text + exact parameters with their types and formats: what a retry-mode
     /// approval is for.
     pub fingerprint: String,
+    /// The texts of the prepared statements it EXECUTEs (what `min_rows` judges then).
+    pub prepared: Vec<String>,
 }
 
 /// What a batch of client messages became.
