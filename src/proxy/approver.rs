@@ -67,7 +67,8 @@ impl Approver<'_> {
     /// without review, else the estimate the reviewer sees (if there is one). An estimate below
     /// `min_rows` counts only when every relation the plan scans has statistics
     /// ([`super::statistics`]): on a table never analysed the planner guesses; and only for a
-    /// predicate the planner estimates from them ([`crate::sql::estimable`]).
+    /// predicate the planner estimates from them (`Hold::estimable`, decided when the statement was
+    /// analysed).
     async fn screen(&self, hold: &Hold, io: &mut Io<'_>) -> Result<Option<Option<i64>>, Flow> {
         let sql = &hold.sql;
         let estimate = match io.idle.as_deref_mut() {
@@ -82,7 +83,7 @@ impl Approver<'_> {
             }
         };
         if let (Some(min), Some(e)) = (hold.rule.min_rows, &estimate) {
-            if e.rows < min as f64 && estimable(hold) && self.statistics_known(&e.scans).await {
+            if e.rows < min as f64 && hold.estimable && self.statistics_known(&e.scans).await {
                 return Ok(None);
             }
         }
@@ -326,15 +327,5 @@ impl Approver<'_> {
                 }
             }
         }
-    }
-}
-
-/// Whether the planner's estimate for a held statement can be trusted: its own text, or for an
-/// EXECUTE what it executes.
-fn estimable(hold: &Hold) -> bool {
-    if hold.prepared.is_empty() {
-        crate::sql::estimable(&hold.sql)
-    } else {
-        hold.prepared.iter().all(|t| crate::sql::estimable(t))
     }
 }

@@ -1,5 +1,5 @@
-//! Whether the planner's row estimate for a statement can be trusted (`min_rows`): only for a
-//! single UPDATE or DELETE of one table whose WHERE compares columns with constants or
+//! Whether the planner's row estimate for a statement can be trusted (`min_rows`), decided while
+//! the statement is analysed: only for a single UPDATE or DELETE of one table whose WHERE compares columns with constants or
 //! parameters (`=`, `<`, IN, BETWEEN, LIKE, IS NULL … joined by AND/OR/NOT). Anything else — an
 //! expression, a function, a subquery, a join, a column compared with a column — gets the
 //! planner's default selectivity, which the statement's own text can shrink at will
@@ -9,37 +9,21 @@ use serde_json::Value;
 
 use super::node_of;
 
-pub fn estimable(sql: &str) -> bool {
-    if super::tokens::depends_on_standard_conforming_strings(sql) {
-        return false;
-    }
-    let Ok(parsed) = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) else {
-        return false;
-    };
-    let Ok(tree) = serde_json::to_value(&parsed.protobuf.stmts) else {
-        return false;
-    };
-    let [only] = tree.as_array().map(Vec::as_slice).unwrap_or_default() else {
-        return false;
-    };
-    let Some((mut kind, mut body)) = only
-        .get("stmt")
-        .and_then(|s| s.get("node"))
-        .and_then(node_of)
-    else {
-        return false;
-    };
-    // `PREPARE name AS …`: what an EXECUTE of it runs.
-    if kind == "PrepareStmt" {
-        let Some(query) = body
+/// For a statement of kind `kind` at the top of a string (already parsed and walked): whether
+/// the planner's estimate of it can be trusted. `PREPARE name AS …` answers for what an EXECUTE
+/// of it runs.
+pub(super) fn root(kind: &str, body: &Value) -> bool {
+    let (kind, body) = match kind {
+        "PrepareStmt" => match body
             .get("query")
             .and_then(|q| q.get("node"))
             .and_then(node_of)
-        else {
-            return false;
-        };
-        (kind, body) = query;
-    }
+        {
+            Some(query) => query,
+            None => return false,
+        },
+        _ => (kind, body),
+    };
     let empty = |field: &str| {
         body.get(field)
             .is_none_or(|v| v.is_null() || v.as_array().is_some_and(Vec::is_empty))
@@ -98,7 +82,25 @@ fn value(node: &Value) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::estimable;
+    use super::super::{analyze, Dialect};
+
+    /// A single statement the planner's estimate of which counts, read as the server would.
+    fn estimable(sql: &str) -> bool {
+        let off = Dialect {
+            backslash_escapes: true,
+        };
+        // Under either setting where the text reads the same; a text that does not is judged
+        // under standard_conforming_strings = off here, where `'a\'` is unterminated.
+        let dialect = if super::super::depends_on_standard_conforming_strings(sql) {
+            off
+        } else {
+            Dialect::default()
+        };
+        match analyze(sql, dialect, 1 << 20) {
+            Ok(a) => a.statements.len() == 1 && a.statements[0].estimable,
+            Err(_) => false,
+        }
+    }
 
     #[test]
     fn only_column_versus_value_predicates_are_estimable() {

@@ -22,7 +22,6 @@ mod tokens;
 mod walk;
 
 pub use cache::{Analyzer, Outcome};
-pub use estimable::estimable;
 pub use session::{Cursor, Setting, SettingValue};
 pub use tokens::{canonical, depends_on_standard_conforming_strings, shape};
 
@@ -92,6 +91,9 @@ pub struct Statement {
     pub root: String,
     /// Every column reference and where it stands (what masking needs).
     pub columns: Vec<ColumnUse>,
+    /// The planner's row estimate for it can be trusted (`min_rows`): an UPDATE or DELETE of one
+    /// table whose WHERE compares columns with values, or a PREPARE of one ([`estimable`]).
+    pub estimable: bool,
     /// Names the statement's WITH clauses define (a RangeVar of such a name may be the CTE).
     pub ctes: BTreeSet<String>,
     /// Tables and views with the name they go by in the statement: (alias, schema, table).
@@ -280,6 +282,7 @@ fn walk_at(
         w.walk(raw, walk::Ctx::default())?;
         if let Some((kind, body)) = root {
             session::root(kind, body, &mut w.st, &mut w.reads);
+            w.st.estimable = estimable::root(kind, body);
         }
         unread.extend(w.constants.difference(&w.reads));
         read.append(&mut w.reads);

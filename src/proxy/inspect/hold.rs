@@ -53,14 +53,8 @@ impl Batch<'_> {
                 hex::encode(rand::random::<[u8; 16]>())
             ));
         }
-        let prepared = held
-            .matched
-            .prepared
-            .iter()
-            .map(|(_, text)| text.clone())
-            .collect();
         self.holds.push(Hold {
-            prepared,
+            estimable: held.matched.estimable,
             message: held.message,
             statement,
             sql: held.sql.to_string(),

@@ -41,8 +41,8 @@ pub struct Hold {
     /// Canonical text + exact parameters with their types and formats: what a retry-mode
     /// approval is for.
     pub fingerprint: String,
-    /// The texts of the prepared statements it EXECUTEs (what `min_rows` judges then).
-    pub prepared: Vec<String>,
+    /// The planner's estimate of what runs can be trusted (`min_rows`).
+    pub estimable: bool,
 }
 
 /// What a batch of client messages became.
@@ -419,10 +419,15 @@ impl Inspector {
             made,
         )?
         .clone();
+        // What runs — an EXECUTE counts as the statement it executes — must be one statement
+        // whose estimate the planner reads from statistics.
+        let mut runs = statements.iter().filter(|s| s.root != "ExecuteStmt");
+        let estimable = matches!((runs.next(), runs.next()), (Some(st), None) if st.estimable);
         Some(Matched {
             rule,
             tables: statements.iter().flat_map(|s| names(s).1).collect(),
             prepared,
+            estimable,
         })
     }
 

@@ -62,6 +62,8 @@ pub struct Matched {
     pub rule: crate::policy::Approval,
     pub tables: Vec<String>,
     pub prepared: Vec<(String, String)>,
+    /// The planner's estimate of what runs can be trusted (`min_rows`).
+    pub estimable: bool,
 }
 
 /// A statement as judged when it was defined (and judged again at each policy reload).
