@@ -157,7 +157,6 @@ const REFUSED: &[(&str, &str)] = &[
     ("CREATE ACCESS METHOD m TYPE TABLE HANDLER heap_tableam_handler", "deny"),
     ("CREATE LANGUAGE l HANDLER plpgsql_call_handler", "deny"),
     ("CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'SELECT pg_terminate_backend(1)::int'", "deny"),
-    ("SELEC 1", "analysis"),
 ];
 
 const REFUSED_SIMPLE_ONLY: &[(&str, &str)] = &[

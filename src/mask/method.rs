@@ -9,11 +9,17 @@
 //!   bytea → the 32 HMAC bytes; other types → NULL.
 //! - `partial`: text types → `****` and the last `keep` characters; other types → NULL.
 //!
+//! Values arrive in the session's client encoding (text, and text types in binary format too):
+//! `partial` counts characters in it and answers in it, and `hash` hashes the text as the server
+//! stores it (UTF-8), so a value hashes alike whatever encoding a client reads it in. A value
+//! that does not decode in the encoding shows no characters (`partial`) and hashes as its bytes.
+//!
 //! NULL stays NULL whatever the method.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::encoding::Encoding;
 use crate::policy::MaskMethod;
 
 pub const REDACTED: &str = "REDACTED";
@@ -32,13 +38,19 @@ fn int_width(type_oid: u32) -> Option<usize> {
     }
 }
 
-/// The canonical text form of a value, for hashing (so text and binary results hash alike).
-fn text_form(value: &[u8], type_oid: u32, binary: bool) -> Option<Vec<u8>> {
-    if !binary {
-        return Some(value.to_vec());
-    }
-    if is_text(type_oid) {
-        return Some(value.to_vec());
+/// The canonical text form of a value, for hashing (so text and binary results, and every client
+/// encoding, hash alike).
+fn text_form(
+    value: &[u8],
+    type_oid: u32,
+    binary: bool,
+    encoding: Option<Encoding>,
+) -> Option<Vec<u8>> {
+    if !binary || is_text(type_oid) {
+        return Some(match encoding.map(|e| e.decode(value)) {
+            Some(Ok(text)) => text.into_owned().into_bytes(),
+            _ => value.to_vec(),
+        });
     }
     if type_oid == 17 {
         return Some(format!("\\x{}", hex::encode(value)).into_bytes());
@@ -61,15 +73,17 @@ fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
 }
 
 /// The masked form of `value` (`None` = SQL NULL) for a column of `type_oid` in `binary` or text
-/// format. `key` is the deployment's masking key (used by `hash`).
+/// format, in the client's `encoding` (`None`: one pgid does not know). `key` is the deployment's
+/// masking key (used by `hash`).
 pub fn apply(
     method: MaskMethod,
     keep: usize,
     key: &[u8],
-    type_oid: u32,
-    binary: bool,
+    column: (u32, bool),
+    encoding: Option<Encoding>,
     value: Option<&[u8]>,
 ) -> Option<Vec<u8>> {
+    let (type_oid, binary) = column;
     let value = value?;
     match method {
         MaskMethod::Null => None,
@@ -78,19 +92,22 @@ pub fn apply(
             if !is_text(type_oid) {
                 return None;
             }
-            let text = String::from_utf8_lossy(value);
-            let chars: Vec<char> = text.chars().collect();
-            let tail: String = chars[chars.len().saturating_sub(keep)..].iter().collect();
-            // Nothing shown when the value is no longer than what would be kept.
-            let tail = if chars.len() > keep {
-                tail
-            } else {
-                String::new()
+            let mut out = b"****".to_vec();
+            let (Some(encoding), Some(text)) =
+                (encoding, encoding.and_then(|e| e.decode(value).ok()))
+            else {
+                return Some(out);
             };
-            Some(format!("****{tail}").into_bytes())
+            let chars: Vec<char> = text.chars().collect();
+            // Nothing shown when the value is no longer than what would be kept.
+            if chars.len() > keep {
+                let tail: String = chars[chars.len() - keep..].iter().collect();
+                out.extend_from_slice(&encoding.encode_lossy(&tail));
+            }
+            Some(out)
         }
         MaskMethod::Hash => {
-            let canonical = text_form(value, type_oid, binary)?;
+            let canonical = text_form(value, type_oid, binary, encoding)?;
             let digest = hmac(key, &canonical);
             if is_text(type_oid) {
                 return Some(format!("h_{}", hex::encode(&digest[..8])).into_bytes());
@@ -125,6 +142,7 @@ mod tests {
     use super::*;
 
     const KEY: &[u8] = b"test key";
+    const UTF8: Option<Encoding> = Some(Encoding::UTF8);
 
     fn text(v: Option<Vec<u8>>) -> Option<String> {
         v.map(|b| String::from_utf8(b).unwrap())
@@ -132,18 +150,21 @@ mod tests {
 
     #[test]
     fn redact_is_type_aware() {
-        let r = |oid, v: &[u8]| apply(MaskMethod::Redact, 0, KEY, oid, false, Some(v));
+        let r = |oid, v: &[u8]| apply(MaskMethod::Redact, 0, KEY, (oid, false), UTF8, Some(v));
         assert_eq!(text(r(25, b"ada@example.com")).unwrap(), REDACTED);
         assert_eq!(text(r(1043, b"x")).unwrap(), REDACTED);
         assert_eq!(r(23, b"42"), None);
         assert_eq!(r(1082, b"2026-01-01"), None);
-        assert_eq!(apply(MaskMethod::Redact, 0, KEY, 25, false, None), None);
+        assert_eq!(
+            apply(MaskMethod::Redact, 0, KEY, (25, false), UTF8, None),
+            None
+        );
     }
 
     #[test]
     fn hash_is_stable_keyed_and_equal_across_formats() {
         let h = |key: &[u8], oid, binary, v: &[u8]| {
-            apply(MaskMethod::Hash, 0, key, oid, binary, Some(v)).unwrap()
+            apply(MaskMethod::Hash, 0, key, (oid, binary), UTF8, Some(v)).unwrap()
         };
         let a = h(KEY, 25, false, b"123-45-6789");
         assert_eq!(a, h(KEY, 25, true, b"123-45-6789"));
@@ -160,25 +181,83 @@ mod tests {
         );
         assert_eq!(h(KEY, 17, true, b"\x00\x01").len(), 32);
         assert_eq!(
-            apply(MaskMethod::Hash, 0, KEY, 1082, false, Some(b"x")),
+            apply(MaskMethod::Hash, 0, KEY, (1082, false), UTF8, Some(b"x")),
             None
         );
     }
 
     #[test]
     fn partial_keeps_the_last_characters_only() {
-        let p = |v: &[u8]| text(apply(MaskMethod::Partial, 4, KEY, 25, false, Some(v))).unwrap();
+        let p = |v: &[u8]| {
+            text(apply(
+                MaskMethod::Partial,
+                4,
+                KEY,
+                (25, false),
+                UTF8,
+                Some(v),
+            ))
+            .unwrap()
+        };
         assert_eq!(p(b"4111111111111111"), "****1111");
         assert_eq!(p(b"123"), "****");
         assert_eq!(p("ünïcødé".as_bytes()), "****cødé");
         assert_eq!(
-            apply(MaskMethod::Partial, 4, KEY, 23, false, Some(b"1234567")),
+            apply(
+                MaskMethod::Partial,
+                4,
+                KEY,
+                (23, false),
+                UTF8,
+                Some(b"1234567")
+            ),
             None
         );
     }
 
     #[test]
     fn null_is_null() {
-        assert_eq!(apply(MaskMethod::Null, 0, KEY, 25, false, Some(b"x")), None);
+        assert_eq!(
+            apply(MaskMethod::Null, 0, KEY, (25, false), UTF8, Some(b"x")),
+            None
+        );
+    }
+
+    #[test]
+    fn values_are_read_and_answered_in_the_clients_encoding() {
+        let latin9 = Encoding::from_name("LATIN9");
+        // "café €" in LATIN9: é = 0xE9, € = 0xA4.
+        let value = b"caf\xe9 \xa4";
+        let partial = apply(
+            MaskMethod::Partial,
+            2,
+            KEY,
+            (25, false),
+            latin9,
+            Some(value),
+        );
+        assert_eq!(partial.unwrap(), b"**** \xa4", "two characters, in LATIN9");
+        let hash = |e, v: &[u8]| apply(MaskMethod::Hash, 0, KEY, (25, false), e, Some(v));
+        assert_eq!(
+            hash(latin9, value),
+            hash(UTF8, "café €".as_bytes()),
+            "a value hashes alike in every client encoding"
+        );
+        // Bytes that are not text in the encoding: no characters shown.
+        let partial = apply(
+            MaskMethod::Partial,
+            2,
+            KEY,
+            (25, false),
+            UTF8,
+            Some(b"ab\xff"),
+        );
+        assert_eq!(partial.unwrap(), b"****");
+        let partial = apply(MaskMethod::Partial, 2, KEY, (25, false), None, Some(b"abc"));
+        assert_eq!(
+            partial.unwrap(),
+            b"****",
+            "an unknown encoding shows nothing"
+        );
     }
 }

@@ -9,6 +9,7 @@ use bytes::{BufMut, BytesMut};
 
 use super::method;
 use super::MaskPlan;
+use crate::encoding::Encoding;
 use crate::policy::MaskMethod;
 
 /// A result column as RowDescription describes it.
@@ -147,7 +148,13 @@ pub fn layout(fields: &[Field], origins: &Origins, plan: &MaskPlan) -> Option<La
 
 /// The DataRow message (tag and length included) with the masked columns replaced; `None` if the
 /// body is malformed (the caller then refuses to pass it).
-pub fn data_row(body: &[u8], layout: &Layout, key: &[u8]) -> Option<BytesMut> {
+/// Values are in the client's `encoding` (`None`: one pgid does not know).
+pub fn data_row(
+    body: &[u8],
+    layout: &Layout,
+    key: &[u8],
+    encoding: Option<Encoding>,
+) -> Option<BytesMut> {
     let n = i16_at(body, 0)?.max(0) as usize;
     let mut out = BytesMut::with_capacity(body.len() + 64);
     out.put_u8(b'D');
@@ -166,7 +173,14 @@ pub fn data_row(body: &[u8], layout: &Layout, key: &[u8]) -> Option<BytesMut> {
         };
         let masked = match layout.columns.get(i).copied().flatten() {
             None => value.map(<[u8]>::to_vec),
-            Some(m) => method::apply(m.method, m.keep, key, m.type_oid, m.binary, value),
+            Some(m) => method::apply(
+                m.method,
+                m.keep,
+                key,
+                (m.type_oid, m.binary),
+                encoding,
+                value,
+            ),
         };
         match masked {
             None => out.put_i32(-1),
@@ -262,6 +276,7 @@ mod tests {
             &row(&[Some(b"1"), Some(b"ada@example.com"), Some(b"x"), Some(b"y")]),
             &l,
             b"k",
+            Some(Encoding::UTF8),
         )
         .unwrap();
         let expected = row(&[Some(b"1"), Some(b"REDACTED"), None, Some(b"REDACTED")]);
@@ -279,9 +294,9 @@ mod tests {
         let l = Layout {
             columns: vec![None, None],
         };
-        assert!(data_row(&row(&[Some(b"1")]), &l, b"k").is_some());
+        assert!(data_row(&row(&[Some(b"1")]), &l, b"k", None).is_some());
         let mut bad = row(&[Some(b"12")]);
         bad.pop();
-        assert!(data_row(&bad, &l, b"k").is_none());
+        assert!(data_row(&bad, &l, b"k", None).is_none());
     }
 }

@@ -1,5 +1,10 @@
-//! CancelRequest: clients get pgid's own (pid, secret) pair; a cancel for it is forwarded to the
-//! upstream backend the session is bound to, with that backend's real key.
+//! CancelRequest: clients get the real pid of the backend their session is bound to (so
+//! NotificationResponse pids, `pg_backend_pid()` and `pg_terminate_backend` agree with what a direct
+//! connection shows) with a secret of pgid's own, drawn afresh for every client session; a cancel
+//! for that key is forwarded to the backend with the backend's real key. An upstream connection
+//! reused by a later session keeps its pid but gets a new secret, and the key of the session that
+//! ended is gone, so a late cancel from an earlier client never reaches a later client's statement.
+//! Keys are unique per instance even where two upstream servers reuse one pid.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -51,7 +56,7 @@ impl CancelMap {
         let mut rng = rand::thread_rng();
         let mut map = self.map.lock().unwrap();
         loop {
-            let key = (rng.gen_range(1..i32::MAX), rng.gen::<i32>());
+            let key = (target.pid, rng.gen::<i32>());
             if let std::collections::hash_map::Entry::Vacant(e) = map.entry(key) {
                 let cancelled = Arc::new(Notify::new());
                 e.insert((target, cancelled.clone()));
@@ -98,3 +103,36 @@ pub async fn send(t: &CancelTarget) {
 
 /// Longest pgid waits for the server to take a cancel request.
 const CANCEL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(pid: i32) -> CancelTarget {
+        CancelTarget {
+            addr: UpstreamAddr::Tcp {
+                host: "127.0.0.1".into(),
+                port: 5432,
+            },
+            pid,
+            secret: 7,
+        }
+    }
+
+    #[test]
+    fn clients_get_the_backends_pid_and_a_secret_of_each_sessions_own() {
+        let map = Arc::new(CancelMap::default());
+        let first = map.register(target(4242));
+        assert_eq!(first.pid, 4242, "the real backend pid");
+        drop(first);
+        assert!(
+            map.map.lock().unwrap().is_empty(),
+            "an ended session's key is gone"
+        );
+        // The same backend, reused by the next session: same pid, another secret.
+        let keys: Vec<CancelKey> = (0..64).map(|_| map.register(target(4242))).collect();
+        assert!(keys.iter().all(|k| k.pid == 4242));
+        let secrets: std::collections::HashSet<i32> = keys.iter().map(|k| k.secret).collect();
+        assert_eq!(secrets.len(), keys.len(), "keys never collide");
+    }
+}

@@ -19,6 +19,7 @@ use super::catalog::MaskSetup;
 use super::limits::Action;
 use super::wire::backend::{self, Report, Severity};
 use super::wire::sqlstate;
+use crate::encoding::Encoding;
 use crate::mask::rows::{self, Field, Layout};
 use crate::mask::MaskPlan;
 
@@ -61,8 +62,14 @@ impl Masker {
         }
     }
 
-    /// A DataRow. `execute`: for the rows of an Execute with no RowDescription of their own.
-    pub fn data_row(&mut self, body: &[u8], execute: Option<Described<'_>>) -> Action {
+    /// A DataRow, in the client's `encoding`. `execute`: for the rows of an Execute with no
+    /// RowDescription of their own.
+    pub fn data_row(
+        &mut self,
+        body: &[u8],
+        execute: Option<Described<'_>>,
+        encoding: Option<Encoding>,
+    ) -> Action {
         if self.layout.is_none() {
             self.layout = Some(execute.and_then(|d| match d.fields {
                 Some(f) => rows::layout(&f, &self.setup.origins, d.plan),
@@ -78,7 +85,7 @@ impl Masker {
             return Action::Drop;
         }
         match &self.layout {
-            Some(Some(l)) => match rows::data_row(body, l, &self.setup.key) {
+            Some(Some(l)) => match rows::data_row(body, l, &self.setup.key, encoding) {
                 Some(row) => Action::Replace(row),
                 None => Action::Drop,
             },
@@ -209,7 +216,7 @@ mod tests {
             m.result(&description(&[(100, 1, 23), (100, 2, 25)]), &plan()),
             Action::Pass
         );
-        match m.data_row(&row(&[b"1", b"secret@example.com"]), None) {
+        match m.data_row(&row(&[b"1", b"secret@example.com"]), None, None) {
             Action::Replace(r) => {
                 assert!(!r.windows(6).any(|w| w == b"secret"));
                 assert!(r.windows(8).any(|w| w == b"REDACTED"));
@@ -229,6 +236,7 @@ mod tests {
                 fields: None,
                 plan: &p,
             }),
+            None,
         );
         assert_eq!(a, Action::Drop);
         let end = m.end();

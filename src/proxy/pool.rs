@@ -1,6 +1,9 @@
 //! Upstream connections kept after their client leaves, for the same lease's next client with the
 //! same startup parameters. Session state is reset with `DISCARD ALL` before reuse; a connection
-//! that cannot be reset is closed. Pools never mix leases.
+//! that cannot be reset is closed. Pools never mix leases. A connection is handed out only if
+//! its server has been quiet while it was idle: an idle backend sends nothing, so anything it did
+//! send (the FATAL of `pg_terminate_backend`, a shutdown or failover) or a closed socket means it
+//! is gone, and it is closed instead of reaching a client.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -34,7 +37,7 @@ impl Pool {
         let mut idle = self.idle.lock().unwrap();
         let list = idle.get_mut(key)?;
         while let Some((up, since)) = list.pop() {
-            if since.elapsed() < self.idle_timeout {
+            if since.elapsed() < self.idle_timeout && up.stream.is_quiet() {
                 return Some(up);
             }
             close(up);
@@ -89,9 +92,9 @@ impl Pool {
     pub fn reap(&self) {
         let mut idle = self.idle.lock().unwrap();
         for list in idle.values_mut() {
-            let (keep, old): (Vec<_>, Vec<_>) = list
-                .drain(..)
-                .partition(|(_, since)| since.elapsed() < self.idle_timeout);
+            let (keep, old): (Vec<_>, Vec<_>) = list.drain(..).partition(|(up, since)| {
+                since.elapsed() < self.idle_timeout && up.stream.is_quiet()
+            });
             *list = keep;
             old.into_iter().for_each(|(up, _)| close(up));
         }

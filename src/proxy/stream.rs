@@ -71,6 +71,33 @@ impl ServerStream {
     pub fn is_tls(&self) -> bool {
         matches!(self, ServerStream::Tls(_))
     }
+
+    /// Whether the server has sent nothing since it was last read: no bytes, no end of stream, no
+    /// error. Asks the kernel itself (a peek that does not wait), not the runtime's cached
+    /// readiness, which can lag behind a message that has just arrived. Over TLS any record at all
+    /// (an alert, or data) counts as something sent.
+    pub fn is_quiet(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let fd = match self {
+            ServerStream::Tcp(s) => s.as_raw_fd(),
+            ServerStream::Unix(s) => s.as_raw_fd(),
+            ServerStream::Tls(s) => s.get_ref().0.as_raw_fd(),
+        };
+        let mut byte = 0u8;
+        // SAFETY: a one-byte buffer we own, on a descriptor this stream owns for the whole call.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n < 0 && {
+            let e = io::Error::last_os_error().kind();
+            e == io::ErrorKind::WouldBlock || e == io::ErrorKind::Interrupted
+        }
+    }
 }
 
 /// Why relaying a session's messages stopped.

@@ -17,12 +17,14 @@ mod nodes;
 mod session;
 #[cfg(test)]
 mod siblings;
+mod syntax;
 pub mod text;
 mod tokens;
 mod walk;
 
 pub use cache::{Analyzer, Outcome};
 pub use session::{Cursor, Setting, SettingValue};
+pub use syntax::SyntaxError;
 pub use tokens::{canonical, depends_on_standard_conforming_strings, shape};
 
 use std::collections::BTreeSet;
@@ -42,6 +44,9 @@ pub struct Dialect {
 pub enum AnalyzeError {
     #[error("statement is larger than {0} bytes")]
     TooLarge(usize),
+    /// The server cannot parse it either: it would answer this error.
+    #[error("statement cannot be parsed: {0}")]
+    Syntax(SyntaxError),
     #[error("statement cannot be parsed: {0}")]
     Parse(String),
     #[error("statement contains a construct pgid does not analyse ({0})")]
@@ -218,19 +223,29 @@ pub(crate) fn fresh(sql: &str, dialect: Dialect) -> Fresh {
 /// that fails under `off` would leave every later scan on this thread lexing with backslash
 /// escapes — another session's shape keys and COPY targets read wrong. So a failure under `off`
 /// is followed at once by a parse that succeeds under the default, which restores it.
-fn parse(sql: &str, dialect: Dialect) -> pg_query::Result<pg_query::ParseResult> {
-    if !dialect.backslash_escapes {
-        return pg_query::parse(sql, pg_query::ParserOptions::DEFAULT);
-    }
-    let parsed = pg_query::parse(
-        sql,
-        pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS,
-    );
-    if parsed.is_err() {
+///
+/// A failure is described as the server would answer it ([`SyntaxError`]), except where the
+/// parser ran out of stack: the server, with its own stack, may well parse that statement.
+fn parse(sql: &str, dialect: Dialect) -> Result<pg_query::ParseResult, AnalyzeError> {
+    let options = if dialect.backslash_escapes {
+        pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS
+    } else {
+        pg_query::ParserOptions::DEFAULT
+    };
+    let parsed = pg_query::parse(sql, options);
+    let Err(e) = parsed else {
+        return parsed.map_err(|e| AnalyzeError::Parse(e.to_string()));
+    };
+    let described = syntax::describe(sql, options.bits());
+    if dialect.backslash_escapes {
         let restored = pg_query::parse(";", pg_query::ParserOptions::DEFAULT);
         debug_assert!(restored.is_ok(), "an empty statement parses");
     }
-    parsed
+    Err(match described {
+        Some(s) if s.code != syntax::OUT_OF_STACK => AnalyzeError::Syntax(s),
+        Some(s) => AnalyzeError::Parse(s.message),
+        None => AnalyzeError::Parse(e.to_string()),
+    })
 }
 
 fn walk_all(
@@ -257,7 +272,11 @@ fn walk_at(
     unread: &mut BTreeSet<usize>,
     read: &mut BTreeSet<usize>,
 ) -> Result<Analysis, AnalyzeError> {
-    let parsed = parse(sql, dialect).map_err(|e| AnalyzeError::Parse(e.to_string()))?;
+    let parsed = parse(sql, dialect).map_err(|e| match e {
+        // The server reads SQL given as text only when it runs it, as another statement.
+        AnalyzeError::Syntax(s) if depth > 0 => AnalyzeError::Parse(s.message),
+        e => e,
+    })?;
     let tree = serde_json::to_value(&parsed.protobuf.stmts)
         .map_err(|e| AnalyzeError::Parse(e.to_string()))?;
     let mut out = Analysis::default();
@@ -545,7 +564,11 @@ mod tests {
     fn refusals() {
         assert!(matches!(
             analyze("SELEC 1", Dialect::default(), 100),
-            Err(AnalyzeError::Parse(_))
+            Err(AnalyzeError::Syntax(SyntaxError {
+                code: "42601",
+                position: Some(1),
+                ..
+            }))
         ));
         assert!(matches!(
             analyze("SELECT 1", Dialect::default(), 3),

@@ -159,7 +159,7 @@ impl Inspector {
                     }),
                     _ => None,
                 };
-                masker.data_row(body, described)
+                masker.data_row(body, described, self.context.current.encoding)
             }
             Backend::CommandComplete(_)
             | Backend::PortalSuspended

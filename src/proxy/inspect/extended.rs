@@ -34,11 +34,7 @@ impl Batch<'_> {
         let (text, dialect) = match self.read(raw, true)? {
             Ok(t) => t,
             Err(r) => {
-                self.denial(
-                    Protocol::Extended,
-                    &String::from_utf8_lossy(raw),
-                    &r.verdict,
-                );
+                self.denial(Protocol::Extended, &String::from_utf8_lossy(raw), &r);
                 return Ok(self.refuse_extended(&r, Some(raw_name)));
             }
         };
@@ -73,7 +69,17 @@ impl Batch<'_> {
                     .as_ref()
                     .ok()
                     .and_then(|a| a.statements.first());
-                self.decision(Protocol::Extended, &text, None, first, &[], &[], &r.verdict);
+                let code = r.code;
+                self.decision(
+                    Protocol::Extended,
+                    &text,
+                    None,
+                    first,
+                    &[],
+                    &[],
+                    &r.verdict,
+                    code,
+                );
                 return Ok(self.refuse_extended(&r, Some(raw_name)));
             }
         };
@@ -234,7 +240,7 @@ impl Batch<'_> {
                 format!("portal \"{}\" was not bound through pgid", name.display()),
             );
             let shown = format!("<Execute of portal \"{}\">", name.display());
-            self.denial(Protocol::Extended, &shown, &r.verdict);
+            self.denial(Protocol::Extended, &shown, &r);
             return Ok(self.refuse_extended(&r, None));
         };
         let def = portal.statement.clone();
@@ -281,6 +287,7 @@ impl Batch<'_> {
                     &[],
                     &[],
                     &r.verdict,
+                    r.code,
                 );
                 return Ok(self.refuse_extended(&r, None));
             }
@@ -327,6 +334,7 @@ impl Batch<'_> {
             &masked,
             &prepared,
             &verdict,
+            crate::proxy::wire::sqlstate::INSUFFICIENT_PRIVILEGE,
         );
         if verdict != Verdict::Allow {
             return Ok(self.refuse_extended(&verdict.into(), None));

@@ -20,7 +20,7 @@ use crate::policy::{Approval, StatementClass};
 use crate::proxy::wire::framing::Frame;
 use crate::proxy::wire::frontend::{self, Frontend, Kind};
 use crate::proxy::wire::sqlstate;
-use crate::sql::{Analysis, Dialect, Outcome, Statement};
+use crate::sql::{Analysis, AnalyzeError, Dialect, Outcome, Statement, SyntaxError};
 
 /// A statement an approval rule holds: the `message`th of the batch (a Query, or the Execute of a
 /// portal, with its Bind values).
@@ -97,6 +97,9 @@ pub(super) enum Step {
 pub(super) struct Refusal {
     pub(super) verdict: Verdict,
     pub(super) code: &'static str,
+    /// A statement the server cannot parse: the client gets the server's own error (message,
+    /// SQLSTATE, position), never a pgid refusal — nothing was refused that the server would run.
+    pub(super) syntax: Option<SyntaxError>,
 }
 
 pub(super) fn deny(rule: &'static str, reason: impl Into<String>) -> Refusal {
@@ -106,6 +109,7 @@ pub(super) fn deny(rule: &'static str, reason: impl Into<String>) -> Refusal {
             reason: reason.into(),
         },
         code: sqlstate::INSUFFICIENT_PRIVILEGE,
+        syntax: None,
     }
 }
 
@@ -114,6 +118,7 @@ impl From<Verdict> for Refusal {
         Refusal {
             verdict,
             code: sqlstate::INSUFFICIENT_PRIVILEGE,
+            syntax: None,
         }
     }
 }
@@ -325,6 +330,16 @@ impl Inspector {
     /// The guardrails that need nothing but the text: classes, WHERE, functions, pgid's schema.
     pub(super) fn static_verdict(&self, outcome: &Outcome) -> Result<(), Refusal> {
         let a = match &**outcome {
+            Err(AnalyzeError::Syntax(s)) => {
+                return Err(Refusal {
+                    verdict: Verdict::Deny {
+                        rule: "syntax",
+                        reason: s.to_string(),
+                    },
+                    code: s.code,
+                    syntax: Some(s.clone()),
+                })
+            }
             Err(e) => return Err(deny("analysis", e.to_string())),
             Ok(a) => a,
         };
@@ -497,7 +512,11 @@ impl<'s> Batch<'s> {
         let (known, settled) = self.lexing();
         match self.insp.context.read(bytes, known, sql) {
             Ok(t) => Ok(Ok(t)),
-            Err(Unread::Refused(verdict, code)) => Ok(Err(Refusal { verdict, code })),
+            Err(Unread::Refused(verdict, code)) => Ok(Err(Refusal {
+                verdict,
+                code,
+                syntax: None,
+            })),
             Err(Unread::NeedsContext) => match settled {
                 Settled::After(id) => Err(Stop::Wait(id)),
                 _ => Ok(Err(deny(
@@ -550,7 +569,11 @@ impl<'s> Batch<'s> {
         self.counters.refusal += 1;
         let n = self.counters.refusal;
         tracing::info!(reason = %r.verdict.message().unwrap_or_default(), "statement refused");
-        let err = refusal::error(self.insp.context.current.encoding, r.code, &r.verdict);
+        let encoding = self.insp.context.current.encoding;
+        let err = match &r.syntax {
+            Some(s) => refusal::syntax_error(encoding, s),
+            None => refusal::error(encoding, r.code, &r.verdict),
+        };
         self.refusals.push((n, err));
         n
     }
@@ -583,6 +606,7 @@ impl<'s> Batch<'s> {
         masked: &[String],
         prepared: &[(String, String)],
         verdict: &Verdict,
+        code: &'static str,
     ) -> u64 {
         self.counters.seq += 1;
         let (classes, tables) = analysis.map(names).unwrap_or_default();
@@ -612,14 +636,14 @@ impl<'s> Batch<'s> {
             decision,
             rule,
             reason,
-            sqlstate: (decision == DecisionKind::Deny).then_some(sqlstate::INSUFFICIENT_PRIVILEGE),
+            sqlstate: (decision == DecisionKind::Deny).then_some(code),
         }));
         self.counters.seq
     }
 
     /// The record of a message refused before pgid knew what it would run.
-    pub(super) fn denial(&mut self, protocol: Protocol, shown: &str, verdict: &Verdict) {
-        self.decision(protocol, shown, None, None, &[], &[], verdict);
+    pub(super) fn denial(&mut self, protocol: Protocol, shown: &str, r: &Refusal) {
+        self.decision(protocol, shown, None, None, &[], &[], &r.verdict, r.code);
     }
 
     pub(super) fn audited(&self, seq: u64) -> Option<Audited> {
@@ -671,7 +695,7 @@ impl<'s> Batch<'s> {
             Frontend::FunctionCall => {
                 // It names a function by OID, which no policy can be checked against.
                 let r = deny("deny", "the FunctionCall protocol message is not allowed");
-                self.denial(Protocol::Extended, "<FunctionCall>", &r.verdict);
+                self.denial(Protocol::Extended, "<FunctionCall>", &r);
                 Ok(self.refuse_query(&r))
             }
             Frontend::Terminate => Ok(Step::Terminate),
@@ -710,11 +734,12 @@ impl<'s> Batch<'s> {
                 reason: format!("a {what} message of {len} bytes is over {limit}; it was not read"),
             },
             code: sqlstate::PROGRAM_LIMIT_EXCEEDED,
+            syntax: None,
         };
         let shown = format!("<{what} message of {len} bytes, not read>");
         match kind {
             Kind::Query | Kind::FunctionCall => {
-                self.denial(Protocol::Simple, &shown, &r.verdict);
+                self.denial(Protocol::Simple, &shown, &r);
                 self.refuse_query(&r)
             }
             Kind::CopyData => {
@@ -723,7 +748,7 @@ impl<'s> Batch<'s> {
                 Step::Replace(fail, None)
             }
             Kind::Parse | Kind::Bind => {
-                self.denial(Protocol::Extended, &shown, &r.verdict);
+                self.denial(Protocol::Extended, &shown, &r);
                 self.refuse_extended(&r, None)
             }
             Kind::Other => self.refuse_extended(&r, None),

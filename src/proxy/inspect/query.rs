@@ -20,7 +20,7 @@ impl Batch<'_> {
         let (text, dialect) = match self.read(raw, true)? {
             Ok(t) => t,
             Err(r) => {
-                self.denial(Protocol::Simple, &String::from_utf8_lossy(raw), &r.verdict);
+                self.denial(Protocol::Simple, &String::from_utf8_lossy(raw), &r);
                 return Ok(self.refuse_query(&r));
             }
         };
@@ -88,6 +88,11 @@ impl Batch<'_> {
             &masked,
             &prepared,
             &shown_verdict,
+            refusal
+                .as_ref()
+                .map_or(crate::proxy::wire::sqlstate::INSUFFICIENT_PRIVILEGE, |r| {
+                    r.code
+                }),
         );
         if let Some(r) = refusal {
             return Ok(self.refuse_query(&r));

@@ -15,6 +15,7 @@ use crate::guard::Verdict;
 use crate::proxy::wire::backend::{self, Report, Severity};
 use crate::proxy::wire::frontend;
 use crate::proxy::wire::sqlstate;
+use crate::sql::SyntaxError;
 
 pub struct Refusals {
     token: String,
@@ -27,6 +28,19 @@ pub fn error(encoding: Option<Encoding>, code: &str, verdict: &Verdict) -> Bytes
     let mut err = BytesMut::new();
     let text = verdict.message().unwrap_or_default();
     backend::error_response_bytes(&mut err, Severity::Error, code, &encoded(encoding, &text));
+    err
+}
+
+/// The error the server gives for a statement it cannot parse, as the server words it.
+pub fn syntax_error(encoding: Option<Encoding>, s: &SyntaxError) -> BytesMut {
+    let mut err = BytesMut::new();
+    let message = encoded(encoding, &s.message);
+    let position = s.position.map(|p| p.to_string());
+    let mut fields: Vec<(u8, &[u8])> = vec![(b'M', &message)];
+    if let Some(p) = &position {
+        fields.push((b'P', p.as_bytes()));
+    }
+    backend::error_response_fields(&mut err, s.code, &fields);
     err
 }
 

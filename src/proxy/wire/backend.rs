@@ -269,6 +269,25 @@ pub fn error_response_bytes(out: &mut BytesMut, severity: Severity, code: &str, 
     });
 }
 
+/// ErrorResponse with more fields than severity, code and message: `(field type, value)` in
+/// order, values already in the client's encoding.
+pub fn error_response_fields(out: &mut BytesMut, code: &str, fields: &[(u8, &[u8])]) {
+    message(out, b'E', |b| {
+        b.put_u8(b'S');
+        put_cstr(b, Severity::Error.as_str());
+        b.put_u8(b'V');
+        put_cstr(b, Severity::Error.as_str());
+        b.put_u8(b'C');
+        put_cstr(b, code);
+        for (field, value) in fields {
+            b.put_u8(*field);
+            b.extend(value.iter().filter(|c| **c != 0));
+            b.put_u8(0);
+        }
+        b.put_u8(0);
+    });
+}
+
 /// A whole FATAL error, ready to write.
 pub fn fatal(code: &str, text: &str) -> BytesMut {
     let mut out = BytesMut::new();
