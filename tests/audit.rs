@@ -450,8 +450,49 @@ async fn kill_9_during_pgbench_loses_no_statement_that_reached_postgres() {
     let _ = pgbench.kill();
     let _ = pgbench.wait();
 
+    // The next start cuts an incomplete last record and says so. (`kill -9` tears one only
+    // sometimes: the test tears one itself when the kill did not, so the recovery runs every time.)
     let file = h.state_dir().join("audit.jsonl");
+    let mut bytes = std::fs::read(&file).unwrap();
+    if bytes.ends_with(b"\n") {
+        let torn = b"{\"time\":\"2026-01-01T00:00:00Z\",\"kind\":\"statement\",\"stat";
+        bytes.extend_from_slice(torn);
+        std::fs::write(&file, &bytes).unwrap();
+    }
+    let out = pgid_bin()
+        .args(["audit", "verify"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a torn last record fails verification until pgid recovers it"
+    );
+    let mut again = pgid_bin()
+        .args(["serve", "--config"])
+        .arg(&h.config_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = common::eventually(Duration::from_secs(30), || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(up, "pgid serve did not start again");
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(again.id() as i32, libc::SIGTERM) };
+    assert!(again.wait().unwrap().success());
     verify_file(&file);
+    let recovered: Vec<Value> = h
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["kind"] == "audit.recovered")
+        .collect();
+    assert_eq!(recovered.len(), 1, "{recovered:?}");
+    assert!(recovered[0]["cut_bytes"].as_u64().unwrap() > 0);
 
     // The value each recorded INSERT carried: `… 'k' || <n>)…`.
     let recorded: std::collections::HashSet<String> = h

@@ -18,12 +18,14 @@ pub struct FileSink {
     rotate_size: Option<u64>,
 }
 
-/// What opening found: where the chain continues, and the first record to write if the file is
-/// new but an older rotated file exists.
+/// What opening found: where the chain continues, the first record to write if the file is
+/// new but an older rotated file exists, and the `audit.recovered` record to write if an
+/// incomplete last record was cut.
 pub struct Opened {
     pub sink: FileSink,
     pub prev: String,
     pub continuation: Option<String>,
+    pub recovered: Option<String>,
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> String + '_ {
@@ -44,6 +46,10 @@ impl FileSink {
             .mode(0o600)
             .open(path)
             .map_err(io(path))?;
+        let recovered = recover_tail(&mut file).map_err(io(path))?;
+        if let Some(r) = &recovered {
+            tracing::warn!(file = %path.display(), record = %r, "audit log: an incomplete last record was cut");
+        }
         let len = file.metadata().map_err(io(path))?.len();
         let (prev, continuation) = if len > 0 {
             let last =
@@ -69,6 +75,7 @@ impl FileSink {
             },
             prev,
             continuation,
+            recovered,
         })
     }
 
@@ -188,6 +195,50 @@ fn newest_rotated(path: &Path) -> Option<PathBuf> {
     rotated_files(path).pop()
 }
 
+/// Cuts an incomplete last record — one `kill -9` or a power loss interrupted — back to the last
+/// line end, and returns the unsealed `audit.recovered` record saying what was cut. Records are
+/// written before the statement they decide is forwarded, so an incomplete one belongs to a
+/// statement that never reached the server (or to an outcome, which follows its decision).
+/// Records before it are untouched; a damaged record in the middle is for `verify` to find.
+fn recover_tail(file: &mut std::fs::File) -> std::io::Result<Option<String>> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(None);
+    }
+    let window = len.min(4 << 20);
+    file.seek(SeekFrom::Start(len - window))?;
+    let mut buf = Vec::with_capacity(window as usize);
+    file.read_to_end(&mut buf)?;
+    if buf.last() == Some(&b'\n') {
+        return Ok(None);
+    }
+    let keep = match buf.iter().rposition(|b| *b == b'\n') {
+        Some(at) => len - window + at as u64 + 1,
+        None if window == len => 0,
+        // No line end in the last 4 MiB: not a torn record but a damaged file.
+        None => {
+            return Err(std::io::Error::other(
+                "no line end in the last 4 MiB; inspect it with `pgid audit verify`",
+            ))
+        }
+    };
+    let cut = &buf[(keep - (len - window)) as usize..];
+    let record = serde_json::json!({
+        "time": Utc::now(),
+        "kind": "audit.recovered",
+        "reason": "the last record was incomplete (pgid stopped while writing it) and was cut; \
+                   records are written before their statement is forwarded, so it belonged to a \
+                   statement that never reached the server, or to an outcome",
+        "cut_bytes": cut.len(),
+        "cut_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(cut)),
+        "cut_start": String::from_utf8_lossy(&cut[..cut.len().min(200)]),
+    })
+    .to_string();
+    file.set_len(keep)?;
+    file.sync_all()?;
+    Ok(Some(record))
+}
+
 /// The last record's hash, checking that the file ends with a complete line.
 fn last_hash(file: &mut std::fs::File) -> Result<String, String> {
     let len = file.metadata().map_err(|e| e.to_string())?.len();
@@ -220,14 +271,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_incomplete_last_record_is_reported() {
+    fn an_incomplete_last_record_is_cut_and_said() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        std::fs::write(&path, "{\"kind\":\"x\"").unwrap();
-        assert!(FileSink::open(&path, None)
-            .err()
-            .unwrap()
-            .contains("incomplete"));
+        let whole = "{\"kind\":\"a\",\"hash\":\"h1\"}\n";
+        std::fs::write(&path, format!("{whole}{{\"kind\":\"torn")).unwrap();
+        let opened = FileSink::open(&path, None).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), whole);
+        assert_eq!(
+            opened.prev, "h1",
+            "the chain goes on from the last whole record"
+        );
+        let r: serde_json::Value = serde_json::from_str(&opened.recovered.unwrap()).unwrap();
+        assert_eq!(r["kind"], "audit.recovered");
+        assert_eq!(r["cut_bytes"], 13);
+        assert_eq!(r["cut_start"], "{\"kind\":\"torn");
+        // A file that is nothing but a torn record is cut to nothing.
+        std::fs::write(&path, "{\"kind\":").unwrap();
+        let opened = FileSink::open(&path, None).unwrap();
+        assert_eq!(opened.prev, chain::GENESIS);
+        assert!(opened.recovered.is_some());
+        // A whole file is left alone.
+        std::fs::write(&path, whole).unwrap();
+        assert!(FileSink::open(&path, None).unwrap().recovered.is_none());
     }
 
     #[test]

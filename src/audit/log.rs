@@ -185,8 +185,8 @@ impl AuditLog {
             failed: None,
             dirty: false,
         };
-        if let Some(continued) = opened.continuation {
-            state.push(&continued, table.is_some());
+        for record in opened.continuation.iter().chain(&opened.recovered) {
+            state.push(record, table.is_some());
         }
         let inner = Arc::new(Inner {
             state: Mutex::new(state),

@@ -87,7 +87,8 @@ fn verify(files: &[PathBuf], start: Option<String>) -> anyhow::Result<u8> {
         if !text.is_empty() && !text.ends_with('\n') {
             let line = text.lines().count();
             eprintln!(
-                "{}:{line}: record is incomplete (no line end)",
+                "{}:{line}: record is incomplete (no line end); if pgid stopped while writing it, \
+                 pgid cuts it at its next start and records what it cut (audit.recovered)",
                 file.display()
             );
             return Ok(1);
