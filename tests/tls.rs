@@ -24,23 +24,8 @@ async fn lease_session_is_encrypted(h: &Harness) -> bool {
 async fn every_connection_to_a_tls_only_postgres_uses_verified_tls() {
     let mut h = Harness::start(&[common::NIGHTLY]).await;
     h.stop_pgid().await;
-    // A server certificate for 127.0.0.1 from a CA of the test's own.
-    let dir = h.state.path().join("pg-tls");
-    let material = pgid::tls::TlsMaterial::resolve(&dir, None, &["127.0.0.1".into()]).unwrap();
+    let material = h.enable_postgres_tls().await;
     let data = h.pg.data_dir();
-    for (from, to) in [
-        (&material.cert, "server.crt"),
-        (&material.key, "server.key"),
-    ] {
-        std::fs::copy(from, data.join(to)).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(data.join(to), std::fs::Permissions::from_mode(0o600)).unwrap();
-        if let Some((uid, gid)) = pgid::dev::postgres_user() {
-            if unsafe { libc::geteuid() } == 0 {
-                std::os::unix::fs::chown(data.join(to), Some(uid), Some(gid)).unwrap();
-            }
-        }
-    }
     // From here on the server takes TLS connections only (over TCP).
     let su = h.superuser().await;
     let hba = std::fs::read_to_string(data.join("pg_hba.conf")).unwrap();
@@ -52,14 +37,7 @@ async fn every_connection_to_a_tls_only_postgres_uses_verified_tls() {
         })
         .collect();
     std::fs::write(data.join("pg_hba.conf"), tls_only).unwrap();
-    for sql in [
-        "ALTER SYSTEM SET ssl = on",
-        "ALTER SYSTEM SET ssl_cert_file = 'server.crt'",
-        "ALTER SYSTEM SET ssl_key_file = 'server.key'",
-        "SELECT pg_reload_conf()",
-    ] {
-        su.batch_execute(sql).await.unwrap();
-    }
+    su.batch_execute("SELECT pg_reload_conf()").await.unwrap();
     // The reload is asynchronous.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let plain = tokio_postgres::connect(&h.admin_url, tokio_postgres::NoTls).await;

@@ -486,6 +486,46 @@ impl Harness {
         connect(&self.pg.url(user, password, "app")).await
     }
 
+    /// Turns TLS on at the server (plaintext stays accepted): a certificate for 127.0.0.1 from a
+    /// CA of the test's own, in the data directory; returns once new connections can use it.
+    pub async fn enable_postgres_tls(&self) -> pgid::tls::TlsMaterial {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.state.path().join("pg-tls");
+        let material = pgid::tls::TlsMaterial::resolve(&dir, None, &["127.0.0.1".into()]).unwrap();
+        let data = self.pg.data_dir();
+        for (from, to) in [
+            (&material.cert, "server.crt"),
+            (&material.key, "server.key"),
+        ] {
+            std::fs::copy(from, data.join(to)).unwrap();
+            std::fs::set_permissions(data.join(to), std::fs::Permissions::from_mode(0o600))
+                .unwrap();
+            if let Some((uid, gid)) = pgid::dev::postgres_user() {
+                if unsafe { libc::geteuid() } == 0 {
+                    std::os::unix::fs::chown(data.join(to), Some(uid), Some(gid)).unwrap();
+                }
+            }
+        }
+        let su = self.superuser().await;
+        for sql in [
+            "ALTER SYSTEM SET ssl = on",
+            "ALTER SYSTEM SET ssl_cert_file = 'server.crt'",
+            "ALTER SYSTEM SET ssl_key_file = 'server.key'",
+            "SELECT pg_reload_conf()",
+        ] {
+            su.batch_execute(sql).await.unwrap();
+        }
+        // The reload is asynchronous; a new backend shows the postmaster's settings.
+        let on = eventually(Duration::from_secs(10), || async {
+            let c = self.superuser().await;
+            let r = c.query_one("SHOW ssl", &[]).await.unwrap();
+            r.get::<_, String>(0) == "on"
+        })
+        .await;
+        assert!(on, "the server did not turn TLS on");
+        material
+    }
+
     pub async fn lease_roles(&self) -> Vec<String> {
         self.superuser()
             .await
