@@ -60,15 +60,7 @@ const EXCLUDED: &[(&str, &str)] = &[
 ];
 
 /// Files run through pgid with a lease of their own instead of the run's shared one, and why.
-const OWN_LEASE: &[(&str, &str)] = &[(
-    "connection-pool/error-tests.js",
-    "ends every idle backend of its role (`pg_terminate_backend` over pg_stat_activity), which \
-     under the shared lease includes every upstream connection pgid keeps pooled for it; pgid \
-     then hands those dead connections to the next clients (cause (c) of issue 13, being fixed \
-     on main): its own last test and the first queries of the next six files (idle-timeout, \
-     native-instance, yield-support, domain, gh-issues/1105, gh-issues/131) fail with 57P01. \
-     Share the lease once pgid no longer hands out a dead pooled connection",
-)];
+const OWN_LEASE: &[(&str, &str)] = &[];
 
 /// Files that fail directly with the least-privilege role, and why.
 const FAIL_DIRECT: &[(&str, &str)] = &[];
