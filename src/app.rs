@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::policy::{self, PolicySet};
 use crate::proxy::{self, Proxy};
 use crate::roles::{self, LeaseSetup, LeaseStatus, LeaseWatch, Leases, Notifier, Reaper};
-use crate::store::{self, InstanceLock, Store, LEASE_EVENTS_CHANNEL};
+use crate::store::{self, EventKey, InstanceLock, LeaseState, Store, LEASE_EVENTS_CHANNEL};
 use crate::tls::TlsMaterial;
 
 /// Threads that parse statements (each with a deep stack); results are cached by text.
@@ -168,6 +168,60 @@ pub struct App {
     _instance: InstanceLock,
 }
 
+/// What this instance does with another instance's event: a payload not sealed with the
+/// deployment's key is dropped (anyone who can connect to the state database can NOTIFY); a
+/// sealed one is a hint — a lease event makes this instance read the lease's row and publish
+/// what the row says, an approval event wakes what waits on the request, which reads it.
+fn instance_events(
+    key: EventKey,
+    store: Store,
+    watch: Arc<LeaseWatch>,
+    waits: Arc<crate::store::ApprovalWaits>,
+) -> impl Fn(&str, &str) + Send + 'static {
+    move |channel, payload| {
+        let Some(body) = key.open(channel, payload) else {
+            tracing::warn!(channel, "an event without pgid's seal was dropped");
+            return;
+        };
+        if channel == crate::store::APPROVAL_EVENTS_CHANNEL {
+            waits.wake(body);
+            return;
+        }
+        let Some((id, _)) = LeaseStatus::decode(body) else {
+            return;
+        };
+        let (store, watch) = (store.clone(), watch.clone());
+        tokio::spawn(async move {
+            match store.get(id).await {
+                Ok(Some(row)) => {
+                    if let Some(status) = status_of(&row) {
+                        watch.publish(id, status);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(lease = %id, error = %e, "cannot read a lease another instance changed")
+                }
+            }
+        });
+    }
+}
+
+/// What a lease row says its sessions may do.
+fn status_of(row: &crate::store::LeaseRow) -> Option<LeaseStatus> {
+    use crate::roles::EndReason;
+    match row.final_state.unwrap_or(row.state) {
+        LeaseState::Active => Some(LeaseStatus::Active {
+            expires_at: row.expires_at,
+        }),
+        LeaseState::Expired => Some(LeaseStatus::Ended(EndReason::Expired)),
+        LeaseState::Revoking | LeaseState::Revoked | LeaseState::Failed => {
+            Some(LeaseStatus::Ended(EndReason::Revoked))
+        }
+        LeaseState::Creating => None,
+    }
+}
+
 impl App {
     pub async fn build(config: Config) -> Result<App, StartError> {
         let policies = load_policies(&config)?;
@@ -188,20 +242,19 @@ impl App {
         }
         let watch = Arc::new(LeaseWatch::default());
         let approval_waits = Arc::new(crate::store::ApprovalWaits::default());
-        let instance = {
-            let watch = watch.clone();
-            let waits = approval_waits.clone();
-            InstanceLock::acquire(&state_pg, state_tls.clone(), move |channel, payload| {
-                if channel == crate::store::APPROVAL_EVENTS_CHANNEL {
-                    waits.wake(payload);
-                } else if let Some((id, status)) = LeaseStatus::decode(payload) {
-                    watch.publish(id, status);
-                }
-            })
-            .await
-            .map_err(err("taking the instance lock"))?
-        };
         let key = ServerKey::load_or_create(&config.server_key_file).map_err(StartError)?;
+        let events = EventKey::new(&key);
+        let instance = {
+            let on_event = instance_events(
+                events.clone(),
+                Store::new(state_pool.clone()),
+                watch.clone(),
+                approval_waits.clone(),
+            );
+            InstanceLock::acquire(&state_pg, state_tls.clone(), on_event)
+                .await
+                .map_err(err("taking the instance lock"))?
+        };
 
         reconcile_groups(&databases, &policies).await?;
 
@@ -224,10 +277,11 @@ impl App {
             tracing::warn!("[proxy] inspect = false: statements are neither checked nor recorded");
         }
         let notify_pool = state_pool.clone();
+        let notify_key = events.clone();
         let notifier: Notifier = Arc::new(move |id, status| {
             let pool = notify_pool.clone();
+            let payload = notify_key.seal(LEASE_EVENTS_CHANNEL, &LeaseStatus::encode(id, status));
             Box::pin(async move {
-                let payload = LeaseStatus::encode(id, status);
                 let sent = match pool.get().await {
                     Ok(c) => c
                         .execute(
@@ -257,7 +311,7 @@ impl App {
             })
             .with_notifier(notifier),
         );
-        let approvals = Arc::new(crate::store::Approvals::new(state_pool));
+        let approvals = Arc::new(crate::store::Approvals::new(state_pool).announcing(events));
         let report = roles::reap_once(&leases).await;
         tracing::info!(?report, "startup reconciliation");
         // Leases of policies removed while pgid was down end now: their rules are unknown.

@@ -7,7 +7,7 @@ use deadpool_postgres::Pool;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::StoreError;
+use super::{EventKey, StoreError};
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ApprovalRow {
@@ -126,6 +126,7 @@ impl ApprovalWaits {
     }
 
     /// A NOTIFY payload (a request id) arrived.
+    /// An announcement (its sealed payload already opened: a request id, or `expired`).
     pub fn wake(&self, payload: &str) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
         if let Ok(id) = payload.parse::<Uuid>() {
@@ -141,17 +142,32 @@ pub const APPROVAL_EVENTS_CHANNEL: &str = "pgid_approval_events";
 
 pub struct Approvals {
     pool: Pool,
+    /// Seals announcements so instances can tell them from anyone's NOTIFY; without it
+    /// (tools, tests) changes are not announced and instances see them at their next read.
+    events: Option<EventKey>,
 }
 
 impl Approvals {
     pub fn new(pool: Pool) -> Approvals {
-        Approvals { pool }
+        Approvals { pool, events: None }
+    }
+
+    /// Announces changes, sealed with `key`.
+    pub fn announcing(mut self, key: EventKey) -> Approvals {
+        self.events = Some(key);
+        self
     }
 
     /// Tells every instance (waiting statements, open pages) that request `id` changed.
-    async fn announce(c: &deadpool_postgres::Object, id: &str) -> Result<(), StoreError> {
-        c.execute("SELECT pg_notify($1, $2)", &[&APPROVAL_EVENTS_CHANNEL, &id])
+    async fn announce(&self, c: &deadpool_postgres::Object, id: &str) -> Result<(), StoreError> {
+        if let Some(key) = &self.events {
+            let payload = key.seal(APPROVAL_EVENTS_CHANNEL, id);
+            c.execute(
+                "SELECT pg_notify($1, $2)",
+                &[&APPROVAL_EVENTS_CHANNEL, &payload],
+            )
             .await?;
+        }
         Ok(())
     }
 
@@ -186,7 +202,7 @@ impl Approvals {
                 ],
             )
             .await?;
-        Self::announce(&c, &a.id.to_string()).await?;
+        self.announce(&c, &a.id.to_string()).await?;
         Ok(row(&r))
     }
 
@@ -295,7 +311,7 @@ impl Approvals {
             .await?;
         if let Some(r) = r {
             // Wakes the instance where the statement waits.
-            Self::announce(&c, &id.to_string()).await?;
+            self.announce(&c, &id.to_string()).await?;
             return Ok(Decided::Now(row(&r)));
         }
         self.expire().await?;
@@ -316,7 +332,7 @@ impl Approvals {
             )
             .await?;
         if n == 1 {
-            Self::announce(&c, &id.to_string()).await?;
+            self.announce(&c, &id.to_string()).await?;
         }
         Ok(n == 1)
     }
@@ -332,7 +348,7 @@ impl Approvals {
             )
             .await?;
         if n > 0 {
-            Self::announce(&c, "expired").await?;
+            self.announce(&c, "expired").await?;
         }
         Ok(n)
     }

@@ -2,6 +2,7 @@
 //! Every query binds its values; no text is spliced into SQL here.
 
 mod approvals;
+mod events;
 mod instance;
 mod leases;
 mod migrate;
@@ -9,6 +10,7 @@ mod migrate;
 pub use approvals::{
     ApprovalRow, ApprovalWaits, Approvals, Decided, NewApproval, APPROVAL_EVENTS_CHANNEL,
 };
+pub use events::EventKey;
 pub use instance::{InstanceLock, INSTANCE_LOCK_SPACE, LEASE_EVENTS_CHANNEL};
 #[cfg(test)]
 pub use leases::test_lease;
