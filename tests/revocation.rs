@@ -1,8 +1,9 @@
 //! Revoking a lease removes its role whatever the lease created — a large object from a
 //! SELECT-only lease, tables, views, sequences, functions, temporary tables and default
-//! privileges in a schema it may create in, and what other roles built on them — with the
-//! realistic admin role (CREATEROLE, not superuser) and with a superuser one. A removal that
-//! fails keeps Postgres's own message and is retried until it succeeds.
+//! privileges in a schema it may create in, what other roles built on them, privileges another
+//! lease granted it — with the realistic admin role (CREATEROLE, not superuser) and with a
+//! superuser one. A removal that fails keeps Postgres's own message and is retried until it
+//! succeeds.
 
 mod common;
 
@@ -270,4 +271,32 @@ async fn a_removal_that_fails_keeps_the_postgres_message_and_is_retried() {
         lease_row(&h, &lease).await
     );
     assert!(!role_exists(&h, &role).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lease_another_lease_granted_privileges_to_is_removed() {
+    let h = Harness::start_with_postgres(&[], "CREATE SCHEMA scratch;", &[BUILDER], "").await;
+    let a = h.lease("agent:builder", json!({})).await;
+    let b = h.lease("agent:builder", json!({})).await;
+    let b_role = b["username"].as_str().unwrap();
+    let ca = h.connect_proxy(&a).await.unwrap();
+    ca.simple_query("CREATE TABLE scratch.shared (x integer)")
+        .await
+        .unwrap();
+    ca.simple_query(&format!("GRANT SELECT ON scratch.shared TO \"{b_role}\""))
+        .await
+        .unwrap();
+    let (status, body) = revoke(&h, "agent:builder", &b).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{body} {:?}",
+        lease_row(&h, &b).await
+    );
+    assert!(!role_exists(&h, b_role).await);
+    // A's table stays, without the grant.
+    ca.simple_query("SELECT * FROM scratch.shared")
+        .await
+        .unwrap();
+    assert!(admin_memberships(&h).await.is_empty());
 }

@@ -10,11 +10,14 @@
 //!    `pg_stat_activity` shows none (termination is asynchronous; a backend drops its temporary
 //!    objects as it exits).
 //! 4. `DROP OWNED BY … CASCADE`: large objects, tables, views, sequences, functions, types,
-//!    default privileges, leftover temporary objects — and whatever other roles built on them.
+//!    default privileges, leftover temporary objects — and whatever other roles built on them;
+//!    privileges other leases granted the role on what they own are revoked too (the admin
+//!    takes those leases' privileges for the moment: only an owner can revoke them).
 //! 5. `DROP ROLE`.
 //!
-//! If a step after 2 fails, the admin gives the privileges back (pg_hba.conf lines for
-//! `+pgid_lease` match members of members too), and the lease is retried later.
+//! The admin gives back what it took: other leases' privileges at once, the removed lease's if
+//! a step failed (pg_hba.conf lines for `+pgid_lease` match members of members too). A failed
+//! removal is retried later.
 
 use std::time::Duration;
 
@@ -23,6 +26,7 @@ use tokio_postgres::Client;
 
 use super::ddl;
 use super::lease::{db_error, pg_error, pool_error, LeaseError};
+use super::LEASE_MARKER_ROLE;
 use crate::database::{pg_message, Database};
 
 /// How long removal waits for the role's backends to exit after `pg_terminate_backend`.
@@ -45,22 +49,54 @@ pub(super) async fn drop_lease_role(db: &Database, role: &str) -> Result<(), Lea
     };
     let oid: u32 = found.get(0);
     c.batch_execute(&ddl::nologin(role)).await.map_err(err)?;
-    let granted = take_privileges(&c, &db.name, role, oid).await?;
+    let took_lease = take_privileges(&c, &db.name, role, oid).await?;
+    // Roles taken for the removal only: another live lease stays as it is.
+    let mut took_others = Vec::new();
     let result = async {
+        for (grantor, grantor_oid) in lease_grantors(&c, oid).await.map_err(err)? {
+            if take_privileges(&c, &db.name, &grantor, grantor_oid).await? {
+                took_others.push(grantor);
+            }
+        }
         end_backends(&c, &db.name, role, oid).await?;
         c.batch_execute(&ddl::drop_owned(role)).await.map_err(err)?;
         c.batch_execute(&ddl::drop_role(role)).await.map_err(err)
     }
     .await;
-    if result.is_err() && granted {
+    let give_back = took_others
+        .iter()
+        .map(String::as_str)
+        .chain((result.is_err() && took_lease).then_some(role));
+    for taken in give_back {
         if let Err(e) = c
-            .batch_execute(&ddl::revoke_role_from_current_user(role))
+            .batch_execute(&ddl::revoke_role_from_current_user(taken))
             .await
         {
-            tracing::warn!(role, error = %pg_message(&e), "cannot give back the privileges of a lease role whose removal failed");
+            tracing::warn!(role = taken, error = %pg_message(&e), "cannot give back the privileges of a lease role taken for a removal");
         }
     }
     result
+}
+
+/// Other lease roles that own objects on which the role holds privileges (one lease granted
+/// another access to its table): DROP OWNED revokes those only as their owner, so the admin
+/// needs the owners' privileges too. Only lease roles (members of `pgid_lease`) are taken.
+async fn lease_grantors(c: &Client, oid: u32) -> Result<Vec<(String, u32)>, tokio_postgres::Error> {
+    let rows = c
+        .query(
+            "SELECT DISTINCT r.rolname, r.oid FROM pg_catalog.pg_shdepend a \
+             JOIN pg_catalog.pg_shdepend o ON o.dbid = a.dbid AND o.classid = a.classid \
+               AND o.objid = a.objid AND o.deptype = 'o' \
+             JOIN pg_catalog.pg_roles r ON r.oid = o.refobjid \
+             WHERE a.refobjid = $1 AND a.deptype = 'a' AND r.oid <> $1 \
+             AND a.dbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) \
+             AND EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m \
+               JOIN pg_catalog.pg_roles k ON k.oid = m.roleid \
+               WHERE m.member = r.oid AND k.rolname = $2)",
+            &[&oid, &LEASE_MARKER_ROLE],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// Gives the admin role the privileges of `role` unless it has them; whether it granted them.
