@@ -196,8 +196,8 @@ async fn check_names(
         .map_err(|e| anyhow::anyhow!("--database: TLS: {e}"))?;
         let (pool, _) =
             crate::database::pool(url, 1, tls).map_err(|e| anyhow::anyhow!("--database: {e}"))?;
-        let c = pool.get().await.context("--database: connecting")?;
-        for missing in roles::check_names(&**c, &policies)
+        let mut c = pool.get().await.context("--database: connecting")?;
+        for missing in roles::check_names(&mut **c, &policies)
             .await
             .map_err(|e| anyhow::anyhow!("--database: {}", crate::database::pg_message(&e)))?
         {
@@ -220,7 +220,7 @@ async fn plan(config: PathBuf) -> anyhow::Result<u8> {
     // A policy naming what does not exist would apply without protecting anything: no plan.
     let mut missing = Vec::new();
     for db in databases.iter() {
-        let c = db
+        let mut c = db
             .pool
             .get()
             .await
@@ -231,7 +231,7 @@ async fn plan(config: PathBuf) -> anyhow::Result<u8> {
             .map(|p| &**p)
             .collect();
         missing.extend(
-            roles::check_names(&**c, &mine)
+            roles::check_names(&mut **c, &mine)
                 .await
                 .with_context(|| format!("database {}", db.name))?,
         );

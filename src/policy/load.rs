@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::grant::*;
 use super::matcher::IdentityMatch;
 use super::model::*;
 use crate::config::{line_of, toml_error};
@@ -147,7 +148,7 @@ struct RawPolicy {
     max_connections: Option<Spanned<u32>>,
     identity: Spanned<IdentityMatch>,
     #[serde(default)]
-    grant: Vec<RawGrant>,
+    grant: Vec<Spanned<RawGrant>>,
     guardrails: Option<RawGuardrails>,
     #[serde(default)]
     mask: Vec<RawMask>,
@@ -163,12 +164,50 @@ struct RawAudit {
     literals: Option<Spanned<String>>,
 }
 
+/// One `[[grant]]`: privileges, and exactly one of the keys naming objects.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawGrant {
-    privileges: Vec<Spanned<String>>,
-    on: Vec<Spanned<String>>,
+    privileges: Spanned<Vec<Spanned<String>>>,
+    on: Option<Spanned<Vec<Spanned<String>>>>,
+    schemas: Option<Spanned<Vec<Spanned<String>>>>,
+    database: Option<Spanned<bool>>,
+    sequences: Option<Spanned<Vec<Spanned<String>>>>,
+    types: Option<Spanned<Vec<Spanned<String>>>>,
+    functions: Option<Spanned<Vec<Spanned<String>>>>,
 }
+
+/// `max_rows` / `max_bytes`: a number (or a size), or `"unlimited"`.
+enum RawLimit {
+    Number(u64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for RawLimit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawLimit;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "a number, a size such as \"64MB\", or \"{UNLIMITED}\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<RawLimit, E> {
+                Ok(RawLimit::Number(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<RawLimit, E> {
+                u64::try_from(n).map(RawLimit::Number).map_err(|_| {
+                    E::custom(format!("{n} is negative: use a limit or \"{UNLIMITED}\""))
+                })
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<RawLimit, E> {
+                Ok(RawLimit::Text(s.to_string()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+const UNLIMITED: &str = "unlimited";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -176,8 +215,8 @@ struct RawGuardrails {
     deny: Option<Vec<StatementClass>>,
     require_where: Option<Spanned<Vec<StatementClass>>>,
     deny_functions: Option<Vec<String>>,
-    max_rows: Option<u64>,
-    max_bytes: Option<ByteSize>,
+    max_rows: Option<Spanned<RawLimit>>,
+    max_bytes: Option<Spanned<RawLimit>>,
     max_statement_bytes: Option<ByteSize>,
 }
 
@@ -285,42 +324,9 @@ pub fn parse_policy(path: &Path, text: &str) -> Result<Policy, Vec<PolicyError>>
     let mut names = Vec::new();
     let mut grants = Vec::new();
     for g in &raw.grant {
-        let mut privileges = Vec::new();
-        for p in &g.privileges {
-            match Privilege::parse(p.get_ref()) {
-                Some(v) if !privileges.contains(&v) => privileges.push(v),
-                Some(_) => {}
-                None => errs.at(
-                    p.span(),
-                    format!(
-                        "unknown privilege {:?} (use {})",
-                        p.get_ref(),
-                        Privilege::ALL.map(Privilege::as_sql).join(", ")
-                    ),
-                ),
-            }
+        if let Some(grant) = grant(g, &mut errs, &mut names) {
+            grants.push(grant);
         }
-        if g.privileges.is_empty() {
-            errs.list.push(PolicyError {
-                location: errs.file.clone(),
-                message: "a [[grant]] lists no privileges".into(),
-            });
-        }
-        let mut on = Vec::new();
-        for t in &g.on {
-            match parse_table_ref(t.get_ref(), true) {
-                Ok(r) => {
-                    names.push(NamedObject {
-                        rule: "[[grant]]",
-                        object: ObjectName::Relation(r.clone()),
-                        line: line_of(text, t.span().start),
-                    });
-                    on.push(r)
-                }
-                Err(m) => errs.at(t.span(), m),
-            }
-        }
-        grants.push(Grant { privileges, on });
     }
 
     let guardrails = match raw.guardrails {
@@ -353,8 +359,14 @@ pub fn parse_policy(path: &Path, text: &str) -> Result<Policy, Vec<PolicyError>>
                     .deny_functions
                     .map(|f| f.into_iter().map(|n| n.to_ascii_lowercase()).collect())
                     .unwrap_or(d.deny_functions),
-                max_rows: g.max_rows.or(d.max_rows),
-                max_bytes: g.max_bytes.map(|b| b.0).or(d.max_bytes),
+                max_rows: match &g.max_rows {
+                    None => d.max_rows,
+                    Some(l) => limit(l, "max_rows", &mut errs),
+                },
+                max_bytes: match &g.max_bytes {
+                    None => d.max_bytes,
+                    Some(l) => limit(l, "max_bytes", &mut errs),
+                },
                 max_statement_bytes: g
                     .max_statement_bytes
                     .map(|b| b.0)
@@ -490,6 +502,164 @@ pub fn parse_policy(path: &Path, text: &str) -> Result<Policy, Vec<PolicyError>>
     })
 }
 
+/// One `[[grant]]` block: its privileges must apply to the one kind of object it names.
+fn grant(
+    g: &Spanned<RawGrant>,
+    errs: &mut Errors<'_>,
+    names: &mut Vec<NamedObject>,
+) -> Option<Grant> {
+    let raw = g.get_ref();
+    let mut given: Vec<(ObjectKind, Range<usize>)> = [
+        (ObjectKind::Table, &raw.on),
+        (ObjectKind::Schema, &raw.schemas),
+        (ObjectKind::Sequence, &raw.sequences),
+        (ObjectKind::Type, &raw.types),
+        (ObjectKind::Function, &raw.functions),
+    ]
+    .into_iter()
+    .filter_map(|(kind, list)| list.as_ref().map(|l| (kind, l.span())))
+    .collect();
+    if let Some(d) = &raw.database {
+        given.push((ObjectKind::Database, d.span()));
+        if !*d.get_ref() {
+            errs.at(
+                d.span(),
+                "database = false grants nothing: remove the key (or the block)",
+            );
+        }
+    }
+    given.sort_by_key(|(_, span)| span.start);
+    let kind = match given.as_slice() {
+        [] => {
+            errs.at(
+                g.span(),
+                format!(
+                    "a [[grant]] must name what it grants on: one of {}",
+                    ObjectKind::ALL.map(ObjectKind::key).join(", ")
+                ),
+            );
+            return None;
+        }
+        [(kind, _)] => *kind,
+        [(first, _), (second, span), ..] => {
+            errs.at(
+                span.clone(),
+                format!(
+                    "a [[grant]] names exactly one kind of object; this one has {} and {}: \
+                     write one [[grant]] block for each",
+                    first.key(),
+                    second.key()
+                ),
+            );
+            return None;
+        }
+    };
+
+    let mut privileges = Vec::new();
+    for p in raw.privileges.get_ref() {
+        match kind.privilege(p.get_ref()) {
+            Ok(v) if !privileges.contains(&v) => privileges.push(v),
+            Ok(_) => {}
+            Err(m) => errs.at(p.span(), m),
+        }
+    }
+    if raw.privileges.get_ref().is_empty() {
+        errs.at(raw.privileges.span(), "a [[grant]] lists no privileges");
+    }
+
+    let mut list = Names { kind, errs, names };
+    let objects =
+        match kind {
+            ObjectKind::Database => GrantObjects::Database,
+            ObjectKind::Table => GrantObjects::Tables(list.parse(&raw.on, |t| {
+                parse_table_ref(t, true).map(|r| (ObjectName::Relation(r.clone()), r))
+            })),
+            ObjectKind::Schema => GrantObjects::Schemas(list.parse(&raw.schemas, |t| {
+                match parse_qualified(t)?.as_slice() {
+                    [schema] if schema != "*" => {
+                        Ok((ObjectName::Schema(schema.clone()), schema.clone()))
+                    }
+                    _ => Err(format!("schema {t:?} must be a schema name")),
+                }
+            })),
+            ObjectKind::Sequence => GrantObjects::Sequences(list.parse(&raw.sequences, |t| {
+                ObjectRef::parse(t).map(|r| (ObjectName::Sequence(r.clone()), r))
+            })),
+            ObjectKind::Type => GrantObjects::Types(list.parse(&raw.types, |t| {
+                ObjectRef::parse(t).map(|r| (ObjectName::Type(r.clone()), r))
+            })),
+            ObjectKind::Function => GrantObjects::Functions(list.parse(&raw.functions, |t| {
+                FunctionRef::parse(t).map(|r| (ObjectName::Function(r.clone()), r))
+            })),
+        };
+    Some(Grant {
+        privileges,
+        objects,
+    })
+}
+
+/// The list of objects of one `[[grant]]`, each recorded with its line for the database check.
+struct Names<'e, 't> {
+    kind: ObjectKind,
+    errs: &'e mut Errors<'t>,
+    names: &'e mut Vec<NamedObject>,
+}
+
+impl Names<'_, '_> {
+    fn parse<T>(
+        &mut self,
+        list: &Option<Spanned<Vec<Spanned<String>>>>,
+        parse: impl Fn(&str) -> Result<(ObjectName, T), String>,
+    ) -> Vec<T> {
+        let Some(list) = list else {
+            return Vec::new();
+        };
+        if list.get_ref().is_empty() {
+            self.errs.at(
+                list.span(),
+                format!("{} = [] names no {}", self.kind.key(), self.kind.noun()),
+            );
+        }
+        let mut out = Vec::new();
+        for item in list.get_ref() {
+            match parse(item.get_ref()) {
+                Ok((object, value)) => {
+                    self.names.push(NamedObject {
+                        rule: "[[grant]]",
+                        object,
+                        line: line_of(self.errs.text, item.span().start),
+                    });
+                    out.push(value);
+                }
+                Err(m) => self.errs.at(item.span(), m),
+            }
+        }
+        out
+    }
+}
+
+/// A `max_rows` / `max_bytes` value: `None` is no limit (`"unlimited"`).
+fn limit(l: &Spanned<RawLimit>, key: &str, errs: &mut Errors<'_>) -> Option<u64> {
+    let value = match l.get_ref() {
+        RawLimit::Number(n) => Ok(*n),
+        RawLimit::Text(t) if t.trim().eq_ignore_ascii_case(UNLIMITED) => return None,
+        RawLimit::Text(t) if key == "max_bytes" => ByteSize::parse(t)
+            .map(|b| b.0)
+            .map_err(|m| format!("max_bytes: {m} or \"{UNLIMITED}\"")),
+        RawLimit::Text(t) => Err(format!(
+            "{key} must be a number or \"{UNLIMITED}\", not {t:?}"
+        )),
+    };
+    match value {
+        Ok(v) => Some(v),
+        Err(m) => {
+            errs.at(l.span(), m);
+            // Refused below; a limit that did not parse must never mean no limit.
+            Some(0)
+        }
+    }
+}
+
 /// `schema.table` or (when allowed) `schema.*`.
 pub fn parse_table_ref(text: &str, allow_star: bool) -> Result<TableRef, String> {
     let parts = parse_qualified(text)?;
@@ -620,10 +790,16 @@ timeout = "5m"
         assert_eq!(p.max_ttl.as_secs(), 3600);
         assert_eq!(p.group_role(), "pgid_p_nightly-report");
         assert_eq!(
-            p.grants[0].on[0],
-            TableRef::AllInSchema {
-                schema: "reporting".into()
-            }
+            p.grants[0].objects,
+            GrantObjects::Tables(vec![
+                TableRef::AllInSchema {
+                    schema: "reporting".into()
+                },
+                TableRef::Table {
+                    schema: "crm".into(),
+                    table: "customers".into()
+                }
+            ])
         );
         assert_eq!(p.guardrails.max_bytes, Some(64 << 20));
         assert_eq!(p.masks[0].columns[1].column, "ssn");
@@ -667,6 +843,165 @@ timeout = "5m"
         assert!(p.guardrails.deny.contains(&StatementClass::Drop));
         assert!(p.guardrails.require_where.contains(&StatementClass::Delete));
         assert!(p.guardrails.max_rows.is_some());
+    }
+
+    /// GOOD with its `[[grant]]` replaced by `grants`.
+    fn with_grants(grants: &str) -> String {
+        GOOD.replace(
+            "[[grant]]\nprivileges = [\"SELECT\"]\non = [\"reporting.*\", \"crm.customers\"]\n",
+            grants,
+        )
+    }
+
+    #[test]
+    fn typed_grants_name_one_kind_of_object_each() {
+        let p = parse(&with_grants(
+            r#"[[grant]]
+privileges = ["SELECT"]
+on = ["reporting.*", "crm.customers"]
+[[grant]]
+privileges = ["CREATE", "usage"]
+schemas = ["scratch", "\"Mixed\""]
+[[grant]]
+privileges = ["CREATE", "TEMP"]
+database = true
+[[grant]]
+privileges = ["USAGE", "SELECT", "UPDATE"]
+sequences = ["crm.orders_id_seq", "crm.*"]
+[[grant]]
+privileges = ["USAGE"]
+types = ["crm.mood"]
+[[grant]]
+privileges = ["EXECUTE"]
+functions = ["crm.order_total(integer)", "crm.*"]
+"#,
+        ))
+        .unwrap();
+        let kinds: Vec<ObjectKind> = p.grants.iter().map(|g| g.objects.kind()).collect();
+        assert_eq!(
+            kinds,
+            [
+                ObjectKind::Table,
+                ObjectKind::Schema,
+                ObjectKind::Database,
+                ObjectKind::Sequence,
+                ObjectKind::Type,
+                ObjectKind::Function
+            ]
+        );
+        assert_eq!(
+            p.grants[1].objects,
+            GrantObjects::Schemas(vec!["scratch".into(), "Mixed".into()])
+        );
+        assert_eq!(
+            p.grants[2].privileges,
+            [Privilege::Create, Privilege::Temporary]
+        );
+        assert_eq!(
+            p.grants[5].objects,
+            GrantObjects::Functions(vec![
+                FunctionRef::Signature {
+                    schema: "crm".into(),
+                    name: "order_total".into(),
+                    args: vec!["integer".into()]
+                },
+                FunctionRef::AllInSchema {
+                    schema: "crm".into()
+                }
+            ])
+        );
+        // Every object is checked against the database later, with its line.
+        let functions: Vec<usize> = p
+            .names
+            .iter()
+            .filter(|n| matches!(n.object, ObjectName::Function(_)))
+            .map(|n| n.line)
+            .collect();
+        assert_eq!(functions, [32, 32]);
+        assert!(p
+            .names
+            .iter()
+            .any(|n| n.object == ObjectName::Schema("Mixed".into()) && n.line == 20));
+    }
+
+    fn grant_error(grants: &str) -> String {
+        let errors = parse(&with_grants(grants)).unwrap_err();
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn bad_grant_blocks_say_what_is_wrong_and_where() {
+        // The block starts at line 15, as in GOOD: privileges on 16, objects on 17.
+        let e = grant_error("[[grant]]\nprivileges = [\"USAGE\"]\non = [\"crm.t\"]\n");
+        assert!(
+            e.contains("p.toml:16:") && e.contains("USAGE does not apply to tables and views"),
+            "{e}"
+        );
+        let e = grant_error("[[grant]]\nprivileges = [\"SELECT\"]\nfunctions = [\"crm.f()\"]\n");
+        assert!(
+            e.contains(":16:") && e.contains("functions take EXECUTE"),
+            "{e}"
+        );
+        let e = grant_error("[[grant]]\nprivileges = [\"TEMPORARY\"]\nschemas = [\"s\"]\n");
+        assert!(e.contains("schemas take CREATE, USAGE"), "{e}");
+        let e = grant_error("[[grant]]\nprivileges = [\"CONNECT\"]\ndatabase = true\n");
+        assert!(e.contains("always granted"), "{e}");
+        let e = grant_error(
+            "[[grant]]\nprivileges = [\"USAGE\"]\nschemas = [\"s\"]\nsequences = [\"s.q\"]\n",
+        );
+        assert!(
+            e.contains(":18:")
+                && e.contains("exactly one kind of object")
+                && e.contains("schemas and sequences"),
+            "{e}"
+        );
+        let e = grant_error("[[grant]]\nprivileges = [\"SELECT\"]\n");
+        assert!(e.contains("must name what it grants on"), "{e}");
+        let e = grant_error("[[grant]]\nprivileges = []\nschemas = [\"s\"]\n");
+        assert!(
+            e.contains(":16:") && e.contains("lists no privileges"),
+            "{e}"
+        );
+        let e = grant_error("[[grant]]\nprivileges = [\"USAGE\"]\ntypes = []\n");
+        assert!(e.contains(":17:") && e.contains("names no types"), "{e}");
+        let e = grant_error("[[grant]]\nprivileges = [\"USAGE\"]\ntypes = [\"mood\"]\n");
+        assert!(e.contains(":17:") && e.contains("schema.name"), "{e}");
+        let e = grant_error("[[grant]]\nprivileges = [\"EXECUTE\"]\nfunctions = [\"crm.f\"]\n");
+        assert!(e.contains("argument types"), "{e}");
+        let e = grant_error("[[grant]]\nprivileges = [\"CREATE\"]\ndatabase = false\n");
+        assert!(e.contains("grants nothing"), "{e}");
+        let e = grant_error("[[grant]]\nprivileges = [\"USAGE\"]\nsequence = [\"s.q\"]\n");
+        assert!(
+            e.contains(":17:") && e.contains("unknown field `sequence`"),
+            "{e}"
+        );
+        let e = grant_error("[[grant]]\nprivileges = [\"CREATE\"]\nschemas = [\"a.b\"]\n");
+        assert!(e.contains("must be a schema name"), "{e}");
+    }
+
+    #[test]
+    fn export_limits_can_be_switched_off() {
+        let p = parse(
+            &GOOD
+                .replace("max_rows = 10000", "max_rows = \"unlimited\"")
+                .replace("max_bytes = \"64MB\"", "max_bytes = \"unlimited\""),
+        )
+        .unwrap();
+        assert_eq!(p.guardrails.max_rows, None);
+        assert_eq!(p.guardrails.max_bytes, None);
+        let p = parse(&GOOD.replace("max_bytes = \"64MB\"", "max_bytes = 1024")).unwrap();
+        assert_eq!(p.guardrails.max_bytes, Some(1024));
+        assert_eq!(p.guardrails.max_rows, Some(10_000));
+        let e = first_error(&GOOD.replace("max_rows = 10000", "max_rows = \"lots\""));
+        assert!(e.contains(":23:") && e.contains("\"unlimited\""), "{e}");
+        let e = first_error(&GOOD.replace("max_bytes = \"64MB\"", "max_bytes = \"64XB\""));
+        assert!(e.contains(":24:") && e.contains("64XB"), "{e}");
+        let e = first_error(&GOOD.replace("max_rows = 10000", "max_rows = -1"));
+        assert!(e.contains(":23:") && e.contains("negative"), "{e}");
     }
 
     #[test]

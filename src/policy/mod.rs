@@ -1,15 +1,17 @@
 //! Policies: which identities get which database privileges, under which guardrails (DESIGN §4).
 //!
-//! Pure core: `model` is the validated shape, `load` reads `policies/*.toml` and reports every
+//! Pure core: `model` is the validated shape (`grant`: what a `[[grant]]` gives), `load` reads `policies/*.toml` and reports every
 //! problem with `file:line`, `decide` picks the one policy that applies to a verified identity,
 //! `matcher` compares identities and claims.
 
 mod decide;
+mod grant;
 mod load;
 mod matcher;
 mod model;
 
 pub use decide::{select, Request, Selection};
+pub use grant::*;
 pub use load::{load_dir, parse_policy, PolicyError, PolicySet};
 pub use matcher::{glob_matches, ClaimValue, IdentityMatch};
 pub use model::*;

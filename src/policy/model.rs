@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::grant::{FunctionRef, Grant, ObjectRef};
 use super::matcher::IdentityMatch;
 
 #[derive(Debug, Clone)]
@@ -43,6 +44,10 @@ pub enum ObjectName {
     /// A table (or view…), or `schema.*`.
     Relation(TableRef),
     Column(ColumnRef),
+    Schema(String),
+    Sequence(ObjectRef),
+    Type(ObjectRef),
+    Function(FunctionRef),
 }
 
 impl fmt::Display for ColumnRef {
@@ -72,47 +77,6 @@ impl Policy {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Privilege {
-    Select,
-    Insert,
-    Update,
-    Delete,
-    Truncate,
-    References,
-    Trigger,
-}
-
-impl Privilege {
-    pub const ALL: [Privilege; 7] = [
-        Privilege::Select,
-        Privilege::Insert,
-        Privilege::Update,
-        Privilege::Delete,
-        Privilege::Truncate,
-        Privilege::References,
-        Privilege::Trigger,
-    ];
-
-    pub fn as_sql(self) -> &'static str {
-        match self {
-            Privilege::Select => "SELECT",
-            Privilege::Insert => "INSERT",
-            Privilege::Update => "UPDATE",
-            Privilege::Delete => "DELETE",
-            Privilege::Truncate => "TRUNCATE",
-            Privilege::References => "REFERENCES",
-            Privilege::Trigger => "TRIGGER",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Privilege> {
-        Privilege::ALL
-            .into_iter()
-            .find(|p| p.as_sql().eq_ignore_ascii_case(text.trim()))
-    }
-}
-
 /// `schema.table` or `schema.*` (every table, view, materialized view, foreign and partitioned
 /// table in the schema at reconcile time).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -136,12 +100,6 @@ impl fmt::Display for TableRef {
             TableRef::AllInSchema { schema } => write!(f, "{schema}.*"),
         }
     }
-}
-
-#[derive(Debug, Clone)]
-pub struct Grant {
-    pub privileges: Vec<Privilege>,
-    pub on: Vec<TableRef>,
 }
 
 /// Statement classes used by guardrails and approval rules (DESIGN §4).
@@ -204,6 +162,7 @@ pub struct Guardrails {
     pub deny: Vec<StatementClass>,
     pub require_where: Vec<StatementClass>,
     pub deny_functions: Vec<String>,
+    /// Export limits per statement; `None` is no limit (`"unlimited"` in the file).
     pub max_rows: Option<u64>,
     pub max_bytes: Option<u64>,
     pub max_statement_bytes: u64,

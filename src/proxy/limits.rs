@@ -41,6 +41,7 @@ pub struct ExportLimit {
 }
 
 impl ExportLimit {
+    /// `None` is no limit: a policy's `"unlimited"`.
     pub fn new(max_rows: Option<u64>, max_bytes: Option<u64>) -> ExportLimit {
         ExportLimit {
             max_rows,

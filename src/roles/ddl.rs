@@ -5,7 +5,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use postgres_protocol::escape::{escape_identifier, escape_literal};
 
-use crate::policy::Privilege;
+use crate::policy::{ObjectKind, Privilege};
 
 pub fn ident(name: &str) -> String {
     escape_identifier(name)
@@ -72,72 +72,116 @@ pub fn nologin(role: &str) -> String {
     format!("ALTER ROLE {} NOLOGIN", ident(role))
 }
 
+/// Drops everything the role owns in the current database — and, `CASCADE`, what other roles
+/// built on it — and revokes what was granted to it. Needs the privileges of the role.
 pub fn drop_owned(role: &str) -> String {
-    format!("DROP OWNED BY {}", ident(role))
+    format!("DROP OWNED BY {} CASCADE", ident(role))
 }
 
 pub fn drop_role(role: &str) -> String {
     format!("DROP ROLE IF EXISTS {}", ident(role))
 }
 
-pub fn grant_table(p: &[Privilege], schema: &str, name: &str, role: &str) -> String {
+/// Gives the session's role the privileges of `role` (DROP OWNED needs them: CREATEROLE is not
+/// enough on PostgreSQL 15, and from 16 on the creator holds ADMIN OPTION on the roles it made).
+pub fn grant_role_to_current_user(role: &str) -> String {
+    format!("GRANT {} TO CURRENT_USER", ident(role))
+}
+
+pub fn revoke_role_from_current_user(role: &str) -> String {
+    format!("REVOKE {} FROM CURRENT_USER", ident(role))
+}
+
+/// An object privileges are granted on: its kind and its name as SQL, built here from quoted
+/// identifiers only.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Object {
+    kind: ObjectKind,
+    sql: String,
+}
+
+impl Object {
+    pub fn table(schema: &str, name: &str) -> Object {
+        Object::qualified(ObjectKind::Table, schema, name)
+    }
+
+    pub fn sequence(schema: &str, name: &str) -> Object {
+        Object::qualified(ObjectKind::Sequence, schema, name)
+    }
+
+    pub fn data_type(schema: &str, name: &str) -> Object {
+        Object::qualified(ObjectKind::Type, schema, name)
+    }
+
+    pub fn schema(name: &str) -> Object {
+        Object {
+            kind: ObjectKind::Schema,
+            sql: ident(name),
+        }
+    }
+
+    pub fn database(name: &str) -> Object {
+        Object {
+            kind: ObjectKind::Database,
+            sql: ident(name),
+        }
+    }
+
+    /// A function, procedure or aggregate by its argument types, each given as (schema, type
+    /// name) from the catalog: `"crm"."order_total"("pg_catalog"."int4")` means exactly one
+    /// routine whatever the search_path.
+    pub fn routine(schema: &str, name: &str, args: &[(String, String)]) -> Object {
+        let args: Vec<String> = args.iter().map(|(s, t)| table(s, t)).collect();
+        Object {
+            kind: ObjectKind::Function,
+            sql: format!("{}({})", table(schema, name), args.join(", ")),
+        }
+    }
+
+    fn qualified(kind: ObjectKind, schema: &str, name: &str) -> Object {
+        Object {
+            kind,
+            sql: table(schema, name),
+        }
+    }
+
+    pub fn kind(&self) -> ObjectKind {
+        self.kind
+    }
+
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    fn keyword(&self) -> &'static str {
+        match self.kind {
+            ObjectKind::Table => "TABLE",
+            ObjectKind::Sequence => "SEQUENCE",
+            ObjectKind::Schema => "SCHEMA",
+            ObjectKind::Database => "DATABASE",
+            ObjectKind::Type => "TYPE",
+            // ROUTINE: functions, procedures and aggregates alike.
+            ObjectKind::Function => "ROUTINE",
+        }
+    }
+}
+
+pub fn grant(p: &[Privilege], object: &Object, role: &str) -> String {
     format!(
-        "GRANT {} ON TABLE {} TO {}",
+        "GRANT {} ON {} {} TO {}",
         privileges(p),
-        table(schema, name),
+        object.keyword(),
+        object.sql,
         ident(role)
     )
 }
 
-pub fn revoke_table(p: &[Privilege], schema: &str, name: &str, role: &str) -> String {
+pub fn revoke(p: &[Privilege], object: &Object, role: &str) -> String {
     format!(
-        "REVOKE {} ON TABLE {} FROM {}",
+        "REVOKE {} ON {} {} FROM {}",
         privileges(p),
-        table(schema, name),
-        ident(role)
-    )
-}
-
-pub fn grant_sequence_usage(schema: &str, name: &str, role: &str) -> String {
-    format!(
-        "GRANT USAGE ON SEQUENCE {} TO {}",
-        table(schema, name),
-        ident(role)
-    )
-}
-
-pub fn revoke_sequence_usage(schema: &str, name: &str, role: &str) -> String {
-    format!(
-        "REVOKE USAGE ON SEQUENCE {} FROM {}",
-        table(schema, name),
-        ident(role)
-    )
-}
-
-pub fn grant_schema_usage(schema: &str, role: &str) -> String {
-    format!("GRANT USAGE ON SCHEMA {} TO {}", ident(schema), ident(role))
-}
-
-pub fn revoke_schema_usage(schema: &str, role: &str) -> String {
-    format!(
-        "REVOKE USAGE ON SCHEMA {} FROM {}",
-        ident(schema),
-        ident(role)
-    )
-}
-
-pub fn grant_connect(database: &str, role: &str) -> String {
-    format!(
-        "GRANT CONNECT ON DATABASE {} TO {}",
-        ident(database),
-        ident(role)
-    )
-}
-
-pub fn revoke_connect(database: &str, role: &str) -> String {
-    format!(
-        "REVOKE CONNECT ON DATABASE {} FROM {}",
-        ident(database),
+        object.keyword(),
+        object.sql,
         ident(role)
     )
 }
@@ -176,14 +220,41 @@ mod tests {
             "CREATE ROLE \"pgid_p_nightly-report\" NOLOGIN"
         );
         assert_eq!(
-            grant_table(
+            grant(
                 &[Privilege::Select, Privilege::Insert],
-                "My\"Schema",
-                "t",
+                &Object::table("My\"Schema", "t"),
                 "r"
             ),
             "GRANT SELECT, INSERT ON TABLE \"My\"\"Schema\".\"t\" TO \"r\""
         );
+        assert_eq!(
+            revoke(
+                &[Privilege::Execute],
+                &Object::routine(
+                    "crm",
+                    "f\"(",
+                    &[
+                        ("pg_catalog".into(), "int4".into()),
+                        ("crm".into(), "_mood".into())
+                    ]
+                ),
+                "r"
+            ),
+            "REVOKE EXECUTE ON ROUTINE \"crm\".\"f\"\"(\"(\"pg_catalog\".\"int4\", \"crm\".\"_mood\") FROM \"r\""
+        );
+        assert_eq!(
+            grant(
+                &[Privilege::Create, Privilege::Temporary],
+                &Object::database("app"),
+                "r"
+            ),
+            "GRANT CREATE, TEMPORARY ON DATABASE \"app\" TO \"r\""
+        );
+        assert_eq!(
+            grant_role_to_current_user("pgid_x"),
+            "GRANT \"pgid_x\" TO CURRENT_USER"
+        );
+        assert_eq!(drop_owned("a\"b"), "DROP OWNED BY \"a\"\"b\" CASCADE");
         assert_eq!(
             drop_role("x\"; DROP TABLE y; --"),
             "DROP ROLE IF EXISTS \"x\"\"; DROP TABLE y; --\""

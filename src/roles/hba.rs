@@ -104,7 +104,7 @@ pub async fn check(client: &tokio_postgres::Client, database: &str, marker: &str
         Err(e) => {
             tracing::warn!(
                 database,
-                reason = %e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()),
+                reason = %crate::database::pg_message(&e),
                 "cannot read pg_hba_file_rules to check that lease roles can log in only through \
                  pgid; grant SELECT on it to the admin role, or check pg_hba.conf by hand (README, \
                  Preparing the database)"

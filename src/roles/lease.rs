@@ -1,9 +1,9 @@
 //! Issuing, renewing and revoking leases (DESIGN §2).
 //!
 //! Issue: intent row (committed) → `CREATE ROLE … VALID UNTIL` + `COMMENT` → row active.
-//! Removal, each step committed on its own: row `revoking` → `NOLOGIN` → terminate backends →
-//! `DROP OWNED` (if anything is owned) → `DROP ROLE` → row ended. Every step is idempotent; a
-//! failed removal is retried by the reaper with backoff and counted until it succeeds.
+//! Removal: row `revoking` → sessions closed → the role's removal steps (`removal`) → row ended.
+//! Every step is idempotent; a failed removal keeps Postgres's message in the row, is retried by
+//! the reaper with backoff and counted until it succeeds.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,10 +15,11 @@ use rand::{Rng, RngCore};
 use uuid::Uuid;
 
 use super::ddl;
+use super::removal::drop_lease_role;
 use super::watch::{EndReason, LeaseStatus, LeaseWatch};
 use super::LEASE_MARKER_ROLE;
 use crate::audit::{AuditError, AuditLog, Event, Kind};
-use crate::database::{Database, Databases};
+use crate::database::{pg_message, pool_message, Database, Databases};
 use crate::identity::VerifiedToken;
 use crate::keys::ServerKey;
 use crate::metrics::Metrics;
@@ -29,8 +30,6 @@ use crate::store::{LeaseRow, LeaseState, NewLease, Store, StoreError};
 const CLIENT_SECRET_BYTES: usize = 32;
 const ROLE_SUFFIX_CHARS: usize = 16;
 const ROLE_PREFIX_MAX: usize = 24;
-/// How long backend termination may wait for a backend to exit.
-const TERMINATE_WAIT_MS: i64 = 5000;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// After this many failed removals a lease counts as stuck (metric + error log).
 const STUCK_AFTER_ATTEMPTS: i32 = 5;
@@ -51,11 +50,20 @@ pub enum LeaseError {
     Audit(#[from] AuditError),
 }
 
-fn db_error(database: &str, e: impl std::fmt::Display) -> LeaseError {
+pub(super) fn db_error(database: &str, message: impl Into<String>) -> LeaseError {
     LeaseError::Database {
         database: database.to_string(),
-        message: e.to_string(),
+        message: message.into(),
     }
+}
+
+/// A Postgres error with the server's own message (stored with the lease and logged).
+pub(super) fn pg_error(database: &str, e: &tokio_postgres::Error) -> LeaseError {
+    db_error(database, pg_message(e))
+}
+
+pub(super) fn pool_error(database: &str, e: &deadpool_postgres::PoolError) -> LeaseError {
+    db_error(database, pool_message(e))
 }
 
 /// The client secret: returned once, only its SCRAM verifier is kept.
@@ -217,11 +225,12 @@ impl Leases {
                 )
             })
             .await
-            .map_err(|e| db_error(&policy.database, e))?
+            .map_err(|e| db_error(&policy.database, e.to_string()))?
         };
         let now = Utc::now();
-        let expires_at =
-            now + chrono::Duration::from_std(ttl).map_err(|e| db_error(&policy.database, e))?;
+        let expires_at = now
+            + chrono::Duration::from_std(ttl)
+                .map_err(|e| db_error(&policy.database, e.to_string()))?;
         let max_expires_at =
             (now + chrono::Duration::from_std(policy.max_ttl).unwrap_or_default()).max(expires_at);
         let connection_limit = policy.max_connections as i32;
@@ -260,10 +269,10 @@ impl Leases {
         );
         // One simple-query string runs as one implicit transaction: role and comment together.
         let created = async {
-            let c = db.pool.get().await.map_err(|e| db_error(&db.name, e))?;
+            let c = db.pool.get().await.map_err(|e| pool_error(&db.name, &e))?;
             c.batch_execute(&format!("{create}; {comment}"))
                 .await
-                .map_err(|e| db_error(&db.name, e))
+                .map_err(|e| pg_error(&db.name, &e))
         }
         .await;
         if let Err(e) = created {
@@ -321,13 +330,13 @@ impl Leases {
         let wanted = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default();
         let expires_at = wanted.min(row.max_expires_at).max(row.expires_at);
         let db = self.database(&row.database)?;
-        let c = db.pool.get().await.map_err(|e| db_error(&db.name, e))?;
+        let c = db.pool.get().await.map_err(|e| pool_error(&db.name, &e))?;
         c.batch_execute(&ddl::set_valid_until(
             &row.role_name,
             self.valid_until(expires_at),
         ))
         .await
-        .map_err(|e| db_error(&db.name, e))?;
+        .map_err(|e| pg_error(&db.name, &e))?;
         if !self.store.set_expiry(row.id, expires_at).await? {
             return Err(LeaseError::NotActive("no longer active"));
         }
@@ -436,41 +445,6 @@ impl Leases {
             }
         }
     }
-}
-
-/// The removal steps for one role, each committed on its own so that a login racing the
-/// revocation is refused before its backends are terminated.
-pub(super) async fn drop_lease_role(db: &Database, role: &str) -> Result<(), LeaseError> {
-    let c = db.pool.get().await.map_err(|e| db_error(&db.name, e))?;
-    let err = |e: tokio_postgres::Error| db_error(&db.name, e);
-    let exists = c
-        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
-        .await
-        .map_err(err)?;
-    if exists.is_none() {
-        return Ok(());
-    }
-    c.batch_execute(&ddl::nologin(role)).await.map_err(err)?;
-    c.query(
-        "SELECT pg_terminate_backend(pid, $2) FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()",
-        &[&role, &TERMINATE_WAIT_MS],
-    )
-    .await
-    .map_err(err)?;
-    let owns: bool = c
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_shdepend d JOIN pg_roles r ON r.oid = d.refobjid \
-             WHERE r.rolname = $1 AND d.deptype IN ('o', 'a'))",
-            &[&role],
-        )
-        .await
-        .map_err(err)?
-        .get(0);
-    if owns {
-        c.batch_execute(&ddl::drop_owned(role)).await.map_err(err)?;
-    }
-    c.batch_execute(&ddl::drop_role(role)).await.map_err(err)?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -2,15 +2,22 @@
 //! and short-lived lease roles that are members of it and of the `pgid_lease` marker.
 //!
 //! `ddl` builds SQL with quoted identifiers only; `names` checks the names policies use against
-//! the database; `reconcile` brings group roles in line with the policies, all in one transaction; `lease` issues, renews and revokes; `reaper` expires leases and removes orphans;
+//! the database; `objects` resolves what a policy grants through the catalog, `acl` reads what a
+//! group role holds, `plan` computes the difference, and `reconcile` applies it for every
+//! policy of a database in one transaction; `lease` issues, renews and revokes, `removal` drops
+//! a lease role and whatever the lease created; `reaper` expires leases and removes orphans;
 //! `hba` checks that the server accepts lease roles only from pgid.
 
+mod acl;
 pub mod ddl;
 pub mod hba;
 mod lease;
 mod names;
+mod objects;
+mod plan;
 mod reaper;
 mod reconcile;
+mod removal;
 mod watch;
 
 pub use lease::{
@@ -18,10 +25,10 @@ pub use lease::{
     Notifier,
 };
 pub use names::{check_names, closest, MissingName};
+pub use plan::{plan_policy, GroupPlan};
 pub use reaper::{reap_once, Reaper};
 pub use reconcile::{
-    drop_group_role, ensure_marker_role, plan_policy, stage_policies, GroupPlan, GroupRemoval,
-    ReconcileError, Staged,
+    drop_group_role, ensure_marker_role, stage_policies, GroupRemoval, ReconcileError, Staged,
 };
 pub use watch::{lease_ended, EndReason, LeaseStatus, LeaseWatch};
 

@@ -1,18 +1,17 @@
-//! The names a policy's rules use — `[[grant]] on`, `[[mask]] columns`, `[[approval]] tables` —
-//! checked against the policy's database. A rule whose table or column does not exist protects
-//! nothing (a misspelt mask column came back in clear), so such a policy is refused at start, at
-//! reload and by `pgid policy plan` / `policy check --database`, with `file:line`, the rule, the
-//! name, and the closest existing name when one is close.
+//! The names a policy's rules use — `[[grant]]` tables, schemas, sequences, types and functions,
+//! `[[mask]] columns`, `[[approval]] tables` — checked against the policy's database. A rule
+//! whose object does not exist protects nothing (a misspelt mask column came back in clear), so
+//! such a policy is refused at start, at reload and by `pgid policy plan` / `policy check
+//! --database`, with `file:line`, the rule, the name, and the closest existing name when one is
+//! close.
 
 use std::collections::BTreeMap;
 
 use tokio_postgres::GenericClient;
 
-use crate::policy::{NamedObject, ObjectName, Policy, TableRef};
-
-/// Relation kinds a rule may name: tables, views, materialized views, foreign and partitioned
-/// tables.
-const RELKINDS: &str = "('r', 'v', 'm', 'f', 'p')";
+use super::objects::{self, Listing, RELKINDS};
+use crate::database::pg_message;
+use crate::policy::{FunctionRef, NamedObject, ObjectName, ObjectRef, Policy, TableRef};
 
 /// One name a policy uses that its database does not have.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,8 +37,9 @@ impl std::fmt::Display for MissingName {
 #[derive(Default)]
 struct Catalog {
     schemas: Option<Vec<String>>,
-    relations: BTreeMap<String, Vec<String>>,
+    listings: BTreeMap<(Listing, String), Vec<String>>,
     columns: BTreeMap<(String, String), Vec<String>>,
+    routines: BTreeMap<String, Vec<String>>,
 }
 
 impl Catalog {
@@ -64,17 +64,45 @@ impl Catalog {
         c: &impl GenericClient,
         schema: &str,
     ) -> Result<&[String], tokio_postgres::Error> {
-        if !self.relations.contains_key(schema) {
-            let q = format!(
-                "SELECT c.relname FROM pg_catalog.pg_class c \
-                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relkind IN {RELKINDS} ORDER BY 1"
-            );
-            let rows = c.query(&q, &[&schema]).await?;
-            self.relations
+        self.listed(c, Listing::Relations, schema).await
+    }
+
+    /// The names of one kind of object in a schema.
+    async fn listed(
+        &mut self,
+        c: &impl GenericClient,
+        listing: Listing,
+        schema: &str,
+    ) -> Result<&[String], tokio_postgres::Error> {
+        let key = (listing, schema.to_string());
+        if !self.listings.contains_key(&key) {
+            let rows = c
+                .query(&format!("{} ORDER BY 1", listing.query()), &[&schema])
+                .await?;
+            self.listings
+                .insert(key.clone(), rows.iter().map(|r| r.get(0)).collect());
+        }
+        Ok(&self.listings[&key])
+    }
+
+    async fn routine_names(
+        &mut self,
+        c: &impl GenericClient,
+        schema: &str,
+    ) -> Result<&[String], tokio_postgres::Error> {
+        if !self.routines.contains_key(schema) {
+            let rows = c
+                .query(
+                    "SELECT DISTINCT p.proname::text FROM pg_catalog.pg_proc p \
+                     JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+                     WHERE n.nspname = $1 ORDER BY 1",
+                    &[&schema],
+                )
+                .await?;
+            self.routines
                 .insert(schema.to_string(), rows.iter().map(|r| r.get(0)).collect());
         }
-        Ok(&self.relations[schema])
+        Ok(&self.routines[schema])
     }
 
     async fn columns(
@@ -101,8 +129,10 @@ impl Catalog {
 }
 
 /// Every name of every policy given that `client`'s database lacks (all of them, in file order).
-pub async fn check_names(
-    client: &impl GenericClient,
+/// Function signatures are resolved in a savepoint of their own (a nested transaction), so that
+/// a type name the server cannot parse is reported like a missing one.
+pub async fn check_names<C: GenericClient + Send + Sync>(
+    client: &mut C,
     policies: &[&Policy],
 ) -> Result<Vec<MissingName>, tokio_postgres::Error> {
     let mut catalog = Catalog::default();
@@ -123,28 +153,39 @@ pub async fn check_names(
 }
 
 /// Why one name does not resolve, if it does not.
-async fn problem(
-    c: &impl GenericClient,
+async fn problem<C: GenericClient + Send + Sync>(
+    c: &mut C,
     catalog: &mut Catalog,
     named: &NamedObject,
     database: &str,
 ) -> Result<Option<String>, tokio_postgres::Error> {
-    let (schema, table, column) = match &named.object {
-        ObjectName::Relation(TableRef::AllInSchema { schema }) => (schema, None, None),
-        ObjectName::Relation(TableRef::Table { schema, table }) => (schema, Some(table), None),
-        ObjectName::Column(c) => (&c.schema, Some(&c.table), Some(&c.column)),
+    let schema = match &named.object {
+        ObjectName::Relation(t) => t.schema(),
+        ObjectName::Column(col) => &col.schema,
+        ObjectName::Schema(s) => s,
+        ObjectName::Sequence(r) | ObjectName::Type(r) => r.schema(),
+        ObjectName::Function(f) => f.schema(),
     };
-    let schemas = catalog.schemas(c).await?;
-    if !schemas.contains(schema) {
+    let schemas = catalog.schemas(&*c).await?;
+    if !schemas.iter().any(|s| s == schema) {
         return Ok(Some(format!(
             "names schema {schema:?}, which does not exist in database {database}{}",
             hint(schema, schemas)
         )));
     }
-    let Some(table) = table else {
-        return Ok(None);
+    let (table, column) = match &named.object {
+        ObjectName::Relation(TableRef::AllInSchema { .. }) | ObjectName::Schema(_) => {
+            return Ok(None)
+        }
+        ObjectName::Relation(TableRef::Table { table, .. }) => (table, None),
+        ObjectName::Column(col) => (&col.table, Some(&col.column)),
+        ObjectName::Sequence(r) => {
+            return listed(c, catalog, Listing::Sequences, r, database).await
+        }
+        ObjectName::Type(r) => return listed(c, catalog, Listing::Types, r, database).await,
+        ObjectName::Function(f) => return function(c, catalog, f, database).await,
     };
-    let relations = catalog.relations(c, schema).await?;
+    let relations = catalog.relations(&*c, schema).await?;
     if !relations.contains(table) {
         return Ok(Some(format!(
             "names table {schema}.{table}, which does not exist in database {database}{}",
@@ -154,7 +195,7 @@ async fn problem(
     let Some(column) = column else {
         return Ok(None);
     };
-    let columns = catalog.columns(c, schema, table).await?;
+    let columns = catalog.columns(&*c, schema, table).await?;
     if !columns.contains(column) {
         return Ok(Some(format!(
             "names column {schema}.{table}.{column}, which does not exist in database {database}{}",
@@ -162,6 +203,91 @@ async fn problem(
         )));
     }
     Ok(None)
+}
+
+/// A sequence or type named in its schema (whose existence is already checked).
+async fn listed(
+    c: &impl GenericClient,
+    catalog: &mut Catalog,
+    listing: Listing,
+    target: &ObjectRef,
+    database: &str,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    let ObjectRef::Named { schema, name } = target else {
+        return Ok(None);
+    };
+    let names = catalog.listed(c, listing, schema).await?;
+    if names.contains(name) {
+        return Ok(None);
+    }
+    let what = match listing {
+        Listing::Sequences => "sequence",
+        _ => "type",
+    };
+    Ok(Some(format!(
+        "names {what} {schema}.{name}, which does not exist in database {database}{}",
+        hint(name, names)
+    )))
+}
+
+/// A function by its signature: every argument type must exist, and a routine taking exactly
+/// those types.
+async fn function<C: GenericClient + Send + Sync>(
+    c: &mut C,
+    catalog: &mut Catalog,
+    target: &FunctionRef,
+    database: &str,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    let FunctionRef::Signature { schema, name, args } = target else {
+        return Ok(None);
+    };
+    let savepoint = c.transaction().await?;
+    let types = match objects::argument_types(&savepoint, args).await {
+        Ok(types) => {
+            savepoint.commit().await?;
+            types
+        }
+        Err(e) if e.as_db_error().is_some() => {
+            savepoint.rollback().await?;
+            return Ok(Some(format!(
+                "names function {target}, whose argument types the server cannot read: {}",
+                pg_message(&e)
+            )));
+        }
+        Err(e) => return Err(e),
+    };
+    let oids = match types {
+        Ok(oids) => oids,
+        Err(arg) => {
+            return Ok(Some(format!(
+                "names function {target}, whose argument type {arg:?} does not exist in \
+                 database {database}"
+            )))
+        }
+    };
+    if objects::routine(&*c, schema, name, &oids).await?.is_some() {
+        return Ok(None);
+    }
+    let same_name: Vec<String> = c
+        .query(
+            "SELECT p.oid::regprocedure::text FROM pg_catalog.pg_proc p \
+             JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+             WHERE n.nspname = $1 AND p.proname = $2 ORDER BY 1",
+            &[schema, name],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let found = if !same_name.is_empty() {
+        format!(" (there is {})", same_name.join(", "))
+    } else {
+        let names: Vec<String> = catalog.routine_names(&*c, schema).await?.to_vec();
+        hint(name, &names)
+    };
+    Ok(Some(format!(
+        "names function {target}, which does not exist in database {database}{found}"
+    )))
 }
 
 fn hint(name: &str, candidates: &[String]) -> String {

@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::lease::{drop_lease_role, Leases};
+use super::lease::Leases;
+use super::removal::drop_lease_role;
 use super::LEASE_MARKER_ROLE;
+use crate::database::{pg_message, pool_message};
 use crate::store::LeaseState;
 
 /// An intent row older than this is abandoned whatever its instance lock says: creation runs
@@ -94,7 +96,11 @@ pub async fn reap_once(leases: &Leases) -> ReapReport {
         let client = match db.pool.get().await {
             Ok(c) => c,
             Err(e) => {
-                fail(&mut report, "connecting to reconcile roles", &e);
+                fail(
+                    &mut report,
+                    "connecting to reconcile roles",
+                    &pool_message(&e),
+                );
                 continue;
             }
         };
@@ -110,7 +116,7 @@ pub async fn reap_once(leases: &Leases) -> ReapReport {
         let marked: Vec<String> = match marked {
             Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
             Err(e) => {
-                fail(&mut report, "listing lease roles", &e);
+                fail(&mut report, "listing lease roles", &pg_message(&e));
                 continue;
             }
         };
@@ -159,7 +165,7 @@ pub async fn reap_once(leases: &Leases) -> ReapReport {
                     }
                     Err(_) => report.errors += 1,
                 },
-                Err(e) => fail(&mut report, "checking lease role", &e),
+                Err(e) => fail(&mut report, "checking lease role", &pg_message(&e)),
             }
         }
     }

@@ -1,16 +1,15 @@
 //! Group roles follow the policy files: create the role, grant what the policy lists, revoke
-//! what it no longer lists. `plan_policy` computes the SQL from the catalog; `stage_policies`
+//! what it no longer lists. [`plan_policy`] computes the SQL from the catalog; `stage_policies`
 //! runs it for every policy of a database in one transaction, after checking every name the
 //! policies use, and [`Staged::commit`] makes it take effect: all of it or none.
-
-use std::collections::{BTreeMap, BTreeSet};
 
 use tokio_postgres::GenericClient;
 
 use super::ddl;
 use super::names::{check_names, MissingName};
+use super::plan::{plan_policy, GroupPlan};
 use super::LEASE_MARKER_ROLE;
-use crate::policy::{Policy, Privilege, TableRef};
+use crate::policy::{Policy, Privilege};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -36,18 +35,6 @@ pub enum ReconcileError {
     },
 }
 
-/// The SQL that brings one policy's group role in line with the policy file.
-#[derive(Debug, Clone)]
-pub struct GroupPlan {
-    pub policy: String,
-    pub database: String,
-    pub role: String,
-    pub statements: Vec<String>,
-}
-
-/// Relation kinds a grant covers: tables, views, materialized views, foreign and partitioned tables.
-const RELKINDS: &str = "('r', 'v', 'm', 'f', 'p')";
-
 /// Creates the `pgid_lease` marker role if it is missing (several instances may race: fine).
 pub async fn ensure_marker_role(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
     let exists = client
@@ -67,194 +54,6 @@ pub async fn ensure_marker_role(client: &impl GenericClient) -> Result<(), tokio
         }
     }
     Ok(())
-}
-
-pub async fn plan_policy(
-    client: &impl GenericClient,
-    policy: &Policy,
-    dbname: &str,
-) -> Result<GroupPlan, ReconcileError> {
-    let pg = |source| ReconcileError::Postgres {
-        policy: policy.name.clone(),
-        source,
-    };
-    let missing = |what: String| ReconcileError::Missing {
-        policy: policy.name.clone(),
-        database: policy.database.clone(),
-        what,
-    };
-    let role = policy.group_role();
-    let mut statements = Vec::new();
-
-    let exists = client
-        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
-        .await
-        .map_err(pg)?
-        .is_some();
-    if !exists {
-        statements.push(ddl::create_nologin_role(&role));
-    }
-
-    let mut want_tables: BTreeMap<(String, String), BTreeSet<Privilege>> = BTreeMap::new();
-    let mut want_schemas: BTreeSet<String> = BTreeSet::new();
-    for grant in &policy.grants {
-        for target in &grant.on {
-            let schema = target.schema();
-            let found = client
-                .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema])
-                .await
-                .map_err(pg)?;
-            if found.is_none() {
-                return Err(missing(format!("schema {schema:?}")));
-            }
-            want_schemas.insert(schema.to_string());
-            let names: Vec<String> = match target {
-                TableRef::Table { schema, table } => {
-                    let q = format!(
-                        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                         WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN {RELKINDS}"
-                    );
-                    let rows = client.query(&q, &[schema, table]).await.map_err(pg)?;
-                    if rows.is_empty() {
-                        return Err(missing(format!("table {target}")));
-                    }
-                    rows.iter().map(|r| r.get(0)).collect()
-                }
-                TableRef::AllInSchema { schema } => {
-                    let q = format!(
-                        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                         WHERE n.nspname = $1 AND c.relkind IN {RELKINDS} ORDER BY 1"
-                    );
-                    client
-                        .query(&q, &[schema])
-                        .await
-                        .map_err(pg)?
-                        .iter()
-                        .map(|r| r.get(0))
-                        .collect()
-                }
-            };
-            for name in names {
-                want_tables
-                    .entry((schema.to_string(), name))
-                    .or_default()
-                    .extend(grant.privileges.iter().copied());
-            }
-        }
-    }
-
-    // INSERT into a table with a serial column needs USAGE on the sequence it owns.
-    let mut want_sequences: BTreeSet<(String, String)> = BTreeSet::new();
-    for ((schema, table), privileges) in &want_tables {
-        if privileges.contains(&Privilege::Insert) {
-            let rows = client
-                .query(
-                    "SELECT sn.nspname, s.relname FROM pg_class s \
-                     JOIN pg_namespace sn ON sn.oid = s.relnamespace \
-                     JOIN pg_depend d ON d.objid = s.oid AND d.classid = 'pg_class'::regclass \
-                       AND d.refclassid = 'pg_class'::regclass AND d.deptype = 'a' \
-                     JOIN pg_class t ON t.oid = d.refobjid JOIN pg_namespace tn ON tn.oid = t.relnamespace \
-                     WHERE s.relkind = 'S' AND tn.nspname = $1 AND t.relname = $2",
-                    &[schema, table],
-                )
-                .await
-                .map_err(pg)?;
-            want_sequences.extend(rows.iter().map(|r| (r.get(0), r.get(1))));
-        }
-    }
-
-    let mut have_sequences: BTreeSet<(String, String)> = BTreeSet::new();
-    let mut have_tables: BTreeMap<(String, String), BTreeSet<Privilege>> = BTreeMap::new();
-    let mut have_schemas: BTreeSet<String> = BTreeSet::new();
-    let mut has_connect = false;
-    if exists {
-        let rows = client
-            .query(
-                "SELECT n.nspname, c.relname, a.privilege_type, c.relkind = 'S' FROM pg_class c \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace CROSS JOIN LATERAL aclexplode(c.relacl) a \
-                 WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $1)",
-                &[&role],
-            )
-            .await
-            .map_err(pg)?;
-        for r in rows {
-            let privilege: String = r.get(2);
-            let sequence: bool = r.get(3);
-            if sequence {
-                if privilege == "USAGE" {
-                    have_sequences.insert((r.get(0), r.get(1)));
-                }
-            } else if let Some(p) = Privilege::parse(&privilege) {
-                have_tables
-                    .entry((r.get(0), r.get(1)))
-                    .or_default()
-                    .insert(p);
-            }
-        }
-        have_schemas = client
-            .query(
-                "SELECT n.nspname FROM pg_namespace n CROSS JOIN LATERAL aclexplode(n.nspacl) a \
-                 WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $1) AND a.privilege_type = 'USAGE'",
-                &[&role],
-            )
-            .await
-            .map_err(pg)?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        has_connect = client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_database d CROSS JOIN LATERAL aclexplode(d.datacl) a \
-                 WHERE d.datname = current_database() AND a.privilege_type = 'CONNECT' \
-                 AND a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $1))",
-                &[&role],
-            )
-            .await
-            .map_err(pg)?
-            .get(0);
-    }
-
-    if !has_connect {
-        statements.push(ddl::grant_connect(dbname, &role));
-    }
-    for schema in want_schemas.difference(&have_schemas) {
-        statements.push(ddl::grant_schema_usage(schema, &role));
-    }
-    for ((schema, table), want) in &want_tables {
-        let have = have_tables
-            .get(&(schema.clone(), table.clone()))
-            .cloned()
-            .unwrap_or_default();
-        let add: Vec<Privilege> = want.difference(&have).copied().collect();
-        if !add.is_empty() {
-            statements.push(ddl::grant_table(&add, schema, table, &role));
-        }
-    }
-    for ((schema, table), have) in &have_tables {
-        let want = want_tables
-            .get(&(schema.clone(), table.clone()))
-            .cloned()
-            .unwrap_or_default();
-        let remove: Vec<Privilege> = have.difference(&want).copied().collect();
-        if !remove.is_empty() {
-            statements.push(ddl::revoke_table(&remove, schema, table, &role));
-        }
-    }
-    for (schema, seq) in want_sequences.difference(&have_sequences) {
-        statements.push(ddl::grant_sequence_usage(schema, seq, &role));
-    }
-    for (schema, seq) in have_sequences.difference(&want_sequences) {
-        statements.push(ddl::revoke_sequence_usage(schema, seq, &role));
-    }
-    for schema in have_schemas.difference(&want_schemas) {
-        statements.push(ddl::revoke_schema_usage(schema, &role));
-    }
-    Ok(GroupPlan {
-        policy: policy.name.clone(),
-        database: policy.database.clone(),
-        role,
-        statements,
-    })
 }
 
 /// Lock key serialising group-role reconciliation across pgid instances.
@@ -324,9 +123,13 @@ pub async fn drop_group_role(
     for stmt in plan_policy(&tx, &bare, dbname).await?.statements {
         tx.batch_execute(&stmt).await.map_err(pg)?;
     }
-    tx.batch_execute(&ddl::revoke_connect(dbname, &role))
-        .await
-        .map_err(pg)?;
+    tx.batch_execute(&ddl::revoke(
+        &[Privilege::Connect],
+        &ddl::Object::database(dbname),
+        &role,
+    ))
+    .await
+    .map_err(pg)?;
     tx.batch_execute(&ddl::drop_role(&role)).await.map_err(pg)?;
     tx.commit().await.map_err(pg)?;
     Ok(GroupRemoval::Dropped)
@@ -352,8 +155,8 @@ pub async fn stage_policies<'a>(
         database: database.to_string(),
         source,
     };
-    let tx = begin_locked(client).await.map_err(db_error)?;
-    let missing = check_names(&tx, policies).await.map_err(db_error)?;
+    let mut tx = begin_locked(client).await.map_err(db_error)?;
+    let missing = check_names(&mut tx, policies).await.map_err(db_error)?;
     if !missing.is_empty() {
         return Err(ReconcileError::Names(missing));
     }

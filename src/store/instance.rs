@@ -32,7 +32,7 @@ async fn listen<S, T>(
             Ok(AsyncMessage::Notification(n)) => on_event(n.channel(), n.payload()),
             Ok(_) => {}
             Err(e) => {
-                tracing::error!(error = %e, "instance lock connection closed; lease events from other instances stop");
+                tracing::error!(error = %crate::database::pg_message(&e), "instance lock connection closed; lease events from other instances stop");
                 break;
             }
         }

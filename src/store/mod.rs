@@ -19,9 +19,9 @@ pub use migrate::{migrate, MIGRATIONS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("state database: {0}")]
+    #[error("state database: {}", crate::database::pool_message(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("state database: {0}")]
+    #[error("state database: {}", crate::database::pg_message(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("state database: unexpected value in {0}")]
     Corrupt(&'static str),
