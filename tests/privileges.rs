@@ -156,6 +156,22 @@ async fn typed_grants_reach_the_lease_and_follow_the_policy_file() {
         "the sequence is usable"
     );
     assert_eq!(run(&c, "SELECT crm.order_total(21)").await, ["42"]);
+    // What it made stays its own: given to its group role or pgid's marker role, it would
+    // outlive the lease.
+    for sql in [
+        "ALTER TABLE scratch.t OWNER TO \"pgid_p_builder\"",
+        "ALTER TABLE scratch.t OWNER TO pgid_lease",
+        "CREATE SCHEMA kept AUTHORIZATION \"pgid_p_builder\"",
+        "ALTER DEFAULT PRIVILEGES FOR ROLE \"pgid_p_builder\" GRANT SELECT ON TABLES TO PUBLIC",
+    ] {
+        let e = c.simple_query(sql).await.unwrap_err();
+        assert_eq!(code(&e), "42501", "{sql}: {}", pgid_message(&e));
+        assert!(
+            pgid_message(&e).contains("pgid: identity: giving an object"),
+            "{sql}: {}",
+            pgid_message(&e)
+        );
+    }
     let e = c.simple_query("SELECT crm.secret(1)").await.unwrap_err();
     assert_eq!(code(&e), "42501", "{}", pgid_message(&e));
     assert!(

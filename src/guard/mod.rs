@@ -88,6 +88,13 @@ fn check_statement(st: &Statement, rules: &Guardrails) -> Verdict {
     if st.touches_pgid {
         return deny("pgid_schema", "pgid's own schema is off limits");
     }
+    if st.gives_ownership {
+        return deny(
+            "identity",
+            "giving an object to another role (OWNER TO, AUTHORIZATION, ALTER DEFAULT PRIVILEGES \
+             FOR ROLE) is never allowed through pgid: what a lease creates is dropped with it",
+        );
+    }
     if let Some(why) = st.unjudgeable.first() {
         return deny("sql_text", why.clone());
     }

@@ -11,8 +11,15 @@
 //!   them) it counts as having a WHERE clause; with rows from a query (`INSERT … SELECT … ON
 //!   CONFLICT DO UPDATE`, which can touch every row of the table) only with `DO UPDATE … WHERE …`.
 //! - `TRUNCATE` deletes every row: DELETE without a WHERE clause (set where the walk meets it).
+//! - Giving an object to another role (`… OWNER TO r`, `CREATE SCHEMA … AUTHORIZATION r`,
+//!   `ALTER DEFAULT PRIVILEGES FOR ROLE r`) is [`gives_ownership`]: a lease may do it for its
+//!   group role or pgid's marker role (it is a member of both), and what it gave would outlive
+//!   the lease, which revocation must not allow. Its own role (CURRENT_USER, CURRENT_ROLE,
+//!   SESSION_USER — a lease never changes role) is fine.
 
-use pg_query::protobuf::{CmdType, MergeMatchKind, ObjectType, OnConflictAction};
+use pg_query::protobuf::{
+    AlterTableType, CmdType, MergeMatchKind, ObjectType, OnConflictAction, RoleSpecType,
+};
 use serde_json::Value;
 
 use super::{node_of, Statement};
@@ -24,6 +31,49 @@ fn int(v: &Value, field: &str) -> i64 {
 
 fn present(v: &Value, field: &str) -> bool {
     v.get(field).is_some_and(|f| !f.is_null())
+}
+
+/// A role named by a RoleSpec other than the session's own.
+fn another_role(spec: &Value) -> bool {
+    if spec.is_null() {
+        return false;
+    }
+    let own = [
+        RoleSpecType::RolespecCurrentRole,
+        RoleSpecType::RolespecCurrentUser,
+        RoleSpecType::RolespecSessionUser,
+    ];
+    !own.iter().any(|t| int(spec, "roletype") == *t as i64)
+}
+
+/// Whether the node `kind` gives something to a role other than the session's own.
+pub(super) fn gives_ownership(kind: &str, body: &Value) -> bool {
+    match kind {
+        "AlterOwnerStmt" => body.get("newowner").is_some_and(another_role),
+        "AlterTableCmd" => {
+            int(body, "subtype") == AlterTableType::AtChangeOwner as i64
+                && body.get("newowner").is_some_and(another_role)
+        }
+        "CreateSchemaStmt" => body.get("authrole").is_some_and(another_role),
+        "AlterDefaultPrivilegesStmt" => body
+            .get("options")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o.get("node").and_then(node_of))
+            .any(|(k, d)| {
+                k == "DefElem" && d.get("defname").and_then(Value::as_str) == Some("roles") && {
+                    let roles = d.get("arg").and_then(|a| a.get("node")).and_then(node_of);
+                    roles
+                        .and_then(|(_, l)| l.get("items").and_then(Value::as_array))
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|r| r.get("node").and_then(node_of))
+                        .any(|(_, spec)| another_role(spec))
+                }
+            }),
+        _ => false,
+    }
 }
 
 pub(super) fn merge(body: &Value, st: &mut Statement) {
@@ -235,5 +285,47 @@ mod tests {
             let st = one(sql);
             assert!(st.functions.contains(function), "{sql}: {:?}", st.functions);
         }
+    }
+
+    #[test]
+    fn giving_objects_to_another_role_is_seen_wherever_it_is_written() {
+        for sql in [
+            "ALTER TABLE t OWNER TO pgid_p_reader",
+            "ALTER TABLE IF EXISTS ONLY s.t OWNER TO pgid_lease, ADD COLUMN x int",
+            "ALTER VIEW v OWNER TO other",
+            "ALTER SEQUENCE q OWNER TO other",
+            "ALTER SCHEMA s OWNER TO other",
+            "ALTER FUNCTION f(int) OWNER TO other",
+            "ALTER TYPE ty OWNER TO other",
+            "ALTER LARGE OBJECT 12345 OWNER TO other",
+            "ALTER TABLE t OWNER TO PUBLIC",
+            "CREATE SCHEMA s AUTHORIZATION other",
+            "CREATE SCHEMA AUTHORIZATION other",
+            "ALTER DEFAULT PRIVILEGES FOR ROLE other GRANT SELECT ON TABLES TO PUBLIC",
+            "ALTER DEFAULT PRIVILEGES FOR ROLE CURRENT_USER, other IN SCHEMA s GRANT SELECT ON TABLES TO x",
+        ] {
+            assert!(one(sql).gives_ownership, "{sql}");
+        }
+        for sql in [
+            "ALTER TABLE t OWNER TO CURRENT_USER",
+            "ALTER SCHEMA s OWNER TO SESSION_USER",
+            "ALTER TABLE t OWNER TO CURRENT_ROLE",
+            "CREATE SCHEMA s",
+            "CREATE SCHEMA s AUTHORIZATION CURRENT_USER",
+            "ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO other",
+            "ALTER DEFAULT PRIVILEGES FOR ROLE CURRENT_USER GRANT SELECT ON TABLES TO other",
+            "GRANT SELECT ON t TO other",
+            "ALTER TABLE t ADD COLUMN x int",
+        ] {
+            assert!(!one(sql).gives_ownership, "{sql}");
+        }
+        // Nested in SQL given as text, too.
+        let a = super::super::analyze(
+            "SELECT query_to_xml('ALTER TABLE t OWNER TO other', true, false, '')",
+            Dialect::default(),
+            1 << 20,
+        )
+        .unwrap();
+        assert!(a.statements[0].gives_ownership);
     }
 }

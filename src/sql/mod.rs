@@ -85,6 +85,9 @@ pub struct Statement {
     pub settings: Vec<Setting>,
     /// Touches pgid's own schema.
     pub touches_pgid: bool,
+    /// Gives an object to another role ([`actions::gives_ownership`]): refused whatever the
+    /// policy says.
+    pub gives_ownership: bool,
     /// Why pgid cannot judge what the statement runs (SQL given to a function as a string that
     /// is not a constant, a function that reads what a value names): refused whatever the
     /// policy says.
@@ -151,6 +154,7 @@ impl Statement {
         self.functions.extend(inner.functions);
         self.executes.extend(inner.executes);
         self.touches_pgid |= inner.touches_pgid;
+        self.gives_ownership |= inner.gives_ownership;
         self.unjudgeable.extend(inner.unjudgeable);
         if self.opaque_code.is_none() {
             self.opaque_code = inner.opaque_code;

@@ -166,6 +166,7 @@ impl<'a> Walker<'a> {
         if kind == "CreateFunctionStmt" || kind == "DoStmt" {
             self.routine_body(kind, body)?;
         }
+        self.st.gives_ownership |= actions::gives_ownership(kind, body);
         if code::binds_functions(kind) {
             let mut names = Vec::new();
             code::bound_names(body, &mut names);
