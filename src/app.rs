@@ -276,6 +276,20 @@ impl App {
         if !config.proxy.inspect {
             tracing::warn!("[proxy] inspect = false: statements are neither checked nor recorded");
         }
+        {
+            // A window of refusals that were not recorded one by one gets its summary record
+            // even when no further refusal comes to write it.
+            let audit = audit.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = audit.flush_refusals().await {
+                        tracing::error!(error = %e, "cannot write a refusal summary");
+                    }
+                }
+            });
+        }
         let notify_pool = state_pool.clone();
         let notify_key = events.clone();
         let notifier: Notifier = Arc::new(move |id, status| {

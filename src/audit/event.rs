@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Hash)]
 pub enum Kind {
     #[serde(rename = "credential.issued")]
     CredentialIssued,
@@ -76,6 +76,9 @@ pub struct Event {
     pub decision: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
+    /// A summary record: how many events it stands for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 impl Event {
@@ -99,6 +102,7 @@ impl Event {
             reviewer: None,
             decision: None,
             comment: None,
+            count: None,
         }
     }
 

@@ -98,6 +98,7 @@ struct Inner {
     /// Wakes the syncer thread (Always).
     kick: Arc<(Mutex<bool>, Condvar)>,
     table: Option<mpsc::UnboundedSender<TableRequest>>,
+    refusals: super::refusals::RefusalGate,
 }
 
 /// Handle to the audit log. Cheap to clone.
@@ -196,6 +197,7 @@ impl AuditLog {
             synced,
             kick: Arc::new((Mutex::new(false), Condvar::new())),
             table,
+            refusals: Default::default(),
         });
         if setup.sync == Sync::Always {
             let weak = Arc::downgrade(&inner);
@@ -227,6 +229,34 @@ impl AuditLog {
     pub async fn record(&self, event: &Event) -> Result<(), AuditError> {
         let json = serde_json::to_string(event).map_err(|e| AuditError::Sink(e.to_string()))?;
         self.record_lines(vec![json]).await
+    }
+
+    /// Records the refusal of a request nobody has authenticated yet (a bad token, a failed
+    /// login) within the refusal budget ([`super::refusals`]): past it the refusal is counted for
+    /// the window's summary record instead.
+    pub async fn record_refusal(&self, event: Event) -> Result<(), AuditError> {
+        let admitted = self.inner.refusals.admit(event, std::time::Instant::now());
+        self.record_events(admitted.summaries.iter().chain(&admitted.event))
+            .await
+    }
+
+    /// Writes the summary of a refusal window that has closed (called periodically).
+    pub async fn flush_refusals(&self) -> Result<(), AuditError> {
+        let due = self.inner.refusals.due(std::time::Instant::now());
+        self.record_events(due.iter()).await
+    }
+
+    /// Refusals not recorded one by one since the start.
+    pub fn refusals_suppressed(&self) -> u64 {
+        self.inner.refusals.suppressed_total()
+    }
+
+    async fn record_events(&self, events: impl Iterator<Item = &Event>) -> Result<(), AuditError> {
+        let lines = events
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| AuditError::Sink(e.to_string()))?;
+        self.record_lines(lines).await
     }
 
     /// Appends serialised JSON objects, in order; returns once all are durable (per `sync`, and

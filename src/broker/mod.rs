@@ -89,7 +89,7 @@ pub fn router(state: BrokerState) -> Router {
 /// Records a refused credential request (best effort: the request is refused either way).
 pub(crate) async fn record_denial(s: &BrokerState, mut event: crate::audit::Event) {
     event.via.get_or_insert("broker");
-    if let Err(err) = s.leases.audit().record(&event).await {
+    if let Err(err) = s.leases.audit().record_refusal(event).await {
         tracing::error!(error = %err, "cannot audit a refused credential request");
     }
 }
@@ -114,6 +114,11 @@ async fn healthz(State(s): State<BrokerState>) -> impl IntoResponse {
 async fn metrics(State(s): State<BrokerState>) -> impl IntoResponse {
     let counts = s.leases.store().counts().await.unwrap_or_default();
     let mut text = s.leases.metrics().render(&counts);
+    text.push_str(&format!(
+        "# HELP pgid_audit_refusals_suppressed_total Refusals of unauthenticated requests counted in a summary record instead of recorded one by one.\n\
+         # TYPE pgid_audit_refusals_suppressed_total counter\npgid_audit_refusals_suppressed_total {}\n",
+        s.leases.audit().refusals_suppressed()
+    ));
     if let Some(a) = &s.analyzer {
         use std::sync::atomic::Ordering::Relaxed;
         for (name, help, v) in [

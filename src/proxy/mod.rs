@@ -114,7 +114,7 @@ async fn connection(
             let mut event =
                 crate::audit::Event::new(crate::audit::Kind::SessionRefused).reason(reason);
             event.client_addr = Some(peer.to_string());
-            if let Err(e) = proxy.leases.audit().record(&event).await {
+            if let Err(e) = proxy.leases.audit().record_refusal(event).await {
                 tracing::error!(error = %e, "cannot audit a refused connection");
             }
         }
