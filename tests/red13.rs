@@ -15,6 +15,15 @@
 //!    the upstream connection goes back to the pool (same backend, same real key); the next client
 //!    of the lease gets that backend, and the late cancel cancels its statement:
 //!    `red13_a_late_cancel_of_an_earlier_client_never_reaches_the_next_clients_statement`.
+//! 3. Under `[audit] literals = "normalize"` the record's text comes from pg_query's normaliser,
+//!    which lexes as `standard_conforming_strings = on` whatever the session's setting: after
+//!    `SET standard_conforming_strings = off`, `SELECT '\'' ; DELETE FROM crm.notes; --'` deletes
+//!    every note and is recorded as `SELECT $1`:
+//!    `red13_a_normalised_record_names_the_statement_that_ran_under_backslash_escapes`.
+//! 4. (Unit tests in `src/audit/file.rs`.) The audit file's last record was looked for in its
+//!    last 4 MiB only, but a record can be larger (a 1 MiB statement of control characters is
+//!    6 MiB of JSON): a whole one stopped pgid from starting ("the last record is not JSON"), a
+//!    torn one was not recovered; and a whole last record missing only its line end was cut.
 
 mod common;
 
@@ -224,5 +233,61 @@ async fn red13_a_late_cancel_of_an_earlier_client_never_reaches_the_next_clients
         "the earlier client's cancel cancelled the next client's statement (backend {pid}, \
          reused: {}): {ran:?}",
         reused == pid
+    );
+}
+
+/// Writes notes; statements are recorded with their literals normalised away.
+const QUIET_WRITER: &str = r#"
+name = "quiet-writer"
+database = "app"
+ttl = "15m"
+max_connections = 10
+[identity]
+subject = "agent:quiet-writer"
+[[grant]]
+privileges = ["SELECT", "DELETE"]
+on = ["crm.notes"]
+[guardrails]
+require_where = []
+[audit]
+literals = "normalize"
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn red13_a_normalised_record_names_the_statement_that_ran_under_backslash_escapes() {
+    let h = Harness::start(&[QUIET_WRITER]).await;
+    let lease = h.lease("agent:quiet-writer", json!({})).await;
+    let mut c = common::wire::RawClient::login(
+        h.proxy_port(),
+        lease["username"].as_str().unwrap(),
+        lease["password"].as_str().unwrap(),
+        &[],
+    )
+    .await
+    .unwrap();
+    h.superuser()
+        .await
+        .batch_execute("INSERT INTO crm.notes (body) VALUES ('one'), ('two')")
+        .await
+        .unwrap();
+    c.query("SET standard_conforming_strings = off").await;
+    // Under backslash escapes `'\''` is a quote and the DELETE runs; pg_query's normaliser lexes
+    // as standard_conforming_strings = on, where the DELETE is inside the literal.
+    let sql = r"SELECT '\'' ; DELETE FROM crm.notes; --'";
+    let answer = c.query(sql).await;
+    assert_eq!(
+        h.count("SELECT count(*) FROM crm.notes").await,
+        0,
+        "{answer:?}"
+    );
+    let (decisions, _) = h.statement_audit(lease["lease_id"].as_str().unwrap()).await;
+    let record = decisions
+        .iter()
+        .find(|d| d["classes"].to_string().contains("DELETE"))
+        .expect("a DELETE was recorded");
+    let text = record["statement"].as_str().unwrap();
+    assert!(
+        text.contains("DELETE FROM crm.notes"),
+        "the record of the statement that deleted every note reads {text:?}"
     );
 }
