@@ -195,34 +195,80 @@ fn newest_rotated(path: &Path) -> Option<PathBuf> {
     rotated_files(path).pop()
 }
 
+/// Where the last line before `end` begins: just after the line end before it, or 0. Read
+/// backwards in chunks, however long the line: a record can be many MiB (a statement of
+/// `max_statement_bytes` whose characters JSON escapes six times over, Bind values).
+fn line_start(file: &mut std::fs::File, end: u64) -> std::io::Result<u64> {
+    const CHUNK: u64 = 1 << 20;
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut at = end;
+    while at > 0 {
+        let from = at.saturating_sub(CHUNK);
+        let chunk = &mut buf[..(at - from) as usize];
+        file.seek(SeekFrom::Start(from))?;
+        file.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|b| *b == b'\n') {
+            return Ok(from + i as u64 + 1);
+        }
+        at = from;
+    }
+    Ok(0)
+}
+
+/// Longest last line pgid reads back whole (far beyond any record it writes).
+const MAX_LINE: u64 = 1 << 30;
+
+/// The bytes of `file` from `from` to its end.
+fn read_from(file: &mut std::fs::File, from: u64, len: u64) -> std::io::Result<Vec<u8>> {
+    if len - from > MAX_LINE {
+        return Err(std::io::Error::other(format!(
+            "the last line is over {MAX_LINE} bytes long: not an audit record but a damaged \
+             file; inspect it with `pgid audit verify`"
+        )));
+    }
+    file.seek(SeekFrom::Start(from))?;
+    let mut buf = Vec::with_capacity((len - from) as usize);
+    file.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
 /// Cuts an incomplete last record — one `kill -9` or a power loss interrupted — back to the last
 /// line end, and returns the unsealed `audit.recovered` record saying what was cut. Records are
 /// written before the statement they decide is forwarded, so an incomplete one belongs to a
 /// statement that never reached the server (or to an outcome, which follows its decision).
-/// Records before it are untouched; a damaged record in the middle is for `verify` to find.
+/// Records before it are untouched; a damaged record in the middle is for `verify` to find. A
+/// last record that is whole (its own hash holds) and lacks only its line end is kept: the line
+/// end is added, and the record returned says so.
 fn recover_tail(file: &mut std::fs::File) -> std::io::Result<Option<String>> {
     let len = file.metadata()?.len();
     if len == 0 {
         return Ok(None);
     }
-    let window = len.min(4 << 20);
-    file.seek(SeekFrom::Start(len - window))?;
-    let mut buf = Vec::with_capacity(window as usize);
-    file.read_to_end(&mut buf)?;
-    if buf.last() == Some(&b'\n') {
+    let mut last = [0u8; 1];
+    file.seek(SeekFrom::Start(len - 1))?;
+    file.read_exact(&mut last)?;
+    if last[0] == b'\n' {
         return Ok(None);
     }
-    let keep = match buf.iter().rposition(|b| *b == b'\n') {
-        Some(at) => len - window + at as u64 + 1,
-        None if window == len => 0,
-        // No line end in the last 4 MiB: not a torn record but a damaged file.
-        None => {
-            return Err(std::io::Error::other(
-                "no line end in the last 4 MiB; inspect it with `pgid audit verify`",
-            ))
-        }
-    };
-    let cut = &buf[(keep - (len - window)) as usize..];
+    let keep = line_start(file, len)?;
+    let cut = read_from(file, keep, len)?;
+    let whole = std::str::from_utf8(&cut)
+        .ok()
+        .and_then(|line| chain::check(line, chain::prev_of(line)?).ok());
+    if whole.is_some() {
+        file.write_all(b"\n")?;
+        file.sync_all()?;
+        return Ok(Some(
+            serde_json::json!({
+                "time": Utc::now(),
+                "kind": "audit.recovered",
+                "reason": "the last record was whole but had no line end (pgid stopped while \
+                           writing it); the line end was added and nothing was cut",
+                "cut_bytes": 0,
+            })
+            .to_string(),
+        ));
+    }
     let record = serde_json::json!({
         "time": Utc::now(),
         "kind": "audit.recovered",
@@ -230,7 +276,7 @@ fn recover_tail(file: &mut std::fs::File) -> std::io::Result<Option<String>> {
                    records are written before their statement is forwarded, so it belonged to a \
                    statement that never reached the server, or to an outcome",
         "cut_bytes": cut.len(),
-        "cut_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(cut)),
+        "cut_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&cut)),
         "cut_start": String::from_utf8_lossy(&cut[..cut.len().min(200)]),
     })
     .to_string();
@@ -245,21 +291,17 @@ fn last_hash(file: &mut std::fs::File) -> Result<String, String> {
     if len == 0 {
         return Ok(chain::GENESIS.to_string());
     }
-    let tail = len.min(4 << 20);
-    file.seek(SeekFrom::Start(len - tail))
-        .map_err(|e| e.to_string())?;
-    let mut buf = Vec::new();
-    file.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    let start = line_start(file, len - 1).map_err(|e| e.to_string())?;
+    let buf = read_from(file, start, len).map_err(|e| e.to_string())?;
     if buf.last() != Some(&b'\n') {
         return Err(
             "the last record is incomplete; inspect it with `pgid audit verify` before restarting"
                 .into(),
         );
     }
-    let text = String::from_utf8_lossy(&buf[..buf.len() - 1]);
-    let line = text.rsplit('\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(&buf[..buf.len() - 1]);
     let value: serde_json::Value =
-        serde_json::from_str(line).map_err(|_| "the last record is not JSON".to_string())?;
+        serde_json::from_str(&line).map_err(|_| "the last record is not JSON".to_string())?;
     value["hash"]
         .as_str()
         .map(str::to_string)
@@ -294,6 +336,58 @@ mod tests {
         // A whole file is left alone.
         std::fs::write(&path, whole).unwrap();
         assert!(FileSink::open(&path, None).unwrap().recovered.is_none());
+    }
+
+    /// A record as pgid writes it, with a statement text of `text`.
+    fn sealed(text: &str, prev: &str) -> (String, String) {
+        let json = serde_json::json!({"kind": "statement", "statement": text}).to_string();
+        chain::seal(&json, prev)
+    }
+
+    #[test]
+    fn a_whole_last_record_without_its_line_end_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (first, h1) = sealed("SELECT 1", chain::GENESIS);
+        let (second, h2) = sealed("SELECT 2", &h1);
+        std::fs::write(&path, format!("{first}\n{second}")).unwrap();
+        let opened = FileSink::open(&path, None).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{first}\n{second}\n"),
+            "nothing of a whole record is cut"
+        );
+        assert_eq!(opened.prev, h2);
+        let r: serde_json::Value = serde_json::from_str(&opened.recovered.unwrap()).unwrap();
+        assert_eq!(r["kind"], "audit.recovered");
+        assert_eq!(r["cut_bytes"], 0);
+    }
+
+    #[test]
+    fn records_of_many_mebibytes_are_read_back_and_cut_when_torn() {
+        // A statement of 1 MiB of control characters is a record of 6 MiB (`\u0001`).
+        let text = "\u{1}".repeat(1 << 20);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (first, h1) = sealed("SELECT 1", chain::GENESIS);
+        let (big, h2) = sealed(&text, &h1);
+        assert!(big.len() > 6 << 20);
+        // Whole: the chain goes on from it.
+        std::fs::write(&path, format!("{first}\n{big}\n")).unwrap();
+        let opened = FileSink::open(&path, None).unwrap();
+        assert_eq!(opened.prev, h2);
+        assert!(opened.recovered.is_none());
+        drop(opened);
+        // Torn after 5 MiB: cut back to the record before it.
+        std::fs::write(&path, format!("{first}\n{}", &big[..5 << 20])).unwrap();
+        let opened = FileSink::open(&path, None).unwrap();
+        assert_eq!(opened.prev, h1);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{first}\n")
+        );
+        let r: serde_json::Value = serde_json::from_str(&opened.recovered.unwrap()).unwrap();
+        assert_eq!(r["cut_bytes"], 5 << 20);
     }
 
     #[test]

@@ -13,6 +13,9 @@
 //! `partial` counts characters in it and answers in it, and `hash` hashes the text as the server
 //! stores it (UTF-8), so a value hashes alike whatever encoding a client reads it in. A value
 //! that does not decode in the encoding shows no characters (`partial`) and hashes as its bytes.
+//! Where the encoding is not known for sure (`None`: one pgid does not know, or rows sent after a
+//! statement that may have changed it), only ASCII values are read: ASCII is the same text in
+//! every encoding Postgres has.
 //!
 //! NULL stays NULL whatever the method.
 
@@ -93,16 +96,26 @@ pub fn apply(
                 return None;
             }
             let mut out = b"****".to_vec();
-            let (Some(encoding), Some(text)) =
-                (encoding, encoding.and_then(|e| e.decode(value).ok()))
-            else {
+            let text = match encoding {
+                Some(e) => e.decode(value).ok(),
+                // An encoding pgid does not know (or not for sure): ASCII reads alike in every
+                // encoding Postgres has, anything else shows nothing.
+                None => std::str::from_utf8(value)
+                    .ok()
+                    .filter(|t| t.is_ascii())
+                    .map(std::borrow::Cow::Borrowed),
+            };
+            let Some(text) = text else {
                 return Some(out);
             };
             let chars: Vec<char> = text.chars().collect();
             // Nothing shown when the value is no longer than what would be kept.
             if chars.len() > keep {
                 let tail: String = chars[chars.len() - keep..].iter().collect();
-                out.extend_from_slice(&encoding.encode_lossy(&tail));
+                match encoding {
+                    Some(e) => out.extend_from_slice(&e.encode_lossy(&tail)),
+                    None => out.extend_from_slice(tail.as_bytes()),
+                }
             }
             Some(out)
         }
@@ -253,11 +266,22 @@ mod tests {
             Some(b"ab\xff"),
         );
         assert_eq!(partial.unwrap(), b"****");
+        // An encoding pgid does not know for sure: ASCII reads alike in all of them, anything
+        // else shows nothing (in EUC_KR `\xc0\xeb\xe5\xea` is two characters, in WIN1251 four).
         let partial = apply(MaskMethod::Partial, 2, KEY, (25, false), None, Some(b"abc"));
+        assert_eq!(partial.unwrap(), b"****bc", "ASCII in any encoding");
+        let partial = apply(
+            MaskMethod::Partial,
+            1,
+            KEY,
+            (25, false),
+            None,
+            Some(b"\xc0\xeb\xe5\xea"),
+        );
         assert_eq!(
             partial.unwrap(),
             b"****",
-            "an unknown encoding shows nothing"
+            "an unknown encoding shows nothing else"
         );
     }
 }

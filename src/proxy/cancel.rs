@@ -4,9 +4,13 @@
 //! for that key is forwarded to the backend with the backend's real key. An upstream connection
 //! reused by a later session keeps its pid but gets a new secret, and the key of the session that
 //! ended is gone, so a late cancel from an earlier client never reaches a later client's statement.
-//! Keys are unique per instance even where two upstream servers reuse one pid.
+//! Keys are unique per instance even where two upstream servers reuse one pid. A cancel request
+//! can still be on its way to the server when its session ends (the server may be slow to take
+//! it): an upstream connection whose session asked for a cancel — the client, or pgid for an
+//! export limit — is therefore closed at the session's end, never pooled for the next client.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rand::Rng;
@@ -23,8 +27,8 @@ pub struct CancelTarget {
     pub secret: i32,
 }
 
-/// A session's cancel key → where its cancels go, and its cancel signal.
-type Sessions = HashMap<(i32, i32), (CancelTarget, Arc<Notify>)>;
+/// A session's cancel key → where its cancels go, its cancel signal, and whether one was asked.
+type Sessions = HashMap<(i32, i32), (CancelTarget, Arc<Notify>, Arc<AtomicBool>)>;
 
 #[derive(Default)]
 pub struct CancelMap {
@@ -38,7 +42,18 @@ pub struct CancelKey {
     /// Signalled by every CancelRequest for this session (a statement pgid holds — waiting for
     /// approval — is withdrawn by it).
     pub cancelled: Arc<Notify>,
+    /// Set (under the map's lock) by every CancelRequest for this session that pgid forwards.
+    requested: Arc<AtomicBool>,
     map: Arc<CancelMap>,
+}
+
+impl CancelKey {
+    /// Whether a cancel was sent upstream for this session: it may reach the backend late, so the
+    /// connection must not serve another client. Read after the key is dropped, it is final: a
+    /// CancelRequest either found the key (and set this first) or finds nothing.
+    pub fn requested(&self) -> Arc<AtomicBool> {
+        self.requested.clone()
+    }
 }
 
 impl Drop for CancelKey {
@@ -59,11 +74,13 @@ impl CancelMap {
             let key = (target.pid, rng.gen::<i32>());
             if let std::collections::hash_map::Entry::Vacant(e) = map.entry(key) {
                 let cancelled = Arc::new(Notify::new());
-                e.insert((target, cancelled.clone()));
+                let requested = Arc::new(AtomicBool::new(false));
+                e.insert((target, cancelled.clone(), requested.clone()));
                 return CancelKey {
                     pid: key.0,
                     secret: key.1,
                     cancelled,
+                    requested,
                     map: self.clone(),
                 };
             }
@@ -72,7 +89,15 @@ impl CancelMap {
 
     /// Forwards a cancel; unknown keys are ignored silently, as Postgres does.
     pub async fn cancel(&self, pid: i32, secret: i32) {
-        let target = self.map.lock().unwrap().get(&(pid, secret)).cloned();
+        let target = self
+            .map
+            .lock()
+            .unwrap()
+            .get(&(pid, secret))
+            .map(|(t, c, r)| {
+                r.store(true, Ordering::SeqCst);
+                (t.clone(), c.clone())
+            });
         if let Some((t, cancelled)) = target {
             cancelled.notify_one();
             send(&t).await;

@@ -149,6 +149,8 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
             pid: upstream.pid,
             secret: upstream.secret,
         });
+    // Set when pgid cancels a statement of the session itself (an export limit).
+    let cancel_requested = cancel.requested();
     // Client messages read and not yet judged (the rest of a batch that waits for an answer).
     let mut batch = Batch::default();
     let mut from = 0usize;
@@ -199,7 +201,8 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
                     }
                 }
                 let Some(target) = cancel_target.as_ref() else { break End::UpstreamGone };
-                match server_to_client(&mut upstream, &mut client, &mut judge, target, &audit).await {
+                let sent = &*cancel_requested;
+                match server_to_client(&mut upstream, &mut client, &mut judge, (target, sent), &audit).await {
                     Ok(()) => {}
                     Err(Flow::Upstream) => break End::UpstreamGone,
                     Err(Flow::Fatal(m)) => break End::Fatal(sqlstate::ADMIN_SHUTDOWN, m),
@@ -289,7 +292,10 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
             Err(Flow::ClientGone) => break End::ClientGone,
         }
     };
+    // A cancel sent for this session may still reach its backend: never pooled then.
+    let cancel_sent = cancel.requested();
     drop(cancel);
+    let cancel_sent = cancel_sent.load(Ordering::SeqCst);
     let why = match &end {
         End::ClientGone => "client disconnected".to_string(),
         End::UpstreamGone => "database closed the connection".to_string(),
@@ -302,7 +308,7 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
         tracing::error!(error = %e, "cannot audit a session end");
     }
     match end {
-        End::ClientGone if judge.idle() && upstream.frames.buf.is_empty() => {
+        End::ClientGone if judge.idle() && upstream.frames.buf.is_empty() && !cancel_sent => {
             p.pool.give_back(upstream).await;
         }
         End::ClientGone | End::UpstreamGone => {
@@ -529,7 +535,7 @@ async fn server_to_client(
     upstream: &mut Upstream,
     client: &mut super::stream::ClientStream,
     judge: &mut Judge,
-    cancel: &CancelTarget,
+    (cancel, sent): (&CancelTarget, &std::sync::atomic::AtomicBool),
     audit: &AuditLog,
 ) -> Result<(), Flow> {
     let mut end = 0;
@@ -560,6 +566,7 @@ async fn server_to_client(
                 // Sent before anything else goes upstream: a cancel still on its way when the
                 // client's next statement arrives would cancel that one instead.
                 if answer.cancel {
+                    sent.store(true, Ordering::SeqCst);
                     super::cancel::send(cancel).await;
                 }
                 if let Some(Fatal(m)) = answer.fatal {

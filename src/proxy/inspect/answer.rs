@@ -159,7 +159,16 @@ impl Inspector {
                     }),
                     _ => None,
                 };
-                masker.data_row(body, described, self.context.current.encoding)
+                // The server reports a change of client_encoding only before its next
+                // ReadyForQuery: rows that follow a statement run since then (an earlier one of
+                // the same Query, an Execute of the same pipeline) may be in another encoding
+                // than the one last reported, so none is taken for granted (ASCII reads alike
+                // in all of them).
+                let changed = self.queue.ran() || (sent == Some(Sent::Query) && completed > 0);
+                let encoding = (!changed)
+                    .then_some(self.context.current.encoding)
+                    .flatten();
+                masker.data_row(body, described, encoding)
             }
             Backend::CommandComplete(_)
             | Backend::PortalSuspended

@@ -446,8 +446,15 @@ impl Inspector {
         })
     }
 
+    /// The text a record shows: with literals normalised away when the policy says so. pg_query's
+    /// normaliser lexes as `standard_conforming_strings = on`; text it would read otherwise than
+    /// the server does (a backslash in a `'…'` literal while the setting is off — such text is
+    /// judged only under the setting the server reports) is shown as it is, never as some other
+    /// statement (`'\'' ; DELETE …` is one literal to the normaliser, a DELETE to the server).
     pub(super) fn shown<'a>(&self, sql: &'a str) -> Cow<'a, str> {
-        if self.rules.audit.normalize_literals {
+        let faithful = self.context.current.standard_strings
+            || !crate::sql::depends_on_standard_conforming_strings(sql);
+        if self.rules.audit.normalize_literals && faithful {
             if let Some(n) = crate::sql::normalize(sql) {
                 return n.into();
             }

@@ -205,6 +205,10 @@ pub struct Queue {
     /// A message that runs statements was answered since the last ReadyForQuery: settings it
     /// changed are not reported yet.
     unreported: bool,
+    /// An Execute was answered since the last ReadyForQuery: a statement ran, and what it set
+    /// (`client_encoding`) applies to everything the server sends after it, though it is
+    /// reported only before the next ReadyForQuery.
+    ran: bool,
     /// The server reads COPY data for a COPY FROM STDIN that began with the client here.
     copy_in: Option<CopyPosition>,
     /// A Sync pgid cannot place (sent among COPY data): the session cannot go on.
@@ -316,6 +320,12 @@ impl Queue {
         self.unreported
     }
 
+    /// Whether a statement ran (an Execute was answered) since the last ReadyForQuery: the
+    /// session's settings may have changed since the server last reported them.
+    pub fn ran(&self) -> bool {
+        self.ran
+    }
+
     /// The server is skipping to a Sync pgid has not sent: it must not use the connection
     /// itself (its own Sync would end the skip).
     pub fn skipping(&self) -> bool {
@@ -404,6 +414,7 @@ impl Queue {
             // The server is at a sync point: it skips nothing, reads no COPY, has reported
             // every setting; with no transaction open, portals are gone.
             self.unreported = false;
+            self.ran = false;
             self.skipping = false;
             self.copy_in = None;
             if *status == TransactionStatus::Idle {
@@ -493,6 +504,7 @@ impl Queue {
             | Backend::PortalSuspended => {
                 if let Some(mut e) = self.entries.pop_front() {
                     self.unreported |= e.executes;
+                    self.ran |= e.sent == Sent::Execute;
                     let result = match msg {
                         Backend::PortalSuspended => Finish::Suspended,
                         _ => Finish::Ok,
@@ -517,6 +529,7 @@ impl Queue {
             Backend::ErrorResponse(r) => {
                 if let Some(mut e) = self.entries.pop_front() {
                     self.unreported |= e.executes;
+                    self.ran |= e.sent == Sent::Execute;
                     let code = replaced_by
                         .map(str::to_string)
                         .or_else(|| Some(r.code_str().to_string()));
