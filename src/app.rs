@@ -421,6 +421,10 @@ impl App {
             cancels: Default::default(),
             pool: proxy::pool::Pool::new(self.config.proxy.pool_idle_timeout),
             salts: Default::default(),
+            token_leases: proxy::token_leases::TokenLeases::new(
+                self.leases.key(),
+                self.config.proxy.token_lease_cache,
+            ),
             mask_catalog: Default::default(),
             approvals: self.approvals.clone(),
             approval_waits: self.approval_waits.clone(),

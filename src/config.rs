@@ -22,6 +22,10 @@ use crate::units::{ByteSize, Span};
 pub const MAX_LEEWAY: Duration = Duration::from_secs(60);
 const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 const DEFAULT_REFETCH_COOLDOWN: Duration = Duration::from_secs(10);
+const DEFAULT_JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
+/// A key fetch that takes longer than this is not worth waiting for.
+const MAX_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_GRACE: Duration = Duration::from_secs(60);
 const DEFAULT_REAPER_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_POOL_SIZE: usize = 16;
@@ -94,10 +98,15 @@ pub struct ProxyConfig {
     pub max_bind_bytes: usize,
     /// The largest CopyData message a client may send.
     pub max_copy_data_bytes: usize,
+    /// Tokens presented as the password whose lease is kept for reuse (0: a lease per
+    /// connection).
+    pub token_lease_cache: usize,
 }
 
 /// Default cap of a Bind message (its parameter values) and of one CopyData message.
 pub const DEFAULT_MAX_BIND_BYTES: usize = 64 << 20;
+/// Default `[proxy] token_lease_cache`: tokens presented as the password whose lease is kept.
+pub const DEFAULT_TOKEN_LEASE_CACHE: usize = 10_000;
 pub const DEFAULT_MAX_COPY_DATA_BYTES: usize = 64 << 20;
 
 /// TLS from pgid to Postgres: `disable`, `require` (encrypted, unverified, as libpq's
@@ -118,7 +127,13 @@ pub struct IssuerConfig {
     pub jwks_url: Option<String>,
     pub leeway: Duration,
     pub ca_file: Option<PathBuf>,
+    /// Between unknown-kid refetches once their burst is spent, and the first back-off after a
+    /// failed fetch (doubling per failure up to a minute).
     pub jwks_refetch_cooldown: Duration,
+    /// Deadline of one whole key fetch (discovery and JWKS).
+    pub jwks_fetch_timeout: Duration,
+    /// Cached keys older than this are refreshed in the background when used.
+    pub jwks_refresh_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -229,6 +244,7 @@ struct RawProxy {
     inspect: Option<bool>,
     max_bind_bytes: Option<ByteSize>,
     max_copy_data_bytes: Option<ByteSize>,
+    token_lease_cache: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -241,6 +257,8 @@ struct RawIssuer {
     leeway: Option<Span>,
     ca_file: Option<String>,
     jwks_refetch_cooldown: Option<Span>,
+    jwks_fetch_timeout: Option<Span>,
+    jwks_refresh_interval: Option<Span>,
 }
 
 #[derive(Deserialize)]
@@ -698,6 +716,10 @@ impl Config {
                     raw.proxy.max_copy_data_bytes,
                     DEFAULT_MAX_COPY_DATA_BYTES,
                 ),
+                token_lease_cache: raw
+                    .proxy
+                    .token_lease_cache
+                    .unwrap_or(DEFAULT_TOKEN_LEASE_CACHE),
             },
             issuers,
             databases,
@@ -889,6 +911,23 @@ fn issuer(
             format!("at most {}s", MAX_LEEWAY.as_secs()),
         ));
     }
+    let jwks_fetch_timeout = r
+        .jwks_fetch_timeout
+        .map(Span::as_std)
+        .unwrap_or(DEFAULT_JWKS_FETCH_TIMEOUT);
+    if jwks_fetch_timeout < Duration::from_millis(100) || jwks_fetch_timeout > MAX_FETCH_TIMEOUT {
+        return Err(at(
+            "issuers.jwks_fetch_timeout",
+            format!("between 100ms and {}s", MAX_FETCH_TIMEOUT.as_secs()),
+        ));
+    }
+    let jwks_refresh_interval = r
+        .jwks_refresh_interval
+        .map(Span::as_std)
+        .unwrap_or(DEFAULT_JWKS_REFRESH_INTERVAL);
+    if jwks_refresh_interval < Duration::from_secs(1) {
+        return Err(at("issuers.jwks_refresh_interval", "at least 1s".into()));
+    }
     Ok(IssuerConfig {
         issuer: r.issuer,
         audiences: r.audiences,
@@ -900,6 +939,8 @@ fn issuer(
             .jwks_refetch_cooldown
             .map(Span::as_std)
             .unwrap_or(DEFAULT_REFETCH_COOLDOWN),
+        jwks_fetch_timeout,
+        jwks_refresh_interval,
     })
 }
 
@@ -948,6 +989,10 @@ admin_url = "postgres://pgid_admin:pw@127.0.0.1:5432/app"
         assert_eq!(c.proxy.public_host, "db.example.com");
         assert_eq!(c.proxy_public_port(), 7432);
         assert_eq!(c.issuers[0].leeway, DEFAULT_LEEWAY);
+        assert_eq!(c.issuers[0].jwks_fetch_timeout, Duration::from_secs(5));
+        assert_eq!(c.issuers[0].jwks_refresh_interval, Duration::from_secs(300));
+        assert_eq!(c.issuers[0].jwks_refetch_cooldown, Duration::from_secs(10));
+        assert_eq!(c.proxy.token_lease_cache, 10_000);
         assert!(format!("{c:?}").contains("[redacted]"));
         assert!(!format!("{c:?}").contains(":pw@"));
     }
@@ -976,6 +1021,21 @@ admin_url = "postgres://pgid_admin:pw@127.0.0.1:5432/app"
             err.contains("issuers.issuer") && err.contains("loopback"),
             "{err}"
         );
+        for (key, value, says) in [
+            ("jwks_fetch_timeout", "10ms", "between 100ms and 60s"),
+            ("jwks_fetch_timeout", "5m", "between 100ms and 60s"),
+            ("jwks_refresh_interval", "500ms", "at least 1s"),
+        ] {
+            let text = GOOD.replace(
+                "audiences = [\"pgid\"]",
+                &format!("audiences = [\"pgid\"]\n{key} = \"{value}\""),
+            );
+            let err = parse(&text, &no_env).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("issuers.{key}")) && err.contains(says),
+                "{err}"
+            );
+        }
         let err = parse(&format!("{GOOD}\n[leases]\ngrace = \"soon\"\n"), &no_env)
             .unwrap_err()
             .to_string();

@@ -23,9 +23,9 @@
 //! [`mask`], [`html`], [`encoding`] (client bytes read as the server reads them),
 //! [`roles::ddl`], [`audit::chain`], [`audit::statement`], [`proxy::wire`], [`proxy::scram`],
 //! [`proxy::inspect`] (the session state machine: what the server has, what awaits an answer).
-//! Services: [`identity`] (JWKS fetching, verification), [`roles`] (leases, reconcile, reaper),
-//! [`store`] (the `pgid` schema), [`database`] (admin pools), [`audit`] (the hash-chained log),
-//! [`keys`], [`tls`], [`metrics`].
+//! Services: [`identity`] (JWKS fetching and caching for a slow issuer, verification),
+//! [`roles`] (leases, reconcile, reaper), [`store`] (the `pgid` schema), [`database`] (admin
+//! pools), [`audit`] (the hash-chained log), [`keys`], [`tls`], [`metrics`].
 //! Edges: [`broker`] (HTTP API), [`proxy`] (wire protocol), [`cli`]; [`app`] wires services together.
 //! [`dev`] runs a throwaway Postgres and a development issuer for `pgid dev` and the tests.
 

@@ -14,6 +14,8 @@ pub struct Metrics {
     pub leases_expired: AtomicU64,
     pub lease_removal_failures: AtomicU64,
     pub orphan_roles_removed: AtomicU64,
+    /// Connections with a token as the password that got the token's existing lease.
+    pub token_leases_reused: AtomicU64,
     /// Leases whose removal keeps failing: reported until it succeeds.
     pub leases_stuck: AtomicU64,
     denials: Mutex<BTreeMap<&'static str, u64>>,
@@ -81,6 +83,12 @@ impl Metrics {
             "pgid_orphan_roles_removed_total",
             "Marked lease roles without a live lease, removed.",
             &self.orphan_roles_removed,
+        );
+        counter(
+            &mut out,
+            "pgid_token_leases_reused_total",
+            "Connections with a token as the password served by the token's existing lease.",
+            &self.token_leases_reused,
         );
         let _ = writeln!(
             out,

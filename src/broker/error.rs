@@ -15,6 +15,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub extra: Option<(&'static str, serde_json::Value)>,
+    /// Seconds for a `Retry-After` header (a 503 the caller should retry).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -24,6 +26,7 @@ impl ApiError {
             code,
             message: message.into(),
             extra: None,
+            retry_after: None,
         }
     }
 
@@ -46,16 +49,16 @@ impl ApiError {
 
 impl From<TokenError> for ApiError {
     fn from(e: TokenError) -> ApiError {
-        let status = match e {
-            TokenError::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::UNAUTHORIZED,
-        };
-        let code = if status == StatusCode::UNAUTHORIZED {
-            "invalid_token"
-        } else {
-            "unavailable"
-        };
-        ApiError::new(status, code, e.to_string())
+        match e {
+            // Not a verdict on the token: the issuer's keys cannot be had now.
+            TokenError::KeysUnavailable { retry_after, .. } => {
+                let mut a = ApiError::unavailable(e.to_string());
+                a.retry_after = Some(retry_after);
+                a.extra = Some(("retry_after", json!(retry_after)));
+                a
+            }
+            _ => ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", e.to_string()),
+        }
     }
 }
 
@@ -83,6 +86,10 @@ impl IntoResponse for ApiError {
             body[k] = v;
         }
         let mut resp = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             // RFC 6750 §3; the description is our own text, never the token.
             let desc: String = self

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
@@ -52,6 +53,10 @@ pub(super) struct Inner {
     /// The approval page's sign-in client, once registered.
     pub(super) reviewer: Mutex<Option<ReviewClient>>,
     pub(super) codes: Mutex<std::collections::HashMap<String, super::signin::Grant>>,
+    /// While true, discovery and JWKS requests are accepted and never answered.
+    stalled: tokio::sync::watch::Sender<bool>,
+    /// Discovery and JWKS requests received.
+    key_requests: AtomicUsize,
 }
 
 pub struct DevIssuer {
@@ -112,6 +117,8 @@ impl DevIssuer {
             clients,
             reviewer: Mutex::new(None),
             codes: Mutex::new(Default::default()),
+            stalled: tokio::sync::watch::channel(false).0,
+            key_requests: AtomicUsize::new(0),
         });
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
@@ -147,6 +154,17 @@ impl DevIssuer {
     /// Lets `client` (the approval page) sign people in by the authorization-code flow.
     pub fn register_reviewer_client(&self, client: ReviewClient) {
         *self.inner.reviewer.lock().unwrap() = Some(client);
+    }
+
+    /// A stalled issuer accepts discovery and JWKS requests and answers none of them (as an
+    /// issuer behind a black hole would) until `stall(false)`; the token endpoint still works.
+    pub fn stall(&self, stalled: bool) {
+        self.inner.stalled.send_replace(stalled);
+    }
+
+    /// Discovery and JWKS requests received so far (answered or not).
+    pub fn key_requests(&self) -> usize {
+        self.inner.key_requests.load(Ordering::SeqCst)
     }
 
     /// Generates a key under `kid`; `publish` decides whether the JWKS shows it.
@@ -218,7 +236,17 @@ impl DevIssuer {
     }
 }
 
+impl Inner {
+    /// Counts a discovery or JWKS request and holds it while the issuer is stalled.
+    async fn key_request(&self) {
+        self.key_requests.fetch_add(1, Ordering::SeqCst);
+        let mut stalled = self.stalled.subscribe();
+        let _ = stalled.wait_for(|s| !*s).await;
+    }
+}
+
 async fn discovery(State(s): State<Arc<Inner>>) -> Json<Value> {
+    s.key_request().await;
     Json(json!({
         "issuer": s.url,
         "jwks_uri": format!("{}/jwks", s.url),
@@ -235,6 +263,7 @@ async fn discovery(State(s): State<Arc<Inner>>) -> Json<Value> {
 }
 
 async fn jwks(State(s): State<Arc<Inner>>) -> Json<Value> {
+    s.key_request().await;
     let keys: Vec<Value> = s
         .keys
         .lock()

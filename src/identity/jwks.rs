@@ -2,31 +2,43 @@
 //!
 //! The HTTP client follows no redirects, caps response bodies and times out: an issuer's
 //! endpoints are configuration, not something a token may steer (`jku`, `x5u` and `jwk` headers
-//! are never read). An unknown `kid` triggers a refetch, limited by a small token bucket so a
+//! are never read). The key set is a [`CachedDocument`]: a token whose `kid` is cached never waits
+//! on the network (a stale set is refreshed in the background), one fetch serves every check
+//! that needs it, and after a failure checks that need the network are answered at once until the
+//! back-off has passed. An unknown `kid` starts a refetch only under a small token bucket, so a
 //! stream of made-up key ids cannot turn pgid into a load generator against the issuer.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 
+use super::document::{CachedDocument, Refusal, Timing};
 use crate::config::IssuerConfig;
 
-const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
-/// Keys are refreshed in the background of a verify after this long, so removed keys go away.
-const MAX_KEY_AGE: Duration = Duration::from_secs(300);
+/// Cached keys are not used past this age: a key the issuer removed stops being trusted within a
+/// day even while the issuer cannot be reached.
+pub const MAX_STALE_KEYS: Duration = Duration::from_secs(24 * 3600);
+/// The longest pause between fetch attempts while the issuer keeps failing.
+pub const MAX_FETCH_BACKOFF: Duration = Duration::from_secs(60);
 /// Unknown-kid refetches allowed in a burst before the cooldown applies.
 const REFETCH_BURST: f64 = 3.0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error("fetching {url}: {message}")]
-    Http { url: String, message: String },
+    Http {
+        url: String,
+        message: String,
+        /// The server answered (with a status pgid does not take): another URL may still work.
+        answered: bool,
+    },
     #[error("{url}: {message}")]
     Document { url: String, message: String },
 }
@@ -40,23 +52,44 @@ pub struct PublishedKey {
     pub family: jsonwebtoken::AlgorithmFamily,
 }
 
-#[derive(Default)]
-struct Cache {
-    keys: Arc<HashMap<String, PublishedKey>>,
-    fetched_at: Option<Instant>,
+type KeySet = HashMap<String, PublishedKey>;
+
+/// Token bucket for unknown-kid refetches: `REFETCH_BURST` at once, then one per cooldown.
+#[derive(Debug)]
+struct RefetchBudget {
     tokens: f64,
-    tokens_at: Option<Instant>,
+    at: Option<Instant>,
+}
+
+impl RefetchBudget {
+    fn new() -> RefetchBudget {
+        RefetchBudget {
+            tokens: REFETCH_BURST,
+            at: None,
+        }
+    }
+
+    fn take(&mut self, now: Instant, cooldown: Duration) -> bool {
+        if let Some(at) = self.at {
+            let refill =
+                now.saturating_duration_since(at).as_secs_f64() / cooldown.as_secs_f64().max(0.001);
+            self.tokens = (self.tokens + refill).min(REFETCH_BURST);
+        }
+        self.at = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Keys of one trusted issuer.
 pub struct KeySource {
-    issuer: String,
-    jwks_url: Option<String>,
     cooldown: Duration,
-    http: reqwest::Client,
-    cache: Mutex<Cache>,
-    /// Serialises fetches so a burst of verifies triggers one request.
-    fetching: tokio::sync::Mutex<()>,
+    keys: CachedDocument<KeySet>,
+    budget: Mutex<RefetchBudget>,
 }
 
 #[derive(Deserialize)]
@@ -67,95 +100,85 @@ struct Discovery {
 
 pub enum Lookup {
     Found(PublishedKey),
+    /// The issuer's current key set (fetched now or recently) has no such key.
     Unknown,
+    /// The key is not cached and the issuer's keys cannot be fetched now (a fetch failed now or
+    /// recently); a new attempt may start after `retry_in`.
+    Unavailable {
+        retry_in: Duration,
+    },
+}
+
+/// Where one fetch goes: everything it needs, owned, so it can run in a task of its own.
+#[derive(Clone)]
+struct Endpoints {
+    issuer: String,
+    jwks_url: Option<String>,
+    http: reqwest::Client,
 }
 
 impl KeySource {
     pub fn new(cfg: &IssuerConfig) -> Result<KeySource, FetchError> {
-        Ok(KeySource {
+        let http =
+            http_client(cfg.ca_file.as_deref(), cfg.jwks_fetch_timeout).map_err(|message| {
+                FetchError::Http {
+                    url: cfg.issuer.clone(),
+                    message,
+                    answered: false,
+                }
+            })?;
+        let endpoints = Endpoints {
             issuer: cfg.issuer.clone(),
             jwks_url: cfg.jwks_url.clone(),
+            http,
+        };
+        let timing = Timing {
+            refresh_after: cfg.jwks_refresh_interval,
+            max_age: MAX_STALE_KEYS.max(cfg.jwks_refresh_interval),
+            fetch_timeout: cfg.jwks_fetch_timeout,
+            backoff: cfg.jwks_refetch_cooldown,
+            backoff_max: MAX_FETCH_BACKOFF,
+        };
+        let keys = CachedDocument::new(format!("JWKS of {}", cfg.issuer), timing, move || {
+            let e = endpoints.clone();
+            async move { e.fetch().await.map_err(|e| e.to_string()) }.boxed()
+        });
+        Ok(KeySource {
             cooldown: cfg.jwks_refetch_cooldown,
-            http: http_client(cfg.ca_file.as_deref()).map_err(|message| FetchError::Http {
-                url: cfg.issuer.clone(),
-                message,
-            })?,
-            cache: Mutex::new(Cache {
-                tokens: REFETCH_BURST,
-                ..Default::default()
-            }),
-            fetching: tokio::sync::Mutex::new(()),
+            keys,
+            budget: Mutex::new(RefetchBudget::new()),
         })
     }
 
-    /// Finds the key for `kid` (or the only key when the token names none), fetching the key set
-    /// when it was never fetched, is stale, or lacks the kid and the refetch budget allows.
-    pub async fn lookup(&self, kid: Option<&str>) -> Result<Lookup, FetchError> {
-        let (keys, fresh) = self.snapshot();
-        if fresh {
-            if let Some(k) = pick(&keys, kid) {
-                return Ok(Lookup::Found(k));
-            }
-            if !self.take_refetch_token() {
-                return Ok(Lookup::Unknown);
-            }
+    /// Finds the key for `kid` (or the only key when the token names none). A cached key answers
+    /// at once, however old the set (up to [`MAX_STALE_KEYS`]); otherwise the check waits for the
+    /// fetch in flight, or starts one — when nothing is cached, or when the refetch budget allows
+    /// — unless a recent failure's back-off is running.
+    pub async fn lookup(&self, kid: Option<&str>) -> Lookup {
+        let cached = self.keys.current();
+        if let Some(k) = cached.as_deref().and_then(|keys| pick(keys, kid)) {
+            return Lookup::Found(k);
         }
-        let _guard = self.fetching.lock().await;
-        // Another task may have fetched while we waited.
-        let (keys_now, fresh_now) = self.snapshot();
-        if fresh_now && !Arc::ptr_eq(&keys, &keys_now) {
-            if let Some(k) = pick(&keys_now, kid) {
-                return Ok(Lookup::Found(k));
-            }
-        }
-        match self.fetch().await {
-            Ok(fetched) => {
-                let fetched = Arc::new(fetched);
-                {
-                    let mut c = self.cache.lock().unwrap();
-                    c.keys = fetched.clone();
-                    c.fetched_at = Some(Instant::now());
-                }
-                Ok(pick(&fetched, kid)
-                    .map(Lookup::Found)
-                    .unwrap_or(Lookup::Unknown))
-            }
-            // A stale cache still answers while the issuer is unreachable; a cache that never
-            // loaded cannot, and the error says why.
-            Err(e) if !keys_now.is_empty() => {
-                tracing::warn!(issuer = %self.issuer, error = %e, "JWKS refresh failed; using cached keys");
-                Ok(pick(&keys_now, kid)
-                    .map(Lookup::Found)
-                    .unwrap_or(Lookup::Unknown))
-            }
-            Err(e) => Err(e),
+        let may_start = || {
+            cached.is_none()
+                || self
+                    .budget
+                    .lock()
+                    .unwrap()
+                    .take(Instant::now(), self.cooldown)
+        };
+        match self.keys.refresh(may_start).await {
+            Ok(keys) => pick(&keys, kid).map_or(Lookup::Unknown, Lookup::Found),
+            Err(Refusal::Declined) => Lookup::Unknown,
+            Err(Refusal::Unavailable(u)) => Lookup::Unavailable {
+                retry_in: u.retry_in,
+            },
         }
     }
+}
 
-    fn snapshot(&self) -> (Arc<HashMap<String, PublishedKey>>, bool) {
-        let c = self.cache.lock().unwrap();
-        let fresh = c.fetched_at.is_some_and(|t| t.elapsed() < MAX_KEY_AGE);
-        (c.keys.clone(), fresh)
-    }
-
-    fn take_refetch_token(&self) -> bool {
-        let mut c = self.cache.lock().unwrap();
-        let now = Instant::now();
-        if let Some(at) = c.tokens_at {
-            let refill =
-                now.duration_since(at).as_secs_f64() / self.cooldown.as_secs_f64().max(0.001);
-            c.tokens = (c.tokens + refill).min(REFETCH_BURST);
-        }
-        c.tokens_at = Some(now);
-        if c.tokens >= 1.0 {
-            c.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    async fn fetch(&self) -> Result<HashMap<String, PublishedKey>, FetchError> {
+impl Endpoints {
+    async fn fetch(&self) -> Result<KeySet, FetchError> {
         let jwks_url = match &self.jwks_url {
             Some(u) => u.clone(),
             None => self.discover().await?,
@@ -184,10 +207,13 @@ impl KeySource {
         let oidc = format!("{base}/.well-known/openid-configuration");
         let doc = match get_limited(&self.http, &oidc).await {
             Ok(body) => body,
-            Err(first) => {
+            // RFC 8414 metadata only when the issuer answered without OIDC discovery: after a
+            // timeout or a refused connection a second URL on the same host would fail alike.
+            Err(first @ FetchError::Http { answered: true, .. }) => {
                 let oauth = oauth_metadata_url(&self.issuer).ok_or(first)?;
                 get_limited(&self.http, &oauth).await?
             }
+            Err(e) => return Err(e),
         };
         let d: Discovery = serde_json::from_slice(&doc).map_err(|e| FetchError::Document {
             url: oidc.clone(),
@@ -250,11 +276,11 @@ fn published_key(jwk: &Jwk) -> Option<PublishedKey> {
     Some(PublishedKey { key, alg, family })
 }
 
-pub fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
+fn http_client(ca_file: Option<&Path>, timeout: Duration) -> Result<reqwest::Client, String> {
     let mut b = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
-        .timeout(FETCH_TIMEOUT)
-        .connect_timeout(FETCH_TIMEOUT)
+        .timeout(timeout)
+        .connect_timeout(timeout)
         .user_agent(concat!("pgid/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = ca_file {
         let pem =
@@ -270,15 +296,20 @@ async fn get_limited(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, Fetch
     let err = |message: String| FetchError::Http {
         url: url.to_string(),
         message,
+        answered: false,
     };
     let mut resp = http
         .get(url)
         .header("accept", "application/json")
         .send()
         .await
-        .map_err(|e| err(e.without_url().to_string()))?;
+        .map_err(|e| err(crate::net::error_chain(&e.without_url())))?;
     if !resp.status().is_success() {
-        return Err(err(format!("HTTP {}", resp.status())));
+        return Err(FetchError::Http {
+            url: url.to_string(),
+            message: format!("HTTP {}", resp.status()),
+            answered: true,
+        });
     }
     let mut body = Vec::new();
     while let Some(chunk) = resp
@@ -299,6 +330,21 @@ async fn get_limited(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, Fetch
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_kid_refetches_come_in_a_burst_then_one_per_cooldown() {
+        let cooldown = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let mut b = RefetchBudget::new();
+        let taken = (0..5).filter(|_| b.take(t0, cooldown)).count();
+        assert_eq!(taken, 3);
+        assert!(!b.take(t0 + Duration::from_secs(9), cooldown));
+        assert!(b.take(t0 + Duration::from_secs(11), cooldown));
+        assert!(!b.take(t0 + Duration::from_secs(12), cooldown));
+        // A long quiet spell refills the burst, never more.
+        let later = t0 + Duration::from_secs(3600);
+        assert_eq!((0..5).filter(|_| b.take(later, cooldown)).count(), 3);
+    }
 
     #[test]
     fn oauth_metadata_inserts_the_well_known_segment() {

@@ -1,12 +1,16 @@
 //! Who is calling: validation of OIDC/OAuth JWTs from explicitly trusted issuers (DESIGN §3).
 //!
 //! `jwks` fetches discovery documents and key sets (no redirects, size and time limits, a key
-//! cache refetched on an unknown `kid` under a rate limit); `verifier` checks a token against them
-//! with `jsonwebtoken` and explains every refusal in a [`TokenError`].
+//! cache refetched on an unknown `kid` under a rate limit); `document` keeps such a fetched
+//! document for a slow or failing provider (one fetch in flight, back-off, stale copies answering
+//! while a refresh runs — also used for the reviewers' provider metadata); `verifier` checks a
+//! token against the keys with `jsonwebtoken` and explains every refusal in a [`TokenError`].
 
+mod document;
 mod jwks;
 mod verifier;
 
+pub use document::{CachedDocument, Refusal, Timing, Unavailable};
 pub use jwks::{FetchError, KeySource};
 pub use verifier::{TokenError, VerifiedToken, Verifier, MAX_TOKEN_BYTES};
 

@@ -71,8 +71,20 @@ pub enum TokenError {
     WrongAudience,
     #[error("issuer claim does not match")]
     WrongIssuer,
-    #[error("cannot fetch the issuer's keys right now")]
-    KeysUnavailable,
+    /// The key is not cached and the issuer's keys cannot be fetched now; `retry_after` is in
+    /// whole seconds (at least 1).
+    #[error("{}", keys_unavailable(.kid.as_deref(), *.retry_after))]
+    KeysUnavailable {
+        kid: Option<String>,
+        retry_after: u64,
+    },
+}
+
+fn keys_unavailable(kid: Option<&str>, retry_after: u64) -> String {
+    let key = kid.map_or(String::new(), |k| {
+        format!("signing key {k:?} is not cached and ")
+    });
+    format!("{key}the issuer's signing keys cannot be fetched right now; retry in {retry_after} s")
 }
 
 impl TokenError {
@@ -95,7 +107,7 @@ impl TokenError {
             TokenError::NotYetValid => "not_yet_valid",
             TokenError::WrongAudience => "audience",
             TokenError::WrongIssuer => "issuer",
-            TokenError::KeysUnavailable => "keys_unavailable",
+            TokenError::KeysUnavailable { .. } => "keys_unavailable",
         }
     }
 }
@@ -176,17 +188,20 @@ impl Verifier {
             Some(_) => return Err(TokenError::Malformed("kid is not a string")),
             None => None,
         };
+        // Why a fetch failed is logged once per fetch (`document`), not once per token.
         let key = match trusted.keys.lookup(kid).await {
-            Ok(Lookup::Found(k)) => k,
-            Ok(Lookup::Unknown) => {
+            Lookup::Found(k) => k,
+            Lookup::Unknown => {
                 return Err(match kid {
                     Some(k) => TokenError::UnknownKey(truncate(k, 100)),
                     None => TokenError::NoKeyId,
                 })
             }
-            Err(e) => {
-                tracing::warn!(issuer = %trusted.config.issuer, error = %e, "cannot load issuer keys");
-                return Err(TokenError::KeysUnavailable);
+            Lookup::Unavailable { retry_in } => {
+                return Err(TokenError::KeysUnavailable {
+                    kid: kid.map(|k| truncate(k, 100)),
+                    retry_after: retry_in.as_secs_f64().ceil().max(1.0) as u64,
+                })
             }
         };
         if key.alg.is_some_and(|a| a != alg) || !key.family.algorithms().contains(&alg) {

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use super::cancel::{CancelKey, CancelTarget};
 use super::scram::{self, ServerExchange, StoredVerifier};
 use super::stream::ClientStream;
+use super::token_leases;
 use super::upstream::{self, Login, PoolKey, Upstream, UpstreamError};
 use super::wire::framing::{read_startup, Frames, Startup, MAX_AUTH_MESSAGE_BYTES};
 use super::wire::{backend, frontend, sqlstate, WireError};
@@ -406,7 +407,8 @@ async fn scram_auth(
     }
 }
 
-/// A JWT as the password (TLS only): verify, pick the policy, issue a lease inline.
+/// A JWT as the password (TLS only): verify, pick the policy, and reuse the lease the same
+/// token got for an earlier connection (`token_leases`) or issue one inline.
 async fn token_auth(
     p: &Proxy,
     client: &mut ClientStream,
@@ -435,7 +437,12 @@ async fn token_auth(
         Err(e) => {
             p.leases.metrics().deny(e.code());
             tracing::info!(reason = %e, "token as password refused");
-            return Ok(Err(("28P01", format!("pgid: token refused: {e}"))));
+            // Not a verdict on the token: the client should try again later.
+            let code = match e {
+                crate::identity::TokenError::KeysUnavailable { .. } => sqlstate::CANNOT_CONNECT_NOW,
+                _ => sqlstate::INVALID_PASSWORD,
+            };
+            return Ok(Err((code, format!("pgid: token refused: {e}"))));
         }
     };
     let policies = p.policies.read().unwrap().clone();
@@ -462,9 +469,50 @@ async fn token_auth(
             )))
         }
     };
+    // Connections with the same token take turns here, so a burst of them issues one lease.
+    let slot = p
+        .token_leases
+        .slot(p.token_leases.key(&token, &chosen.name, database));
+    let mut turn = match &slot {
+        Some(s) => Some(s.lease.lock().await),
+        None => None,
+    };
+    if let Some(entry) = turn.as_deref().copied().flatten() {
+        match p.leases.store().get(entry.lease).await {
+            Ok(Some(row))
+                if token_leases::reusable(
+                    &row,
+                    &entry,
+                    &chosen.name,
+                    &who.issuer,
+                    &who.subject,
+                    Utc::now(),
+                ) =>
+            {
+                p.leases
+                    .metrics()
+                    .token_leases_reused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(lease = %row.id, policy = %chosen.name, "lease reused for a token presented as password");
+                return Ok(Ok(row));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "looking up a token's lease failed; issuing a new one")
+            }
+        }
+    }
     match p.leases.issue(&chosen, &who, chosen.ttl, "proxy").await {
         Ok(lease) => {
             tracing::info!(lease = %lease.row.id, policy = %chosen.name, "lease issued for a token presented as password");
+            if let Some(entry) = turn.as_deref_mut() {
+                let token_end = chrono::DateTime::from_timestamp(who.expires_at, 0)
+                    .unwrap_or(lease.row.expires_at);
+                *entry = Some(token_leases::Entry {
+                    lease: lease.row.id,
+                    until: lease.row.expires_at.min(token_end),
+                });
+            }
             Ok(Ok(lease.row))
         }
         Err(e) => {

@@ -4,7 +4,8 @@
 //!
 //! `wire` is the protocol without I/O; `scram` both SCRAM sides; `handshake` a client's way in;
 //! `upstream` pgid's login to Postgres; `pool` idle upstream reuse; `session` the I/O loop;
-//! `inspect` the session state machine that judges what goes through it; `cancel` CancelRequest
+//! `inspect` the session state machine that judges what goes through it; `token_leases` the
+//! leases of tokens presented as the password, reused per token; `cancel` CancelRequest
 //! forwarding; `stream` the socket types; `estimate` and `statistics` the planner's estimate for
 //! `min_rows` and whether it can be trusted.
 
@@ -22,6 +23,7 @@ pub mod scram;
 pub mod session;
 pub mod statistics;
 pub mod stream;
+pub mod token_leases;
 pub mod upstream;
 pub mod wire;
 
@@ -53,6 +55,8 @@ pub struct Proxy {
     pub cancels: Arc<cancel::CancelMap>,
     pub pool: pool::Pool,
     pub salts: upstream::SaltCache,
+    /// Leases of tokens presented as the password, for the same token's next connections.
+    pub token_leases: token_leases::TokenLeases,
     /// Statement analysis off the async threads, cached by text.
     pub analyzer: Arc<crate::sql::Analyzer>,
     /// Policies' masked columns resolved in their databases.

@@ -196,6 +196,26 @@ impl Harness {
         policies: &[&str],
         extra_config: &str,
     ) -> Harness {
+        Harness::start_all(settings, setup, policies, extra_config, "").await
+    }
+
+    /// [`Harness::start_with`] with more keys for the development issuer's `[[issuers]]` table
+    /// (`jwks_fetch_timeout = "1s"` …; `jwks_refetch_cooldown` is set to 1s unless given).
+    pub async fn start_with_issuer(
+        policies: &[&str],
+        extra_config: &str,
+        issuer_config: &str,
+    ) -> Harness {
+        Harness::start_all(&[], "", policies, extra_config, issuer_config).await
+    }
+
+    async fn start_all(
+        settings: &[(&str, &str)],
+        setup: &str,
+        policies: &[&str],
+        extra_config: &str,
+        issuer_config: &str,
+    ) -> Harness {
         init_logging();
         let settings: Vec<(String, String)> = settings
             .iter()
@@ -238,9 +258,14 @@ impl Harness {
             &config_path,
             format!(
                 "state_dir = \"state\"\npolicies = \"policies\"\n[broker]\nlisten = \"127.0.0.1:0\"\n[proxy]\nlisten = \"127.0.0.1:0\"\nhandshake_timeout = \"3s\"\ndrain_timeout = \"2s\"\n\
-                 [[issuers]]\nissuer = \"{}\"\naudiences = [\"pgid\"]\njwks_refetch_cooldown = \"1s\"\n\
+                 [[issuers]]\nissuer = \"{}\"\naudiences = [\"pgid\"]\n{}{issuer_config}\n\
                  [[databases]]\nname = \"app\"\nadmin_url = \"{admin_url}\"\n[leases]\nreaper_interval = \"1s\"\n{}",
                 issuer.url(),
+                if issuer_config.contains("jwks_refetch_cooldown") {
+                    ""
+                } else {
+                    "jwks_refetch_cooldown = \"1s\"\n"
+                },
                 // `{issuer}` in the extra configuration: the development issuer's URL.
                 extra_config.replace("{issuer}", issuer.url()),
             ),

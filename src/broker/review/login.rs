@@ -1,14 +1,19 @@
 //! Reviewer sign-in: pgid as an OpenID Connect client of the reviewers' identity provider,
 //! authorization-code flow with PKCE, state and nonce (the `openidconnect` crate).
 //!
-//! The provider's metadata and keys are discovered on first use and kept for a while, so pgid
-//! starts even when the provider is down. The reviewer's claims are the verified ID token's,
-//! completed by the userinfo endpoint (many providers put groups only there).
+//! The provider's metadata and keys are discovered on first use and kept (a
+//! [`CachedDocument`]), so pgid starts even when the provider is down, and a slow provider costs
+//! one fetch at a time: a kept copy answers at once while it is refreshed in the background, and
+//! after a failed discovery sign-ins are told at once when to retry. The reviewer's claims are
+//! the verified ID token's, completed by the userinfo endpoint (many providers put groups only
+//! there).
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use futures::FutureExt;
 use openidconnect::core::{
     CoreAuthenticationFlow, CoreClient, CoreJwsSigningAlgorithm, CoreProviderMetadata,
 };
@@ -18,12 +23,25 @@ use openidconnect::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tokio::sync::Mutex;
 
 use crate::config::ReviewLogin;
+use crate::identity::{CachedDocument, Refusal, Timing};
 
-/// How long discovered metadata (and the provider's keys) are used before they are fetched again.
-const METADATA_TTL: Duration = Duration::from_secs(600);
+/// Deadline of one request to the provider (code exchange, userinfo), and of one discovery
+/// (metadata and keys together).
+const PROVIDER_TIMEOUT: Duration = Duration::from_secs(15);
+/// How discovered metadata (and the provider's keys) are kept: refreshed in the background after
+/// ten minutes, not used after a day; after a failed discovery none for 5 s, doubling to a minute.
+const METADATA_TIMING: Timing = Timing {
+    refresh_after: Duration::from_secs(600),
+    max_age: Duration::from_secs(24 * 3600),
+    fetch_timeout: PROVIDER_TIMEOUT,
+    backoff: Duration::from_secs(5),
+    backoff_max: Duration::from_secs(60),
+};
+/// An ID token that does not verify against the kept keys fetches them again (the provider may
+/// have rotated them), at most this often.
+const FORCED_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 /// Claims about the token itself rather than the person: not kept in the reviewer's session.
 const TOKEN_MECHANICS: &[&str] = &[
     "aud",
@@ -74,24 +92,44 @@ pub enum LoginError {
 pub struct Login {
     cfg: ReviewLogin,
     http: reqwest::Client,
-    metadata: Mutex<Option<(Instant, CoreProviderMetadata)>>,
+    metadata: CachedDocument<CoreProviderMetadata>,
+    last_forced: Mutex<Option<Instant>>,
 }
 
 impl Login {
     pub fn new(cfg: ReviewLogin) -> Result<Login, String> {
+        Login::with_timing(cfg, METADATA_TIMING)
+    }
+
+    fn with_timing(cfg: ReviewLogin, timing: Timing) -> Result<Login, String> {
         let mut b = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(15));
+            .timeout(PROVIDER_TIMEOUT);
         if let Some(ca) = &cfg.ca_file {
             let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
             let cert = reqwest::Certificate::from_pem(&pem)
                 .map_err(|e| format!("{}: {e}", ca.display()))?;
             b = b.add_root_certificate(cert);
         }
+        let http = b.build().map_err(|e| e.to_string())?;
+        let issuer = IssuerUrl::new(cfg.issuer.clone()).map_err(|e| e.to_string())?;
+        let metadata = CachedDocument::new(format!("OIDC discovery of {}", cfg.issuer), timing, {
+            let http = http.clone();
+            move || {
+                let (http, issuer) = (http.clone(), issuer.clone());
+                async move {
+                    CoreProviderMetadata::discover_async(issuer, &http)
+                        .await
+                        .map_err(|e| crate::net::error_chain(&e))
+                }
+                .boxed()
+            }
+        });
         Ok(Login {
-            http: b.build().map_err(|e| e.to_string())?,
+            http,
             cfg,
-            metadata: Mutex::new(None),
+            metadata,
+            last_forced: Mutex::new(None),
         })
     }
 
@@ -103,20 +141,35 @@ impl Login {
         self.cfg.session_ttl
     }
 
+    /// The provider's metadata: the kept copy at once, else the fetch in flight (or a new one);
+    /// `fresh` asks for a new fetch, at most once per [`FORCED_REFRESH_INTERVAL`] (otherwise the
+    /// kept copy). Why a discovery failed is logged once per attempt, not shown to the browser.
     async fn metadata(&self, fresh: bool) -> Result<CoreProviderMetadata, LoginError> {
-        let mut slot = self.metadata.lock().await;
-        if let Some((at, m)) = slot.as_ref() {
-            if !fresh && at.elapsed() < METADATA_TTL {
-                return Ok(m.clone());
-            }
+        let kept = self.metadata.current();
+        if let (Some(m), false) = (&kept, fresh) {
+            return Ok((**m).clone());
         }
-        let issuer = IssuerUrl::new(self.cfg.issuer.clone())
-            .map_err(|e| LoginError::Provider(e.to_string()))?;
-        let m = CoreProviderMetadata::discover_async(issuer, &self.http)
-            .await
-            .map_err(|e| LoginError::Provider(crate::net::error_chain(&e)))?;
-        *slot = Some((Instant::now(), m.clone()));
-        Ok(m)
+        let may_start = || {
+            let mut last = self.last_forced.lock().unwrap();
+            let now = Instant::now();
+            let allowed = kept.is_none()
+                || last.is_none_or(|t| now.duration_since(t) >= FORCED_REFRESH_INTERVAL);
+            if allowed && kept.is_some() {
+                *last = Some(now);
+            }
+            allowed
+        };
+        match self.metadata.refresh(may_start).await {
+            Ok(m) => Ok((*m).clone()),
+            // Declined only when a copy is kept.
+            Err(Refusal::Declined) => kept
+                .map(|m| (*m).clone())
+                .ok_or_else(|| LoginError::Provider("no metadata".into())),
+            Err(Refusal::Unavailable(u)) => Err(LoginError::Provider(format!(
+                "its discovery document cannot be fetched right now; retry in {} s",
+                u.retry_in.as_secs_f64().ceil().max(1.0) as u64
+            ))),
+        }
     }
 
     fn client(
@@ -305,4 +358,102 @@ fn asymmetric() -> Vec<CoreJwsSigningAlgorithm> {
 fn payload(jwt: &str) -> Option<Map<String, Value>> {
     let part = jwt.split('.').nth(1)?;
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).ok()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use crate::dev::DevIssuer;
+
+    /// The provider's metadata under a stalled provider: one discovery per burst, its failure
+    /// shared; fail-fast during the back-off; a kept copy answering at once while stale.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sign_in_under_a_stalled_provider() {
+        let issuer = DevIssuer::start(0, "pgid", vec![]).await.unwrap();
+        let login = Arc::new(
+            Login::with_timing(
+                ReviewLogin {
+                    issuer: issuer.url().to_string(),
+                    client_id: "pgid-approvals".into(),
+                    client_secret: None,
+                    redirect_url: None,
+                    scopes: vec!["openid".into()],
+                    session_ttl: Duration::from_secs(3600),
+                    ca_file: None,
+                },
+                Timing {
+                    refresh_after: Duration::from_millis(300),
+                    max_age: Duration::from_secs(3600),
+                    fetch_timeout: Duration::from_secs(1),
+                    backoff: Duration::from_secs(2),
+                    backoff_max: Duration::from_secs(60),
+                },
+            )
+            .unwrap(),
+        );
+        let starts = |n: usize| {
+            let login = login.clone();
+            async move {
+                let tasks: Vec<_> = (0..n)
+                    .map(|_| {
+                        let login = login.clone();
+                        tokio::spawn(async move {
+                            let t = Instant::now();
+                            let r = login
+                                .start(
+                                    "https://pgid.example/approvals/callback",
+                                    "/approvals".into(),
+                                )
+                                .await
+                                .map(|_| ());
+                            (r, t.elapsed())
+                        })
+                    })
+                    .collect();
+                let mut out = Vec::new();
+                for t in tasks {
+                    out.push(t.await.unwrap());
+                }
+                out
+            }
+        };
+
+        issuer.stall(true);
+        let burst = starts(10).await;
+        let slowest = burst.iter().map(|r| r.1).max().unwrap();
+        assert!(
+            burst
+                .iter()
+                .all(|r| matches!(&r.0, Err(LoginError::Provider(m)) if m.contains("retry in"))),
+            "{:?}",
+            burst
+                .iter()
+                .map(|r| r.0.as_ref().err().map(|e| e.to_string()))
+                .collect::<Vec<_>>()
+        );
+        assert!(slowest < Duration::from_millis(2_500), "{slowest:?}");
+        assert_eq!(issuer.key_requests(), 1, "one discovery for the burst");
+        let burst = starts(10).await;
+        assert!(burst
+            .iter()
+            .all(|r| r.0.is_err() && r.1 < Duration::from_millis(200)));
+        assert_eq!(issuer.key_requests(), 1, "none during the back-off");
+
+        issuer.stall(false);
+        tokio::time::sleep(Duration::from_millis(2_100)).await;
+        assert!(starts(1).await[0].0.is_ok());
+        assert_eq!(issuer.key_requests(), 3, "discovery and keys");
+
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        issuer.stall(true);
+        let burst = starts(20).await;
+        assert!(burst
+            .iter()
+            .all(|r| r.0.is_ok() && r.1 < Duration::from_millis(200)));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(issuer.key_requests(), 4, "one background refresh");
+        issuer.stall(false);
+    }
 }

@@ -11,6 +11,8 @@ pub const CONNECTION_FAILURE: &str = "08006";
 /// 57P01: the session ends (lease expired or revoked, shutdown).
 pub const ADMIN_SHUTDOWN: &str = "57P01";
 pub const QUERY_CANCELED: &str = "57014";
+/// 57P03: try again later (a token's issuer keys cannot be fetched right now).
+pub const CANNOT_CONNECT_NOW: &str = "57P03";
 pub const INVALID_PASSWORD: &str = "28P01";
 pub const INVALID_AUTHORIZATION: &str = "28000";
 pub const INVALID_CATALOG_NAME: &str = "3D000";
