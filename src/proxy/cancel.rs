@@ -8,6 +8,11 @@
 //! can still be on its way to the server when its session ends (the server may be slow to take
 //! it): an upstream connection whose session asked for a cancel — the client, or pgid for an
 //! export limit — is therefore closed at the session's end, never pooled for the next client.
+//!
+//! A key is a known pid (pg_stat_activity shows every backend) and a 32-bit secret, as with
+//! Postgres itself; guessing is bounded: an address that sent [`GUESSES`] cancel requests for
+//! keys nobody holds within a minute has its cancel requests ignored for the rest of that minute,
+//! so a guess at a given key takes decades per address.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,9 +35,15 @@ pub struct CancelTarget {
 /// A session's cancel key → where its cancels go, its cancel signal, and whether one was asked.
 type Sessions = HashMap<(i32, i32), (CancelTarget, Arc<Notify>, Arc<AtomicBool>)>;
 
+/// Cancel requests for unknown keys an address may send per minute.
+pub const GUESSES: u32 = 100;
+const GUESS_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[derive(Default)]
 pub struct CancelMap {
     map: Mutex<Sessions>,
+    /// Per source address: when its window started, and its unknown keys in it.
+    guesses: Mutex<HashMap<std::net::IpAddr, (std::time::Instant, u32)>>,
 }
 
 /// Removes the session's key when the session ends.
@@ -88,7 +99,11 @@ impl CancelMap {
     }
 
     /// Forwards a cancel; unknown keys are ignored silently, as Postgres does.
-    pub async fn cancel(&self, pid: i32, secret: i32) {
+    pub async fn cancel(&self, pid: i32, secret: i32, from: std::net::IpAddr) {
+        if !self.may_try(from) {
+            tracing::warn!(%from, "cancel requests ignored: too many for unknown keys");
+            return;
+        }
         let target = self
             .map
             .lock()
@@ -98,10 +113,34 @@ impl CancelMap {
                 r.store(true, Ordering::SeqCst);
                 (t.clone(), c.clone())
             });
-        if let Some((t, cancelled)) = target {
-            cancelled.notify_one();
-            send(&t).await;
+        match target {
+            Some((t, cancelled)) => {
+                cancelled.notify_one();
+                send(&t).await;
+            }
+            None => self.guessed(from),
         }
+    }
+
+    /// Whether `from` is within its budget of unknown keys.
+    fn may_try(&self, from: std::net::IpAddr) -> bool {
+        let mut g = self.guesses.lock().unwrap();
+        match g.get(&from) {
+            Some((since, n)) if since.elapsed() < GUESS_WINDOW => *n < GUESSES,
+            _ => true,
+        }
+    }
+
+    fn guessed(&self, from: std::net::IpAddr) {
+        let mut g = self.guesses.lock().unwrap();
+        if g.len() > 100_000 {
+            g.retain(|_, (since, _)| since.elapsed() < GUESS_WINDOW);
+        }
+        let e = g.entry(from).or_insert((std::time::Instant::now(), 0));
+        if e.0.elapsed() >= GUESS_WINDOW {
+            *e = (std::time::Instant::now(), 0);
+        }
+        e.1 += 1;
     }
 }
 
@@ -159,5 +198,34 @@ mod tests {
         assert!(keys.iter().all(|k| k.pid == 4242));
         let secrets: std::collections::HashSet<i32> = keys.iter().map(|k| k.secret).collect();
         assert_eq!(secrets.len(), keys.len(), "keys never collide");
+    }
+
+    #[tokio::test]
+    async fn guessing_keys_is_bounded_per_address() {
+        let map = Arc::new(CancelMap::default());
+        let mut t = target(77);
+        // Nothing listens there: a forwarded cancel fails at once.
+        t.addr = UpstreamAddr::Tcp {
+            host: "127.0.0.1".into(),
+            port: 1,
+        };
+        let key = map.register(t);
+        let requested = |map: &CancelMap| {
+            map.map.lock().unwrap()[&(key.pid, key.secret)]
+                .2
+                .load(Ordering::SeqCst)
+        };
+        let guesser: std::net::IpAddr = "192.0.2.9".parse().unwrap();
+        for n in 0..GUESSES {
+            let wrong = key.secret.wrapping_add(1 + n as i32);
+            map.cancel(key.pid, wrong, guesser).await;
+        }
+        // Out of guesses: even the right key is not tried from there this minute.
+        map.cancel(key.pid, key.secret, guesser).await;
+        assert!(!requested(&map));
+        // Another address is unaffected.
+        map.cancel(key.pid, key.secret, "192.0.2.10".parse().unwrap())
+            .await;
+        assert!(requested(&map));
     }
 }

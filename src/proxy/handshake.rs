@@ -94,7 +94,7 @@ pub async fn handshake(
                 client.write_all(b"N").await.map_err(WireError::from)?;
             }
             Startup::Cancel { pid, secret } => {
-                p.cancels.cancel(pid, secret).await;
+                p.cancels.cancel(pid, secret, peer.ip()).await;
                 return Ok(Outcome::Done);
             }
             Startup::Params(params) => break params,
