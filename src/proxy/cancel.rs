@@ -124,7 +124,7 @@ impl CancelMap {
 
     /// Whether `from` is within its budget of unknown keys.
     fn may_try(&self, from: std::net::IpAddr) -> bool {
-        let mut g = self.guesses.lock().unwrap();
+        let g = self.guesses.lock().unwrap();
         match g.get(&from) {
             Some((since, n)) if since.elapsed() < GUESS_WINDOW => *n < GUESSES,
             _ => true,
