@@ -44,7 +44,8 @@ pub fn load_policies(config: &Config) -> Result<PolicySet, StartError> {
         )
     })?;
     let known: Vec<&str> = config.databases.iter().map(|d| d.name.as_str()).collect();
-    let problems = set.check_databases(&known);
+    let mut problems = set.check_databases(&known);
+    problems.extend(set.check_webhooks(&config.approvals.webhook_names()));
     if !problems.is_empty() {
         return Err(StartError(
             problems
@@ -319,13 +320,20 @@ impl App {
                 key: key.clone(),
                 grace: config.leases.grace,
                 instance_id: instance.id,
-                metrics,
+                metrics: metrics.clone(),
                 watch,
                 audit,
             })
             .with_notifier(notifier),
         );
-        let approvals = Arc::new(crate::store::Approvals::new(state_pool).announcing(events));
+        let review_sessions = Arc::new(
+            crate::store::ReviewSessions::new(state_pool.clone()).announcing(events.clone()),
+        );
+        let approvals = Arc::new(
+            crate::store::Approvals::new(state_pool)
+                .with_limits(config.approvals.pending)
+                .announcing(events),
+        );
         let report = roles::reap_once(&leases).await;
         tracing::info!(?report, "startup reconciliation");
         // Leases of policies removed while pgid was down end now: their rules are unknown.
@@ -357,7 +365,16 @@ impl App {
                 None => None,
             },
             sealer: crate::broker::review::Sealer::new(key.derive(b"pgid approval page cookies")),
-            changes: approval_waits.changes(),
+            sessions: review_sessions.clone(),
+            feed: Arc::new(crate::broker::review::Feed::new(
+                crate::broker::review::FeedSetup {
+                    approvals: approvals.clone(),
+                    sessions: review_sessions,
+                    metrics,
+                    max_streams: config.approvals.max_streams,
+                    max_streams_per_session: config.approvals.max_streams_per_session,
+                },
+            )),
         });
         Ok(App {
             config,
@@ -439,6 +456,7 @@ impl App {
 
     /// Binds the configured addresses (port 0 picks a free port) and starts serving.
     pub async fn start(self) -> Result<Running, StartError> {
+        descriptors(&self.config);
         let proxy_listener = TcpListener::bind(self.config.proxy.listen)
             .await
             .map_err(err(&format!(
@@ -472,7 +490,19 @@ impl App {
             tls,
             router,
             cancel.clone(),
+            broker::ConnectionCap {
+                max: self.config.broker.max_connections,
+                metrics: self.leases.metrics().clone(),
+            },
         ));
+        if self.review.login.is_some() {
+            tasks.spawn(
+                self.review
+                    .feed
+                    .clone()
+                    .run(self.approval_waits.changes(), cancel.clone()),
+            );
+        }
         tasks.spawn(proxy::serve(proxy_listener, proxy.clone(), cancel.clone()));
         tasks.spawn({
             let r = Reaper::spawn(
@@ -494,6 +524,27 @@ impl App {
             app: Arc::new(self),
             proxy,
         })
+    }
+}
+
+/// Descriptors pgid may hold: the soft limit raised to the hard one (sessions take two sockets
+/// each), with a warning when that still leaves the proxy little beyond the broker's share.
+fn descriptors(config: &Config) {
+    match crate::net::raise_open_files_limit() {
+        Ok((soft, hard)) => {
+            tracing::info!(soft, hard, "open file limit");
+            let broker = config.broker.max_connections as u64;
+            if soft < broker * 4 {
+                tracing::warn!(
+                    limit = soft,
+                    broker_max_connections = broker,
+                    "the open file limit leaves the proxy little room beside the broker's \
+                     connections; raise the hard limit (LimitNOFILE=) or lower \
+                     [broker] max_connections"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
     }
 }
 

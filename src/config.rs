@@ -34,6 +34,11 @@ const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_AUDIT_SYNC_INTERVAL: Duration = Duration::from_millis(10);
 const DEFAULT_AUDIT_ROTATE_SIZE: u64 = 256 << 20;
+/// Broker connections open at once; more wait in the listen backlog (no descriptor used).
+pub const DEFAULT_BROKER_MAX_CONNECTIONS: usize = 512;
+/// The approval page's live-update streams open at once, on this instance and per sign-in.
+pub const DEFAULT_MAX_STREAMS: usize = 128;
+pub const DEFAULT_MAX_STREAMS_PER_SESSION: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -69,6 +74,9 @@ pub struct BrokerConfig {
     pub tls: Option<TlsFiles>,
     /// Identities allowed to revoke any lease (same shape as a policy's `[identity]`).
     pub admins: Vec<IdentityMatch>,
+    /// Connections served at once: broker clients can never take the descriptors the proxy
+    /// needs.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -166,6 +174,21 @@ pub struct ApprovalsConfig {
     /// Reviewers' sign-in to the `/approvals` page (OIDC authorization code); `None`: the page
     /// says it is not configured, and reviewers use the API or the CLI.
     pub login: Option<ReviewLogin>,
+    /// Requests waiting for review at once, per lease and per policy.
+    pub pending: crate::store::PendingLimits,
+    /// The page's live-update streams open at once (this instance), and per sign-in.
+    pub max_streams: usize,
+    pub max_streams_per_session: usize,
+}
+
+impl ApprovalsConfig {
+    /// The names policies may give in `[[approval]] webhooks`.
+    pub fn webhook_names(&self) -> Vec<&str> {
+        self.webhooks
+            .iter()
+            .filter_map(|w| w.name.as_deref())
+            .collect()
+    }
 }
 
 /// `[approvals.login]`: pgid as an OIDC client of the reviewers' identity provider.
@@ -184,6 +207,8 @@ pub struct ReviewLogin {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Webhook {
+    /// What `[[approval]] webhooks = […]` in a policy calls it.
+    pub name: Option<String>,
     pub url: String,
     pub slack: bool,
 }
@@ -229,6 +254,7 @@ struct RawBroker {
     tls_key: Option<String>,
     #[serde(default)]
     admins: Vec<IdentityMatch>,
+    max_connections: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -289,6 +315,10 @@ struct RawApprovals {
     webhooks: Vec<Spanned<RawWebhook>>,
     review_url: Option<String>,
     login: Option<RawReviewLogin>,
+    max_pending_per_lease: Option<Spanned<usize>>,
+    max_pending_per_policy: Option<Spanned<usize>>,
+    max_streams: Option<Spanned<usize>>,
+    max_streams_per_session: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -307,6 +337,7 @@ struct RawReviewLogin {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawWebhook {
+    name: Option<String>,
     url: String,
     format: Option<String>,
 }
@@ -646,12 +677,28 @@ impl Config {
             )?,
         };
 
-        let mut webhooks = Vec::new();
+        let mut webhooks: Vec<Webhook> = Vec::new();
         for w in raw.approvals.webhooks {
             let span = w.span();
             let w = w.into_inner();
             if !(w.url.starts_with("https://") || w.url.starts_with("http://")) {
                 return Err(loc.at(Some(span), "approvals.webhooks", "url must be http(s)://…"));
+            }
+            if let Some(n) = &w.name {
+                if !valid_webhook_name(n) {
+                    return Err(loc.at(
+                        Some(span),
+                        "approvals.webhooks",
+                        format!("name {n:?} must be 1-64 of a-z, 0-9, - and _"),
+                    ));
+                }
+                if webhooks.iter().any(|o| o.name.as_ref() == Some(n)) {
+                    return Err(loc.at(
+                        Some(span),
+                        "approvals.webhooks",
+                        format!("two webhooks are named {n:?}"),
+                    ));
+                }
             }
             let slack = match w.format.as_deref() {
                 None | Some("json") => false,
@@ -664,16 +711,57 @@ impl Config {
                     ))
                 }
             };
-            webhooks.push(Webhook { url: w.url, slack });
+            webhooks.push(Webhook {
+                name: w.name,
+                url: w.url,
+                slack,
+            });
         }
         let login = match raw.approvals.login {
             None => None,
             Some(l) => Some(review_login(&loc, env, l, &resolve)?),
         };
+        let at_least_one = |v: Option<Spanned<usize>>, key: &str, default: usize| match v {
+            Some(n) if *n.get_ref() == 0 => Err(loc.at(Some(n.span()), key, "must be at least 1")),
+            Some(n) => Ok(n.into_inner()),
+            None => Ok(default),
+        };
+        let narrow = |n: usize| n.min(u32::MAX as usize) as u32;
+        let defaults = crate::store::PendingLimits::default();
+        let pending = crate::store::PendingLimits {
+            per_lease: narrow(at_least_one(
+                raw.approvals.max_pending_per_lease,
+                "approvals.max_pending_per_lease",
+                defaults.per_lease as usize,
+            )?),
+            per_policy: narrow(at_least_one(
+                raw.approvals.max_pending_per_policy,
+                "approvals.max_pending_per_policy",
+                defaults.per_policy as usize,
+            )?),
+        };
+        let max_streams = at_least_one(
+            raw.approvals.max_streams,
+            "approvals.max_streams",
+            DEFAULT_MAX_STREAMS,
+        )?;
+        let max_streams_per_session = at_least_one(
+            raw.approvals.max_streams_per_session,
+            "approvals.max_streams_per_session",
+            DEFAULT_MAX_STREAMS_PER_SESSION,
+        )?;
+        let broker_max_connections = at_least_one(
+            raw.broker.max_connections,
+            "broker.max_connections",
+            DEFAULT_BROKER_MAX_CONNECTIONS,
+        )?;
         let approvals = ApprovalsConfig {
             webhooks,
             review_url: raw.approvals.review_url,
             login,
+            pending,
+            max_streams,
+            max_streams_per_session,
         };
 
         Ok(Config {
@@ -686,6 +774,7 @@ impl Config {
                 listen: broker_listen,
                 tls,
                 admins: raw.broker.admins,
+                max_connections: broker_max_connections,
             },
             proxy: ProxyConfig {
                 listen: proxy_listen,
@@ -737,6 +826,13 @@ impl Config {
     pub fn proxy_public_port(&self) -> u16 {
         self.proxy.public_port.unwrap_or(self.proxy.listen.port())
     }
+}
+
+/// A webhook's name, as policies refer to it.
+fn valid_webhook_name(n: &str) -> bool {
+    (1..=64).contains(&n.len())
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 fn is_local_host(h: &tokio_postgres::config::Host) -> bool {
@@ -995,6 +1091,67 @@ admin_url = "postgres://pgid_admin:pw@127.0.0.1:5432/app"
         assert_eq!(c.proxy.token_lease_cache, 10_000);
         assert!(format!("{c:?}").contains("[redacted]"));
         assert!(!format!("{c:?}").contains(":pw@"));
+    }
+
+    #[test]
+    fn limits_have_defaults_and_can_be_set() {
+        let c = parse(GOOD, &no_env).unwrap();
+        assert_eq!(c.broker.max_connections, DEFAULT_BROKER_MAX_CONNECTIONS);
+        assert_eq!(c.approvals.pending, crate::store::PendingLimits::default());
+        assert_eq!(c.approvals.max_streams, DEFAULT_MAX_STREAMS);
+        assert_eq!(
+            c.approvals.max_streams_per_session,
+            DEFAULT_MAX_STREAMS_PER_SESSION
+        );
+        let text = GOOD.replace(
+            "listen = \"127.0.0.1:7443\"",
+            "listen = \"127.0.0.1:7443\"\nmax_connections = 64",
+        ) + "[approvals]\nmax_pending_per_lease = 3\nmax_pending_per_policy = 9\n\
+             max_streams = 10\nmax_streams_per_session = 2\n";
+        let c = parse(&text, &no_env).unwrap();
+        assert_eq!(c.broker.max_connections, 64);
+        assert_eq!(
+            c.approvals.pending,
+            crate::store::PendingLimits {
+                per_lease: 3,
+                per_policy: 9
+            }
+        );
+        assert_eq!(
+            (c.approvals.max_streams, c.approvals.max_streams_per_session),
+            (10, 2)
+        );
+        let err = parse(&format!("{GOOD}[approvals]\nmax_streams = 0\n"), &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("approvals.max_streams: must be at least 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn webhooks_have_unique_names_that_policies_use() {
+        let hooks = |list: &str| format!("{GOOD}[approvals]\nwebhooks = [{list}]\n");
+        let c = parse(
+            &hooks(
+                "{ name = \"dba\", url = \"https://a\" }, { url = \"https://b\", format = \"slack\" }",
+            ),
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(c.approvals.webhook_names(), ["dba"]);
+        assert!(c.approvals.webhooks[1].slack && c.approvals.webhooks[1].name.is_none());
+        for (bad, says) in [
+            (
+                "{ name = \"a\", url = \"https://a\" }, { name = \"a\", url = \"https://b\" }",
+                "two webhooks are named",
+            ),
+            ("{ name = \"Not OK\", url = \"https://a\" }", "must be 1-64"),
+        ] {
+            let err = parse(&hooks(bad), &no_env).unwrap_err().to_string();
+            assert!(err.contains(says), "{err}");
+        }
     }
 
     #[test]

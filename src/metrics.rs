@@ -20,6 +20,16 @@ pub struct Metrics {
     pub leases_stuck: AtomicU64,
     denials: Mutex<BTreeMap<&'static str, u64>>,
     issue_latency: Mutex<std::collections::VecDeque<f64>>,
+    /// Broker connections open now (gauge), and how often the cap made new ones wait.
+    pub broker_connections: AtomicU64,
+    pub broker_connections_capped: AtomicU64,
+    /// The approval page's live-update streams open now (gauge); refused ones by reason.
+    pub approval_streams: AtomicU64,
+    approval_streams_refused: Mutex<BTreeMap<&'static str, u64>>,
+    /// Times the live feed re-read the approvals (once per change for all streams).
+    pub approval_feed_refreshes: AtomicU64,
+    /// Approval requests refused by a limit on pending requests, by limit.
+    approval_requests_refused: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// Buckets (seconds) for the lease issue latency histogram.
@@ -29,6 +39,24 @@ const LATENCY_SAMPLES: usize = 10_000;
 impl Metrics {
     pub fn deny(&self, reason: &'static str) {
         *self.denials.lock().unwrap().entry(reason).or_default() += 1;
+    }
+
+    pub fn approval_request_refused(&self, limit: &'static str) {
+        *self
+            .approval_requests_refused
+            .lock()
+            .unwrap()
+            .entry(limit)
+            .or_default() += 1;
+    }
+
+    pub fn approval_stream_refused(&self, reason: &'static str) {
+        *self
+            .approval_streams_refused
+            .lock()
+            .unwrap()
+            .entry(reason)
+            .or_default() += 1;
     }
 
     pub fn observe_issue(&self, seconds: f64) {
@@ -114,6 +142,7 @@ impl Metrics {
                 .unwrap_or(0);
             let _ = writeln!(out, "pgid_leases{{state=\"{state}\"}} {n}");
         }
+        self.render_limits(&mut out);
         let samples = self.issue_latency.lock().unwrap().clone();
         let _ = writeln!(out, "# HELP pgid_lease_issue_seconds Time to issue a lease (recent samples).\n# TYPE pgid_lease_issue_seconds histogram");
         for b in LATENCY_BUCKETS {
@@ -132,5 +161,68 @@ impl Metrics {
         );
         let _ = writeln!(out, "pgid_lease_issue_seconds_count {}", samples.len());
         out
+    }
+
+    /// The limits that keep the broker and the approval page from taking what the proxy needs.
+    fn render_limits(&self, out: &mut String) {
+        let one = |out: &mut String, name: &str, kind: &str, help: &str, v: &AtomicU64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        };
+        let labelled = |out: &mut String,
+                        name: &str,
+                        help: &str,
+                        label: &str,
+                        v: &Mutex<BTreeMap<&'static str, u64>>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (l, n) in v.lock().unwrap().iter() {
+                let _ = writeln!(out, "{name}{{{label}=\"{l}\"}} {n}");
+            }
+        };
+        one(
+            out,
+            "pgid_broker_connections",
+            "gauge",
+            "Broker connections open.",
+            &self.broker_connections,
+        );
+        one(
+            out,
+            "pgid_broker_connections_capped_total",
+            "counter",
+            "Times new broker connections waited because [broker] max_connections were open.",
+            &self.broker_connections_capped,
+        );
+        one(
+            out,
+            "pgid_approval_streams",
+            "gauge",
+            "Live-update streams of the approval page open.",
+            &self.approval_streams,
+        );
+        labelled(
+            out,
+            "pgid_approval_streams_refused_total",
+            "Live-update streams refused, by reason.",
+            "reason",
+            &self.approval_streams_refused,
+        );
+        one(
+            out,
+            "pgid_approval_feed_refreshes_total",
+            "counter",
+            "Times the approval page's live feed re-read the approvals (shared by all streams).",
+            &self.approval_feed_refreshes,
+        );
+        labelled(
+            out,
+            "pgid_approval_requests_refused_total",
+            "Approval requests refused because too many were pending, by limit.",
+            "limit",
+            &self.approval_requests_refused,
+        );
     }
 }

@@ -523,7 +523,8 @@ async fn the_development_issuer_signs_reviewers_in_as_pgid_dev_does() {
         "{text}"
     );
 
-    // Signing out ends the session cookie.
+    // Signing out ends the session: the cookie goes, and a copy kept of it opens nothing.
+    let kept = jar.header();
     let r = http
         .post(format!("{}/approvals/logout", h.base))
         .header("cookie", jar.header())
@@ -533,4 +534,343 @@ async fn the_development_issuer_signs_reviewers_in_as_pgid_dev_does() {
         .unwrap();
     jar.take(&r);
     assert!(!jar.0.contains_key("__Host-pgid-review"));
+    let r = http
+        .get(format!("{}/approvals", h.base))
+        .header("cookie", kept)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+}
+
+/// pgid whose page signs reviewers in at the development issuer (as `pgid dev` configures it);
+/// `approvals`: extra keys of `[approvals]`.
+async fn dev_setup(approvals: &str) -> Harness {
+    let h = Harness::start_with(
+        &[&guarded(None)],
+        &format!(
+            "[approvals]\n{approvals}\n[approvals.login]\nissuer = \"{{issuer}}\"\n\
+             client_id = \"pgid-approvals\"\nclient_secret = \"dev-review-secret\"\n"
+        ),
+    )
+    .await;
+    h.issuer.register_reviewer_client(pgid::dev::ReviewClient {
+        id: "pgid-approvals".into(),
+        secret: "dev-review-secret".into(),
+        redirect_uris: vec![format!("{}/approvals/callback", h.base)],
+    });
+    h
+}
+
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap()
+}
+
+fn location(r: &reqwest::Response) -> String {
+    r.headers()["location"].to_str().unwrap().to_string()
+}
+
+/// Signs `subject` (in `groups`, comma-separated) in through the development issuer's form.
+async fn dev_sign_in(h: &Harness, http: &reqwest::Client, subject: &str, groups: &str) -> Jar {
+    let mut jar = Jar::default();
+    let r = http
+        .get(format!("{}/approvals/login", h.base))
+        .send()
+        .await
+        .unwrap();
+    jar.take(&r);
+    let authorize = url::Url::parse(&location(&r)).unwrap();
+    let mut fields: Vec<(String, String)> = authorize.query_pairs().into_owned().collect();
+    fields.push(("subject".into(), subject.into()));
+    fields.push(("name".into(), subject.into()));
+    fields.push(("groups".into(), groups.into()));
+    let r = http
+        .post(format!("{}/authorize", h.issuer.url()))
+        .form(&fields)
+        .send()
+        .await
+        .unwrap();
+    let r = http
+        .get(location(&r))
+        .header("cookie", jar.header())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    jar.take(&r);
+    assert!(jar.0.contains_key("__Host-pgid-review"));
+    jar
+}
+
+fn csrf_of(page: &str) -> String {
+    page.split("data-csrf=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string()
+}
+
+/// Reads an event stream until it ends; what it said. Panics after `timeout`.
+async fn until_end(mut events: reqwest::Response, timeout: Duration) -> String {
+    let mut feed = String::new();
+    tokio::time::timeout(timeout, async {
+        while let Ok(Some(chunk)) = events.chunk().await {
+            feed.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the stream did not end: {feed}"));
+    feed
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signing_out_ends_the_session_on_every_instance_and_closes_its_feeds() {
+    let h = dev_setup("").await;
+    let second = h.start_second().await;
+    let other = format!("https://127.0.0.1:{}", second.broker_addr.port());
+    let http = browser();
+    let jar = dev_sign_in(&h, &http, "dora@example.com", "dba").await;
+    let page = jar.page(&http, &format!("{}/approvals", h.base)).await;
+    assert!(page.contains("Signed in as"), "{page}");
+    let csrf = csrf_of(&page);
+    // The other instance serves the same sign-in; both have a live feed open.
+    let page = jar.page(&http, &format!("{other}/approvals")).await;
+    assert!(page.contains("Signed in as"), "{page}");
+    let mut feeds = Vec::new();
+    for base in [&h.base, &other] {
+        let r = http
+            .get(format!("{base}/approvals/events"))
+            .header("cookie", jar.header())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        feeds.push(r);
+    }
+
+    let r = http
+        .post(format!("{}/approvals/logout", h.base))
+        .header("cookie", jar.header())
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
+
+    // Both feeds are told and end: here at once, there at its next read (the sign-out's NOTIFY).
+    for feed in feeds {
+        let said = until_end(feed, Duration::from_secs(10)).await;
+        assert!(said.contains("event: signedout"), "{said}");
+    }
+    // The old cookie, kept: the page sends it to sign in, the feed and decisions are refused.
+    for base in [&h.base, &other] {
+        let r = http
+            .get(format!("{base}/approvals"))
+            .header("cookie", jar.header())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303, "{base}");
+        assert_eq!(location(&r), "/approvals/login");
+        let r = http
+            .get(format!("{base}/approvals/events"))
+            .header("cookie", jar.header())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{base}");
+        let r = http
+            .post(format!("{base}/approvals/decide"))
+            .header("cookie", jar.header())
+            .form(&[
+                ("csrf", csrf.as_str()),
+                ("id", &uuid::Uuid::new_v4().to_string()),
+                ("action", "approve"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{base}");
+    }
+    let out: Vec<Value> = h
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["kind"] == "reviewer.signout")
+        .collect();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0]["reviewer"], "dora@example.com");
+    second.shutdown().await;
+}
+
+/// Open descriptors of this process (the test and pgid in it).
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn open_files_limit() -> (u64, u64) {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) }, 0);
+    (l.rlim_cur, l.rlim_max)
+}
+
+/// Medians of `n` lease issues and of `n` proxy connections (log-ins with a lease), in ms.
+async fn latencies(h: &Harness, n: usize) -> (f64, f64) {
+    let lease = h.lease("agent:x", json!({})).await;
+    let (mut issue, mut connect) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        h.lease("agent:x", json!({})).await;
+        issue.push(t.elapsed().as_secs_f64() * 1000.0);
+        let t = std::time::Instant::now();
+        let c = h.connect_proxy(&lease).await.expect("the proxy accepts");
+        connect.push(t.elapsed().as_secs_f64() * 1000.0);
+        drop(c);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    (median(&mut issue), median(&mut connect))
+}
+
+/// A counter or gauge from `/metrics`.
+async fn metric(h: &Harness, line: &str) -> u64 {
+    let text = h
+        .http
+        .get(format!("{}/metrics", h.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_floods_hold_nothing_and_leave_the_proxy_and_lease_issue_at_normal_latency() {
+    // The common soft limit on descriptors; pgid raises it to the hard limit as it starts.
+    let (_, hard) = open_files_limit();
+    let soft = libc::rlimit {
+        rlim_cur: 1024.min(hard),
+        rlim_max: hard,
+    };
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) }, 0);
+    let h = dev_setup("max_streams_per_session = 8").await;
+    assert_eq!(open_files_limit(), (hard, hard), "raised at start");
+    let http = browser();
+    let eve = dev_sign_in(&h, &http, "eve@example.com", "dev").await;
+    let dora = dev_sign_in(&h, &http, "dora@example.com", "dba").await;
+    let baseline = latencies(&h, 10).await;
+    let descriptors = open_descriptors();
+
+    // Eve approves nothing: 1,000 stream attempts at once, each refused and its connection
+    // closed, while an agent gets leases and connects.
+    let attack = {
+        let (http, cookie, url) = (
+            browser(),
+            eve.header(),
+            format!("{}/approvals/events", h.base),
+        );
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let tries = (0..1000).map(|_| http.get(&url).header("cookie", &cookie).send());
+            let outcomes = futures::future::join_all(tries).await;
+            (outcomes, started.elapsed())
+        })
+    };
+    let during = latencies(&h, 10).await;
+    let (outcomes, attack_took) = attack.await.unwrap();
+    let refused = outcomes
+        .iter()
+        .filter(|r| r.as_ref().is_ok_and(|r| r.status() == 403))
+        .count();
+    assert_eq!(refused, 1000);
+    drop(outcomes);
+
+    // Dora approves: her sign-in gets 8 streams, no more.
+    let tries = (0..20).map(|_| {
+        http.get(format!("{}/approvals/events", h.base))
+            .header("cookie", dora.header())
+            .send()
+    });
+    let (open, limited): (Vec<_>, Vec<_>) = futures::future::join_all(tries)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .partition(|r| r.status() == 200);
+    assert_eq!(open.len(), 8);
+    assert!(limited.iter().all(|r| r.status() == 429));
+    drop(limited);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = open_descriptors().saturating_sub(descriptors);
+    assert!(
+        held < 60,
+        "{held} more descriptors open than before the attack"
+    );
+
+    // A flood of approval notifications while her 8 streams are open: one read per change
+    // (at most one per 250 ms), not one per stream.
+    let refreshes = metric(&h, "pgid_approval_feed_refreshes_total").await;
+    let su = h.superuser().await;
+    let started = std::time::Instant::now();
+    let flood = tokio::spawn(async move {
+        for _ in 0..300 {
+            su.execute("SELECT pg_notify('pgid_approval_events', 'x')", &[])
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let flooded = latencies(&h, 10).await;
+    flood.await.unwrap();
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reads = metric(&h, "pgid_approval_feed_refreshes_total").await - refreshes;
+    println!(
+        "lease issue / proxy connect, median ms: before {baseline:.1?}, during 1,000 refused \
+         stream attempts (over {attack_took:.1?}) {during:.1?}, with 8 streams open and 300 \
+         notifications in {took:.1?} {flooded:.1?}; {reads} feed reads; {held} descriptors \
+         held"
+    );
+    assert!(
+        reads as f64 <= took.as_secs_f64() / 0.25 + 4.0,
+        "{reads} reads in {took:?}"
+    );
+    let normal = |(issue, connect): (f64, f64)| {
+        issue <= baseline.0 * 3.0 + 50.0 && connect <= baseline.1 * 3.0 + 50.0
+    };
+    assert!(normal(flooded), "{flooded:?} against {baseline:?}");
+    assert!(normal(during), "{during:?} against {baseline:?}");
+    assert_eq!(metric(&h, "pgid_approval_streams").await, 8);
+    assert_eq!(
+        metric(
+            &h,
+            "pgid_approval_streams_refused_total{reason=\"not_a_reviewer\"}"
+        )
+        .await,
+        1000
+    );
+    assert_eq!(
+        metric(
+            &h,
+            "pgid_approval_streams_refused_total{reason=\"session_limit\"}"
+        )
+        .await,
+        12
+    );
+    drop(open);
 }

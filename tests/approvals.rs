@@ -1,11 +1,12 @@
-//! Approval requests in the state database: decided exactly once (even by two reviewers at the
-//! same moment), expired when nobody decides in time, withdrawn by the requester.
+//! Approval requests in the state database: decided exactly once (even by sixteen reviewers at
+//! the same moment, with one record), expired when nobody decides in time, withdrawn by the
+//! requester, bounded per lease and policy, listed to those who may decide them.
 
 mod common;
 
 use chrono::{Duration, Utc};
 use common::{Harness, GUARDED};
-use pgid::store::{Approvals, Decided, NewApproval};
+use pgid::store::{Approvals, Decided, NewApproval, Scope};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -34,6 +35,8 @@ async fn requests_are_decided_once_expire_and_can_be_withdrawn() {
     let h = Harness::start(&[common::NIGHTLY]).await;
     let (pool, _) = pgid::database::pool(&h.admin_url, 4, None).unwrap();
     let store = Approvals::new(pool);
+    let audit = h.pgid.as_ref().unwrap().app.leases.audit();
+    let event = pgid::audit::Event::new(pgid::audit::Kind::ApprovalDecided);
 
     let a = Uuid::new_v4();
     let made = store
@@ -42,13 +45,16 @@ async fn requests_are_decided_once_expire_and_can_be_withdrawn() {
         .unwrap();
     assert_eq!(made.state, "pending");
     assert_eq!(made.tables, ["crm.orders"]);
-    let pending = store.list(Some("pending")).await.unwrap();
+    let pending = store
+        .list(Scope::All, Some("pending"), None, 100)
+        .await
+        .unwrap();
     assert_eq!(pending.len(), 1);
 
     // Two reviewers at once: exactly one decides.
     let (x, y) = tokio::join!(
-        store.decide(a, true, ("https://i", "alice"), Some("ok")),
-        store.decide(a, false, ("https://i", "bob"), None)
+        store.decide(a, true, ("https://i", "alice"), Some("ok"), audit, &event),
+        store.decide(a, false, ("https://i", "bob"), None, audit, &event)
     );
     let (x, y) = (x.unwrap(), y.unwrap());
     let decided = [&x, &y]
@@ -67,15 +73,16 @@ async fn requests_are_decided_once_expire_and_can_be_withdrawn() {
         .await
         .unwrap();
     match store
-        .decide(b, true, ("https://i", "alice"), None)
+        .decide(b, true, ("https://i", "alice"), None, audit, &event)
         .await
         .unwrap()
     {
         Decided::Already(r) => assert_eq!(r.state, "expired"),
         other => panic!("{other:?}"),
     }
+    store.expire().await.unwrap();
     assert!(store
-        .list(Some("expired"))
+        .list(Scope::All, Some("expired"), None, 100)
         .await
         .unwrap()
         .iter()
@@ -90,7 +97,7 @@ async fn requests_are_decided_once_expire_and_can_be_withdrawn() {
     assert!(store.withdraw(c).await.unwrap());
     assert!(!store.withdraw(c).await.unwrap());
     match store
-        .decide(c, true, ("https://i", "alice"), None)
+        .decide(c, true, ("https://i", "alice"), None, audit, &event)
         .await
         .unwrap()
     {
@@ -99,7 +106,14 @@ async fn requests_are_decided_once_expire_and_can_be_withdrawn() {
     }
     assert_eq!(
         store
-            .decide(Uuid::new_v4(), true, ("https://i", "alice"), None)
+            .decide(
+                Uuid::new_v4(),
+                true,
+                ("https://i", "alice"),
+                None,
+                audit,
+                &event
+            )
             .await
             .unwrap(),
         Decided::Missing
@@ -1165,4 +1179,318 @@ async fn min_rows_holds_statements_on_tables_the_planner_knows_nothing_about() {
     decide(&h, &alice, request["id"].as_str().unwrap(), "deny", None).await;
     run.await.unwrap().unwrap_err();
     assert_eq!(count(&su, "SELECT count(*) FROM crm.queue").await, 40);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sixteen_reviewers_deciding_at_once_make_one_decision_and_one_record() {
+    let policy = GUARDED.replace("timeout = \"3s\"", "timeout = \"60s\"");
+    let h = Harness::start(&[&policy]).await;
+    let (run, id, _) = held_delete(&h, 5).await;
+    let reviewers: Vec<String> = (0..16)
+        .map(|i| token(&h, &format!("reviewer{i}"), &["dba"]))
+        .collect();
+    let attempts = reviewers.iter().enumerate().map(|(i, t)| {
+        let verb = if i % 2 == 0 { "approve" } else { "deny" };
+        decision(&h, t, &id, verb, None)
+    });
+    let outcomes = futures::future::join_all(attempts).await;
+    let ok: Vec<_> = outcomes
+        .iter()
+        .filter(|(s, _)| *s == reqwest::StatusCode::OK)
+        .collect();
+    assert_eq!(ok.len(), 1, "{outcomes:?}");
+    assert!(outcomes
+        .iter()
+        .all(|(s, _)| *s == reqwest::StatusCode::OK || *s == reqwest::StatusCode::CONFLICT));
+    let state = ok[0].1["state"].as_str().unwrap().to_string();
+    let _ = run.await;
+
+    let records = h.audit_records();
+    let decided: Vec<_> = records
+        .iter()
+        .filter(|r| r["kind"] == "approval.decided" && r["approval_id"] == id.as_str())
+        .collect();
+    assert_eq!(decided.len(), 1, "{decided:?}");
+    let verb = if state == "approved" {
+        "approve"
+    } else {
+        "deny"
+    };
+    assert_eq!(decided[0]["decision"], verb);
+    assert_eq!(decided[0]["reviewer"], ok[0].1["reviewer"]);
+    let refused = records
+        .iter()
+        .filter(|r| r["kind"] == "approval.refused" && r["approval_id"] == id.as_str())
+        .count();
+    assert_eq!(refused, 15, "the others are told, and recorded as refused");
+}
+
+/// A retry-mode policy for `agent` whose requests reviewers in `group` decide, announced to
+/// the webhook named `group`.
+fn team(name: &str, agent: &str, group: &str) -> String {
+    format!(
+        r#"
+name = "{name}"
+database = "app"
+ttl = "15m"
+max_connections = 4
+[identity]
+subject = "{agent}"
+[[grant]]
+privileges = ["SELECT", "DELETE"]
+on = ["crm.orders"]
+[[approval]]
+statements = ["DELETE"]
+tables = ["crm.orders"]
+approvers = {{ claims = {{ groups = "{group}" }} }}
+mode = "retry"
+timeout = "5m"
+webhooks = ["{group}"]
+"#
+    )
+}
+
+/// The SQLSTATE and message of a refused statement.
+fn refusal(e: tokio_postgres::Error) -> (String, String) {
+    let db = e.as_db_error().expect("a server error");
+    (db.code().code().to_string(), db.message().to_string())
+}
+
+/// Every pending request `reviewer` may see, following `next` with pages of `limit`.
+async fn all_pending(h: &Harness, reviewer: &str, limit: usize) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut before = String::new();
+    loop {
+        let (status, page) = h
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/approvals?state=pending&limit={limit}{before}"),
+                Some(reviewer),
+                None,
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{page}");
+        let rows = page["approvals"].as_array().unwrap();
+        assert!(rows.len() <= limit);
+        out.extend(rows.iter().cloned());
+        match page["next"].as_str() {
+            Some(n) => before = format!("&before={n}"),
+            None => return out,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_requests_is_bounded_and_hides_no_other_teams_request() {
+    use std::time::Instant;
+    let hooks: Vec<_> = futures::future::join_all(
+        (0..2).map(|_| async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() }),
+    )
+    .await;
+    let ports: Vec<u16> = hooks
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    let mut got = hooks.into_iter().map(receiver);
+    let (team_a_hook, team_b_hook) = (got.next().unwrap(), got.next().unwrap());
+    let h = Harness::start_with(
+        &[
+            &team("flood", "agent:flood", "team-a"),
+            &team("other", "agent:other", "team-b"),
+        ],
+        &format!(
+            "[approvals]\nmax_pending_per_lease = 20\nmax_pending_per_policy = 30\nwebhooks = [\n  \
+             {{ name = \"team-a\", url = \"http://127.0.0.1:{}/a\" }},\n  \
+             {{ name = \"team-b\", url = \"http://127.0.0.1:{}/b\", format = \"slack\" }},\n]\n",
+            ports[0], ports[1]
+        ),
+    )
+    .await;
+    let team_a = token(&h, "ann", &["team-a"]);
+    let team_b = token(&h, "ben", &["team-b"]);
+
+    // Another team's request waits first.
+    let other = h.lease("agent:other", json!({})).await;
+    let other = h.connect_proxy(&other).await.unwrap();
+    let theirs = "DELETE FROM crm.orders WHERE id = 3";
+    let (code, _) = refusal(other.simple_query(theirs).await.unwrap_err());
+    assert_eq!(code, "42501");
+
+    // One lease asks 1,000 times: 20 requests are made, the rest refused with a clear error.
+    let flood = h.lease("agent:flood", json!({})).await;
+    let c = h.connect_proxy(&flood).await.unwrap();
+    let started = Instant::now();
+    let mut limited = Vec::new();
+    for i in 0..1000 {
+        let (code, message) = refusal(
+            c.simple_query(&format!("DELETE FROM crm.orders WHERE id = {}", 10_000 + i))
+                .await
+                .unwrap_err(),
+        );
+        if code != "42501" {
+            limited.push((code, message));
+        }
+    }
+    println!("1,000 flood statements in {:?}", started.elapsed());
+    assert_eq!(limited.len(), 980);
+    assert_eq!(limited[0].0, "53400", "configuration_limit_exceeded");
+    assert!(
+        limited[0].1.starts_with(
+            "pgid: approval_limit: too many pending approval requests: this lease already has 20"
+        ),
+        "{}",
+        limited[0].1
+    );
+    assert!(limited[0].1.contains("max_pending_per_lease = 20"));
+    // The session carries on.
+    assert!(!c.simple_query("SELECT 1").await.unwrap().is_empty());
+    // A second lease of the policy fills it up to the policy's limit.
+    let second = h.lease("agent:flood", json!({})).await;
+    let c2 = h.connect_proxy(&second).await.unwrap();
+    let mut policy_limited = None;
+    for i in 0..15 {
+        let e = c2
+            .simple_query(&format!("DELETE FROM crm.orders WHERE id = {}", 20_000 + i))
+            .await
+            .unwrap_err();
+        let (code, message) = refusal(e);
+        if code == "53400" {
+            policy_limited = Some(message);
+            assert_eq!(i, 10, "20 + 10 = the policy's 30");
+            break;
+        }
+    }
+    let m = policy_limited.expect("the policy's limit");
+    assert!(m.contains("max_pending_per_policy = 30"), "{m}");
+
+    // Team B still sees its request, and only its own; team A sees its 30, page by page.
+    let b = all_pending(&h, &team_b, 1000).await;
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert_eq!(b[0]["statement"], theirs);
+    let a = all_pending(&h, &team_a, 7).await;
+    assert_eq!(a.len(), 30);
+    let ids: std::collections::HashSet<_> = a.iter().map(|r| r["id"].clone()).collect();
+    assert_eq!(ids.len(), 30, "no request twice across pages");
+    assert!(a.iter().all(|r| r["policy"] == "flood"));
+
+    // Each webhook hears of its own team's requests only, and no more than were made.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let to_a = team_a_hook.lock().unwrap().clone();
+    let to_b = team_b_hook.lock().unwrap().clone();
+    assert_eq!(to_a.len(), 30);
+    assert!(to_a.iter().all(|m| m["approval"]["policy"] == "flood"));
+    assert_eq!(to_b.len(), 1, "{to_b:?}");
+    assert!(to_b[0]["text"].as_str().unwrap().contains("`other`"));
+
+    let metrics = h
+        .http
+        .get(format!("{}/metrics", h.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("pgid_approval_requests_refused_total{limit=\"lease\"} 980"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("pgid_approval_requests_refused_total{limit=\"policy\"} 1"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn markup_in_a_statement_stays_inert_in_slack_and_json_webhooks() {
+    let slack = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let generic = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (slack_port, generic_port) = (
+        slack.local_addr().unwrap().port(),
+        generic.local_addr().unwrap().port(),
+    );
+    let (slack_got, generic_got) = (receiver(slack), receiver(generic));
+    let policy = GUARDED.replace("timeout = \"3s\"", "timeout = \"30s\"");
+    let h = Harness::start_with(
+        &[&policy],
+        &format!(
+            "[approvals]\nreview_url = \"https://pgid.example/approvals\"\nwebhooks = [\n  \
+             {{ url = \"http://127.0.0.1:{slack_port}/s\", format = \"slack\" }},\n  \
+             {{ url = \"http://127.0.0.1:{generic_port}/g\" }},\n]\n"
+        ),
+    )
+    .await;
+    let lease = h.lease("agent:x", json!({})).await;
+    let c = h.connect_proxy(&lease).await.unwrap();
+    let statement = "DELETE FROM crm.orders WHERE id = 7 AND '```\n<!channel> \
+                     <https://evil.example/approve|Approve> & `done`' IS NOT NULL";
+    let run = tokio::spawn(async move { c.simple_query(statement).await.map(|_| ()) });
+    let mut delivered = (None, None);
+    for _ in 0..100 {
+        delivered = (
+            slack_got.lock().unwrap().first().cloned(),
+            generic_got.lock().unwrap().first().cloned(),
+        );
+        if delivered.0.is_some() && delivered.1.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (Some(slack), Some(generic)) = delivered else {
+        panic!("no deliveries")
+    };
+    let text = slack["text"].as_str().unwrap();
+    println!("{text}");
+    for live in ["<!channel>", "<https://", "|Approve>", "& `"] {
+        assert!(!text.contains(live), "{live} is live in {text}");
+    }
+    assert!(
+        text.contains("&lt;!channel&gt; &lt;https://evil.example/approve|Approve&gt; &amp; ˋdoneˋ"),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches('`').count(),
+        12,
+        "pgid's own code spans and block only: {text}"
+    );
+    assert!(text.contains("https://pgid.example/approvals/"), "{text}");
+    // The generic receiver gets JSON carrying the statement exactly as it was run.
+    assert_eq!(generic["approval"]["statement"], statement);
+    run.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn normalised_literals_stay_out_of_approval_records_but_reviewers_see_them() {
+    let policy = format!("{}\n[audit]\nliterals = \"normalize\"\n", common::REVIEWED);
+    let h = Harness::start(&[&policy]).await;
+    let alice = token(&h, "alice", &["dba"]);
+    let lease = h.lease("agent:reviewed", json!({})).await;
+    let c = h.connect_proxy(&lease).await.unwrap();
+    // A literal no hash or id in a record can contain by chance.
+    let del = "DELETE FROM crm.orders WHERE status = 'zq-secret'";
+    let (code, _) = refusal(c.simple_query(del).await.unwrap_err());
+    assert_eq!(code, "42501");
+    let listed = pending_for(&h, &alice, del).await;
+    assert_eq!(listed.len(), 1, "the reviewer sees the literal");
+    decide(
+        &h,
+        &alice,
+        listed[0]["id"].as_str().unwrap(),
+        "approve",
+        None,
+    )
+    .await;
+    c.simple_query(del).await.expect("approved, it runs");
+
+    let records = h.audit_records();
+    for kind in ["approval.requested", "approval.used"] {
+        let r: Vec<_> = records.iter().filter(|r| r["kind"] == kind).collect();
+        assert_eq!(r.len(), 1, "{kind}");
+        let text = r[0]["reason"].as_str().unwrap();
+        assert!(
+            text.contains("$1") && !text.contains("zq-secret"),
+            "{kind}: {text}"
+        );
+    }
+    assert!(
+        !records.iter().any(|r| r.to_string().contains("zq-secret")),
+        "no record keeps the literal"
+    );
 }

@@ -37,6 +37,9 @@ pub enum Kind {
     /// A reviewer signed in to the approval page.
     #[serde(rename = "reviewer.signin")]
     ReviewerSignin,
+    /// A reviewer signed out: their session ended on every instance.
+    #[serde(rename = "reviewer.signout")]
+    ReviewerSignout,
 }
 
 #[derive(Debug, Clone, Serialize)]

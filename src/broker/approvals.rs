@@ -1,6 +1,7 @@
 //! `GET /v1/approvals`, `POST /v1/approvals/{id}/approve|deny` (DESIGN §6): reviewers, with their
-//! own bearer token, list requests and decide them. A reviewer must match the approvers of the
-//! rule that made the request and may not be its requester; refusals are 403 and audited.
+//! own bearer token, list requests and decide them. A reviewer lists the requests of the rules
+//! whose approvers they match (admins: all), in pages; a reviewer must match the approvers of
+//! the rule that made the request and may not be its requester; refusals are 403 and audited.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -15,14 +16,20 @@ use crate::approval::may_decide;
 use crate::audit::{Event, Kind};
 use crate::identity::VerifiedToken;
 use crate::policy::IdentityMatch;
-use crate::store::{ApprovalRow, Decided};
+use crate::store::{ApprovalRow, Cursor, Decided, Scope};
 
 /// Longest reviewer comment kept.
 const MAX_COMMENT_CHARS: usize = 2000;
+/// Requests per page of `GET /v1/approvals`: the default and the most a `limit` may ask for.
+const PAGE: i64 = 100;
+const MAX_PAGE: i64 = 1000;
 
 #[derive(Deserialize)]
 pub struct ListQuery {
     state: Option<String>,
+    limit: Option<i64>,
+    /// The `next` of the previous page.
+    before: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -41,6 +48,31 @@ pub(crate) fn is_reviewer(s: &BrokerState, who: &VerifiedToken) -> bool {
             .any(|a| m(&a.approvers))
 }
 
+/// The approvers keys of the rules `who` may decide (`None`: a broker admin, who sees every
+/// request). Matched against the approvers each request was made with, as deciding is.
+pub(crate) async fn scope(
+    s: &BrokerState,
+    who: &VerifiedToken,
+) -> Result<Option<Vec<String>>, crate::store::StoreError> {
+    let m = |i: &IdentityMatch| i.matches(&who.issuer, &who.subject, &who.claims);
+    if s.admins.iter().any(m) {
+        return Ok(None);
+    }
+    Ok(Some(
+        s.approvals
+            .rules()
+            .await?
+            .into_iter()
+            .filter(|(_, a)| {
+                serde_json::from_value::<IdentityMatch>(a.clone()).is_ok_and(|a| m(&a))
+            })
+            .map(|(k, _)| k)
+            .collect(),
+    ))
+}
+
+/// `GET /v1/approvals?state=…&limit=…&before=…`: newest first; `next` (when more follow) is the
+/// `before` of the next page.
 pub async fn list(
     State(s): State<BrokerState>,
     Caller(who): Caller,
@@ -57,12 +89,35 @@ pub async fn list(
             return Err(ApiError::bad_request(format!("unknown state {st:?}")));
         }
     }
-    let rows = s
+    let limit = q.limit.unwrap_or(PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    let before = match q.before.as_deref() {
+        None => None,
+        Some(b) => Some(
+            Cursor::parse(b)
+                .ok_or_else(|| ApiError::bad_request("before: not a page cursor from `next`"))?,
+        ),
+    };
+    let unavailable = |e: crate::store::StoreError| ApiError::unavailable(e.to_string());
+    s.approvals.expire().await.map_err(unavailable)?;
+    let keys = scope(&s, &who).await.map_err(unavailable)?;
+    let scope = keys.as_deref().map_or(Scope::All, Scope::Rules);
+    let mut rows = s
         .approvals
-        .list(state)
+        .list(scope, state, before, limit + 1)
         .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    Ok(Json(serde_json::json!({ "approvals": rows })))
+        .map_err(unavailable)?;
+    let next = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|r| Cursor::after(r).encode())
+    } else {
+        None
+    };
+    Ok(Json(serde_json::json!({ "approvals": rows, "next": next })))
 }
 
 pub async fn approve(
@@ -162,19 +217,23 @@ pub(crate) async fn decide_as(
         super::record_denial(s, event).await;
         return Err(conflict(state));
     }
-    // The decision is recorded before it takes effect; no record, no decision.
-    s.leases
-        .audit()
-        .record(&event)
-        .await
-        .map_err(|e| ApiError::unavailable(format!("audit log: {e}")))?;
+    // The decision is recorded before it takes effect, and only by the decider whose UPDATE
+    // changed the row; no record, no decision.
     match s
         .approvals
-        .decide(id, approve, (&who.issuer, &who.subject), comment.as_deref())
+        .decide(
+            id,
+            approve,
+            (&who.issuer, &who.subject),
+            comment.as_deref(),
+            s.leases.audit(),
+            &event,
+        )
         .await
         .map_err(unavailable)?
     {
         Decided::Now(row) => Ok(row),
+        Decided::Unrecorded(e) => Err(ApiError::unavailable(format!("audit log: {e}"))),
         Decided::Already(row) => {
             // Another reviewer decided between the check and the update: say so in the log.
             event.kind = Kind::ApprovalRefused;

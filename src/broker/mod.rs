@@ -19,7 +19,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 pub use error::ApiError;
-pub use server::serve_tls;
+pub use server::{serve_tls, ConnectionCap};
 
 use crate::identity::Verifier;
 use crate::policy::{IdentityMatch, PolicySet};

@@ -1,7 +1,13 @@
 //! HTTPS for the broker: rustls in front of the axum router, one task per connection, a
-//! handshake deadline, and graceful shutdown on cancellation.
+//! handshake deadline, a cap on connections open at once, and graceful shutdown on
+//! cancellation.
+//!
+//! The cap keeps the broker's clients from taking the descriptors the proxy needs: at the cap,
+//! pgid stops accepting, and new connections wait in the kernel's listen backlog (no descriptor
+//! of pgid's) until one closes.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +15,7 @@ use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,19 +24,53 @@ use tower::ServiceExt;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How many connections the broker serves at once, and where it counts them.
+pub struct ConnectionCap {
+    pub max: usize,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     router: Router,
     shutdown: CancellationToken,
+    cap: ConnectionCap,
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let tracker = TaskTracker::new();
-    while let Some((tcp, peer)) = crate::net::accept(&listener, &shutdown, "broker").await {
+    let slots = Arc::new(Semaphore::new(cap.max));
+    loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(s) => s,
+            Err(_) => {
+                let n = cap
+                    .metrics
+                    .broker_connections_capped
+                    .fetch_add(1, Ordering::Relaxed);
+                // Once per thousand, so a flood does not flood the log as well.
+                if n % 1000 == 0 {
+                    tracing::warn!(
+                        max = cap.max,
+                        times = n + 1,
+                        "broker connections at [broker] max_connections; new ones wait"
+                    );
+                }
+                tokio::select! {
+                    s = slots.clone().acquire_owned() => s.expect("never closed"),
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        };
+        let Some((tcp, peer)) = crate::net::accept(&listener, &shutdown, "broker").await else {
+            break;
+        };
         let acceptor = acceptor.clone();
         let router = router.clone();
         let shutdown = shutdown.clone();
+        let open = Open::new(slot, cap.metrics.clone());
         tracker.spawn(async move {
+            let _open = open;
             let _ = tcp.set_nodelay(true);
             let stream =
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -45,6 +86,30 @@ pub async fn serve_tls(
     }
     tracker.close();
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await;
+}
+
+/// One open connection: its slot under the cap, counted in the gauge until it closes.
+struct Open {
+    _slot: OwnedSemaphorePermit,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Open {
+    fn new(slot: OwnedSemaphorePermit, metrics: Arc<crate::metrics::Metrics>) -> Open {
+        metrics.broker_connections.fetch_add(1, Ordering::Relaxed);
+        Open {
+            _slot: slot,
+            metrics,
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.metrics
+            .broker_connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 async fn serve_connection<S>(

@@ -92,22 +92,35 @@ async fn call(
     }
 }
 
+/// Every page of `GET /v1/approvals?state=…`, as one `{"approvals": […]}`.
+async fn list(b: &Broker, state: &str) -> anyhow::Result<Result<Value, String>> {
+    let state: String = form_urlencoded::byte_serialize(state.as_bytes()).collect();
+    let mut all = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let mut path = format!("/v1/approvals?state={state}&limit=1000");
+        if let Some(b) = &before {
+            path.push_str(&format!("&before={b}"));
+        }
+        let page = match call(b, reqwest::Method::GET, &path, None).await? {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        all.extend(page["approvals"].as_array().cloned().unwrap_or_default());
+        match page["next"].as_str() {
+            Some(n) => before = Some(form_urlencoded::byte_serialize(n.as_bytes()).collect()),
+            None => return Ok(Ok(serde_json::json!({ "approvals": all }))),
+        }
+    }
+}
+
 pub async fn run(cmd: ApprovalsCommand) -> anyhow::Result<u8> {
     let (result, json) = match &cmd {
         ApprovalsCommand::List {
             state,
             json,
             broker,
-        } => (
-            call(
-                broker,
-                reqwest::Method::GET,
-                &format!("/v1/approvals?state={state}"),
-                None,
-            )
-            .await?,
-            *json,
-        ),
+        } => (list(broker, state).await?, *json),
         ApprovalsCommand::Approve {
             id,
             comment,

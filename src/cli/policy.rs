@@ -96,12 +96,16 @@ async fn check(
     let mut errors = match policy::load_dir(&dir) {
         Ok(set) => {
             let mut problems = match &config {
-                Some(c) => set.check_databases(
-                    &c.databases
-                        .iter()
-                        .map(|d| d.name.as_str())
-                        .collect::<Vec<_>>(),
-                ),
+                Some(c) => {
+                    let mut p = set.check_databases(
+                        &c.databases
+                            .iter()
+                            .map(|d| d.name.as_str())
+                            .collect::<Vec<_>>(),
+                    );
+                    p.extend(set.check_webhooks(&c.approvals.webhook_names()));
+                    p
+                }
                 None => Vec::new(),
             };
             if !databases.is_empty() {

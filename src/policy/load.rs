@@ -82,6 +82,33 @@ impl PolicySet {
             })
             .collect()
     }
+
+    /// Approval rules that name webhooks pgid.toml does not configure (`known`: their names).
+    pub fn check_webhooks(&self, known: &[&str]) -> Vec<PolicyError> {
+        let mut problems = Vec::new();
+        for p in self.iter() {
+            for a in &p.approvals {
+                let Some((names, line)) = &a.webhooks else {
+                    continue;
+                };
+                for n in names.iter().filter(|n| !known.contains(&n.as_str())) {
+                    problems.push(PolicyError {
+                        location: format!("{}:{line}", p.source.display()),
+                        message: format!(
+                            "approval: webhook {n:?} is not configured in pgid.toml \
+                             ([approvals] webhooks with name = {n:?}; named: {})",
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    });
+                }
+            }
+        }
+        problems
+    }
 }
 
 /// Loads every `*.toml` file in `dir` (sorted by name).
@@ -239,6 +266,7 @@ struct RawApproval {
     mode: Option<ApprovalMode>,
     timeout: Option<Span>,
     window: Option<Spanned<Span>>,
+    webhooks: Option<Spanned<Vec<String>>>,
 }
 
 struct Errors<'a> {
@@ -463,6 +491,10 @@ pub fn parse_policy(path: &Path, text: &str) -> Result<Policy, Vec<PolicyError>>
                 .timeout
                 .map(Span::as_std)
                 .unwrap_or(DEFAULT_APPROVAL_TIMEOUT),
+            webhooks: a.webhooks.map(|w| {
+                let line = line_of(text, w.span().start);
+                (w.into_inner(), line)
+            }),
         });
     }
 
@@ -832,6 +864,30 @@ timeout = "5m"
         assert!(e.contains(":2:"), "{e}");
         let e = first_error(&GOOD.replace("method = \"redact\"", "method = \"scramble\""));
         assert!(e.contains("scramble"), "{e}");
+    }
+
+    #[test]
+    fn approval_rules_name_configured_webhooks() {
+        let text = GOOD.replace(
+            "timeout = \"5m\"",
+            "timeout = \"5m\"\nwebhooks = [\"dba\", \"pager\"]",
+        );
+        let p = parse(&text).unwrap();
+        let (names, line) = p.approvals[0].webhooks.clone().unwrap();
+        assert_eq!((names, line), (vec!["dba".to_string(), "pager".into()], 38));
+        assert!(
+            parse(GOOD).unwrap().approvals[0].webhooks.is_none(),
+            "all, as before"
+        );
+        let set = PolicySet::new(vec![p]);
+        assert!(set.check_webhooks(&["dba", "pager"]).is_empty());
+        let problems = set.check_webhooks(&["dba"]);
+        assert_eq!(problems.len(), 1);
+        let e = problems[0].to_string();
+        assert!(
+            e.starts_with("policies/p.toml:38:") && e.contains("\"pager\" is not configured"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -256,4 +256,7 @@ pub struct Approval {
     pub timeout: Duration,
     /// Retry mode: how long after the approval the statement may be run (once).
     pub window: Duration,
+    /// Named webhooks (`[approvals] webhooks` in pgid.toml) told of this rule's requests, and
+    /// the line that names them; `None`: every webhook.
+    pub webhooks: Option<(Vec<String>, usize)>,
 }

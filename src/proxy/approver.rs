@@ -138,7 +138,17 @@ impl Approver<'_> {
         };
         let row = match store.create(&request).await {
             Ok(row) => row,
-            Err(e) => {
+            Err(crate::store::CreateError::Full(full)) => {
+                self.proxy
+                    .leases
+                    .metrics()
+                    .approval_request_refused(full.key().0);
+                return Err(Verdict::Deny {
+                    rule: "approval_limit",
+                    reason: format!("too many pending approval requests: {full}"),
+                });
+            }
+            Err(crate::store::CreateError::Store(e)) => {
                 tracing::error!(error = %e, "cannot make an approval request");
                 return Err(refused(
                     "could not be requested: the state database is unavailable".into(),
@@ -148,7 +158,7 @@ impl Approver<'_> {
         let mut event = Event::new(Kind::ApprovalRequested).lease(self.lease);
         event.session_id = Some(self.session_id);
         event.approval_id = Some(id);
-        event.reason = Some(hold.statement.clone());
+        event.reason = Some(hold.audited.clone());
         if let Err(e) = audit.record(&event).await {
             tracing::error!(error = %e, "cannot audit an approval request");
             let _ = store.withdraw(id).await;
@@ -156,7 +166,13 @@ impl Approver<'_> {
                 "could not be requested: the audit log is unavailable".into(),
             ));
         }
-        self.proxy.approval_notifier.requested(&row);
+        self.proxy.approval_notifier.requested(
+            &row,
+            hold.rule
+                .webhooks
+                .as_ref()
+                .map(|(names, _)| names.as_slice()),
+        );
         Ok(row)
     }
 
@@ -180,7 +196,7 @@ impl Approver<'_> {
                 event.approval_id = Some(row.id);
                 event.reviewer_issuer = row.reviewer_issuer;
                 event.reviewer = row.reviewer;
-                event.reason = Some(hold.statement.clone());
+                event.reason = Some(hold.audited.clone());
                 if let Err(e) = audit.record(&event).await {
                     tracing::error!(error = %e, "cannot audit the use of an approval");
                     return Ok(refused(

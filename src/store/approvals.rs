@@ -1,6 +1,8 @@
-//! Approval requests in `pgid.approvals`: created by the proxy, listed and decided by reviewers
-//! (any instance), expired when nobody decided in time. Deciding is a single conditional UPDATE,
-//! so a request is decided exactly once.
+//! Approval requests in `pgid.approvals`: created by the proxy (within the limits on pending
+//! requests), listed and decided by reviewers (any instance), expired when nobody decided in
+//! time. Deciding is a single conditional UPDATE whose audit record is written while the row is
+//! locked and before the commit, so a request is decided — and recorded as decided — once.
+//! Listing by what a reviewer may decide lives in [`super::approval_lists`].
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
@@ -25,6 +27,9 @@ pub struct ApprovalRow {
     pub mode: String,
     #[serde(skip)]
     pub approvers: serde_json::Value,
+    /// Names the approvers (md5 of their canonical JSON): what reviewers' lists filter on.
+    #[serde(skip)]
+    pub approvers_key: String,
     pub requested_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub decided_at: Option<DateTime<Utc>>,
@@ -55,11 +60,11 @@ pub struct NewApproval<'a> {
     pub fingerprint: Option<String>,
 }
 
-const COLUMNS: &str = "id, state, lease_id, issuer, subject, policy, database, statement, \
-     parameters, tables, estimated_rows, mode, approvers, requested_at, expires_at, decided_at, \
-     reviewer_issuer, reviewer, comment, used_at";
+pub(super) const COLUMNS: &str = "id, state, lease_id, issuer, subject, policy, database, \
+     statement, parameters, tables, estimated_rows, mode, approvers, approvers_key, requested_at, \
+     expires_at, decided_at, reviewer_issuer, reviewer, comment, used_at";
 
-fn row(r: &Row) -> ApprovalRow {
+pub(super) fn row(r: &Row) -> ApprovalRow {
     ApprovalRow {
         id: r.get("id"),
         state: r.get("state"),
@@ -74,6 +79,7 @@ fn row(r: &Row) -> ApprovalRow {
         estimated_rows: r.get("estimated_rows"),
         mode: r.get("mode"),
         approvers: r.get("approvers"),
+        approvers_key: r.get("approvers_key"),
         requested_at: r.get("requested_at"),
         expires_at: r.get("expires_at"),
         decided_at: r.get("decided_at"),
@@ -91,7 +97,86 @@ pub enum Decided {
     /// Already decided, expired or withdrawn: its current row.
     Already(ApprovalRow),
     Missing,
+    /// The decision's record could not be written: nothing was decided.
+    Unrecorded(String),
 }
+
+/// How many requests may wait for review at once (pending, not expired), per lease and per
+/// policy: a lease that floods reviewers is refused before it drowns other requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingLimits {
+    pub per_lease: u32,
+    pub per_policy: u32,
+}
+
+impl Default for PendingLimits {
+    fn default() -> Self {
+        PendingLimits {
+            per_lease: 20,
+            per_policy: 200,
+        }
+    }
+}
+
+/// Which limit a refused request reached, and its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    Lease(u32),
+    Policy(u32),
+}
+
+impl Full {
+    /// The metric label and the configuration key.
+    pub fn key(&self) -> (&'static str, &'static str) {
+        match self {
+            Full::Lease(_) => ("lease", "max_pending_per_lease"),
+            Full::Policy(_) => ("policy", "max_pending_per_policy"),
+        }
+    }
+}
+
+impl std::fmt::Display for Full {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Full::Lease(n) => write!(
+                f,
+                "this lease already has {n} requests waiting for review \
+                 ([approvals] max_pending_per_lease = {n}); run the statement again once some are \
+                 decided"
+            ),
+            Full::Policy(n) => write!(
+                f,
+                "this policy already has {n} requests waiting for review \
+                 ([approvals] max_pending_per_policy = {n}); run the statement again once some \
+                 are decided"
+            ),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("too many pending approval requests: {0}")]
+    Full(Full),
+}
+
+impl From<tokio_postgres::Error> for CreateError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        CreateError::Store(e.into())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for CreateError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        CreateError::Store(e.into())
+    }
+}
+
+/// First key of the advisory lock that serialises request creation per policy (the second is
+/// the policy name's hash), so concurrent requests cannot both slip under a limit.
+const CREATE_LOCK_SPACE: i32 = 0x7067_6961;
 
 /// Statements waiting on this instance, by request id: a NOTIFY with the id wakes its waiter at
 /// once (the waiter also re-reads the row now and then, so a lost notification only delays).
@@ -125,7 +210,6 @@ impl ApprovalWaits {
         self.waiting.lock().unwrap().remove(&id);
     }
 
-    /// A NOTIFY payload (a request id) arrived.
     /// An announcement (its sealed payload already opened: a request id, or `expired`).
     pub fn wake(&self, payload: &str) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
@@ -140,8 +224,27 @@ impl ApprovalWaits {
 /// LISTEN/NOTIFY channel carrying decided request ids between instances.
 pub const APPROVAL_EVENTS_CHANNEL: &str = "pgid_approval_events";
 
+/// NOTIFYs `payload` on the approvals channel, sealed with `key` (nothing without one: an
+/// unsealed payload is dropped by every instance).
+pub(super) async fn announce(
+    key: Option<&EventKey>,
+    c: &impl tokio_postgres::GenericClient,
+    payload: &str,
+) -> Result<(), StoreError> {
+    if let Some(key) = key {
+        let sealed = key.seal(APPROVAL_EVENTS_CHANNEL, payload);
+        c.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&APPROVAL_EVENTS_CHANNEL, &sealed],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 pub struct Approvals {
-    pool: Pool,
+    pub(super) pool: Pool,
+    limits: PendingLimits,
     /// Seals announcements so instances can tell them from anyone's NOTIFY; without it
     /// (tools, tests) changes are not announced and instances see them at their next read.
     events: Option<EventKey>,
@@ -149,7 +252,11 @@ pub struct Approvals {
 
 impl Approvals {
     pub fn new(pool: Pool) -> Approvals {
-        Approvals { pool, events: None }
+        Approvals {
+            pool,
+            limits: PendingLimits::default(),
+            events: None,
+        }
     }
 
     /// Announces changes, sealed with `key`.
@@ -158,29 +265,59 @@ impl Approvals {
         self
     }
 
-    /// Tells every instance (waiting statements, open pages) that request `id` changed.
-    async fn announce(&self, c: &deadpool_postgres::Object, id: &str) -> Result<(), StoreError> {
-        if let Some(key) = &self.events {
-            let payload = key.seal(APPROVAL_EVENTS_CHANNEL, id);
-            c.execute(
-                "SELECT pg_notify($1, $2)",
-                &[&APPROVAL_EVENTS_CHANNEL, &payload],
-            )
-            .await?;
-        }
-        Ok(())
+    pub fn with_limits(mut self, limits: PendingLimits) -> Approvals {
+        self.limits = limits;
+        self
     }
 
-    pub async fn create(&self, a: &NewApproval<'_>) -> Result<ApprovalRow, StoreError> {
-        let c = self.pool.get().await?;
-        let r = c
+    /// Tells every instance (waiting statements, open pages) that request `id` changed.
+    async fn announce(
+        &self,
+        c: &impl tokio_postgres::GenericClient,
+        id: &str,
+    ) -> Result<(), StoreError> {
+        announce(self.events.as_ref(), c, id).await
+    }
+
+    /// Makes a request, unless its lease or its policy already has as many waiting as the
+    /// limits allow (counted under a per-policy lock, so concurrent requests cannot both slip
+    /// under a limit).
+    pub async fn create(&self, a: &NewApproval<'_>) -> Result<ApprovalRow, CreateError> {
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            &[&CREATE_LOCK_SPACE, &a.policy],
+        )
+        .await?;
+        let counts = tx
+            .query_one(
+                "SELECT count(*) FILTER (WHERE lease_id = $1), count(*) FROM pgid.approvals
+                 WHERE policy = $2 AND state = 'pending' AND expires_at > now()",
+                &[&a.lease_id, &a.policy],
+            )
+            .await?;
+        let (lease, policy): (i64, i64) = (counts.get(0), counts.get(1));
+        if lease >= i64::from(self.limits.per_lease) {
+            return Err(CreateError::Full(Full::Lease(self.limits.per_lease)));
+        }
+        if policy >= i64::from(self.limits.per_policy) {
+            return Err(CreateError::Full(Full::Policy(self.limits.per_policy)));
+        }
+        tx.execute(
+            "INSERT INTO pgid.approval_rules (key, approvers) VALUES (md5($1::jsonb::text), $1)
+             ON CONFLICT (key) DO NOTHING",
+            &[&a.approvers],
+        )
+        .await?;
+        let r = tx
             .query_one(
                 &format!(
                     "INSERT INTO pgid.approvals (id, state, lease_id, issuer, subject, policy, database,
-                         statement, parameters, tables, estimated_rows, mode, approvers, expires_at,
-                         instance_id, fingerprint)
-                     VALUES ($1, 'pending', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-                             $15)
+                         statement, parameters, tables, estimated_rows, mode, approvers,
+                         approvers_key, expires_at, instance_id, fingerprint)
+                     VALUES ($1, 'pending', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+                             md5($12::jsonb::text), $13, $14, $15)
                      RETURNING {COLUMNS}"
                 ),
                 &[
@@ -202,7 +339,8 @@ impl Approvals {
                 ],
             )
             .await?;
-        self.announce(&c, &a.id.to_string()).await?;
+        self.announce(&*tx, &a.id.to_string()).await?;
+        tx.commit().await?;
         Ok(row(&r))
     }
 
@@ -215,24 +353,6 @@ impl Approvals {
             )
             .await?;
         Ok(r.as_ref().map(row))
-    }
-
-    /// Requests in `state` (all when `None`), newest first; pending ones past their deadline are
-    /// reported as expired.
-    pub async fn list(&self, state: Option<&str>) -> Result<Vec<ApprovalRow>, StoreError> {
-        self.expire().await?;
-        let c = self.pool.get().await?;
-        let rows = c
-            .query(
-                &format!(
-                    "SELECT {COLUMNS} FROM pgid.approvals
-                     WHERE $1::text IS NULL OR state = $1
-                     ORDER BY requested_at DESC LIMIT 1000"
-                ),
-                &[&state],
-            )
-            .await?;
-        Ok(rows.iter().map(row).collect())
     }
 
     /// Retry mode: the request of `lease` for this statement (`fingerprint`) that is still
@@ -287,17 +407,23 @@ impl Approvals {
         Ok(r.as_ref().map(row))
     }
 
-    /// Approves or denies a pending, unexpired request, once.
+    /// Approves or denies a pending, unexpired request, once. The decision's record (`event`)
+    /// is written while the UPDATE holds the row, and only when the UPDATE changed it: deciders
+    /// racing for one request wait for the first, find it decided, and record nothing as
+    /// decided. No record, no decision: the transaction is rolled back.
     pub async fn decide(
         &self,
         id: Uuid,
         approve: bool,
         reviewer: (&str, &str),
         comment: Option<&str>,
+        audit: &crate::audit::AuditLog,
+        event: &crate::audit::Event,
     ) -> Result<Decided, StoreError> {
-        let c = self.pool.get().await?;
+        let mut c = self.pool.get().await?;
         let state = if approve { "approved" } else { "denied" };
-        let r = c
+        let tx = c.transaction().await?;
+        let r = tx
             .query_opt(
                 &format!(
                     "UPDATE pgid.approvals
@@ -310,10 +436,17 @@ impl Approvals {
             )
             .await?;
         if let Some(r) = r {
-            // Wakes the instance where the statement waits.
-            self.announce(&c, &id.to_string()).await?;
+            if let Err(e) = audit.record(event).await {
+                tx.rollback().await?;
+                return Ok(Decided::Unrecorded(e.to_string()));
+            }
+            // Wakes the instance where the statement waits (delivered at commit).
+            self.announce(&*tx, &id.to_string()).await?;
+            tx.commit().await?;
             return Ok(Decided::Now(row(&r)));
         }
+        tx.rollback().await?;
+        drop(c);
         self.expire().await?;
         Ok(match self.get(id).await? {
             Some(r) => Decided::Already(r),
@@ -332,7 +465,7 @@ impl Approvals {
             )
             .await?;
         if n == 1 {
-            self.announce(&c, &id.to_string()).await?;
+            self.announce(&**c, &id.to_string()).await?;
         }
         Ok(n == 1)
     }
@@ -348,7 +481,7 @@ impl Approvals {
             )
             .await?;
         if n > 0 {
-            self.announce(&c, "expired").await?;
+            self.announce(&**c, "expired").await?;
         }
         Ok(n)
     }

@@ -17,6 +17,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "approval_retry",
         include_str!("../../sql/004_approval_retry.sql"),
     ),
+    (
+        5,
+        "approval_scopes",
+        include_str!("../../sql/005_approval_scopes.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming pgid's migration lock.

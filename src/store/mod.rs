@@ -1,14 +1,19 @@
-//! pgid's own state in the `pgid` schema (DESIGN §9): migrations from `sql/`, and lease rows.
+//! pgid's own state in the `pgid` schema (DESIGN §9): migrations from `sql/`, lease rows,
+//! approval requests (made, decided, listed by reviewer) and reviewers' page sessions.
 //! Every query binds its values; no text is spliced into SQL here.
 
+mod approval_lists;
 mod approvals;
 mod events;
 mod instance;
 mod leases;
 mod migrate;
+mod review_sessions;
 
+pub use approval_lists::{Cursor, Scope};
 pub use approvals::{
-    ApprovalRow, ApprovalWaits, Approvals, Decided, NewApproval, APPROVAL_EVENTS_CHANNEL,
+    ApprovalRow, ApprovalWaits, Approvals, CreateError, Decided, Full, NewApproval, PendingLimits,
+    APPROVAL_EVENTS_CHANNEL,
 };
 pub use events::EventKey;
 pub use instance::{InstanceLock, INSTANCE_LOCK_SPACE, LEASE_EVENTS_CHANNEL};
@@ -16,6 +21,7 @@ pub use instance::{InstanceLock, INSTANCE_LOCK_SPACE, LEASE_EVENTS_CHANNEL};
 pub use leases::test_lease;
 pub use leases::{LeaseRow, LeaseState, NewLease, Store};
 pub use migrate::{migrate, MIGRATIONS};
+pub use review_sessions::{ReviewSessions, SIGNED_OUT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -77,12 +77,23 @@ pub fn page(
     )
 }
 
-/// The pending requests (the part live updates replace).
-pub fn pending(cards: &[Card<'_>], csrf: &str, now: DateTime<Utc>) -> String {
+/// The pending requests (the part live updates replace). `csrf`: the session's token in each
+/// form, or `None` in live updates shared between sessions (the page's script fills in its
+/// own). `more`: more requests wait than are shown.
+pub fn pending(cards: &[Card<'_>], csrf: Option<&str>, now: DateTime<Utc>, more: bool) -> String {
     if cards.is_empty() {
         return "<p class=\"empty\">Nothing is waiting for you.</p>".into();
     }
+    let csrf = csrf.unwrap_or("");
     let mut out = String::new();
+    if more {
+        out.push_str(&format!(
+            "<p class=\"more\" role=\"status\">More requests wait for you than the {} newest \
+             shown here: <code>pgid approvals list</code> (or <code>GET /v1/approvals</code>) \
+             lists every one.</p>",
+            cards.len()
+        ));
+    }
     for c in cards {
         let r = c.row;
         let id = r.id.to_string();
@@ -198,6 +209,7 @@ mod tests {
             estimated_rows: Some(120),
             mode: "wait".into(),
             approvers: serde_json::Value::Null,
+            approvers_key: String::new(),
             requested_at: now,
             expires_at: now + chrono::Duration::seconds(90),
             decided_at: None,
@@ -216,8 +228,9 @@ mod tests {
                 row: &r,
                 blocked: None,
             }],
-            "tok\"en",
+            Some("tok\"en"),
             Utc::now(),
+            false,
         );
         assert!(!html.contains("<script>"), "{html}");
         assert!(!html.contains("<img"), "{html}");
@@ -234,10 +247,12 @@ mod tests {
                 row: &r,
                 blocked: Some("it is your own request"),
             }],
-            "t",
+            Some("t"),
             Utc::now(),
+            true,
         );
         assert!(!blocked.contains("<form"));
+        assert!(blocked.contains("lists every one"));
         assert!(blocked.contains("it is your own request"));
     }
 

@@ -4,33 +4,42 @@
 //! a request made or decided through any instance shows up at once).
 //!
 //! State lives in signed cookies ([`seal`]), so any instance sharing the server key serves any
-//! reviewer. Decisions go through the same checks and audit as the API
-//! ([`super::approvals::decide_as`]); forms carry a per-session CSRF token, cookies are
+//! reviewer; the cookie names a session in the state database, checked on every request, so a
+//! sign-out ends it everywhere at once. Decisions go through the same checks and audit as the
+//! API ([`super::approvals::decide_as`]); forms carry a per-session CSRF token, cookies are
 //! `__Host-`, `HttpOnly`, `Secure`, `SameSite=Lax`, and every response forbids framing.
 //!
-//! `signin` (provider round trip, sign-out) and `page` (list, decisions, live feed) are the
-//! handlers; `login` is the OIDC client, `seal` the cookie signing, `html` the rendering. This
-//! file holds what they share: the session and the response helpers.
+//! `signin` (provider round trip, sign-out), `page` (list, decisions) and `feed` (live
+//! updates, limited by `streams`) are the handlers; `login` is the OIDC client, `seal` the
+//! cookie signing, `html` the rendering. This file holds what they share: the session and the
+//! response helpers.
 
+mod feed;
 mod html;
 mod login;
 mod page;
 mod seal;
 mod signin;
+mod streams;
+
+use std::sync::Arc;
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
+pub use feed::{events, Feed, FeedSetup};
 pub use login::Login;
 use login::Reviewer;
-pub use page::{decide, events, page, request, script, style};
+pub use page::{decide, page, request, script, style};
 pub use seal::Sealer;
 pub use signin::{callback, login, logout};
 
 use super::BrokerState;
 use crate::identity::VerifiedToken;
+use crate::store::ReviewSessions;
 
 pub(super) const SESSION_COOKIE: &str = "__Host-pgid-review";
 pub(super) const LOGIN_COOKIE: &str = "__Host-pgid-login";
@@ -39,12 +48,17 @@ pub(super) const LOGIN_COOKIE: &str = "__Host-pgid-login";
 pub struct ReviewPage {
     pub login: Option<Login>,
     pub sealer: Sealer,
-    pub changes: tokio::sync::watch::Receiver<u64>,
+    /// Sign-ins, so that a sign-out ends them on every instance.
+    pub sessions: Arc<ReviewSessions>,
+    /// Live updates for the open pages.
+    pub feed: Arc<Feed>,
 }
 
 /// A signed-in reviewer, as kept in the session cookie.
 #[derive(Serialize, Deserialize)]
 pub(super) struct Session {
+    /// The session in `pgid.review_sessions`: live until it expires or is signed out.
+    sid: Uuid,
     reviewer: Reviewer,
     csrf: String,
     exp: i64,
@@ -131,7 +145,34 @@ pub(super) fn not_configured() -> Response {
     )
 }
 
-pub(super) fn session(s: &BrokerState, headers: &HeaderMap) -> Option<Session> {
-    let text = cookie(headers, SESSION_COOKIE)?;
-    s.review.sealer.open("review-session", now(), &text)
+/// The signed-in reviewer: a cookie pgid signed, naming a session that has neither expired nor
+/// been signed out. `Err`: the state database cannot say (a 503 page; nobody is let in).
+pub(super) async fn session(
+    s: &BrokerState,
+    headers: &HeaderMap,
+) -> Result<Option<Session>, Response> {
+    let Some(text) = cookie(headers, SESSION_COOKIE) else {
+        return Ok(None);
+    };
+    let Some(sess) = s
+        .review
+        .sealer
+        .open::<Session>("review-session", now(), &text)
+    else {
+        return Ok(None);
+    };
+    match s.review.sessions.is_live(sess.sid).await {
+        Ok(true) => Ok(Some(sess)),
+        Ok(false) => Ok(None),
+        Err(e) => {
+            tracing::warn!(error = %e, "approval page: cannot check a session");
+            Err(html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                html::message(
+                    "Approvals are unavailable",
+                    "pgid cannot reach its state database to check your sign-in; try again shortly",
+                ),
+            ))
+        }
+    }
 }

@@ -1,28 +1,21 @@
-//! The page itself: the requests a reviewer may see (`/approvals`, `/approvals/{id}`), their
-//! decisions (a form per request), and the live feed that keeps an open page current.
-
-use std::time::Duration;
+//! The page itself: the requests a reviewer may see (`/approvals`, `/approvals/{id}`) and their
+//! decisions (a form per request). The live feed that keeps an open page current is
+//! [`super::feed`].
 
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Form;
 use chrono::Utc;
-use futures::Stream;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{html, not_configured, now, redirect, seal, secure_headers, session, Session};
+use super::feed::{blocked, fragments, Fragments, RECENT, SHOWN_PENDING};
+use super::{html, not_configured, redirect, seal, secure_headers, session, Session};
 use crate::broker::BrokerState;
 use crate::identity::VerifiedToken;
 use crate::policy::IdentityMatch;
-use crate::store::ApprovalRow;
-
-/// Decided requests shown under "Recently decided".
-const RECENT: usize = 20;
-/// Open pages are refreshed at least this often (expiry, missed notifications).
-const REFRESH: Duration = Duration::from_secs(15);
+use crate::store::{ApprovalRow, Scope};
 
 #[derive(Deserialize)]
 pub struct PageQuery {
@@ -38,8 +31,10 @@ pub async fn page(
     if s.review.login.is_none() {
         return not_configured();
     }
-    let Some(sess) = session(&s, &headers) else {
-        return redirect("/approvals/login");
+    let sess = match session(&s, &headers).await {
+        Ok(Some(sess)) => sess,
+        Ok(None) => return redirect("/approvals/login"),
+        Err(r) => return r,
     };
     let flash = match q.decided.as_deref() {
         Some("approved") => Some(html::Flash::Done("Approved: the statement may run.".into())),
@@ -65,8 +60,10 @@ pub async fn request(
             html::message("Not found", "there is no such page or request"),
         );
     };
-    let Some(sess) = session(&s, &headers) else {
-        return redirect(&format!("/approvals/login?next={id}"));
+    let sess = match session(&s, &headers).await {
+        Ok(Some(sess)) => sess,
+        Ok(None) => return redirect(&format!("/approvals/login?next={id}")),
+        Err(r) => return r,
     };
     let row = match s.approvals.get(id).await {
         Ok(row) => row.filter(|r| visible(&s, r, &sess.token())),
@@ -114,7 +111,7 @@ async fn render(
     flash: Option<html::Flash>,
 ) -> Response {
     match parts(s, sess).await {
-        Ok((pending, recent)) => {
+        Ok(Fragments { pending, recent }) => {
             let flash = flash.or_else(|| {
                 (!crate::broker::approvals::is_reviewer(s, &sess.token())).then(|| {
                     html::Flash::Problem(format!(
@@ -142,48 +139,34 @@ async fn render(
     }
 }
 
-/// The pending and recently decided requests this reviewer may see, rendered.
-async fn parts(s: &BrokerState, sess: &Session) -> Result<(String, String), String> {
-    let rows = s
-        .approvals
-        .list(None)
-        .await
-        .map_err(|e| format!("the state database: {e}"))?;
+/// The pending and recently decided requests this reviewer may see, rendered: filtered by the
+/// rules they may decide before anything is cut, so others' requests never crowd theirs out.
+async fn parts(s: &BrokerState, sess: &Session) -> Result<Fragments, String> {
     let who = sess.token();
-    let visible = |r: &&ApprovalRow| visible(s, r, &who);
-    let now = Utc::now();
-    let cards: Vec<html::Card<'_>> = rows
-        .iter()
-        .filter(|r| r.state == "pending" && r.expires_at > now)
-        .filter(visible)
-        .map(|r| html::Card {
-            row: r,
-            blocked: blocked(r, &who),
-        })
-        .collect();
-    let recent: Vec<&ApprovalRow> = rows
-        .iter()
-        .filter(|r| r.state != "pending")
-        .filter(visible)
-        .take(RECENT)
-        .collect();
-    Ok((
-        html::pending(&cards, &sess.csrf, now),
-        html::recent(&recent),
+    let unavailable = |e: crate::store::StoreError| format!("the state database: {e}");
+    let keys = crate::broker::approvals::scope(s, &who)
+        .await
+        .map_err(unavailable)?;
+    let scope = keys.as_deref().map_or(Scope::All, Scope::Rules);
+    let pending = s
+        .approvals
+        .list(scope, Some("pending"), None, SHOWN_PENDING as i64 + 1)
+        .await
+        .map_err(unavailable)?;
+    let recent = s
+        .approvals
+        .recently_decided(scope, RECENT as i64)
+        .await
+        .map_err(unavailable)?;
+    let pending: Vec<&ApprovalRow> = pending.iter().collect();
+    let recent: Vec<&ApprovalRow> = recent.iter().collect();
+    Ok(fragments(
+        &pending,
+        &recent,
+        |r| blocked(r, &who),
+        Some(&sess.csrf),
+        Utc::now(),
     ))
-}
-
-/// Why `who` cannot decide `r`, if they cannot.
-fn blocked(r: &ApprovalRow, who: &VerifiedToken) -> Option<&'static str> {
-    let approvers = serde_json::from_value::<IdentityMatch>(r.approvers.clone()).ok()?;
-    crate::approval::may_decide(
-        &approvers,
-        (&r.issuer, &r.subject),
-        &who.issuer,
-        &who.subject,
-        &who.claims,
-    )
-    .err()
 }
 
 #[derive(Deserialize)]
@@ -200,14 +183,18 @@ pub async fn decide(
     headers: HeaderMap,
     Form(f): Form<DecideForm>,
 ) -> Response {
-    let Some(sess) = session(&s, &headers) else {
-        return html(
-            StatusCode::UNAUTHORIZED,
-            html::message(
-                "Signed out",
-                "your sign-in has ended; sign in again and repeat the decision",
-            ),
-        );
+    let sess = match session(&s, &headers).await {
+        Ok(Some(sess)) => sess,
+        Ok(None) => {
+            return html(
+                StatusCode::UNAUTHORIZED,
+                html::message(
+                    "Signed out",
+                    "your sign-in has ended; sign in again and repeat the decision",
+                ),
+            )
+        }
+        Err(r) => return r,
     };
     if !seal::same(&f.csrf, &sess.csrf) {
         return html(
@@ -251,74 +238,6 @@ pub async fn decide(
             .await
         }
     }
-}
-
-/// `GET /approvals/events`: the page's live updates, one `update` event (pending and recent
-/// HTML) whenever what this reviewer sees changes, and `signedout` when the session ends.
-pub async fn events(State(s): State<BrokerState>, headers: HeaderMap) -> Response {
-    let Some(sess) = session(&s, &headers) else {
-        return (StatusCode::UNAUTHORIZED, "signed out").into_response();
-    };
-    let mut r = Sse::new(updates(s, sess))
-        .keep_alive(KeepAlive::default())
-        .into_response();
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
-}
-
-struct Feed {
-    s: BrokerState,
-    sess: Session,
-    changes: tokio::sync::watch::Receiver<u64>,
-    last: Option<(String, String)>,
-    first: bool,
-    done: bool,
-}
-
-fn updates(
-    s: BrokerState,
-    sess: Session,
-) -> impl Stream<Item = Result<SseEvent, std::convert::Infallible>> {
-    let changes = s.review.changes.clone();
-    let feed = Feed {
-        s,
-        sess,
-        changes,
-        last: None,
-        first: true,
-        done: false,
-    };
-    futures::stream::unfold(feed, |mut f| async move {
-        if f.done {
-            return None;
-        }
-        loop {
-            if !f.first {
-                let left = Duration::from_secs((f.sess.exp - now()).max(0) as u64);
-                tokio::select! {
-                    r = f.changes.changed() => if r.is_err() { return None },
-                    _ = tokio::time::sleep(REFRESH) => {}
-                    _ = tokio::time::sleep(left) => {}
-                    _ = f.s.shutdown.cancelled() => return None,
-                }
-            }
-            f.first = false;
-            if now() >= f.sess.exp {
-                f.done = true;
-                return Some((Ok(SseEvent::default().event("signedout").data("")), f));
-            }
-            let Ok(parts) = parts(&f.s, &f.sess).await else {
-                continue;
-            };
-            if f.last.as_ref() == Some(&parts) {
-                continue;
-            }
-            let data = serde_json::json!({ "pending": parts.0, "recent": parts.1 }).to_string();
-            f.last = Some(parts);
-            return Some((Ok(SseEvent::default().event("update").data(data)), f));
-        }
-    })
 }
 
 /// `GET /approvals/page.js` and `/approvals/page.css`

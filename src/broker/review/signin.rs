@@ -1,5 +1,7 @@
 //! Reviewers' sign-in and sign-out: off to the identity provider with PKCE, state and nonce
-//! (kept in a sealed cookie), back with a code, the verified reviewer kept in the session cookie.
+//! (kept in a sealed cookie), back with a code, the verified reviewer kept in the session cookie
+//! naming a session in the state database. Sign-out ends that session there, so the cookie —
+//! kept or copied — opens nothing any more, on any instance, and open live feeds close.
 
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -64,8 +66,10 @@ pub async fn login(
         return not_configured();
     };
     let next = after_login(q.next.as_deref());
-    if session(&s, &headers).is_some() {
-        return redirect(&next);
+    match session(&s, &headers).await {
+        Ok(Some(_)) => return redirect(&next),
+        Ok(None) => {}
+        Err(r) => return r,
     }
     let Some(redirect_to) = redirect_url(login, &headers) else {
         return html(
@@ -165,6 +169,7 @@ pub async fn callback(
     event.reviewer = Some(reviewer.subject.clone());
     event.via = Some("page");
     let sess = Session {
+        sid: Uuid::new_v4(),
         reviewer,
         csrf: random_token(),
         exp,
@@ -179,6 +184,24 @@ pub async fn callback(
         return fail(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the audit log is unavailable: {e}"),
+        );
+    }
+    let expires = chrono::DateTime::from_timestamp(exp, 0).unwrap_or_else(chrono::Utc::now);
+    if let Err(e) = s
+        .review
+        .sessions
+        .start(
+            sess.sid,
+            &sess.reviewer.issuer,
+            &sess.reviewer.subject,
+            expires,
+        )
+        .await
+    {
+        tracing::warn!(error = %e, "approval page: cannot record a sign-in");
+        return fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "pgid cannot reach its state database to record your sign-in; try again shortly".into(),
         );
     }
     tracing::info!(reviewer = %sess.reviewer.subject, "reviewer signed in to the approval page");
@@ -197,25 +220,53 @@ pub struct LogoutForm {
     csrf: String,
 }
 
-/// `POST /approvals/logout`
+/// `POST /approvals/logout`: ends the session in the state database (every instance refuses
+/// its cookie from now on, and closes its live feeds), then removes the cookie.
 pub async fn logout(
     State(s): State<BrokerState>,
     headers: HeaderMap,
     Form(f): Form<LogoutForm>,
 ) -> Response {
-    if let Some(sess) = session(&s, &headers) {
-        if !seal::same(&f.csrf, &sess.csrf) {
-            return html(
-                StatusCode::FORBIDDEN,
-                html::message("Refused", "the form did not come from this page"),
-            );
-        }
+    let sess = match session(&s, &headers).await {
+        Ok(sess) => sess,
+        Err(r) => return r,
+    };
+    let signed_out = |status: StatusCode, text: &str| {
+        let mut r = html(status, html::message("Signed out", text));
+        r.headers_mut()
+            .append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, "", 0));
+        r
+    };
+    let Some(sess) = sess else {
+        return signed_out(StatusCode::OK, "You are signed out of the approval page.");
+    };
+    if !seal::same(&f.csrf, &sess.csrf) {
+        return html(
+            StatusCode::FORBIDDEN,
+            html::message("Refused", "the form did not come from this page"),
+        );
     }
-    let mut r = html(
+    if let Err(e) = s.review.sessions.end(sess.sid).await {
+        tracing::warn!(error = %e, "approval page: cannot end a session");
+        return html(
+            StatusCode::SERVICE_UNAVAILABLE,
+            html::message(
+                "Not signed out",
+                "pgid cannot reach its state database to end your sign-in; try again shortly",
+            ),
+        );
+    }
+    s.review.feed.streams.end(sess.sid);
+    let mut event = Event::new(Kind::ReviewerSignout);
+    event.reviewer_issuer = Some(sess.reviewer.issuer.clone());
+    event.reviewer = Some(sess.reviewer.subject.clone());
+    event.via = Some("page");
+    if let Err(e) = s.leases.audit().record(&event).await {
+        tracing::error!(error = %e, "cannot audit a reviewer's sign-out");
+    }
+    tracing::info!(reviewer = %sess.reviewer.subject, "reviewer signed out of the approval page");
+    signed_out(
         StatusCode::OK,
-        html::message("Signed out", "You have signed out of the approval page."),
-    );
-    r.headers_mut()
-        .append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, "", 0));
-    r
+        "You have signed out of the approval page. Your sign-in has ended on every pgid instance.",
+    )
 }

@@ -334,7 +334,7 @@ impl Batch<'_> {
             &masked,
             &prepared,
             &verdict,
-            crate::proxy::wire::sqlstate::INSUFFICIENT_PRIVILEGE,
+            super::judge::code_of(&verdict),
         );
         if verdict != Verdict::Allow {
             return Ok(self.refuse_extended(&verdict.into(), None));

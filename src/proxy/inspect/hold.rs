@@ -28,9 +28,14 @@ impl Batch<'_> {
         // What runs: the text, and for EXECUTE the statements it executes — shown to the
         // reviewer and part of what a retry-mode approval is for, with the parameters' types.
         let mut statement = held.sql.to_string();
+        let mut audited = self.insp.shown(held.sql).into_owned();
         let mut canonical = crate::sql::canonical(held.sql, held.dialect);
         for (name, text) in &held.matched.prepared {
             statement.push_str(&format!("\n-- {name} was prepared as: {text}"));
+            audited.push_str(&format!(
+                "\n-- {name} was prepared as: {}",
+                self.insp.shown(text)
+            ));
             canonical.push_str(&format!(
                 "\n{name}={}",
                 crate::sql::canonical(text, held.dialect)
@@ -57,6 +62,7 @@ impl Batch<'_> {
             estimable: held.matched.estimable,
             message: held.message,
             statement,
+            audited,
             sql: held.sql.to_string(),
             raw_sql: Bytes::copy_from_slice(held.raw_sql),
             tables: held.matched.tables,

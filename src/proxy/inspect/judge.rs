@@ -29,6 +29,8 @@ pub struct Hold {
     pub message: usize,
     /// What the reviewer sees: the text, and for EXECUTE what it executes.
     pub statement: String,
+    /// The same as the audit log shows it (literals normalised when the policy says so).
+    pub audited: String,
     /// The text as the server reads it (what pgid asks a planner of its own connection about).
     pub sql: String,
     /// The text as the client sent it (what pgid asks the session's own connection about).
@@ -116,10 +118,22 @@ pub(super) fn deny(rule: &'static str, reason: impl Into<String>) -> Refusal {
 impl From<Verdict> for Refusal {
     fn from(verdict: Verdict) -> Refusal {
         Refusal {
+            code: code_of(&verdict),
             verdict,
-            code: sqlstate::INSUFFICIENT_PRIVILEGE,
             syntax: None,
         }
+    }
+}
+
+/// The SQLSTATE of a refusal: a limit on pending approval requests is a configured limit,
+/// everything else a missing privilege.
+pub(super) fn code_of(verdict: &Verdict) -> &'static str {
+    match verdict {
+        Verdict::Deny {
+            rule: "approval_limit",
+            ..
+        } => sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
+        _ => sqlstate::INSUFFICIENT_PRIVILEGE,
     }
 }
 

@@ -18,6 +18,8 @@ pub const INVALID_AUTHORIZATION: &str = "28000";
 pub const INVALID_CATALOG_NAME: &str = "3D000";
 pub const SYSTEM_ERROR: &str = "58000";
 pub const TOO_MANY_CONNECTIONS: &str = "53300";
+/// 53400: a configured limit was reached (too many pending approval requests).
+pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
 /// 22021: bytes that are not valid in the session's client encoding.
 pub const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
 pub const FEATURE_NOT_SUPPORTED: &str = "0A000";

@@ -1,11 +1,13 @@
 // pgid approval page: live updates over server-sent events, and a countdown per request.
 // Requests already on the page keep their element (and any comment being typed); new ones are
-// added, decided or expired ones leave.
+// added, decided or expired ones leave. Live updates are shared between sessions and carry no
+// CSRF token: this page's own goes into their forms.
 'use strict';
 (function () {
   const pending = document.getElementById('pending');
   const recent = document.getElementById('recent');
   const live = document.getElementById('live');
+  const csrf = document.querySelector('main').dataset.csrf;
 
   function tick() {
     for (const el of document.querySelectorAll('[data-expires]')) {
@@ -21,12 +23,14 @@
   function merge(html) {
     const next = document.createElement('div');
     next.innerHTML = html;
+    for (const input of next.querySelectorAll('input[name=csrf]')) input.value = csrf;
     const incoming = [...next.querySelectorAll('article.request[data-id]')];
-    if (incoming.length === 0) { pending.innerHTML = html; return; }
+    if (incoming.length === 0) { pending.replaceChildren(...next.childNodes); return; }
     const keep = new Map([...pending.querySelectorAll('article.request[data-id]')]
       .map((el) => [el.dataset.id, el]));
     const list = incoming.map((el) => keep.get(el.dataset.id) || el);
-    pending.replaceChildren(...list);
+    const note = next.querySelector('p.more');
+    pending.replaceChildren(...(note ? [note] : []), ...list);
   }
 
   setInterval(tick, 1000);
