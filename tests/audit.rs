@@ -379,6 +379,25 @@ async fn the_table_sink_mirrors_the_file_and_a_failing_sink_refuses_statements()
     assert!(err.contains("chain broken"), "{err}");
 }
 
+/// `pgid serve` with `config`, once its proxy accepts connections on `port`.
+async fn serve(config: &std::path::Path, port: u16) -> std::process::Child {
+    let child = pgid_bin()
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = common::eventually(Duration::from_secs(30), || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(up, "pgid serve did not start");
+    child
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_during_pgbench_loses_no_statement_that_reached_postgres() {
     let mut h = Harness::start(&[WRITER]).await;
@@ -395,20 +414,7 @@ async fn kill_9_during_pgbench_loses_no_statement_that_reached_postgres() {
         1,
     );
     std::fs::write(&h.config_path, config).unwrap();
-    let mut pgid = pgid_bin()
-        .args(["serve", "--config"])
-        .arg(&h.config_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let up = common::eventually(Duration::from_secs(30), || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-    })
-    .await;
-    assert!(up, "pgid serve did not start");
+    let mut pgid = serve(&h.config_path, port).await;
 
     let script = h.state.path().join("insert.sql");
     std::fs::write(
@@ -468,20 +474,7 @@ async fn kill_9_during_pgbench_loses_no_statement_that_reached_postgres() {
         !out.status.success(),
         "a torn last record fails verification until pgid recovers it"
     );
-    let mut again = pgid_bin()
-        .args(["serve", "--config"])
-        .arg(&h.config_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let up = common::eventually(Duration::from_secs(30), || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-    })
-    .await;
-    assert!(up, "pgid serve did not start again");
+    let mut again = serve(&h.config_path, port).await;
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(again.id() as i32, libc::SIGTERM) };
     assert!(again.wait().unwrap().success());
