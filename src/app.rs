@@ -476,6 +476,11 @@ impl App {
         let public = ProxyAddress {
             host: self.config.proxy.public_host.clone(),
             port: self.config.proxy.public_port.unwrap_or(proxy_addr.port()),
+            ca_cert: self
+                .tls
+                .ca
+                .as_ref()
+                .and_then(|ca| std::fs::read_to_string(ca).ok()),
         };
         let cancel = CancellationToken::new();
         let router = broker::router(self.broker_state(public, cancel.clone()));

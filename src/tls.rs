@@ -1,6 +1,9 @@
 //! TLS material for the broker (and the proxy): the configured certificate, or a local CA and a
 //! server certificate generated into `state_dir/tls` on first start, so that clients can verify
-//! pgid with `sslrootcert=<state_dir>/tls/ca.crt` / `--cacert`.
+//! pgid with `sslrootcert=<state_dir>/tls/ca.crt` / `--cacert`. The CA is valid for 10 years and
+//! the server certificate for 397 days; at each start the server certificate is issued again
+//! (by the same CA, so clients keep trusting it) when it has less than 30 days left or does not
+//! name every host pgid is now reached by (`server.names` records what it names).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -59,8 +62,12 @@ impl TlsMaterial {
             key: dir.join("server.key"),
             ca: Some(dir.join("ca.crt")),
         };
+        let names = names(hosts);
         if !m.cert.exists() || !m.key.exists() {
-            generate(&dir, hosts)?;
+            generate(&dir, &names)?;
+        } else if let Some(why) = stale(&dir, &names) {
+            tracing::info!(reason = why, "issuing the server certificate again");
+            reissue(&dir, &names)?;
         }
         Ok(m)
     }
@@ -159,38 +166,112 @@ fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     Some((tag, content, &b[header + len..]))
 }
 
-fn generate(dir: &Path, hosts: &[String]) -> Result<(), TlsError> {
-    std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
-    let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.distinguished_name
-        .push(DnType::CommonName, "pgid local CA");
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca.self_signed(&ca_key)?;
+/// Days a generated CA and server certificate are valid.
+const CA_DAYS: i64 = 3650;
+const SERVER_DAYS: i64 = 397;
+/// A server certificate with fewer days left is issued again at start.
+const RENEW_DAYS: i64 = 30;
 
+/// Every name the server certificate must carry: loopback and the configured hosts.
+fn names(hosts: &[String]) -> Vec<String> {
     let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
     for h in hosts {
         if !h.is_empty() && !names.contains(h) && h != "0.0.0.0" && h != "::" {
             names.push(h.clone());
         }
     }
-    let leaf_key = KeyPair::generate()?;
-    let mut leaf = CertificateParams::new(names)?;
-    leaf.distinguished_name.push(DnType::CommonName, "pgid");
-    let issuer = Issuer::new(ca, ca_key);
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
+    names
+}
 
+/// `not_before` a day ago (clocks differ), `not_after` `days` from now.
+fn validity(params: &mut CertificateParams, days: i64) {
+    use chrono::Datelike;
+    let at = |t: chrono::DateTime<chrono::Utc>| {
+        rcgen::date_time_ymd(t.year(), t.month() as u8, t.day() as u8)
+    };
+    let now = chrono::Utc::now();
+    params.not_before = at(now - chrono::Duration::days(1));
+    params.not_after = at(now + chrono::Duration::days(days));
+}
+
+/// The CA's parameters (its name and constraints; the key is what makes it this CA).
+fn ca_params() -> Result<CertificateParams, TlsError> {
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.distinguished_name
+        .push(DnType::CommonName, "pgid local CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(ca)
+}
+
+fn generate(dir: &Path, names: &[String]) -> Result<(), TlsError> {
+    std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+    let ca_key = KeyPair::generate()?;
+    let mut ca = ca_params()?;
+    validity(&mut ca, CA_DAYS);
+    let ca_cert = ca.self_signed(&ca_key)?;
+    write_file(
+        &dir.join("ca.key"),
+        ca_key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
     write_file(&dir.join("ca.crt"), ca_cert.pem().as_bytes(), 0o644)?;
+    issue(dir, names, ca_key, &ca_cert.pem())?;
+    tracing::info!(dir = %dir.display(), "generated a local CA and server certificate");
+    Ok(())
+}
+
+/// Issues the server certificate again with the CA kept in `dir`, or (no CA key kept: an older
+/// pgid made it) a new CA and certificate — clients must then trust the new `ca.crt`.
+fn reissue(dir: &Path, names: &[String]) -> Result<(), TlsError> {
+    let key = std::fs::read_to_string(dir.join("ca.key"));
+    let ca = std::fs::read_to_string(dir.join("ca.crt"));
+    match (key, ca) {
+        (Ok(key), Ok(ca)) => issue(dir, names, KeyPair::from_pem(&key)?, &ca),
+        _ => {
+            tracing::warn!(dir = %dir.display(), "no CA key kept: generating a new CA; clients must trust the new ca.crt");
+            generate(dir, names)
+        }
+    }
+}
+
+fn issue(dir: &Path, names: &[String], ca_key: KeyPair, ca_pem: &str) -> Result<(), TlsError> {
+    let leaf_key = KeyPair::generate()?;
+    let mut leaf = CertificateParams::new(names.to_vec())?;
+    leaf.distinguished_name.push(DnType::CommonName, "pgid");
+    validity(&mut leaf, SERVER_DAYS);
+    let issuer = Issuer::new(ca_params()?, ca_key);
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
     write_file(
         &dir.join("server.key"),
         leaf_key.serialize_pem().as_bytes(),
         0o600,
     )?;
-    let chain = format!("{}{}", leaf_cert.pem(), ca_cert.pem());
+    let chain = format!("{}{}", leaf_cert.pem(), ca_pem);
     write_file(&dir.join("server.crt"), chain.as_bytes(), 0o644)?;
-    tracing::info!(dir = %dir.display(), "generated a local CA and server certificate");
-    Ok(())
+    let expires = chrono::Utc::now() + chrono::Duration::days(SERVER_DAYS);
+    let record = format!("{}\n{}\n", expires.to_rfc3339(), names.join("\n"));
+    write_file(&dir.join("server.names"), record.as_bytes(), 0o644)
+}
+
+/// Why the server certificate in `dir` must be issued again, if it must.
+fn stale(dir: &Path, names: &[String]) -> Option<&'static str> {
+    let Ok(record) = std::fs::read_to_string(dir.join("server.names")) else {
+        return Some("it was made by an older pgid (no expiry recorded)");
+    };
+    let mut lines = record.lines();
+    let expires = lines
+        .next()
+        .and_then(|l| chrono::DateTime::parse_from_rfc3339(l).ok());
+    match expires {
+        Some(e) if e > chrono::Utc::now() + chrono::Duration::days(RENEW_DAYS) => {}
+        _ => return Some("it expires within 30 days"),
+    }
+    let has: Vec<&str> = lines.collect();
+    if names.iter().any(|n| !has.contains(&n.as_str())) {
+        return Some("a host name it must carry is not on it");
+    }
+    None
 }
 
 fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
@@ -239,6 +320,64 @@ mod tests {
         assert_eq!(std::fs::read(&again.cert).unwrap(), first);
         assert!(m.ca.as_ref().unwrap().exists());
         client_config(m.ca.as_deref()).unwrap();
+    }
+
+    /// Whether the server certificate in `m` verifies for `name` against `m`'s CA, now.
+    fn verifies(m: &TlsMaterial, name: &str) -> bool {
+        use rustls::client::danger::ServerCertVerifier;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(m.ca.as_ref().unwrap()).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let verifier = rustls::client::WebPkiServerVerifier::builder(Arc::new(roots))
+            .build()
+            .unwrap();
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&m.cert)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+        verifier
+            .verify_server_cert(
+                &chain[0],
+                &chain[1..],
+                &name,
+                &[],
+                rustls::pki_types::UnixTime::now(),
+            )
+            .is_ok()
+    }
+
+    #[test]
+    fn the_certificate_is_issued_again_for_new_names_and_before_it_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = TlsMaterial::resolve(dir.path(), None, &["db.example.com".into()]).unwrap();
+        let ca = std::fs::read(m.ca.as_ref().unwrap()).unwrap();
+        assert!(verifies(&m, "db.example.com"));
+        assert!(!verifies(&m, "pgid.example.org"));
+        // A new public host: the same CA issues a certificate that names it.
+        let m = TlsMaterial::resolve(dir.path(), None, &["pgid.example.org".into()]).unwrap();
+        assert!(verifies(&m, "pgid.example.org"));
+        assert_eq!(
+            std::fs::read(m.ca.as_ref().unwrap()).unwrap(),
+            ca,
+            "clients keep the CA"
+        );
+        // Close to its expiry: issued again.
+        let names = dir.path().join("tls/server.names");
+        let record = std::fs::read_to_string(&names).unwrap();
+        let soon = (chrono::Utc::now() + chrono::Duration::days(3)).to_rfc3339();
+        let rest: Vec<&str> = record.lines().skip(1).collect();
+        std::fs::write(&names, format!("{soon}\n{}\n", rest.join("\n"))).unwrap();
+        let before = std::fs::read(&m.cert).unwrap();
+        let m = TlsMaterial::resolve(dir.path(), None, &["pgid.example.org".into()]).unwrap();
+        assert_ne!(std::fs::read(&m.cert).unwrap(), before);
+        assert!(verifies(&m, "pgid.example.org"));
+        assert!(super::stale(&dir.path().join("tls"), &names_of(&["pgid.example.org"])).is_none());
+    }
+
+    fn names_of(hosts: &[&str]) -> Vec<String> {
+        super::names(&hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
     }
 }
 

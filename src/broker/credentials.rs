@@ -43,6 +43,11 @@ pub struct Issued {
     database: String,
     expires_at: DateTime<Utc>,
     policy: String,
+    /// How clients must connect: `verify-full` unless the proxy is on loopback (`prefer`).
+    sslmode: &'static str,
+    /// The CA that signed the proxy's certificate, when pgid generated it (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ca_cert: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -160,6 +165,12 @@ pub async fn issue(
             database: row.database,
             expires_at: row.expires_at,
             policy: row.policy,
+            sslmode: if is_local(&s.proxy.host) {
+                "prefer"
+            } else {
+                "verify-full"
+            },
+            ca_cert: s.proxy.ca_cert.clone(),
         }),
     ))
 }
@@ -172,18 +183,27 @@ async fn audit_denial(s: &BrokerState, who: &VerifiedToken, reason: &str) {
     super::record_denial(s, e).await;
 }
 
-/// `postgresql://user:secret@host:port/database`; TLS is required unless the proxy is local.
+fn is_local(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `postgresql://user:secret@host:port/database`; unless the proxy is on loopback, TLS with the
+/// proxy's certificate verified (`sslmode=verify-full`: the client needs the CA — `ca_cert` in
+/// the answer, which `pgid login` adds as `sslrootcert`, or a public CA it trusts).
 pub fn dsn(user: &str, secret: &str, host: &str, port: u16, database: &str) -> String {
     let host_part = if host.contains(':') {
         format!("[{host}]")
     } else {
         host.to_string()
     };
-    let local = host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    let ssl = if local { "" } else { "?sslmode=require" };
+    let ssl = if is_local(host) {
+        ""
+    } else {
+        "?sslmode=verify-full"
+    };
     format!("postgresql://{user}:{secret}@{host_part}:{port}/{database}{ssl}")
 }
 
@@ -272,7 +292,7 @@ mod tests {
         );
         assert_eq!(
             dsn("u", "s", "db.example.com", 5432, "app"),
-            "postgresql://u:s@db.example.com:5432/app?sslmode=require"
+            "postgresql://u:s@db.example.com:5432/app?sslmode=verify-full"
         );
         assert_eq!(
             dsn("u", "s", "::1", 7432, "app"),

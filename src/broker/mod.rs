@@ -33,6 +33,9 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct ProxyAddress {
     pub host: String,
     pub port: u16,
+    /// The CA (PEM) that signed the proxy's certificate, when pgid generated it: given with each
+    /// lease so clients can verify the proxy (`sslmode=verify-full`).
+    pub ca_cert: Option<String>,
 }
 
 /// Shared state of the broker's handlers. Cheap to clone.

@@ -136,8 +136,16 @@ pub async fn run(mut a: LoginArgs) -> anyhow::Result<u8> {
             })
             .unwrap_or_default()
     };
+    // Verified TLS to the proxy: the CA the broker gave (pgid's own), else the one trusted for
+    // the broker (the same certificate serves both), else the system's.
+    let verify = field("sslmode") == "verify-full";
+    let root = match (verify, lease.get("ca_cert").and_then(Value::as_str)) {
+        (false, _) => None,
+        (true, Some(pem)) => Some(keep_ca(pem)?),
+        (true, None) => a.cacert.clone(),
+    };
     match a.format {
-        Format::Dsn => println!("{}", field("dsn")),
+        Format::Dsn => println!("{}", with_root(&field("dsn"), root.as_deref())),
         Format::Json => println!("{}", serde_json::to_string_pretty(&lease)?),
         Format::Env => {
             let q = |s: String| format!("'{}'", s.replace('\'', "'\\''"));
@@ -146,11 +154,50 @@ pub async fn run(mut a: LoginArgs) -> anyhow::Result<u8> {
             println!("export PGDATABASE={}", q(field("database")));
             println!("export PGUSER={}", q(field("username")));
             println!("export PGPASSWORD={}", q(field("password")));
+            println!("export PGSSLMODE={}", q(field("sslmode")));
+            if let Some(r) = &root {
+                println!("export PGSSLROOTCERT={}", q(r.display().to_string()));
+            }
             println!("export PGID_LEASE_ID={}", q(field("lease_id")));
             println!("export PGID_LEASE_EXPIRES_AT={}", q(field("expires_at")));
         }
     }
     Ok(0)
+}
+
+/// Keeps the proxy's CA in the user's cache directory (named by its digest, so a new CA gets a
+/// new file) and returns its path.
+fn keep_ca(pem: &str) -> anyhow::Result<PathBuf> {
+    use sha2::Digest;
+    let dir = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("pgid");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let digest = hex::encode(&sha2::Sha256::digest(pem.as_bytes())[..8]);
+    let path = dir.join(format!("proxy-ca-{digest}.crt"));
+    if !path.exists() {
+        std::fs::write(&path, pem).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(path)
+}
+
+/// `dsn` with `sslrootcert=<root>` added (percent-encoded) when there is one.
+fn with_root(dsn: &str, root: Option<&std::path::Path>) -> String {
+    let Some(root) = root else {
+        return dsn.to_string();
+    };
+    let mut encoded = String::new();
+    for b in root.display().to_string().bytes() {
+        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    let sep = if dsn.contains('?') { '&' } else { '?' };
+    format!("{dsn}{sep}sslrootcert={encoded}")
 }
 
 async fn token(a: &LoginArgs) -> anyhow::Result<String> {
@@ -216,4 +263,23 @@ async fn client_credentials(
         )
     })?;
     Ok(resp.access_token().secret().clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_proxys_ca_goes_into_the_dsn() {
+        let dsn = "postgresql://u:s@db.example.com:7432/app?sslmode=verify-full";
+        assert_eq!(
+            with_root(
+                dsn,
+                Some(std::path::Path::new("/home/a b/.cache/pgid/ca.crt"))
+            ),
+            "postgresql://u:s@db.example.com:7432/app?sslmode=verify-full\
+             &sslrootcert=/home/a%20b/.cache/pgid/ca.crt"
+        );
+        assert_eq!(with_root(dsn, None), dsn);
+    }
 }
