@@ -625,3 +625,51 @@ mod hostile {
         healthy.simple_query("SELECT 1").await.expect("still fine");
     }
 }
+
+/// Stopping pgid: an idle session ends at once with pgid's FATAL; a busy one finishes its
+/// statement first, then ends — neither waits for the drain timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn stopping_closes_idle_sessions_at_once_and_busy_ones_when_done() {
+    let mut h = Harness::start_with(&[AGENT], "").await;
+    let lease = h.lease("agent:app", json!({})).await;
+    let dsn = lease["dsn"].as_str().unwrap().to_string();
+    let (idle, idle_ended) = connect_watching(&dsn).await;
+    idle.simple_query("SELECT 1").await.unwrap();
+    let (busy, busy_ended) = connect_watching(&dsn).await;
+    let running =
+        tokio::spawn(async move { busy.simple_query("SELECT pg_sleep(1), 'finished'").await });
+    let su = h.superuser().await;
+    // The busy session's statement is running before pgid is told to stop.
+    assert!(
+        common::eventually(Duration::from_secs(10), || async {
+            su.query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(1)%' AND state = 'active'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+                == 1
+        })
+        .await
+    );
+    let started = Instant::now();
+    h.stop_pgid().await;
+    let took = started.elapsed();
+    let why = idle_ended.await.unwrap();
+    assert!(why.contains("pgid: server shutting down"), "{why}");
+    let done = running.await.unwrap().expect("the busy statement finished");
+    assert!(
+        done.iter().any(|m| matches!(
+            m,
+            tokio_postgres::SimpleQueryMessage::Row(r) if r.get(1) == Some("finished")
+        )),
+        "its row came back"
+    );
+    let why = busy_ended.await.unwrap();
+    assert!(why.contains("pgid: server shutting down"), "{why}");
+    assert!(
+        took < Duration::from_millis(1900),
+        "stopping took {took:?}: the drain timeout (2 s) was waited out"
+    );
+}

@@ -197,8 +197,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
     eprintln!("Edit a policy and `kill -HUP {}` to reload. Ctrl-C stops pgid and removes everything it created.", std::process::id());
 
     super::run_until_stopped(&running).await?;
-    eprintln!("pgid dev: stopping…");
-    running.shutdown().await;
+    super::stop(running).await;
     let _ = std::fs::remove_file(&session_path);
     drop(issuer);
     drop(pg);

@@ -111,7 +111,21 @@ pub async fn run(mut a: LoginArgs) -> anyhow::Result<u8> {
         .json(&body)
         .send()
         .await
-        .map_err(|e| anyhow::anyhow!("calling the broker at {url}: {}", e.without_url()))?;
+        .map_err(|e| {
+            let hint = if a.dev {
+                format!(
+                    "; is `pgid dev` still running? (it wrote {}; if it is not running, remove \
+                     that file and start it again)",
+                    super::dev::Session::path().display()
+                )
+            } else {
+                String::new()
+            };
+            anyhow::anyhow!(
+                "calling the broker at {url}: {}{hint}",
+                super::cause_chain(&e.without_url())
+            )
+        })?;
     let status = resp.status();
     let lease: Value = resp
         .json()

@@ -95,6 +95,8 @@ pub fn init_logging() {
 
 /// Serves until Ctrl-C or SIGTERM; each SIGHUP reloads the policies (a reload that fails leaves
 /// the running ones in place, and says why).
+/// A SIGHUP whose terminal has gone away (the window running `pgid dev` was closed: stderr
+/// cannot be written) stops pgid instead, as a hang-up means.
 pub async fn run_until_stopped(running: &crate::app::Running) -> anyhow::Result<()> {
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let stop = shutdown_signal();
@@ -102,10 +104,56 @@ pub async fn run_until_stopped(running: &crate::app::Running) -> anyhow::Result<
     loop {
         tokio::select! {
             _ = &mut stop => return Ok(()),
-            _ = hangup.recv() => match running.reload().await {
-                Ok(summary) => eprintln!("pgid: policies reloaded: {summary}"),
-                Err(e) => eprintln!("pgid: policies NOT reloaded (the running ones stay):\n{e}"),
-            },
+            _ = hangup.recv() => {
+                if !say("pgid: SIGHUP: reloading the policies") {
+                    tracing::info!("the terminal went away (SIGHUP): stopping");
+                    return Ok(());
+                }
+                match running.reload().await {
+                    Ok(summary) => say(&format!("pgid: policies reloaded: {summary}")),
+                    Err(e) => say(&format!("pgid: policies NOT reloaded (the running ones stay):\n{e}")),
+                };
+            }
+        }
+    }
+}
+
+/// An error with every cause under it (`error sending request: … : invalid peer certificate:
+/// UnknownIssuer`), not only its top line.
+pub fn cause_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}
+
+/// Writes a line to stderr; false when it cannot be written (never panics, unlike `eprintln!`).
+pub fn say(line: &str) -> bool {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    writeln!(err, "{line}").and_then(|()| err.flush()).is_ok()
+}
+
+/// Stops `running`: idle sessions end at once, the others when what they run has finished or at
+/// the drain timeout; says so, and a second Ctrl-C or SIGTERM stops at once.
+pub async fn stop(running: crate::app::Running) {
+    let drain = running.app.config.proxy.drain_timeout;
+    say(&format!(
+        "pgid: stopping: idle sessions close now, busy ones when their statement or transaction \
+         ends (at most {} s); Ctrl-C again to stop at once",
+        drain.as_secs()
+    ));
+    tokio::select! {
+        _ = running.shutdown() => {}
+        _ = shutdown_signal() => {
+            say("pgid: stopping at once");
         }
     }
 }

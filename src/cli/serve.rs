@@ -18,6 +18,6 @@ pub async fn run(config: &Path) -> anyhow::Result<u8> {
     );
     super::run_until_stopped(&running).await?;
     tracing::info!("shutting down");
-    running.shutdown().await;
+    super::stop(running).await;
     Ok(0)
 }

@@ -180,6 +180,10 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
             _ = &mut shutting_down, if !draining => {
                 draining = true;
                 drain.as_mut().reset(Instant::now() + p.settings.drain_timeout);
+                // An idle session has nothing to finish: it ends now.
+                if judge.idle() && from >= batch.len() && !frames.ready() {
+                    break End::Fatal(sqlstate::ADMIN_SHUTDOWN, "pgid: server shutting down".into());
+                }
                 continue;
             }
             _ = &mut drain, if draining => break End::Fatal(sqlstate::ADMIN_SHUTDOWN, "pgid: server shutting down".into()),
@@ -212,6 +216,10 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
                     if i.answered(id) {
                         waiting = None;
                     }
+                }
+                // Draining: a session ends as soon as what it was running has finished.
+                if draining && judge.idle() && from >= batch.len() && !frames.ready() {
+                    break End::Fatal(sqlstate::ADMIN_SHUTDOWN, "pgid: server shutting down".into());
                 }
                 continue;
             }
