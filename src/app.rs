@@ -164,48 +164,126 @@ pub struct App {
     /// The approval page's sign-in and cookie keys.
     pub review: Arc<crate::broker::review::ReviewPage>,
     pub instance_id: i32,
+    /// Whether the instance lock and the event listener are up (`/readyz`).
+    pub instance: Arc<crate::store::InstanceStatus>,
+    /// Cancel keys of this instance's sessions; cancels for other instances' keys are routed.
+    pub cancels: Arc<proxy::cancel::CancelMap>,
     /// Held while policies reload (one reload at a time).
     reloading: tokio::sync::Mutex<()>,
+    /// The policy files as last read (a reconnection reloads only when they changed).
+    policy_digest: std::sync::Mutex<[u8; 32]>,
+    /// Reloads asked for by other instances (or by a reconnection); taken by `start`.
+    policy_nudges: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<PolicyNudge>>>,
+    state_pool: deadpool_postgres::Pool,
+    events: EventKey,
     _instance: InstanceLock,
+}
+
+/// Why this instance reads its policy files again without a SIGHUP of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PolicyNudge {
+    /// Instance `origin` reloaded its policies (a sealed announcement).
+    Announced(i32),
+    /// The event listener was down: a reload announced meanwhile was missed.
+    Reconnected,
+}
+
+/// Where another instance's events go.
+struct EventTargets {
+    store: Store,
+    watch: Arc<LeaseWatch>,
+    waits: Arc<crate::store::ApprovalWaits>,
+    cancels: Arc<proxy::cancel::CancelMap>,
+    policies: tokio::sync::mpsc::UnboundedSender<PolicyNudge>,
 }
 
 /// What this instance does with another instance's event: a payload not sealed with the
 /// deployment's key is dropped (anyone who can connect to the state database can NOTIFY); a
 /// sealed one is a hint — a lease event makes this instance read the lease's row and publish
-/// what the row says, an approval event wakes what waits on the request, which reads it.
-fn instance_events(
-    key: EventKey,
-    store: Store,
-    watch: Arc<LeaseWatch>,
-    waits: Arc<crate::store::ApprovalWaits>,
-) -> impl Fn(&str, &str) + Send + 'static {
-    move |channel, payload| {
+/// what the row says, an approval event wakes what waits on the request, which reads it, a
+/// policy event makes it read its own policy files (never policy text from the channel), a
+/// cancel event is acted on if it names one of this instance's sessions.
+fn instance_events(key: EventKey, t: Arc<EventTargets>) -> crate::store::OnEvent {
+    Arc::new(move |channel, payload| {
         let Some(body) = key.open(channel, payload) else {
             tracing::warn!(channel, "an event without pgid's seal was dropped");
             return;
         };
-        if channel == crate::store::APPROVAL_EVENTS_CHANNEL {
-            waits.wake(body);
-            return;
-        }
-        let Some((id, _)) = LeaseStatus::decode(body) else {
-            return;
-        };
-        let (store, watch) = (store.clone(), watch.clone());
-        tokio::spawn(async move {
-            match store.get(id).await {
-                Ok(Some(row)) => {
-                    if let Some(status) = status_of(&row) {
-                        watch.publish(id, status);
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(lease = %id, error = %e, "cannot read a lease another instance changed")
+        match channel {
+            crate::store::APPROVAL_EVENTS_CHANNEL => t.waits.wake(body),
+            crate::store::CANCEL_EVENTS_CHANNEL => t.cancels.on_event(body),
+            crate::store::POLICY_EVENTS_CHANNEL => {
+                if let Some(origin) = body
+                    .strip_prefix("reloaded ")
+                    .and_then(|rest| rest.split(' ').next())
+                    .and_then(|o| o.parse().ok())
+                {
+                    let _ = t.policies.send(PolicyNudge::Announced(origin));
                 }
             }
+            _ => {
+                let Some((id, _)) = LeaseStatus::decode(body) else {
+                    return;
+                };
+                let (store, watch) = (t.store.clone(), t.watch.clone());
+                tokio::spawn(async move { refresh_lease(&store, &watch, id).await });
+            }
+        }
+    })
+}
+
+/// After the listener was down: what other instances announced meanwhile is read from the
+/// state database — every lease with sessions here, every waiting approval — and the policy
+/// files are checked for a reload this instance missed.
+fn instance_reconnected(t: Arc<EventTargets>) -> crate::store::OnReconnect {
+    Arc::new(move || {
+        t.waits.wake_all();
+        let _ = t.policies.send(PolicyNudge::Reconnected);
+        let t = t.clone();
+        tokio::spawn(async move {
+            for id in t.watch.watched_ids() {
+                refresh_lease(&t.store, &t.watch, id).await;
+            }
         });
+    })
+}
+
+/// Reads a lease's row and tells its sessions here what it says.
+async fn refresh_lease(store: &Store, watch: &LeaseWatch, id: uuid::Uuid) {
+    match store.get(id).await {
+        Ok(Some(row)) => {
+            if let Some(status) = status_of(&row) {
+                watch.publish(id, status);
+            }
+        }
+        Ok(None) => watch.publish(id, LeaseStatus::Ended(crate::roles::EndReason::Revoked)),
+        Err(e) => {
+            tracing::warn!(lease = %id, error = %e, "cannot read a lease another instance changed")
+        }
     }
+}
+
+/// SHA-256 over the policy directory's `*.toml` files (names and contents, in name order): tells
+/// whether the files changed since they were last read.
+fn policy_files_digest(dir: &std::path::Path) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(f.as_os_str().as_encoded_bytes());
+        h.update([0]);
+        h.update(std::fs::read(&f).unwrap_or_default());
+        h.update([0]);
+    }
+    h.finalize().into()
 }
 
 /// What a lease row says its sessions may do.
@@ -225,6 +303,7 @@ fn status_of(row: &crate::store::LeaseRow) -> Option<LeaseStatus> {
 
 impl App {
     pub async fn build(config: Config) -> Result<App, StartError> {
+        let policy_digest = policy_files_digest(&config.policies);
         let policies = load_policies(&config)?;
         let databases =
             Databases::connect(&config.databases).map_err(|e| StartError(e.to_string()))?;
@@ -245,17 +324,30 @@ impl App {
         let approval_waits = Arc::new(crate::store::ApprovalWaits::default());
         let key = ServerKey::load_or_create(&config.server_key_file).map_err(StartError)?;
         let events = EventKey::new(&key);
+        let cancels = Arc::new(proxy::cancel::CancelMap::default());
+        let (nudge, policy_nudges) = tokio::sync::mpsc::unbounded_channel();
         let instance = {
-            let on_event = instance_events(
-                events.clone(),
-                Store::new(state_pool.clone()),
-                watch.clone(),
-                approval_waits.clone(),
-            );
-            InstanceLock::acquire(&state_pg, state_tls.clone(), on_event)
-                .await
-                .map_err(err("taking the instance lock"))?
+            let targets = Arc::new(EventTargets {
+                store: Store::new(state_pool.clone()),
+                watch: watch.clone(),
+                waits: approval_waits.clone(),
+                cancels: cancels.clone(),
+                policies: nudge,
+            });
+            InstanceLock::acquire(
+                &state_pg,
+                state_tls.clone(),
+                instance_events(events.clone(), targets.clone()),
+                instance_reconnected(targets),
+            )
+            .await
+            .map_err(err("taking the instance lock"))?
         };
+        cancels.route_through(proxy::cancel_relay::CancelRelay::new(
+            state_pool.clone(),
+            &key,
+            instance.id,
+        ));
 
         reconcile_groups(&databases, &policies).await?;
 
@@ -330,9 +422,9 @@ impl App {
             crate::store::ReviewSessions::new(state_pool.clone()).announcing(events.clone()),
         );
         let approvals = Arc::new(
-            crate::store::Approvals::new(state_pool)
+            crate::store::Approvals::new(state_pool.clone())
                 .with_limits(config.approvals.pending)
-                .announcing(events),
+                .announcing(events.clone()),
         );
         let report = roles::reap_once(&leases).await;
         tracing::info!(?report, "startup reconciliation");
@@ -390,7 +482,13 @@ impl App {
             approval_waits,
             review,
             reloading: tokio::sync::Mutex::new(()),
+            policy_digest: std::sync::Mutex::new(policy_digest),
+            policy_nudges: std::sync::Mutex::new(Some(policy_nudges)),
             instance_id: instance.id,
+            instance: instance.status.clone(),
+            cancels,
+            state_pool,
+            events,
             _instance: instance,
         })
     }
@@ -405,6 +503,7 @@ impl App {
             policies: self.policies.clone(),
             verifier: self.verifier.clone(),
             admins: Arc::new(self.config.broker.admins.clone()),
+            instance: self.instance.clone(),
             proxy,
         }
     }
@@ -435,7 +534,7 @@ impl App {
             ),
             tls_end_point: self.tls.server_end_point(),
             settings: self.config.proxy.clone(),
-            cancels: Default::default(),
+            cancels: self.cancels.clone(),
             pool: proxy::pool::Pool::new(self.config.proxy.pool_idle_timeout),
             salts: Default::default(),
             token_leases: proxy::token_leases::TokenLeases::new(
@@ -519,6 +618,16 @@ impl App {
                 let _ = r.await;
             }
         });
+        let nudges = self.policy_nudges.lock().unwrap().take();
+        let app = Arc::new(self);
+        if let Some(nudges) = nudges {
+            tasks.spawn(follow_reloads(
+                app.clone(),
+                proxy.clone(),
+                nudges,
+                cancel.clone(),
+            ));
+        }
         tasks.close();
         tracing::info!(broker = %broker_addr, proxy = %proxy_addr, "pgid is serving");
         Ok(Running {
@@ -526,7 +635,7 @@ impl App {
             proxy_addr,
             cancel,
             tasks,
-            app: Arc::new(self),
+            app,
             proxy,
         })
     }
@@ -576,72 +685,141 @@ impl Running {
     /// group roles follow the files, new leases and each live session's next statement follow
     /// the new rules, and a removed policy's leases are revoked and its group role dropped.
     pub async fn reload(&self) -> Result<String, String> {
-        let _one_at_a_time = self.app.reloading.lock().await;
-        let app = &self.app;
-        let new = load_policies(&app.config).map_err(|e| e.0)?;
-        reconcile_groups(app.leases.databases(), &new)
-            .await
-            .map_err(|e| e.0)?;
-        let old = app.policies.read().unwrap().clone();
-        let removed: Vec<Arc<crate::policy::Policy>> = old
-            .iter()
-            .filter(|p| new.get(&p.name).is_none())
-            .cloned()
-            .collect();
-        let added: Vec<String> = new
-            .iter()
-            .filter(|p| old.get(&p.name).is_none())
-            .map(|p| p.name.clone())
-            .collect();
-        let count = new.iter().count();
-        let new = Arc::new(new);
-        *app.policies.write().unwrap() = new.clone();
-        app.policy_generation
-            .fetch_add(1, std::sync::atomic::Ordering::Release);
-        self.proxy.mask_catalog.clear();
-        let mut problems = Vec::new();
-        // Their leases end first (sessions closed, roles dropped), then their group roles go.
-        match app.leases.revoke_orphaned(&new).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(leases = n, "revoked the leases of removed policies"),
-            Err(e) => problems.push(format!("revoking the leases of removed policies: {e}")),
-        }
-        for p in &removed {
-            let Some(db) = app.leases.databases().get(&p.database) else {
-                continue;
-            };
-            let dropped = match db.pool.get().await {
-                Ok(mut c) => roles::drop_group_role(&mut c, p, &db.dbname)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            match dropped {
-                Ok(roles::GroupRemoval::OwnsObjects) => problems.push(format!(
-                    "group role {} owns objects; left in place",
-                    p.group_role()
-                )),
-                Ok(_) => {}
-                Err(e) => problems.push(format!("dropping group role {}: {e}", p.group_role())),
-            }
-        }
-        let mut summary = format!("{count} policies");
-        if !added.is_empty() {
-            summary.push_str(&format!("; added {}", added.join(", ")));
-        }
-        if !removed.is_empty() {
-            let names: Vec<&str> = removed.iter().map(|p| p.name.as_str()).collect();
-            summary.push_str(&format!("; removed {}", names.join(", ")));
-        }
-        if !problems.is_empty() {
-            summary.push_str(&format!("; problems: {}", problems.join("; ")));
-        }
-        let event =
-            crate::audit::Event::new(crate::audit::Kind::PolicyReloaded).reason(summary.clone());
-        if let Err(e) = app.leases.audit().record(&event).await {
-            tracing::error!(error = %e, "cannot audit a policy reload");
-        }
-        tracing::info!(%summary, "policies reloaded");
+        let summary = reload(&self.app, &self.proxy).await?;
+        announce_reload(&self.app).await;
         Ok(summary)
     }
+}
+
+/// Tells the other instances that this one reloaded its policies: each reads its own files
+/// (the announcement carries no policy text; a replayed one only makes them read again).
+async fn announce_reload(app: &App) {
+    let nonce: u64 = rand::random();
+    let payload = app.events.seal(
+        crate::store::POLICY_EVENTS_CHANNEL,
+        &format!("reloaded {} {nonce:016x}", app.instance_id),
+    );
+    let sent = match app.state_pool.get().await {
+        Ok(c) => c
+            .execute(
+                "SELECT pg_notify($1, $2)",
+                &[&crate::store::POLICY_EVENTS_CHANNEL, &payload],
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| crate::database::pg_message(&e)),
+        Err(e) => Err(crate::database::pool_message(&e)),
+    };
+    if let Err(e) = sent {
+        tracing::error!(error = %e, "cannot tell the other instances about the policy reload; reload them by hand (SIGHUP)");
+    }
+}
+
+/// Reloads this instance's own policy files when another instance announced a reload, or after
+/// the listener was down if the files changed meanwhile. Never announces: no echo between
+/// instances.
+async fn follow_reloads(
+    app: Arc<App>,
+    proxy: Arc<Proxy>,
+    mut nudges: tokio::sync::mpsc::UnboundedReceiver<PolicyNudge>,
+    stop: CancellationToken,
+) {
+    loop {
+        let nudge = tokio::select! {
+            _ = stop.cancelled() => return,
+            n = nudges.recv() => match n { Some(n) => n, None => return },
+        };
+        match nudge {
+            PolicyNudge::Announced(origin) if origin == app.instance_id => continue,
+            PolicyNudge::Reconnected
+                if policy_files_digest(&app.config.policies)
+                    == *app.policy_digest.lock().unwrap() =>
+            {
+                continue
+            }
+            _ => {}
+        }
+        match reload(&app, &proxy).await {
+            Ok(summary) => {
+                tracing::info!(?nudge, %summary, "policies reloaded after another instance's reload")
+            }
+            Err(e) => tracing::error!(
+                ?nudge,
+                error = %e,
+                "policies NOT reloaded after another instance's reload (the running ones stay)"
+            ),
+        }
+    }
+}
+
+/// Reads the policy files again (see [`Running::reload`]).
+async fn reload(app: &App, proxy: &Proxy) -> Result<String, String> {
+    let _one_at_a_time = app.reloading.lock().await;
+    let digest = policy_files_digest(&app.config.policies);
+    let new = load_policies(&app.config).map_err(|e| e.0)?;
+    reconcile_groups(app.leases.databases(), &new)
+        .await
+        .map_err(|e| e.0)?;
+    let old = app.policies.read().unwrap().clone();
+    let removed: Vec<Arc<crate::policy::Policy>> = old
+        .iter()
+        .filter(|p| new.get(&p.name).is_none())
+        .cloned()
+        .collect();
+    let added: Vec<String> = new
+        .iter()
+        .filter(|p| old.get(&p.name).is_none())
+        .map(|p| p.name.clone())
+        .collect();
+    let count = new.iter().count();
+    let new = Arc::new(new);
+    *app.policies.write().unwrap() = new.clone();
+    app.policy_generation
+        .fetch_add(1, std::sync::atomic::Ordering::Release);
+    *app.policy_digest.lock().unwrap() = digest;
+    proxy.mask_catalog.clear();
+    let mut problems = Vec::new();
+    // Their leases end first (sessions closed, roles dropped), then their group roles go.
+    match app.leases.revoke_orphaned(&new).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(leases = n, "revoked the leases of removed policies"),
+        Err(e) => problems.push(format!("revoking the leases of removed policies: {e}")),
+    }
+    for p in &removed {
+        let Some(db) = app.leases.databases().get(&p.database) else {
+            continue;
+        };
+        let dropped = match db.pool.get().await {
+            Ok(mut c) => roles::drop_group_role(&mut c, p, &db.dbname)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match dropped {
+            Ok(roles::GroupRemoval::OwnsObjects) => problems.push(format!(
+                "group role {} owns objects; left in place",
+                p.group_role()
+            )),
+            Ok(_) => {}
+            Err(e) => problems.push(format!("dropping group role {}: {e}", p.group_role())),
+        }
+    }
+    let mut summary = format!("{count} policies");
+    if !added.is_empty() {
+        summary.push_str(&format!("; added {}", added.join(", ")));
+    }
+    if !removed.is_empty() {
+        let names: Vec<&str> = removed.iter().map(|p| p.name.as_str()).collect();
+        summary.push_str(&format!("; removed {}", names.join(", ")));
+    }
+    if !problems.is_empty() {
+        summary.push_str(&format!("; problems: {}", problems.join("; ")));
+    }
+    let event =
+        crate::audit::Event::new(crate::audit::Kind::PolicyReloaded).reason(summary.clone());
+    if let Err(e) = app.leases.audit().record(&event).await {
+        tracing::error!(error = %e, "cannot audit a policy reload");
+    }
+    tracing::info!(%summary, "policies reloaded");
+    Ok(summary)
 }

@@ -42,6 +42,9 @@ async fn forged_lease_and_approval_events_change_nothing() {
         format!("SELECT pg_notify('pgid_lease_events', '{id} revoked 00112233445566778899aabbccddeeff')"),
         "SELECT pg_notify('pgid_approval_events', 'expired')".to_string(),
         format!("SELECT pg_notify('pgid_approval_events', '{}')", uuid::Uuid::new_v4()),
+        "SELECT pg_notify('pgid_policy_events', 'reloaded 1 00')".to_string(),
+        "SELECT pg_notify('pgid_cancel_events', 'ask 1 00 0 1 00112233445566778899aabbccddeeff')"
+            .to_string(),
     ];
     for sql in &forged {
         a.batch_execute(sql).await.unwrap();
@@ -73,5 +76,11 @@ async fn forged_lease_and_approval_events_change_nothing() {
             .unwrap_or_else(|e| panic!("the victim cannot connect on port {port}: {e}"));
         c.simple_query("SELECT 1").await.unwrap();
     }
+    assert!(
+        !h.audit_records()
+            .iter()
+            .any(|r| r["kind"] == "policy.reloaded"),
+        "a forged reload announcement made nobody reload"
+    );
     second.shutdown().await;
 }

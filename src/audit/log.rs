@@ -225,6 +225,17 @@ impl AuditLog {
         &self.inner.path
     }
 
+    /// Why audited actions are refused, once a write failed (the log stays failed).
+    pub fn failure(&self) -> Option<String> {
+        self.inner
+            .state
+            .lock()
+            .unwrap()
+            .failed
+            .as_ref()
+            .map(ToString::to_string)
+    }
+
     /// Appends `event`; returns once it is durable.
     pub async fn record(&self, event: &Event) -> Result<(), AuditError> {
         let json = serde_json::to_string(event).map_err(|e| AuditError::Sink(e.to_string()))?;

@@ -52,6 +52,8 @@ pub struct BrokerState {
     pub review: Arc<review::ReviewPage>,
     /// Cancelled when pgid stops: long-lived responses (the page's live updates) end.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The instance lock and event listener (`/readyz`).
+    pub instance: Arc<crate::store::InstanceStatus>,
 }
 
 impl BrokerState {
@@ -81,6 +83,7 @@ pub fn router(state: BrokerState) -> Router {
         .route("/approvals/page.css", get(review::style))
         .route("/approvals/{id}", get(review::request))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
@@ -97,19 +100,49 @@ pub(crate) async fn record_denial(s: &BrokerState, mut event: crate::audit::Even
     }
 }
 
-async fn healthz(State(s): State<BrokerState>) -> impl IntoResponse {
-    let ok = match s.leases.store().pool().get().await {
-        Ok(c) => c.query_one("SELECT 1", &[]).await.is_ok(),
-        Err(_) => false,
-    };
-    if ok {
-        (StatusCode::OK, Json(serde_json::json!({"status": "ok"})))
+/// Liveness: the process answers. A state database outage does not make it dead (restarting
+/// pgid would not help); `/readyz` says whether it can serve.
+async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Longest `/readyz` waits for the state database.
+const READY_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Readiness: 503 with the reasons while pgid cannot serve correctly — the state database is
+/// unreachable, the instance lock and event listener are down (revocations and approvals from
+/// other instances would not arrive), or the audit log failed (audited actions are refused). The
+/// reasons are fixed texts: the details are in pgid's log, not on an unauthenticated endpoint.
+async fn readyz(State(s): State<BrokerState>) -> impl IntoResponse {
+    let mut reasons = Vec::new();
+    let database = tokio::time::timeout(READY_CHECK_TIMEOUT, async {
+        match s.leases.store().pool().get().await {
+            Ok(c) => c.query_one("SELECT 1", &[]).await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await
+    .unwrap_or(false);
+    if !database {
+        reasons.push("state database unreachable");
+    }
+    if let Some(why) = s.instance.problem() {
+        tracing::debug!(reason = %why, "not ready");
+        reasons.push("instance lock and event listener down");
+    }
+    if s.leases.audit().failure().is_some() {
+        reasons.push("audit log failed");
+    }
+    if reasons.is_empty() {
+        (StatusCode::OK, Json(serde_json::json!({"status": "ready"})))
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(
-                serde_json::json!({"status": "unavailable", "message": "state database unreachable"}),
-            ),
+            Json(serde_json::json!({
+                "status": "unavailable",
+                "reason": reasons.join("; "),
+                "reasons": reasons,
+            })),
         )
     }
 }

@@ -39,6 +39,9 @@ pub struct TempPostgres {
     /// Password of the `postgres` superuser.
     pub password: String,
     pub bin: PathBuf,
+    /// The server's command line after `-p <port>` (for a restart).
+    args: Vec<String>,
+    run_as: Option<(u32, u32)>,
 }
 
 impl TempPostgres {
@@ -94,48 +97,32 @@ impl TempPostgres {
         let mut last_error = String::new();
         for _ in 0..5 {
             let port = free_port()?;
-            let log = dir.path().join("postgres.log");
-            let logfile = std::fs::File::create(&log).map_err(|e| failed("creating log", e))?;
-            if let Some((uid, gid)) = run_as {
-                let _ = std::os::unix::fs::chown(&log, Some(uid), Some(gid));
-            }
-            let child = command(&bin.join("postgres"), run_as)
-                .arg("-D")
-                .arg(&data)
-                .args(["-p", &port.to_string(), "-k"])
-                .arg(dir.path())
-                .args([
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "synchronous_commit=off",
-                    "-c",
-                    "full_page_writes=off",
-                    "-c",
-                    "max_connections=400",
-                    "-c",
-                    "password_encryption=scram-sha-256",
-                ])
-                .args(
-                    settings
-                        .iter()
-                        .flat_map(|(k, v)| ["-c".to_string(), format!("{k}={v}")]),
-                )
-                .stdin(Stdio::null())
-                .stdout(logfile.try_clone().map_err(|e| failed("log", e))?)
-                .stderr(logfile)
-                .spawn()
-                .map_err(|e| failed("starting postgres", e))?;
+            let mut args: Vec<String> = [
+                "listen_addresses=127.0.0.1",
+                "fsync=off",
+                "synchronous_commit=off",
+                "full_page_writes=off",
+                "max_connections=400",
+                "password_encryption=scram-sha-256",
+            ]
+            .iter()
+            .flat_map(|s| ["-c".to_string(), s.to_string()])
+            .collect();
+            args.extend(
+                settings
+                    .iter()
+                    .flat_map(|(k, v)| ["-c".to_string(), format!("{k}={v}")]),
+            );
             let mut pg = TempPostgres {
                 dir,
-                child: Some(child),
+                child: None,
                 port,
                 password: password.clone(),
                 bin: bin.clone(),
+                args,
+                run_as,
             };
-            match pg.wait_ready(&data) {
+            match pg.spawn().and_then(|()| pg.wait_ready(&data)) {
                 Ok(()) => return Ok(pg),
                 Err(e) => {
                     last_error = e;
@@ -145,6 +132,46 @@ impl TempPostgres {
             }
         }
         Err(failed("postgres did not start", last_error))
+    }
+
+    /// Starts the server process on this cluster's port (its log appended to).
+    fn spawn(&mut self) -> Result<(), String> {
+        let log = self.log_path();
+        let logfile = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| format!("creating log: {e}"))?;
+        if let Some((uid, gid)) = self.run_as {
+            let _ = std::os::unix::fs::chown(&log, Some(uid), Some(gid));
+        }
+        let child = command(&self.bin.join("postgres"), self.run_as)
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-p", &self.port.to_string(), "-k"])
+            .arg(self.dir.path())
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(logfile.try_clone().map_err(|e| format!("log: {e}"))?)
+            .stderr(logfile)
+            .spawn()
+            .map_err(|e| format!("starting postgres: {e}"))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Stops the server (fast shutdown: every client is disconnected); the cluster stays.
+    pub fn stop_server(&mut self) {
+        self.stop();
+    }
+
+    /// Starts the stopped server again on the same port; returns once it accepts connections.
+    pub fn start_server(&mut self) -> Result<(), TempPostgresError> {
+        let data = self.data_dir();
+        let _ = std::fs::remove_file(data.join("postmaster.pid"));
+        self.spawn()
+            .and_then(|()| self.wait_ready(&data))
+            .map_err(|e| failed("restarting postgres", e))
     }
 
     fn take_dir(mut self) -> tempfile::TempDir {

@@ -13,15 +13,20 @@
 //! Postgres itself; guessing is bounded: an address that sent [`GUESSES`] cancel requests for
 //! keys nobody holds within a minute has its cancel requests ignored for the rest of that minute,
 //! so a guess at a given key takes decades per address.
+//!
+//! Behind a load balancer a cancel may reach another instance than the session's: a key this
+//! instance does not hold is announced to the others ([`super::cancel_relay`]), and a key
+//! another instance announces is acted on here if it is one of ours.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
+use super::cancel_relay::{CancelEvent, CancelRelay};
 use super::upstream::connect_socket;
 use crate::database::Upstream as UpstreamAddr;
 
@@ -44,6 +49,11 @@ pub struct CancelMap {
     map: Mutex<Sessions>,
     /// Per source address: when its window started, and its unknown keys in it.
     guesses: Mutex<HashMap<std::net::IpAddr, (std::time::Instant, u32)>>,
+    /// Where keys held elsewhere are asked for (several instances share the state database).
+    relay: std::sync::OnceLock<CancelRelay>,
+    /// Cancels this instance announced to the others, and announced cancels it acted on.
+    pub routed_out: AtomicU64,
+    pub routed_in: AtomicU64,
 }
 
 /// Removes the session's key when the session ends.
@@ -98,7 +108,18 @@ impl CancelMap {
         }
     }
 
-    /// Forwards a cancel; unknown keys are ignored silently, as Postgres does.
+    /// Routes cancels for keys this instance does not hold through `relay` (set once).
+    pub fn route_through(&self, relay: CancelRelay) {
+        let _ = self.relay.set(relay);
+    }
+
+    /// Whether a session of this instance has a key with this pid (tests: who owns a session).
+    pub fn holds_pid(&self, pid: i32) -> bool {
+        self.map.lock().unwrap().keys().any(|(p, _)| *p == pid)
+    }
+
+    /// Forwards a cancel; unknown keys are ignored silently, as Postgres does (announced to the
+    /// other instances first, when there are any).
     pub async fn cancel(&self, pid: i32, secret: i32, from: std::net::IpAddr) {
         if !self.may_try(from) {
             tracing::warn!(%from, "cancel requests ignored: too many for unknown keys");
@@ -118,7 +139,71 @@ impl CancelMap {
                 cancelled.notify_one();
                 send(&t).await;
             }
-            None => self.guessed(from),
+            None => {
+                // Charged now, refunded when an owner answers.
+                self.guessed(from);
+                if let Some(relay) = self.relay.get() {
+                    self.routed_out.fetch_add(1, Ordering::Relaxed);
+                    relay.publish(&relay.ask(pid, secret, from)).await;
+                }
+            }
+        }
+    }
+
+    /// An event on the cancel channel, its seal checked: a request for one of this instance's
+    /// keys is acted on and answered; an answer to this instance's request refunds the guess.
+    pub fn on_event(self: &Arc<Self>, body: &str) {
+        let Some(relay) = self.relay.get() else {
+            return;
+        };
+        match CancelEvent::decode(body) {
+            Some(CancelEvent::Ask {
+                origin,
+                nonce,
+                sent,
+                pid,
+                tag,
+            }) => {
+                let found = {
+                    let map = self.map.lock().unwrap();
+                    map.iter()
+                        .filter(|((p, _), _)| *p == pid)
+                        .find(|((_, secret), _)| relay.matches(origin, nonce, pid, *secret, &tag))
+                        .map(|(_, (t, c, r))| (t.clone(), c.clone(), r.clone()))
+                };
+                let Some((target, cancelled, requested)) = found else {
+                    return;
+                };
+                // Checked after the match, so a stranger's replay cannot fill the nonce memory.
+                if !relay.admit(origin, nonce, sent) {
+                    return;
+                }
+                requested.store(true, Ordering::SeqCst);
+                cancelled.notify_one();
+                self.routed_in.fetch_add(1, Ordering::Relaxed);
+                let map = self.clone();
+                tokio::spawn(async move {
+                    send(&target).await;
+                    if let Some(relay) = map.relay.get() {
+                        relay
+                            .publish(&CancelEvent::Done { origin, nonce }.encode())
+                            .await;
+                    }
+                });
+            }
+            Some(CancelEvent::Done { origin, nonce }) if origin == relay.instance => {
+                if let Some(from) = relay.answered(nonce) {
+                    self.refund(from);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// An announced key turned out to be held by another instance: not a guess.
+    fn refund(&self, from: std::net::IpAddr) {
+        if let Some((_, n)) = self.guesses.lock().unwrap().get_mut(&from) {
+            *n = n.saturating_sub(1);
         }
     }
 

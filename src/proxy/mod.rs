@@ -11,6 +11,7 @@
 
 mod approver;
 pub mod cancel;
+pub mod cancel_relay;
 pub mod catalog;
 pub mod estimate;
 pub mod handshake;

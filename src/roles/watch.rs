@@ -105,6 +105,18 @@ impl LeaseWatch {
         }
     }
 
+    /// Leases some session here watches (re-read after events from other instances may have
+    /// been missed).
+    pub fn watched_ids(&self) -> Vec<Uuid> {
+        self.leases
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, (tx, ended))| tx.receiver_count() > 0 && ended.is_none())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     pub fn watched(&self) -> usize {
         self.leases
             .lock()

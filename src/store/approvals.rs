@@ -210,6 +210,15 @@ impl ApprovalWaits {
         self.waiting.lock().unwrap().remove(&id);
     }
 
+    /// Every waiter re-reads its request and every page refreshes (announcements may have been
+    /// missed while the listener was down).
+    pub fn wake_all(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        for n in self.waiting.lock().unwrap().values() {
+            n.notify_one();
+        }
+    }
+
     /// An announcement (its sealed payload already opened: a request id, or `expired`).
     pub fn wake(&self, payload: &str) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));

@@ -16,7 +16,10 @@ pub use approvals::{
     APPROVAL_EVENTS_CHANNEL,
 };
 pub use events::EventKey;
-pub use instance::{InstanceLock, INSTANCE_LOCK_SPACE, LEASE_EVENTS_CHANNEL};
+pub use instance::{
+    InstanceLock, InstanceStatus, OnEvent, OnReconnect, CANCEL_EVENTS_CHANNEL, INSTANCE_LOCK_SPACE,
+    LEASE_EVENTS_CHANNEL, POLICY_EVENTS_CHANNEL,
+};
 #[cfg(test)]
 pub use leases::test_lease;
 pub use leases::{LeaseRow, LeaseState, NewLease, Store};
