@@ -107,7 +107,11 @@ pub fn state_database(
 /// All or nothing: every name the policies use is checked in their database first, each
 /// database's changes run in one transaction, and the transactions commit only once every
 /// database has applied its own; a problem anywhere (all are reported) changes no grant.
-async fn reconcile_groups(databases: &Databases, policies: &PolicySet) -> Result<(), StartError> {
+async fn reconcile_groups(
+    databases: &Databases,
+    policies: &PolicySet,
+    deployment: &roles::Deployment,
+) -> Result<(), StartError> {
     let mut clients = Vec::new();
     for db in databases.iter() {
         let c = db
@@ -115,11 +119,14 @@ async fn reconcile_groups(databases: &Databases, policies: &PolicySet) -> Result
             .get()
             .await
             .map_err(err(&format!("connecting to database {}", db.name)))?;
-        roles::ensure_marker_role(&**c).await.map_err(err(&format!(
-            "database {}: creating the lease marker role",
-            db.name
-        )))?;
-        roles::hba::check(&c, &db.name, roles::LEASE_MARKER_ROLE).await;
+        roles::ensure_marker_roles(&**c, deployment)
+            .await
+            .map_err(err(&format!(
+                "database {}: creating the marker roles of deployment {}",
+                db.name,
+                deployment.name()
+            )))?;
+        roles::hba::check(&c, &db.name, &deployment.lease_marker()).await;
         clients.push((db, c));
     }
     // In the order of the databases' names, as every instance does (no deadlock between two).
@@ -131,7 +138,7 @@ async fn reconcile_groups(databases: &Databases, policies: &PolicySet) -> Result
             .filter(|p| p.database == db.name)
             .map(|p| &**p)
             .collect();
-        match roles::stage_policies(c, &db.name, &mine, &db.dbname).await {
+        match roles::stage_policies(c, &db.name, &mine, &db.dbname, deployment).await {
             Ok(s) => staged.push(s),
             Err(e) => problems.push(e.to_string()),
         }
@@ -143,6 +150,54 @@ async fn reconcile_groups(databases: &Databases, policies: &PolicySet) -> Result
         s.commit().await.map_err(|e| StartError(e.to_string()))?;
     }
     Ok(())
+}
+
+/// Drops this deployment's group roles that no policy names any more (policy files removed
+/// while pgid was down). Problems are logged: a group role left behind grants nothing to any
+/// live lease (their leases were revoked first) and is tried again at the next start.
+async fn drop_removed_groups(
+    databases: &Databases,
+    policies: &PolicySet,
+    deployment: &roles::Deployment,
+) {
+    let keep: std::collections::BTreeSet<String> = policies
+        .iter()
+        .map(|p| deployment.group_role(&p.name))
+        .collect();
+    let mut left = std::collections::BTreeMap::new();
+    for db in databases.iter() {
+        let outcome = match db.pool.get().await {
+            Ok(mut c) => roles::drop_orphan_groups(&mut c, &db.name, &keep, deployment)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(crate::database::pool_message(&e)),
+        };
+        match outcome {
+            Ok(roles) => {
+                for (role, removal) in roles {
+                    match removal {
+                        roles::GroupRemoval::Dropped => {
+                            left.remove(&role);
+                            tracing::info!(role = %role, database = %db.name, "dropped the group role of a removed policy");
+                        }
+                        other => {
+                            left.entry(role).or_insert(other);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(database = %db.name, error = %e, "cannot drop the group roles of removed policies")
+            }
+        }
+    }
+    for (role, why) in left {
+        let why = match why {
+            roles::GroupRemoval::OwnsObjects => "it owns objects",
+            _ => "it holds privileges in a database pgid does not manage",
+        };
+        tracing::warn!(role = %role, "group role of a removed policy left in place: {why}");
+    }
 }
 
 /// The services, built and reconciled, not yet serving.
@@ -349,7 +404,7 @@ impl App {
             instance.id,
         ));
 
-        reconcile_groups(&databases, &policies).await?;
+        reconcile_groups(&databases, &policies, &config.deployment).await?;
 
         let metrics = Arc::new(Metrics::default());
         let state_url = config
@@ -415,6 +470,7 @@ impl App {
                 metrics: metrics.clone(),
                 watch,
                 audit,
+                deployment: config.deployment.clone(),
             })
             .with_notifier(notifier),
         );
@@ -439,6 +495,8 @@ impl App {
             }
             Err(e) => tracing::error!(error = %e, "cannot revoke the leases of removed policies"),
         }
+        // Their group roles go too, once their leases are gone.
+        drop_removed_groups(leases.databases(), &policies, &config.deployment).await;
 
         let verifier =
             Arc::new(Verifier::new(&config.issuers).map_err(|e| StartError(e.to_string()))?);
@@ -757,7 +815,7 @@ async fn reload(app: &App, proxy: &Proxy) -> Result<String, String> {
     let _one_at_a_time = app.reloading.lock().await;
     let digest = policy_files_digest(&app.config.policies);
     let new = load_policies(&app.config).map_err(|e| e.0)?;
-    reconcile_groups(app.leases.databases(), &new)
+    reconcile_groups(app.leases.databases(), &new, &app.config.deployment)
         .await
         .map_err(|e| e.0)?;
     let old = app.policies.read().unwrap().clone();
@@ -790,7 +848,7 @@ async fn reload(app: &App, proxy: &Proxy) -> Result<String, String> {
             continue;
         };
         let dropped = match db.pool.get().await {
-            Ok(mut c) => roles::drop_group_role(&mut c, p, &db.dbname)
+            Ok(mut c) => roles::drop_group_role(&mut c, p, &db.dbname, &app.config.deployment)
                 .await
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
@@ -798,10 +856,13 @@ async fn reload(app: &App, proxy: &Proxy) -> Result<String, String> {
         match dropped {
             Ok(roles::GroupRemoval::OwnsObjects) => problems.push(format!(
                 "group role {} owns objects; left in place",
-                p.group_role()
+                app.config.deployment.group_role(&p.name)
             )),
             Ok(_) => {}
-            Err(e) => problems.push(format!("dropping group role {}: {e}", p.group_role())),
+            Err(e) => problems.push(format!(
+                "dropping group role {}: {e}",
+                app.config.deployment.group_role(&p.name)
+            )),
         }
     }
     let mut summary = format!("{count} policies");

@@ -55,6 +55,8 @@ pub enum ConfigError {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub source: PathBuf,
+    /// Which roles on the database clusters are this deployment's (`deployment = "…"`).
+    pub deployment: crate::roles::Deployment,
     pub state_dir: PathBuf,
     pub server_key_file: PathBuf,
     pub policies: PathBuf,
@@ -225,6 +227,7 @@ pub struct LeaseConfig {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    deployment: Option<Spanned<String>>,
     state_dir: Option<String>,
     server_key_file: Option<String>,
     policies: Option<String>,
@@ -434,8 +437,28 @@ impl Config {
         };
         let over = |name: &str, value: Option<String>| env(name).or(value);
 
-        let state_dir =
-            resolve(over("PGID_STATE_DIR", raw.state_dir).unwrap_or_else(|| "pgid-state".into()));
+        let deployment = match env("PGID_DEPLOYMENT") {
+            Some(name) => crate::roles::Deployment::new(&name)
+                .map_err(|m| loc.at(None, "PGID_DEPLOYMENT", m))?,
+            None => match &raw.deployment {
+                Some(name) => crate::roles::Deployment::new(name.get_ref())
+                    .map_err(|m| loc.at(Some(name.span()), "deployment", m))?,
+                None => crate::roles::Deployment::default(),
+            },
+        };
+        // `PGID_DEFAULT_*`: defaults an environment sets below the file (the container image
+        // keeps its state on its volume and listens on every address), where `PGID_*` overrides it.
+        let state_dir = resolve(
+            over("PGID_STATE_DIR", raw.state_dir)
+                .or_else(|| env("PGID_DEFAULT_STATE_DIR"))
+                .unwrap_or_else(|| "pgid-state".into()),
+        );
+        let listen_host = env("PGID_DEFAULT_LISTEN_HOST");
+        let default_listen = |port: u16| match &listen_host {
+            Some(host) if host.contains(':') => format!("[{host}]:{port}"),
+            Some(host) => format!("{host}:{port}"),
+            None => format!("127.0.0.1:{port}"),
+        };
         let server_key_file = over("PGID_SERVER_KEY_FILE", raw.server_key_file)
             .map(resolve)
             .unwrap_or_else(|| state_dir.join("server.key"));
@@ -457,7 +480,7 @@ impl Config {
             "broker.listen",
             "PGID_BROKER_LISTEN",
             raw.broker.listen,
-            "127.0.0.1:7443",
+            &default_listen(7443),
         )?;
         let tls = match (
             over("PGID_BROKER_TLS_CERT", raw.broker.tls_cert),
@@ -488,10 +511,17 @@ impl Config {
             "proxy.listen",
             "PGID_PROXY_LISTEN",
             raw.proxy.listen,
-            "127.0.0.1:7432",
+            &default_listen(7432),
         )?;
-        let public_host = over("PGID_PROXY_PUBLIC_HOST", raw.proxy.public_host)
-            .unwrap_or_else(|| proxy_listen.ip().to_string());
+        // Listening on every address says nothing about the name clients use: loopback (a
+        // published container port) unless `public_host` says otherwise.
+        let public_host =
+            over("PGID_PROXY_PUBLIC_HOST", raw.proxy.public_host).unwrap_or_else(|| {
+                match proxy_listen.ip() {
+                    ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+                    ip => ip.to_string(),
+                }
+            });
         let public_port = match env("PGID_PROXY_PUBLIC_PORT") {
             Some(p) => Some(p.parse().map_err(|_| {
                 loc.at(
@@ -766,6 +796,7 @@ impl Config {
 
         Ok(Config {
             source: path.to_path_buf(),
+            deployment,
             state_dir,
             server_key_file,
             policies,
@@ -1073,8 +1104,50 @@ admin_url = "postgres://pgid_admin:pw@127.0.0.1:5432/app"
     }
 
     #[test]
+    fn container_defaults_sit_below_the_file() {
+        let bare = GOOD
+            .replace("state_dir = \"/tmp/pgid-state\"\n", "")
+            .replace("listen = \"127.0.0.1:7443\"\n", "")
+            .replace(
+                "listen = \"127.0.0.1:7432\"\npublic_host = \"db.example.com\"\n",
+                "",
+            );
+        let plain = parse(&bare, &no_env).unwrap();
+        assert_eq!(plain.broker.listen.to_string(), "127.0.0.1:7443");
+        assert_eq!(plain.proxy.listen.to_string(), "127.0.0.1:7432");
+        assert_eq!(plain.state_dir, PathBuf::from("/etc/pgid/pgid-state"));
+        let image = |k: &str| match k {
+            "PGID_DEFAULT_LISTEN_HOST" => Some("0.0.0.0".to_string()),
+            "PGID_DEFAULT_STATE_DIR" => Some("/var/lib/pgid".to_string()),
+            _ => None,
+        };
+        let c = parse(&bare, &image).unwrap();
+        assert_eq!(c.broker.listen.to_string(), "0.0.0.0:7443");
+        assert_eq!(c.proxy.listen.to_string(), "0.0.0.0:7432");
+        assert_eq!(c.proxy.public_host, "127.0.0.1");
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/pgid"));
+        assert_eq!(c.server_key_file, PathBuf::from("/var/lib/pgid/server.key"));
+        // What the file says wins over the image's defaults.
+        let c = parse(GOOD, &image).unwrap();
+        assert_eq!(c.broker.listen.to_string(), "127.0.0.1:7443");
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/pgid-state"));
+    }
+
+    #[test]
+    fn deployment_name_is_checked_and_overridable() {
+        let named = format!("deployment = \"prod\"\n{GOOD}");
+        assert_eq!(parse(&named, &no_env).unwrap().deployment.name(), "prod");
+        let bad = format!("deployment = \"Prod_1\"\n{GOOD}");
+        let e = parse(&bad, &no_env).unwrap_err().to_string();
+        assert!(e.starts_with("/etc/pgid/pgid.toml:1: deployment:"), "{e}");
+        let env = |k: &str| (k == "PGID_DEPLOYMENT").then(|| "staging".to_string());
+        assert_eq!(parse(&named, &env).unwrap().deployment.name(), "staging");
+    }
+
+    #[test]
     fn reads_a_good_file_with_defaults() {
         let c = parse(GOOD, &no_env).unwrap();
+        assert_eq!(c.deployment.name(), "default");
         assert_eq!(c.state_dir, PathBuf::from("/tmp/pgid-state"));
         assert_eq!(
             c.server_key_file,

@@ -258,7 +258,7 @@ async fn plan(config: PathBuf) -> anyhow::Result<u8> {
             .await
             .with_context(|| format!("connecting to database {}", db.name))?;
         for p in policies.iter().filter(|p| p.database == db.name) {
-            let plan = roles::plan_policy(&**c, p, &db.dbname).await?;
+            let plan = roles::plan_policy(&**c, p, &db.dbname, &config.deployment).await?;
             println!(
                 "-- policy {} → role {} in database {}",
                 plan.policy, plan.role, db.name

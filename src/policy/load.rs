@@ -820,7 +820,6 @@ timeout = "5m"
         assert_eq!(p.name, "nightly-report");
         assert_eq!(p.ttl.as_secs(), 900);
         assert_eq!(p.max_ttl.as_secs(), 3600);
-        assert_eq!(p.group_role(), "pgid_p_nightly-report");
         assert_eq!(
             p.grants[0].objects,
             GrantObjects::Tables(vec![

@@ -57,11 +57,6 @@ impl fmt::Display for ColumnRef {
 }
 
 impl Policy {
-    /// The group role holding this policy's grants.
-    pub fn group_role(&self) -> String {
-        format!("pgid_p_{}", self.name)
-    }
-
     /// Lease length for a request: the policy default, or the requested one if within `max_ttl`.
     pub fn lease_ttl(&self, requested: Option<Duration>) -> Result<Duration, String> {
         match requested {

@@ -34,6 +34,20 @@ pub fn create_nologin_role(role: &str) -> String {
     format!("CREATE ROLE {} NOLOGIN", ident(role))
 }
 
+/// A policy's group role, a member of its deployment's group marker from the start.
+pub fn create_group_role(role: &str, marker: &str) -> String {
+    format!(
+        "CREATE ROLE {} NOLOGIN IN ROLE {}",
+        ident(role),
+        ident(marker)
+    )
+}
+
+/// Makes `member` a member of `role`.
+pub fn grant_membership(role: &str, member: &str) -> String {
+    format!("GRANT {} TO {}", ident(role), ident(member))
+}
+
 pub struct LeaseRole<'a> {
     pub name: &'a str,
     pub groups: &'a [&'a str],
@@ -215,6 +229,14 @@ mod tests {
 
     #[test]
     fn identifiers_are_always_quoted() {
+        assert_eq!(
+            create_group_role("pgid_d_prod_p_a\"b", "pgid_groups_prod"),
+            "CREATE ROLE \"pgid_d_prod_p_a\"\"b\" NOLOGIN IN ROLE \"pgid_groups_prod\""
+        );
+        assert_eq!(
+            grant_membership("pgid_groups", "pgid_p_x"),
+            "GRANT \"pgid_groups\" TO \"pgid_p_x\""
+        );
         assert_eq!(
             create_nologin_role("pgid_p_nightly-report"),
             "CREATE ROLE \"pgid_p_nightly-report\" NOLOGIN"

@@ -1,6 +1,6 @@
 //! Defence in depth: a lease role should be useless outside pgid. Its password is known only to
-//! pgid, and `pg_hba.conf` should accept members of the marker role only from pgid's own
-//! addresses. At start pgid reads the server's rules (`pg_hba_file_rules`, readable by
+//! pgid, and `pg_hba.conf` should accept members of the deployment's lease marker role
+//! (`pgid_lease`, or `pgid_lease_<deployment>`) only from pgid's own addresses. At start pgid reads the server's rules (`pg_hba_file_rules`, readable by
 //! superusers or where granted) and warns when a rule would let a lease role log in from
 //! elsewhere; when it cannot read them it says so. The evaluation is pure ([`exposure`]).
 

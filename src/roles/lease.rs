@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::ddl;
 use super::removal::drop_lease_role;
 use super::watch::{EndReason, LeaseStatus, LeaseWatch};
-use super::LEASE_MARKER_ROLE;
+use super::Deployment;
 use crate::audit::{AuditError, AuditLog, Event, Kind};
 use crate::database::{pg_message, pool_message, Database, Databases};
 use crate::identity::VerifiedToken;
@@ -87,6 +87,7 @@ pub struct Leases {
     watch: Arc<LeaseWatch>,
     notifier: Option<Notifier>,
     audit: AuditLog,
+    deployment: Deployment,
 }
 
 /// Tells other pgid instances about lease changes (`NOTIFY pgid_lease_events`).
@@ -109,6 +110,8 @@ pub struct LeaseSetup {
     pub metrics: Arc<Metrics>,
     pub watch: Arc<LeaseWatch>,
     pub audit: AuditLog,
+    /// Whose roles these are: the marker and group role names.
+    pub deployment: Deployment,
 }
 
 /// `pgid_<policy prefix>_<random>`: generated, ASCII, at most 63 bytes, never from claims.
@@ -157,7 +160,12 @@ impl Leases {
             watch: s.watch,
             notifier: None,
             audit: s.audit,
+            deployment: s.deployment,
         }
+    }
+
+    pub fn deployment(&self) -> &Deployment {
+        &self.deployment
     }
 
     /// Sends lease changes to other instances too.
@@ -250,10 +258,11 @@ impl Leases {
             })
             .await?;
 
-        let group = policy.group_role();
+        let group = self.deployment.group_role(&policy.name);
+        let marker = self.deployment.lease_marker();
         let create = ddl::create_lease_role(&ddl::LeaseRole {
             name: &role,
-            groups: &[&group, LEASE_MARKER_ROLE],
+            groups: &[&group, &marker],
             valid_until: self.valid_until(expires_at),
             connection_limit,
             verifier: &db_verifier,
@@ -400,7 +409,7 @@ impl Leases {
             tokio::time::sleep(SESSION_CLOSE_GRACE).await;
         }
         let result = match self.database(&row.database) {
-            Ok(db) => drop_lease_role(db, &row.role_name).await,
+            Ok(db) => drop_lease_role(db, &row.role_name, &self.deployment).await,
             Err(e) => Err(e),
         };
         match result {

@@ -1,5 +1,6 @@
 //! Postgres roles pgid manages (DESIGN §2): a NOLOGIN group role per policy holding its grants,
-//! and short-lived lease roles that are members of it and of the `pgid_lease` marker.
+//! and short-lived lease roles that are members of it and of the `pgid_lease` marker; both
+//! kinds belong to one deployment (`deployment` names its markers).
 //!
 //! `ddl` builds SQL with quoted identifiers only; `names` checks the names policies use against
 //! the database; `objects` resolves what a policy grants through the catalog, `acl` reads what a
@@ -10,6 +11,7 @@
 
 mod acl;
 pub mod ddl;
+mod deployment;
 pub mod hba;
 mod lease;
 mod names;
@@ -20,6 +22,7 @@ mod reconcile;
 mod removal;
 mod watch;
 
+pub use deployment::{Deployment, DEFAULT_DEPLOYMENT};
 pub use lease::{
     database_password, lease_role_name, ClientSecret, IssuedLease, LeaseError, LeaseSetup, Leases,
     Notifier,
@@ -28,9 +31,7 @@ pub use names::{check_names, closest, MissingName};
 pub use plan::{plan_policy, GroupPlan};
 pub use reaper::{reap_once, Reaper};
 pub use reconcile::{
-    drop_group_role, ensure_marker_role, stage_policies, GroupRemoval, ReconcileError, Staged,
+    drop_group_role, drop_orphan_groups, ensure_marker_roles, stage_policies, GroupRemoval,
+    ReconcileError, Staged,
 };
 pub use watch::{lease_ended, EndReason, LeaseStatus, LeaseWatch};
-
-/// The NOLOGIN role every lease role is a member of: how pgid recognises its own roles.
-pub const LEASE_MARKER_ROLE: &str = "pgid_lease";

@@ -8,6 +8,7 @@ use super::acl::held;
 use super::ddl;
 use super::objects::{wanted, Privileges};
 use super::reconcile::ReconcileError;
+use super::Deployment;
 use crate::policy::{Policy, Privilege};
 
 /// The SQL that brings one policy's group role in line with the policy file.
@@ -19,27 +20,54 @@ pub struct GroupPlan {
     pub statements: Vec<String>,
 }
 
+/// A role of the group role's name exists that is not this deployment's: fail closed rather
+/// than grant through it.
+fn foreign(policy: &Policy, role: &str, why: &str) -> ReconcileError {
+    ReconcileError::Foreign {
+        policy: policy.name.clone(),
+        role: role.to_string(),
+        why: why.to_string(),
+    }
+}
+
 pub async fn plan_policy(
     client: &impl GenericClient,
     policy: &Policy,
     dbname: &str,
+    deployment: &Deployment,
 ) -> Result<GroupPlan, ReconcileError> {
     let pg = |source| ReconcileError::Postgres {
         policy: policy.name.clone(),
         source,
     };
-    let role = policy.group_role();
+    let role = deployment.group_role(&policy.name);
+    let marker = deployment.group_marker();
     let mut statements = Vec::new();
-    let exists = client
+    // (can log in or is a superuser, is a member of this deployment's group marker)
+    let found = client
         .query_opt(
-            "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
-            &[&role],
+            "SELECT r.rolcanlogin OR r.rolsuper, EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m                JOIN pg_catalog.pg_roles k ON k.oid = m.roleid                WHERE m.member = r.oid AND k.rolname = $2)              FROM pg_catalog.pg_roles r WHERE r.rolname = $1",
+            &[&role, &marker],
         )
         .await
         .map_err(pg)?
-        .is_some();
-    if !exists {
-        statements.push(ddl::create_nologin_role(&role));
+        .map(|r| (r.get::<_, bool>(0), r.get::<_, bool>(1)));
+    let exists = found.is_some();
+    match found {
+        None => statements.push(ddl::create_group_role(&role, &marker)),
+        Some((true, _)) => return Err(foreign(policy, &role, "it can log in or is a superuser")),
+        Some((false, true)) => {}
+        // Made by pgid before group roles carried a marker: this deployment's by its name.
+        Some((false, false)) if deployment.adopts_unmarked_groups() => {
+            statements.push(ddl::grant_membership(&marker, &role))
+        }
+        Some((false, false)) => {
+            return Err(foreign(
+                policy,
+                &role,
+                &format!("it is not a member of {marker}, this deployment's group marker"),
+            ))
+        }
     }
     let want = wanted(client, policy, dbname).await?;
     let have = if exists {
@@ -58,7 +86,7 @@ pub async fn plan_policy(
 
 /// The GRANTs (in object order) and then the REVOKEs that turn what `role` has into what it
 /// should have.
-fn changes(want: &Privileges, have: &Privileges, role: &str) -> Vec<String> {
+pub(super) fn changes(want: &Privileges, have: &Privileges, role: &str) -> Vec<String> {
     let none = Default::default();
     let mut statements = Vec::new();
     for (object, wanted) in want {

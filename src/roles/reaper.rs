@@ -1,5 +1,6 @@
 //! The reaper: expires leases, retries failed removals, and reconciles in both directions —
-//! marked lease roles with no live lease are dropped; leases whose role vanished are ended.
+//! lease roles marked as this deployment's with no live lease are dropped (another
+//! deployment's, members of its own marker, are not seen); leases whose role vanished are ended.
 
 use std::time::Duration;
 
@@ -7,7 +8,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::lease::Leases;
 use super::removal::drop_lease_role;
-use super::LEASE_MARKER_ROLE;
 use crate::database::{pg_message, pool_message};
 use crate::store::LeaseState;
 
@@ -106,11 +106,12 @@ pub async fn reap_once(leases: &Leases) -> ReapReport {
         };
         // Roles first, then lease rows: a role seen here had its intent row committed before it
         // was created, so the row is visible to the later read and the role is not taken for an orphan.
+        let marker = leases.deployment().lease_marker();
         let marked = client
             .query(
                 "SELECT r.rolname FROM pg_roles r JOIN pg_auth_members m ON m.member = r.oid \
                  JOIN pg_roles k ON k.oid = m.roleid WHERE k.rolname = $1",
-                &[&LEASE_MARKER_ROLE],
+                &[&marker],
             )
             .await;
         let marked: Vec<String> = match marked {
@@ -123,7 +124,7 @@ pub async fn reap_once(leases: &Leases) -> ReapReport {
         match store.live_roles().await {
             Ok(live) => {
                 for role in marked.iter().filter(|r| !live.contains(*r)) {
-                    match drop_lease_role(db, role).await {
+                    match drop_lease_role(db, role, leases.deployment()).await {
                         Ok(()) => {
                             report.orphans += 1;
                             leases

@@ -2,13 +2,19 @@
 //! what it no longer lists. [`plan_policy`] computes the SQL from the catalog; `stage_policies`
 //! runs it for every policy of a database in one transaction, after checking every name the
 //! policies use, and [`Staged::commit`] makes it take effect: all of it or none.
+//! [`drop_orphan_groups`] removes this deployment's group roles that no policy names any more
+//! (a policy file deleted while pgid was down).
+
+use std::collections::BTreeSet;
 
 use tokio_postgres::GenericClient;
 
+use super::acl::held;
 use super::ddl;
 use super::names::{check_names, MissingName};
-use super::plan::{plan_policy, GroupPlan};
-use super::LEASE_MARKER_ROLE;
+use super::objects::Privileges;
+use super::plan::{changes, plan_policy, GroupPlan};
+use super::Deployment;
 use crate::policy::{Policy, Privilege};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +31,12 @@ pub enum ReconcileError {
         #[source]
         source: tokio_postgres::Error,
     },
+    #[error("policy {policy}: role {role} exists but is not this deployment's group role ({why}); rename the policy, set another `deployment`, or drop the role")]
+    Foreign {
+        policy: String,
+        role: String,
+        why: String,
+    },
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Names(Vec<MissingName>),
     #[error("database {database}: {}", crate::database::pg_message(source))]
@@ -35,20 +47,29 @@ pub enum ReconcileError {
     },
 }
 
-/// Creates the `pgid_lease` marker role if it is missing (several instances may race: fine).
-pub async fn ensure_marker_role(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
-    let exists = client
-        .query_opt(
-            "SELECT 1 FROM pg_roles WHERE rolname = $1",
-            &[&LEASE_MARKER_ROLE],
-        )
-        .await?;
-    if exists.is_none() {
+/// Creates the deployment's lease and group marker roles if they are missing (several
+/// instances may race: fine).
+pub async fn ensure_marker_roles(
+    client: &impl GenericClient,
+    deployment: &Deployment,
+) -> Result<(), tokio_postgres::Error> {
+    for marker in [deployment.lease_marker(), deployment.group_marker()] {
+        let exists = client
+            .query_opt(
+                "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
+                &[&marker],
+            )
+            .await?;
+        if exists.is_some() {
+            continue;
+        }
         match client
-            .batch_execute(&ddl::create_nologin_role(LEASE_MARKER_ROLE))
+            .batch_execute(&ddl::create_nologin_role(&marker))
             .await
         {
-            Ok(()) => tracing::info!(role = LEASE_MARKER_ROLE, "created lease marker role"),
+            Ok(()) => {
+                tracing::info!(role = %marker, deployment = deployment.name(), "created marker role")
+            }
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {}
             Err(e) => return Err(e),
         }
@@ -83,6 +104,8 @@ pub enum GroupRemoval {
     Missing,
     /// It owns objects (someone gave it some): left in place rather than destroy them.
     OwnsObjects,
+    /// It still holds privileges in another database of the cluster.
+    HeldElsewhere,
 }
 
 /// Drops the group role of a policy that no longer exists: every privilege pgid granted it is
@@ -92,8 +115,9 @@ pub async fn drop_group_role(
     client: &mut tokio_postgres::Client,
     policy: &Policy,
     dbname: &str,
+    deployment: &Deployment,
 ) -> Result<GroupRemoval, ReconcileError> {
-    let role = policy.group_role();
+    let role = deployment.group_role(&policy.name);
     let pg = postgres_error(policy);
     let tx = begin_locked(client).await.map_err(pg)?;
     if tx
@@ -120,7 +144,10 @@ pub async fn drop_group_role(
         grants: Vec::new(),
         ..policy.clone()
     };
-    for stmt in plan_policy(&tx, &bare, dbname).await?.statements {
+    for stmt in plan_policy(&tx, &bare, dbname, deployment)
+        .await?
+        .statements
+    {
         tx.batch_execute(&stmt).await.map_err(pg)?;
     }
     tx.batch_execute(&ddl::revoke(
@@ -133,6 +160,63 @@ pub async fn drop_group_role(
     tx.batch_execute(&ddl::drop_role(&role)).await.map_err(pg)?;
     tx.commit().await.map_err(pg)?;
     Ok(GroupRemoval::Dropped)
+}
+
+/// This deployment's group roles (members of its group marker) that are not in `keep`, the
+/// group roles of every policy it has now, on any database: what each of them holds in this
+/// database is revoked, then the role is dropped. A role that owns objects is left in place;
+/// one that still holds privileges in another database is left for that database's pass (the
+/// DROP fails there and is rolled back). Returns each role found and what became of it.
+pub async fn drop_orphan_groups(
+    client: &mut tokio_postgres::Client,
+    database: &str,
+    keep: &BTreeSet<String>,
+    deployment: &Deployment,
+) -> Result<Vec<(String, GroupRemoval)>, ReconcileError> {
+    let db_error = |source| ReconcileError::Database {
+        database: database.to_string(),
+        source,
+    };
+    let mut tx = begin_locked(client).await.map_err(db_error)?;
+    let rows = tx
+        .query(
+            "SELECT r.rolname, EXISTS (SELECT 1 FROM pg_catalog.pg_shdepend d                WHERE d.refobjid = r.oid AND d.deptype = 'o')              FROM pg_catalog.pg_auth_members m              JOIN pg_catalog.pg_roles r ON r.oid = m.member              JOIN pg_catalog.pg_roles k ON k.oid = m.roleid              WHERE k.rolname = $1 ORDER BY r.rolname",
+            &[&deployment.group_marker()],
+        )
+        .await
+        .map_err(db_error)?;
+    let mut outcome = Vec::new();
+    for row in rows {
+        let (role, owns): (String, bool) = (row.get(0), row.get(1));
+        if keep.contains(&role) {
+            continue;
+        }
+        if owns {
+            outcome.push((role, GroupRemoval::OwnsObjects));
+            continue;
+        }
+        let have = held(&tx, &role).await.map_err(db_error)?;
+        for stmt in changes(&Privileges::new(), &have, &role) {
+            tx.batch_execute(&stmt).await.map_err(db_error)?;
+        }
+        let attempt = tx.savepoint("drop_group").await.map_err(db_error)?;
+        match attempt.batch_execute(&ddl::drop_role(&role)).await {
+            Ok(()) => {
+                attempt.commit().await.map_err(db_error)?;
+                outcome.push((role, GroupRemoval::Dropped));
+            }
+            Err(e)
+                if e.code()
+                    == Some(&tokio_postgres::error::SqlState::DEPENDENT_OBJECTS_STILL_EXIST) =>
+            {
+                attempt.rollback().await.map_err(db_error)?;
+                outcome.push((role, GroupRemoval::HeldElsewhere));
+            }
+            Err(e) => return Err(db_error(e)),
+        }
+    }
+    tx.commit().await.map_err(db_error)?;
+    Ok(outcome)
 }
 
 /// Every policy of one database applied in one open transaction (under the reconcile lock), not
@@ -150,6 +234,7 @@ pub async fn stage_policies<'a>(
     database: &str,
     policies: &[&Policy],
     dbname: &str,
+    deployment: &Deployment,
 ) -> Result<Staged<'a>, ReconcileError> {
     let db_error = |source| ReconcileError::Database {
         database: database.to_string(),
@@ -162,7 +247,7 @@ pub async fn stage_policies<'a>(
     }
     let mut plans = Vec::new();
     for policy in policies {
-        let plan = plan_policy(&tx, policy, dbname).await?;
+        let plan = plan_policy(&tx, policy, dbname, deployment).await?;
         for stmt in &plan.statements {
             tx.batch_execute(stmt)
                 .await

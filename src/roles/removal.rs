@@ -16,8 +16,8 @@
 //! 5. `DROP ROLE`.
 //!
 //! The admin gives back what it took: other leases' privileges at once, the removed lease's if
-//! a step failed (pg_hba.conf lines for `+pgid_lease` match members of members too). A failed
-//! removal is retried later.
+//! a step failed (pg_hba.conf lines for the lease marker, `+pgid_lease`, match members of
+//! members too). A failed removal is retried later.
 
 use std::time::Duration;
 
@@ -26,7 +26,7 @@ use tokio_postgres::Client;
 
 use super::ddl;
 use super::lease::{db_error, pg_error, pool_error, LeaseError};
-use super::LEASE_MARKER_ROLE;
+use super::Deployment;
 use crate::database::{pg_message, Database};
 
 /// How long removal waits for the role's backends to exit after `pg_terminate_backend`.
@@ -34,7 +34,11 @@ const BACKENDS_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKENDS_POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The removal steps for one role (nothing to do if it is gone).
-pub(super) async fn drop_lease_role(db: &Database, role: &str) -> Result<(), LeaseError> {
+pub(super) async fn drop_lease_role(
+    db: &Database,
+    role: &str,
+    deployment: &Deployment,
+) -> Result<(), LeaseError> {
     let c = db.pool.get().await.map_err(|e| pool_error(&db.name, &e))?;
     let err = |e: tokio_postgres::Error| pg_error(&db.name, &e);
     let Some(found) = c
@@ -53,7 +57,10 @@ pub(super) async fn drop_lease_role(db: &Database, role: &str) -> Result<(), Lea
     // Roles taken for the removal only: another live lease stays as it is.
     let mut took_others = Vec::new();
     let result = async {
-        for (grantor, grantor_oid) in lease_grantors(&c, oid).await.map_err(err)? {
+        for (grantor, grantor_oid) in lease_grantors(&c, oid, &deployment.lease_marker())
+            .await
+            .map_err(err)?
+        {
             if take_privileges(&c, &db.name, &grantor, grantor_oid).await? {
                 took_others.push(grantor);
             }
@@ -80,8 +87,13 @@ pub(super) async fn drop_lease_role(db: &Database, role: &str) -> Result<(), Lea
 
 /// Other lease roles that own objects on which the role holds privileges (one lease granted
 /// another access to its table): DROP OWNED revokes those only as their owner, so the admin
-/// needs the owners' privileges too. Only lease roles (members of `pgid_lease`) are taken.
-async fn lease_grantors(c: &Client, oid: u32) -> Result<Vec<(String, u32)>, tokio_postgres::Error> {
+/// needs the owners' privileges too. Only this deployment's lease roles (members of its lease
+/// marker) are taken.
+async fn lease_grantors(
+    c: &Client,
+    oid: u32,
+    marker: &str,
+) -> Result<Vec<(String, u32)>, tokio_postgres::Error> {
     let rows = c
         .query(
             "SELECT DISTINCT r.rolname, r.oid FROM pg_catalog.pg_shdepend a \
@@ -93,7 +105,7 @@ async fn lease_grantors(c: &Client, oid: u32) -> Result<Vec<(String, u32)>, toki
              AND EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m \
                JOIN pg_catalog.pg_roles k ON k.oid = m.roleid \
                WHERE m.member = r.oid AND k.rolname = $2)",
-            &[&oid, &LEASE_MARKER_ROLE],
+            &[&oid, &marker],
         )
         .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())

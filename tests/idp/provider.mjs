@@ -5,12 +5,14 @@
 // Reviewers: with REVIEW_CLIENT_ID/REVIEW_CLIENT_SECRET/REVIEW_REDIRECT_URIS, pgid's approval page
 // signs people in by the authorization-code flow through the provider's development sign-in form
 // (any password); REVIEWERS maps a login to its claims, e.g. {"alice": {"groups": ["dba"]}}.
-// Usage: PORT=… [CLIENT_ID=… CLIENT_SECRET=…] [REVIEW_…] node provider.mjs
+// Usage: PORT=… [CLIENT_ID=… CLIENT_SECRET=…] [REVIEW_…] [HOST=… ISSUER=…] node provider.mjs
+// (HOST: the address to listen on, loopback by default; ISSUER: its public URL, used by
+// deploy/compose, where it shares pgid's network namespace.)
 import Provider from 'oidc-provider';
 
 const env = process.env;
 const port = Number(env.PORT);
-const issuer = `http://127.0.0.1:${port}`;
+const issuer = env.ISSUER || `http://127.0.0.1:${port}`;
 const clients = [];
 if (env.CLIENT_ID) {
   clients.push({
@@ -55,4 +57,4 @@ const provider = new Provider(issuer, {
     },
   },
 });
-provider.listen(port, '127.0.0.1', () => console.log(`ready ${issuer}`));
+provider.listen(port, env.HOST || '127.0.0.1', () => console.log(`ready ${issuer}`));
