@@ -1,7 +1,10 @@
 //! pgid benchmark (run with `bench/run`): starts a throwaway PostgreSQL, pgid (`pgid serve`, a
 //! separate process) and PgBouncer in session mode when installed, then runs interleaved rounds of
-//! pgbench against each and prints TPS, latency and the ratios pgid/direct and pgid/PgBouncer.
-//! Finally it opens idle client connections to pgid and reports its memory per connection.
+//! pgbench against each and prints TPS, latency, the ratios to direct and to PgBouncer, and each
+//! proxy's CPU per statement (user+system time of its process from `/proc/<pid>/stat` over the
+//! run, divided by the statements pgbench completed: far steadier than TPS on a shared machine).
+//! Then a masked column against the same policy without the mask, and finally idle client
+//! connections to pgid for its memory per connection.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -24,6 +27,8 @@ struct Target {
     port: u16,
     user: String,
     password: String,
+    /// The proxy's process, whose CPU time is measured (none for `direct`).
+    pid: Option<u32>,
 }
 
 struct Killed(Child);
@@ -48,6 +53,44 @@ fn free_port() -> u16 {
 struct Result {
     tps: f64,
     latency_ms: f64,
+    /// Transactions pgbench completed.
+    transactions: f64,
+}
+
+/// A process's user+system CPU time so far, in µs (all its threads, live and ended).
+fn cpu_us(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start at field 3 (state).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    // utime and stime are fields 14 and 15: 11 and 12 after the state.
+    (ticks(11) + ticks(12)) * 1e6 / hz
+}
+
+/// One pgbench run and, for a proxy, its CPU µs per statement over the run.
+fn measured(
+    t: &Target,
+    args: &[&str],
+    clients: u32,
+    seconds: u32,
+    statements: f64,
+) -> anyhow::Result<(Result, Option<f64>)> {
+    let before = t.pid.map(cpu_us);
+    let r = pgbench(t, args, clients, seconds)?;
+    let cpu = t
+        .pid
+        .zip(before)
+        .map(|(pid, before)| (cpu_us(pid) - before) / (r.transactions * statements).max(1.0));
+    Ok((r, cpu))
 }
 
 fn pgbench(t: &Target, args: &[&str], clients: u32, seconds: u32) -> anyhow::Result<Result> {
@@ -89,6 +132,11 @@ fn pgbench(t: &Target, args: &[&str], clients: u32, seconds: u32) -> anyhow::Res
     Ok(Result {
         tps: num("tps = ").context("no tps in pgbench output")?,
         latency_ms: num("latency average = ").unwrap_or(0.0),
+        transactions: text
+            .lines()
+            .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+            .and_then(|n| n.split('/').next()?.trim().parse().ok())
+            .context("no transaction count in pgbench output")?,
     })
 }
 
@@ -106,6 +154,40 @@ fn rss_kib(pid: u32) -> u64 {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
+}
+
+/// Runs by (workload, target): TPS and proxy CPU µs per statement of each round.
+#[derive(Default)]
+struct Runs(Vec<(String, &'static str, Vec<f64>, Vec<f64>)>);
+
+impl Runs {
+    fn add(&mut self, mode: &str, target: &'static str, tps: f64, cpu: Option<f64>) {
+        let i = match self
+            .0
+            .iter()
+            .position(|(m, n, _, _)| m == mode && *n == target)
+        {
+            Some(i) => i,
+            None => {
+                self.0.push((mode.to_string(), target, vec![], vec![]));
+                self.0.len() - 1
+            }
+        };
+        self.0[i].2.push(tps);
+        self.0[i].3.extend(cpu);
+    }
+
+    /// Median TPS and median CPU µs per statement.
+    fn median(&self, mode: &str, target: &str) -> Option<(f64, Option<f64>)> {
+        let (_, _, tps, cpu) = self
+            .0
+            .iter()
+            .find(|(m, n, _, _)| m == mode && *n == target)?;
+        Some((
+            median(tps.clone()),
+            (!cpu.is_empty()).then(|| median(cpu.clone())),
+        ))
+    }
 }
 
 #[tokio::main]
@@ -162,13 +244,23 @@ async fn main() -> anyhow::Result<()> {
          [[grant]]\nprivileges = [\"SELECT\", \"INSERT\", \"UPDATE\"]\n\
          on = [\"public.pgbench_accounts\", \"public.pgbench_branches\", \"public.pgbench_tellers\", \"public.pgbench_history\"]\n",
     )?;
-    // The same reads with a masked column in every result row.
-    std::fs::write(
-        state.path().join("policies/bench-masked.toml"),
-        "name = \"bench-masked\"\ndatabase = \"app\"\nttl = \"2h\"\nmax_connections = 2000\n[identity]\nsubject = \"bench:masked\"\n\
-         [[grant]]\nprivileges = [\"SELECT\"]\non = [\"public.pgbench_accounts\"]\n\
-         [[mask]]\ncolumns = [\"public.pgbench_accounts.filler\"]\nmethod = \"redact\"\n",
-    )?;
+    // The same reads with a masked column in every result row, and the same policy without
+    // the mask.
+    for (name, mask) in [
+        (
+            "masked",
+            "[[mask]]\ncolumns = [\"public.pgbench_accounts.filler\"]\nmethod = \"redact\"\n",
+        ),
+        ("unmasked", ""),
+    ] {
+        std::fs::write(
+            state.path().join(format!("policies/bench-{name}.toml")),
+            format!(
+                "name = \"bench-{name}\"\ndatabase = \"app\"\nttl = \"2h\"\nmax_connections = 2000\n[identity]\nsubject = \"bench:{name}\"\n\
+                 [[grant]]\nprivileges = [\"SELECT\"]\non = [\"public.pgbench_accounts\"]\n{mask}"
+            ),
+        )?;
+    }
     let (broker_port, proxy_port) = (free_port(), free_port());
     std::fs::write(
         state.path().join("pgid.toml"),
@@ -254,24 +346,28 @@ async fn main() -> anyhow::Result<()> {
             port: pg.port,
             user: user.clone(),
             password: derived.clone(),
+            pid: None,
         },
         Target {
             name: "pgid",
             port: proxy_port,
             user: user.clone(),
             password: lease["password"].as_str().unwrap().to_string(),
+            pid: Some(pgid.0.id()),
         },
         Target {
             name: "pgid-fsync",
             port: fsync_port.1,
             user: user.clone(),
             password: lease["password"].as_str().unwrap().to_string(),
+            pid: Some(fsync_port.0 .0.id()),
         },
         Target {
             name: "pgid-relay",
             port: relay_port.1,
             user: user.clone(),
             password: lease["password"].as_str().unwrap().to_string(),
+            pid: Some(relay_port.0 .0.id()),
         },
     ];
     let _bouncer = match which("pgbouncer") {
@@ -315,6 +411,7 @@ async fn main() -> anyhow::Result<()> {
                 port,
                 user: user.clone(),
                 password: derived.clone(),
+                pid: Some(child.0.id()),
             });
             Some((child, dir))
         }
@@ -322,88 +419,99 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let wanted = std::env::var("BENCH_MODES").unwrap_or_default();
-    let modes: Vec<(&str, &[&str])> = [
-        ("select-only", &["-S"][..]),
-        ("tpcb-like", &[][..]),
-        ("connect", &["-S", "-C"][..]),
+    // (mode, pgbench arguments, statements per transaction)
+    let modes: Vec<(&str, &[&str], f64)> = [
+        ("select-only", &["-S"][..], 1.0),
+        // BEGIN, 3 UPDATEs, SELECT, INSERT, END
+        ("tpcb-like", &[][..], 7.0),
+        ("connect", &["-S", "-C"][..], 1.0),
     ]
     .into_iter()
-    .filter(|(m, _)| wanted.is_empty() || wanted.split(',').any(|w| w == *m))
+    .filter(|(m, _, _)| wanted.is_empty() || wanted.split(',').any(|w| w == *m))
     .collect();
-    let mut results: Vec<(&str, &str, Vec<f64>, Vec<f64>)> = Vec::new();
+    let only = std::env::var("BENCH_TARGETS").unwrap_or_default();
+    targets
+        .retain(|t| t.name == "direct" || only.is_empty() || only.split(',').any(|w| w == t.name));
+    let mut results = Runs::default();
     for round in 1..=rounds {
-        for (mode, args) in &modes {
+        for (mode, args, statements) in &modes {
             for t in &targets {
                 // Each run starts with no dirty pages left by the one before (audit files).
                 let _ = Command::new("sync").status();
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                let r = pgbench(t, args, clients, seconds)?;
+                let (r, cpu) = measured(t, args, clients, seconds, *statements)?;
                 eprintln!(
-                    "round {round} {mode:12} {:10} tps {:10.1}  latency {:7.3} ms",
-                    t.name, r.tps, r.latency_ms
+                    "round {round} {mode:12} {:10} tps {:10.1}  latency {:7.3} ms  cpu {} µs/statement",
+                    t.name,
+                    r.tps,
+                    r.latency_ms,
+                    cpu.map(|c| format!("{c:.1}")).unwrap_or_else(|| "-".into())
                 );
-                match results
-                    .iter_mut()
-                    .find(|(m, n, _, _)| m == mode && *n == t.name)
-                {
-                    Some(e) => {
-                        e.2.push(r.tps);
-                        e.3.push(r.latency_ms);
-                    }
-                    None => results.push((mode, t.name, vec![r.tps], vec![r.latency_ms])),
-                }
+                results.add(mode, t.name, r.tps, cpu);
             }
         }
     }
     println!("\npgbench, {clients} clients, {seconds} s per run, {rounds} interleaved rounds, scale {scale} (medians)");
     println!(
-        "{:12} {:10} {:>10} {:>12}",
-        "workload", "target", "tps", "latency ms"
+        "{:12} {:10} {:>10} {:>16}",
+        "workload", "target", "tps", "proxy cpu µs/st"
     );
-    let med = |mode: &str, name: &str| {
-        results
-            .iter()
-            .find(|(m, n, _, _)| *m == mode && *n == name)
-            .map(|e| (median(e.2.clone()), median(e.3.clone())))
-    };
-    for (mode, _) in &modes {
+    for (mode, _, _) in &modes {
         for t in &targets {
-            if let Some((tps, lat)) = med(mode, t.name) {
-                println!("{mode:12} {:10} {tps:>10.1} {lat:>12.3}", t.name);
+            if let Some((tps, cpu)) = results.median(mode, t.name) {
+                let cpu = cpu.map(|c| format!("{c:.1}")).unwrap_or_else(|| "-".into());
+                println!("{mode:12} {:10} {tps:>10.1} {cpu:>16}", t.name);
             }
         }
-        for name in ["pgid", "pgid-fsync", "pgid-relay"] {
-            let (p, d) = (med(mode, name).unwrap().0, med(mode, "direct").unwrap().0);
-            let relay = med(mode, "pgid-relay").unwrap().0;
-            let vs_bouncer = med(mode, "pgbouncer")
-                .map(|b| format!("{:.2}", p / b.0))
+        let direct = results.median(mode, "direct").map(|m| m.0);
+        let bouncer = results.median(mode, "pgbouncer");
+        for t in targets.iter().filter(|t| t.pid.is_some()) {
+            let Some((tps, cpu)) = results.median(mode, t.name) else {
+                continue;
+            };
+            let ratio = |other: Option<f64>| {
+                other
+                    .map(|o| format!("{:.2}", tps / o))
+                    .unwrap_or_else(|| "n/a".into())
+            };
+            let cpu_ratio = cpu
+                .zip(bouncer.and_then(|b| b.1))
+                .map(|(c, b)| format!("{:.2}", c / b))
                 .unwrap_or_else(|| "n/a".into());
             println!(
-                "{mode:12} ratio {name}/direct {:.2}  {name}/pgbouncer {vs_bouncer}  {name}/pgid-relay {:.2}",
-                p / d,
-                p / relay
+                "{mode:12} {:10} tps/direct {}  tps/pgbouncer {}  cpu/pgbouncer {cpu_ratio}",
+                t.name,
+                ratio(direct),
+                ratio(bouncer.map(|b| b.0)),
             );
         }
     }
 
-    // Masking: the same lookups through the same pgid, by a lease whose policy masks `filler`
-    // (one row per statement, and 100 rows to see the cost per row).
-    let masked = issue("bench:masked").await?;
+    // Masking: the same lookups through the same pgid by two leases of the same policy, one
+    // whose policy masks `filler` and one whose policy does not (one row per statement, and 100
+    // rows to see the cost per row).
+    let lease_of = |v: &serde_json::Value| -> anyhow::Result<(String, String)> {
+        Ok((
+            v["username"].as_str().context("no lease")?.to_string(),
+            v["password"].as_str().context("no lease")?.to_string(),
+        ))
+    };
+    let (masked_user, masked_password) = lease_of(&issue("bench:masked").await?)?;
+    let (plain_user, plain_password) = lease_of(&issue("bench:unmasked").await?)?;
     let mask_targets = [
         Target {
-            name: "pgid",
+            name: "unmasked",
             port: proxy_port,
-            user: user.clone(),
-            password: lease["password"].as_str().unwrap().to_string(),
+            user: plain_user,
+            password: plain_password,
+            pid: Some(pgid.0.id()),
         },
         Target {
-            name: "pgid-masked",
+            name: "masked",
             port: proxy_port,
-            user: masked["username"]
-                .as_str()
-                .context("no masked lease")?
-                .to_string(),
-            password: masked["password"].as_str().unwrap().to_string(),
+            user: masked_user,
+            password: masked_password,
+            pid: Some(pgid.0.id()),
         },
     ];
     let scripts = [
@@ -418,7 +526,7 @@ async fn main() -> anyhow::Result<()> {
             format!("\\set aid random(1, {})\nSELECT aid, abalance, filler FROM pgbench_accounts WHERE aid BETWEEN :aid AND :aid + 99;\n", 100_000 * scale - 100),
         ),
     ];
-    let mut mask_results: Vec<(&str, &str, Vec<f64>)> = Vec::new();
+    let mut mask_results = Runs::default();
     for (label, _, text) in &scripts {
         let file = state
             .path()
@@ -428,33 +536,33 @@ async fn main() -> anyhow::Result<()> {
         for _ in 0..rounds {
             for t in &mask_targets {
                 let _ = Command::new("sync").status();
-                let r = pgbench(t, &["-f", &path], clients, seconds)?;
-                eprintln!("masking {label:8} {:12} tps {:10.1}", t.name, r.tps);
-                match mask_results
-                    .iter_mut()
-                    .find(|(l, n, _)| l == label && *n == t.name)
-                {
-                    Some(e) => e.2.push(r.tps),
-                    None => mask_results.push((label, t.name, vec![r.tps])),
-                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let (r, cpu) = measured(t, &["-f", &path], clients, seconds, 1.0)?;
+                eprintln!(
+                    "masking {label:8} {:10} tps {:10.1}  cpu {:.1} µs/statement",
+                    t.name,
+                    r.tps,
+                    cpu.unwrap_or(0.0)
+                );
+                mask_results.add(label, t.name, r.tps, cpu);
             }
         }
     }
-    println!("\nmasking (same pgid; a lease whose policy masks pgbench_accounts.filler vs one that does not)");
+    println!("\nmasking (same pgid, same policy; `redact` on pgbench_accounts.filler vs no mask)");
     for (label, rows, _) in &scripts {
-        let tps = |name: &str| {
-            mask_results
-                .iter()
-                .find(|(l, n, _)| l == label && *n == name)
-                .map(|e| median(e.2.clone()))
-                .unwrap_or(0.0)
+        let (Some((plain, plain_cpu)), Some((with_mask, mask_cpu))) = (
+            mask_results.median(label, "unmasked"),
+            mask_results.median(label, "masked"),
+        ) else {
+            continue;
         };
-        let (plain, with_mask) = (tps("pgid"), tps("pgid-masked"));
-        // Extra wall time per statement spread over its rows, at `clients` in parallel.
-        let per_row_us = (1.0 / with_mask - 1.0 / plain) * 1e6 * clients as f64 / rows;
+        let (plain_cpu, mask_cpu) = (plain_cpu.unwrap_or(0.0), mask_cpu.unwrap_or(0.0));
         println!(
-            "{label:8} unmasked {plain:10.1} tps  masked {with_mask:10.1} tps  ratio {:.2}  cost {per_row_us:.2} µs per row",
-            with_mask / plain
+            "{label:8} unmasked {plain:10.1} tps {plain_cpu:6.1} µs/st  masked {with_mask:10.1} tps {mask_cpu:6.1} µs/st  \
+             tps ratio {:.2}  cpu ratio {:.2}  cpu {:.2} µs per masked row",
+            with_mask / plain,
+            mask_cpu / plain_cpu.max(0.001),
+            (mask_cpu - plain_cpu) / rows,
         );
     }
 
