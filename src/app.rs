@@ -471,6 +471,7 @@ impl App {
                 watch,
                 audit,
                 deployment: config.deployment.clone(),
+                limits: config.leases.limits,
             })
             .with_notifier(notifier),
         );
@@ -654,6 +655,8 @@ impl App {
             cancel.clone(),
             broker::ConnectionCap {
                 max: self.config.broker.max_connections,
+                header_timeout: self.config.broker.header_timeout,
+                body_timeout: self.config.broker.body_timeout,
                 metrics: self.leases.metrics().clone(),
             },
         ));

@@ -79,7 +79,17 @@ pub struct BrokerConfig {
     /// Connections served at once: broker clients can never take the descriptors the proxy
     /// needs.
     pub max_connections: usize,
+    /// Deadline for a request's headers, from the connection's start or the previous response.
+    pub header_timeout: Duration,
+    /// Deadline for a request's body, once its headers are in.
+    pub body_timeout: Duration,
 }
+
+/// Default `[broker] header_timeout` and `body_timeout`: request bodies are small JSON objects.
+pub const DEFAULT_BROKER_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_BROKER_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `[proxy] max_connections`: client connections served at once.
+pub const DEFAULT_PROXY_MAX_CONNECTIONS: usize = 1000;
 
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
@@ -111,6 +121,8 @@ pub struct ProxyConfig {
     /// Tokens presented as the password whose lease is kept for reuse (0: a lease per
     /// connection).
     pub token_lease_cache: usize,
+    /// Client connections open at once; more are refused (53300).
+    pub max_connections: usize,
 }
 
 /// Default cap of a Bind message (its parameter values) and of one CopyData message.
@@ -220,6 +232,8 @@ pub struct LeaseConfig {
     /// Added to `VALID UNTIL` so clock skew between pgid and Postgres never cuts a lease short.
     pub grace: Duration,
     pub reaper_interval: Duration,
+    /// Per identity: leases per minute after a burst, and live leases at once.
+    pub limits: crate::roles::IssueLimits,
 }
 
 // ---- raw file shape -------------------------------------------------------------------------
@@ -258,6 +272,8 @@ struct RawBroker {
     #[serde(default)]
     admins: Vec<IdentityMatch>,
     max_connections: Option<Spanned<usize>>,
+    header_timeout: Option<Span>,
+    body_timeout: Option<Span>,
 }
 
 #[derive(Deserialize, Default)]
@@ -274,6 +290,7 @@ struct RawProxy {
     max_bind_bytes: Option<ByteSize>,
     max_copy_data_bytes: Option<ByteSize>,
     token_lease_cache: Option<usize>,
+    max_connections: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -350,6 +367,9 @@ struct RawWebhook {
 struct RawLeases {
     grace: Option<Span>,
     reaper_interval: Option<Span>,
+    issue_rate: Option<Spanned<usize>>,
+    issue_burst: Option<Spanned<usize>>,
+    max_active_per_identity: Option<Spanned<usize>>,
 }
 
 /// Where an error points: `file:line` when the offending text is known.
@@ -698,13 +718,14 @@ impl Config {
                     None => Ok(value.map(Span::as_std).unwrap_or(default)),
                 }
             };
-        let leases = LeaseConfig {
+        let mut leases = LeaseConfig {
             grace: span_env("PGID_LEASES_GRACE", raw.leases.grace, DEFAULT_GRACE)?,
             reaper_interval: span_env(
                 "PGID_LEASES_REAPER_INTERVAL",
                 raw.leases.reaper_interval,
                 DEFAULT_REAPER_INTERVAL,
             )?,
+            limits: crate::roles::DEFAULT_ISSUE_LIMITS,
         };
 
         let mut webhooks: Vec<Webhook> = Vec::new();
@@ -785,6 +806,29 @@ impl Config {
             "broker.max_connections",
             DEFAULT_BROKER_MAX_CONNECTIONS,
         )?;
+        let issue_defaults = crate::roles::DEFAULT_ISSUE_LIMITS;
+        leases.limits = crate::roles::IssueLimits {
+            rate_per_minute: narrow(at_least_one(
+                raw.leases.issue_rate,
+                "leases.issue_rate",
+                issue_defaults.rate_per_minute as usize,
+            )?),
+            burst: narrow(at_least_one(
+                raw.leases.issue_burst,
+                "leases.issue_burst",
+                issue_defaults.burst as usize,
+            )?),
+            max_active: narrow(at_least_one(
+                raw.leases.max_active_per_identity,
+                "leases.max_active_per_identity",
+                issue_defaults.max_active as usize,
+            )?),
+        };
+        let proxy_max_connections = at_least_one(
+            raw.proxy.max_connections,
+            "proxy.max_connections",
+            DEFAULT_PROXY_MAX_CONNECTIONS,
+        )?;
         let approvals = ApprovalsConfig {
             webhooks,
             review_url: raw.approvals.review_url,
@@ -806,6 +850,16 @@ impl Config {
                 tls,
                 admins: raw.broker.admins,
                 max_connections: broker_max_connections,
+                header_timeout: raw
+                    .broker
+                    .header_timeout
+                    .map(Span::as_std)
+                    .unwrap_or(DEFAULT_BROKER_HEADER_TIMEOUT),
+                body_timeout: raw
+                    .broker
+                    .body_timeout
+                    .map(Span::as_std)
+                    .unwrap_or(DEFAULT_BROKER_BODY_TIMEOUT),
             },
             proxy: ProxyConfig {
                 listen: proxy_listen,
@@ -840,6 +894,7 @@ impl Config {
                     .proxy
                     .token_lease_cache
                     .unwrap_or(DEFAULT_TOKEN_LEASE_CACHE),
+                max_connections: proxy_max_connections,
             },
             issuers,
             databases,
@@ -1201,6 +1256,45 @@ admin_url = "postgres://pgid_admin:pw@127.0.0.1:5432/app"
             err.contains("approvals.max_streams: must be at least 1"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn identity_limits_deadlines_and_the_proxy_cap_have_defaults_and_can_be_set() {
+        let c = parse(GOOD, &no_env).unwrap();
+        assert_eq!(c.leases.limits, crate::roles::DEFAULT_ISSUE_LIMITS);
+        assert_eq!(c.broker.header_timeout, DEFAULT_BROKER_HEADER_TIMEOUT);
+        assert_eq!(c.broker.body_timeout, DEFAULT_BROKER_BODY_TIMEOUT);
+        assert_eq!(c.proxy.max_connections, DEFAULT_PROXY_MAX_CONNECTIONS);
+        let text =
+            GOOD.replace(
+                "listen = \"127.0.0.1:7443\"",
+                "listen = \"127.0.0.1:7443\"\nheader_timeout = \"3s\"\nbody_timeout = \"4s\"",
+            )
+            .replace(
+                "listen = \"127.0.0.1:7432\"",
+                "listen = \"127.0.0.1:7432\"\nmax_connections = 7",
+            ) + "[leases]\nissue_rate = 5\nissue_burst = 2\nmax_active_per_identity = 3\n";
+        let c = parse(&text, &no_env).unwrap();
+        assert_eq!(
+            c.leases.limits,
+            crate::roles::IssueLimits {
+                rate_per_minute: 5,
+                burst: 2,
+                max_active: 3
+            }
+        );
+        assert_eq!(c.broker.header_timeout, Duration::from_secs(3));
+        assert_eq!(c.broker.body_timeout, Duration::from_secs(4));
+        assert_eq!(c.proxy.max_connections, 7);
+        for bad in ["issue_rate", "issue_burst", "max_active_per_identity"] {
+            let err = parse(&format!("{GOOD}[leases]\n{bad} = 0\n"), &no_env)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("leases.{bad}: must be at least 1")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

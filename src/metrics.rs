@@ -23,6 +23,14 @@ pub struct Metrics {
     /// Broker connections open now (gauge), and how often the cap made new ones wait.
     pub broker_connections: AtomicU64,
     pub broker_connections_capped: AtomicU64,
+    /// Leases refused by the per-identity rate limit and by the live-lease quota.
+    pub leases_rate_limited: AtomicU64,
+    pub leases_quota_refused: AtomicU64,
+    /// Broker requests cut because their body did not arrive within `[broker] body_timeout`.
+    pub broker_body_timeouts: AtomicU64,
+    /// Proxy connections open now (gauge), and those refused at `[proxy] max_connections`.
+    pub proxy_connections: AtomicU64,
+    pub proxy_connections_refused: AtomicU64,
     /// The approval page's live-update streams open now (gauge); refused ones by reason.
     pub approval_streams: AtomicU64,
     approval_streams_refused: Mutex<BTreeMap<&'static str, u64>>,
@@ -195,6 +203,41 @@ impl Metrics {
             "counter",
             "Times new broker connections waited because [broker] max_connections were open.",
             &self.broker_connections_capped,
+        );
+        one(
+            out,
+            "pgid_broker_body_timeouts_total",
+            "counter",
+            "Broker requests cut because their body did not arrive within [broker] body_timeout.",
+            &self.broker_body_timeouts,
+        );
+        one(
+            out,
+            "pgid_leases_rate_limited_total",
+            "counter",
+            "Lease requests refused by the per-identity rate ([leases] issue_rate, issue_burst).",
+            &self.leases_rate_limited,
+        );
+        one(
+            out,
+            "pgid_leases_quota_refused_total",
+            "counter",
+            "Lease requests refused because the identity held [leases] max_active_per_identity.",
+            &self.leases_quota_refused,
+        );
+        one(
+            out,
+            "pgid_proxy_connections",
+            "gauge",
+            "Proxy connections open.",
+            &self.proxy_connections,
+        );
+        one(
+            out,
+            "pgid_proxy_connections_refused_total",
+            "counter",
+            "Proxy connections refused because [proxy] max_connections were open.",
+            &self.proxy_connections_refused,
         );
         one(
             out,

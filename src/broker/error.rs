@@ -71,6 +71,31 @@ impl From<LeaseError> for ApiError {
                 "conflict",
                 format!("lease is {state}"),
             ),
+            LeaseError::RateLimited {
+                per_minute,
+                burst,
+                retry_after,
+            } => {
+                let mut a = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "lease rate limit reached: [leases] issue_rate is {per_minute} per minute \
+                         per identity after a burst of {burst} (issue_burst); retry in {retry_after} s"
+                    ),
+                );
+                a.retry_after = Some(retry_after);
+                a.extra = Some(("retry_after", json!(retry_after)));
+                a
+            }
+            LeaseError::QuotaReached(max) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "lease_quota",
+                format!(
+                    "lease quota reached: [leases] max_active_per_identity is {max} live leases \
+                     per identity; revoke one or wait for one to expire"
+                ),
+            ),
             other => {
                 tracing::error!(error = %other, "lease operation failed");
                 ApiError::unavailable("the database is not available; try again")

@@ -1,6 +1,9 @@
 //! HTTPS for the broker: rustls in front of the axum router, one task per connection, a
-//! handshake deadline, a cap on connections open at once, and graceful shutdown on
-//! cancellation.
+//! handshake deadline, deadlines for a request's headers and body, a cap on connections open at
+//! once, and graceful shutdown on cancellation.
+//!
+//! Bodies are read whole (they are small JSON objects) before the router sees the request, so a
+//! client that trickles one is answered 408 and its connection closed at the deadline.
 //!
 //! The cap keeps the broker's clients from taking the descriptors the proxy needs: at the cap,
 //! pgid stops accepting, and new connections wait in the kernel's listen backlog (no descriptor
@@ -11,8 +14,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::ConnectInfo;
+use axum::http::{header, HeaderValue, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Router;
+use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -21,12 +28,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use super::ApiError;
+
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How many connections the broker serves at once, and where it counts them.
+/// How many connections the broker serves at once, how long a request may take to arrive, and
+/// where it counts them.
 pub struct ConnectionCap {
     pub max: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -69,6 +81,11 @@ pub async fn serve_tls(
         let router = router.clone();
         let shutdown = shutdown.clone();
         let open = Open::new(slot, cap.metrics.clone());
+        let deadlines = Deadlines {
+            header: cap.header_timeout,
+            body: cap.body_timeout,
+            metrics: cap.metrics.clone(),
+        };
         tracker.spawn(async move {
             let _open = open;
             let _ = tcp.set_nodelay(true);
@@ -81,7 +98,7 @@ pub async fn serve_tls(
                     }
                     Err(_) => return,
                 };
-            serve_connection(stream, peer, router, shutdown).await;
+            serve_connection(stream, peer, router, shutdown, deadlines).await;
         });
     }
     tracker.close();
@@ -112,22 +129,81 @@ impl Drop for Open {
     }
 }
 
+/// How long a request's headers and body may take to arrive.
+#[derive(Clone)]
+struct Deadlines {
+    header: Duration,
+    body: Duration,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// The request with its body read whole, or the answer for a body that came too slowly or too
+/// large (the connection closes after it: the rest of that body is never read).
+async fn buffer_body(
+    req: hyper::Request<hyper::body::Incoming>,
+    deadlines: &Deadlines,
+) -> Result<Request<Body>, Response> {
+    let (parts, body) = req.into_parts();
+    let limited = http_body_util::Limited::new(body, super::MAX_BODY_BYTES);
+    match tokio::time::timeout(deadlines.body, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(Request::from_parts(parts, Body::from(collected.to_bytes()))),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(closing(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request bodies are at most {} bytes", super::MAX_BODY_BYTES),
+        ))),
+        Ok(Err(e)) => Err(closing(ApiError::bad_request(format!(
+            "cannot read the request body: {e}"
+        )))),
+        Err(_) => {
+            deadlines
+                .metrics
+                .broker_body_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+            Err(closing(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within [broker] body_timeout ({} s)",
+                    deadlines.body.as_secs_f64()
+                ),
+            )))
+        }
+    }
+}
+
+fn closing(e: ApiError) -> Response {
+    let mut resp = e.into_response();
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
 async fn serve_connection<S>(
     stream: S,
     peer: SocketAddr,
     router: Router,
     shutdown: CancellationToken,
+    deadlines: Deadlines,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let header_timeout = deadlines.header;
     let service =
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
-            router.clone().oneshot(req)
+            let router = router.clone();
+            let deadlines = deadlines.clone();
+            async move {
+                match buffer_body(req, &deadlines).await {
+                    Ok(req) => router.oneshot(req).await,
+                    Err(resp) => Ok(resp),
+                }
+            }
         });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(TLS_HANDSHAKE_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     tokio::select! {

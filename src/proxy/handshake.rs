@@ -515,6 +515,16 @@ async fn token_auth(
             }
             Ok(Ok(lease.row))
         }
+        Err(
+            e @ (crate::roles::LeaseError::RateLimited { .. }
+            | crate::roles::LeaseError::QuotaReached(_)),
+        ) => {
+            tracing::info!(error = %e, "inline lease refused by a limit");
+            Ok(Err((
+                super::wire::sqlstate::TOO_MANY_CONNECTIONS,
+                format!("pgid: {e}"),
+            )))
+        }
         Err(e) => {
             tracing::error!(error = %e, "inline lease issue failed");
             Ok(Err((

@@ -32,7 +32,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use std::sync::atomic::Ordering;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -72,9 +76,15 @@ pub struct Proxy {
 }
 
 const POOL_REAP_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a connection refused at `[proxy] max_connections` gets to read its error.
+const REFUSAL_LINGER: Duration = Duration::from_secs(2);
+/// The text of that error (SQLSTATE 53300, as Postgres's own "too many clients").
+const TOO_MANY_CONNECTIONS: &str = "pgid: too many connections";
 
 /// Accepts connections until `shutdown`; then stops accepting and lets sessions drain (each closes
-/// itself at the drain deadline).
+/// itself at the drain deadline). With `[proxy] max_connections` open, a new connection gets a
+/// FATAL 53300 and is closed: unlike the broker's clients, database clients expect an answer,
+/// and retry or fail over on this one.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
     let reaper = {
@@ -89,15 +99,75 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Cancellat
             }
         })
     };
+    let slots = Arc::new(Semaphore::new(proxy.settings.max_connections));
+    let metrics = proxy.leases.metrics().clone();
     while let Some((tcp, peer)) = crate::net::accept(&listener, &shutdown, "proxy").await {
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            let n = metrics
+                .proxy_connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            // Once per thousand, so a flood does not flood the log as well.
+            if n % 1000 == 0 {
+                tracing::warn!(
+                    max = proxy.settings.max_connections,
+                    times = n + 1,
+                    %peer,
+                    "proxy connections at [proxy] max_connections; new ones are refused"
+                );
+            }
+            tracker.spawn(refuse(tcp));
+            continue;
+        };
+        let open = Open::new(slot, metrics.clone());
         let proxy = proxy.clone();
         let shutdown = shutdown.clone();
-        tracker.spawn(async move { connection(proxy, tcp, peer, shutdown).await });
+        tracker.spawn(async move {
+            let _open = open;
+            connection(proxy, tcp, peer, shutdown).await
+        });
     }
     drop(listener);
     tracker.close();
     tracker.wait().await;
     let _ = reaper.await;
+}
+
+/// Sends the FATAL, then reads whatever the client sent until it closes (or briefly): closing
+/// with its startup packet unread would reset the connection and could lose the error.
+async fn refuse(mut tcp: tokio::net::TcpStream) {
+    let fatal = wire::backend::fatal(wire::sqlstate::TOO_MANY_CONNECTIONS, TOO_MANY_CONNECTIONS);
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        tcp.write_all(&fatal).await?;
+        tcp.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while tcp.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+}
+
+/// One connection under the cap, counted in the gauge until it closes.
+struct Open {
+    _slot: OwnedSemaphorePermit,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Open {
+    fn new(slot: OwnedSemaphorePermit, metrics: Arc<crate::metrics::Metrics>) -> Open {
+        metrics.proxy_connections.fetch_add(1, Ordering::Relaxed);
+        Open {
+            _slot: slot,
+            metrics,
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.metrics
+            .proxy_connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 async fn connection(

@@ -15,6 +15,7 @@ use rand::{Rng, RngCore};
 use uuid::Uuid;
 
 use super::ddl;
+use super::issue_limits::{IssueLimits, RateLimiter};
 use super::removal::drop_lease_role;
 use super::watch::{EndReason, LeaseStatus, LeaseWatch};
 use super::Deployment;
@@ -48,6 +49,15 @@ pub enum LeaseError {
     NotActive(&'static str),
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// The identity's bucket is empty: `retry_after` seconds until the next lease.
+    #[error("lease rate limit reached: {per_minute} per minute after a burst of {burst}; retry in {retry_after} s")]
+    RateLimited {
+        per_minute: u32,
+        burst: u32,
+        retry_after: u64,
+    },
+    #[error("lease quota reached: at most {0} live leases per identity")]
+    QuotaReached(u32),
 }
 
 pub(super) fn db_error(database: &str, message: impl Into<String>) -> LeaseError {
@@ -88,6 +98,8 @@ pub struct Leases {
     notifier: Option<Notifier>,
     audit: AuditLog,
     deployment: Deployment,
+    limits: IssueLimits,
+    rate: RateLimiter,
 }
 
 /// Tells other pgid instances about lease changes (`NOTIFY pgid_lease_events`).
@@ -112,6 +124,8 @@ pub struct LeaseSetup {
     pub audit: AuditLog,
     /// Whose roles these are: the marker and group role names.
     pub deployment: Deployment,
+    /// Per-identity rate and live-lease cap.
+    pub limits: IssueLimits,
 }
 
 /// `pgid_<policy prefix>_<random>`: generated, ASCII, at most 63 bytes, never from claims.
@@ -161,6 +175,8 @@ impl Leases {
             notifier: None,
             audit: s.audit,
             deployment: s.deployment,
+            limits: s.limits,
+            rate: RateLimiter::new(s.limits),
         }
     }
 
@@ -220,6 +236,16 @@ impl Leases {
     ) -> Result<IssuedLease, LeaseError> {
         let started = Instant::now();
         let db = self.database(&policy.database)?;
+        if let Err(wait) = self.rate.take(&who.issuer, &who.subject, started) {
+            self.metrics
+                .leases_rate_limited
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(LeaseError::RateLimited {
+                per_minute: self.limits.rate_per_minute,
+                burst: self.limits.burst,
+                retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
+            });
+        }
         let id = Uuid::new_v4();
         let role = lease_role_name(&policy.name);
         let secret = new_client_secret();
@@ -242,21 +268,31 @@ impl Leases {
         let max_expires_at =
             (now + chrono::Duration::from_std(policy.max_ttl).unwrap_or_default()).max(expires_at);
         let connection_limit = policy.max_connections as i32;
-        self.store
-            .insert_intent(&NewLease {
-                id,
-                role_name: &role,
-                policy: &policy.name,
-                database: &policy.database,
-                issuer: &who.issuer,
-                subject: &who.subject,
-                client_verifier: &client_verifier,
-                connection_limit,
-                expires_at,
-                max_expires_at,
-                instance_id: self.instance_id,
-            })
+        let inserted = self
+            .store
+            .insert_intent(
+                &NewLease {
+                    id,
+                    role_name: &role,
+                    policy: &policy.name,
+                    database: &policy.database,
+                    issuer: &who.issuer,
+                    subject: &who.subject,
+                    client_verifier: &client_verifier,
+                    connection_limit,
+                    expires_at,
+                    max_expires_at,
+                    instance_id: self.instance_id,
+                },
+                self.limits.max_active,
+            )
             .await?;
+        if !inserted {
+            self.metrics
+                .leases_quota_refused
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(LeaseError::QuotaReached(self.limits.max_active));
+        }
 
         let group = self.deployment.group_role(&policy.name);
         let marker = self.deployment.lease_marker();

@@ -13,6 +13,7 @@ mod acl;
 pub mod ddl;
 mod deployment;
 pub mod hba;
+mod issue_limits;
 mod lease;
 mod names;
 mod objects;
@@ -23,6 +24,7 @@ mod removal;
 mod watch;
 
 pub use deployment::{Deployment, DEFAULT_DEPLOYMENT};
+pub use issue_limits::{IssueLimits, RateLimiter, DEFAULT_ISSUE_LIMITS};
 pub use lease::{
     database_password, lease_role_name, ClientSecret, IssuedLease, LeaseError, LeaseSetup, Leases,
     Notifier,

@@ -146,6 +146,10 @@ pub struct NewLease<'a> {
     pub instance_id: i32,
 }
 
+/// First key of the advisory lock that serialises lease issue per identity (the second is a
+/// hash of issuer and subject).
+const ISSUE_LOCK_SPACE: i32 = 0x7067_696c;
+
 /// Handle to the `pgid` schema. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -161,9 +165,29 @@ impl Store {
         &self.pool
     }
 
-    pub async fn insert_intent(&self, l: &NewLease<'_>) -> Result<(), StoreError> {
-        let c = self.pool.get().await?;
-        c.execute(
+    /// Writes the intent row, unless the identity already holds `max_live` leases (creating or
+    /// active; counted under a per-identity lock, so concurrent requests cannot both slip under
+    /// the cap). False when at the cap.
+    pub async fn insert_intent(&self, l: &NewLease<'_>, max_live: u32) -> Result<bool, StoreError> {
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2 || chr(1) || $3))",
+            &[&ISSUE_LOCK_SPACE, &l.issuer, &l.subject],
+        )
+        .await?;
+        let live: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM pgid.leases \
+                 WHERE issuer = $1 AND subject = $2 AND state IN ('creating', 'active')",
+                &[&l.issuer, &l.subject],
+            )
+            .await?
+            .get(0);
+        if live >= i64::from(max_live) {
+            return Ok(false);
+        }
+        tx.execute(
             "INSERT INTO pgid.leases (id, role_name, policy, database, issuer, subject, state, client_verifier, \
              connection_limit, expires_at, max_expires_at, instance_id) \
              VALUES ($1, $2, $3, $4, $5, $6, 'creating', $7, $8, $9, $10, $11)",
@@ -182,7 +206,8 @@ impl Store {
             ],
         )
         .await?;
-        Ok(())
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// creating → active. False if the lease left `creating` meanwhile (a reaper gave up on it).

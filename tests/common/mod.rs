@@ -259,12 +259,21 @@ impl Harness {
             format!(
                 "state_dir = \"state\"\npolicies = \"policies\"\n[broker]\nlisten = \"127.0.0.1:0\"\n[proxy]\nlisten = \"127.0.0.1:0\"\nhandshake_timeout = \"3s\"\ndrain_timeout = \"2s\"\n\
                  [[issuers]]\nissuer = \"{}\"\naudiences = [\"pgid\"]\n{}{issuer_config}\n\
-                 [[databases]]\nname = \"app\"\nadmin_url = \"{admin_url}\"\n[leases]\nreaper_interval = \"1s\"\n{}",
+                 [[databases]]\nname = \"app\"\nadmin_url = \"{admin_url}\"\n[leases]\nreaper_interval = \"1s\"\n{}{}",
                 issuer.url(),
                 if issuer_config.contains("jwks_refetch_cooldown") {
                     ""
                 } else {
                     "jwks_refetch_cooldown = \"1s\"\n"
+                },
+                // Tests issue many leases as one identity: the per-identity limits are tested on
+                // their own (tests/issue_limits.rs).
+                if extra_config.contains("issue_")
+                    || extra_config.contains("max_active_per_identity")
+                {
+                    ""
+                } else {
+                    "issue_rate = 100000\nissue_burst = 100000\nmax_active_per_identity = 100000\n"
                 },
                 // `{issuer}` in the extra configuration: the development issuer's URL.
                 extra_config.replace("{issuer}", issuer.url()),
