@@ -7,7 +7,6 @@
 //! of pgid's) until one closes.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,10 +43,7 @@ pub async fn serve_tls(
         let slot = match slots.clone().try_acquire_owned() {
             Ok(s) => s,
             Err(_) => {
-                let n = cap
-                    .metrics
-                    .broker_connections_capped
-                    .fetch_add(1, Ordering::Relaxed);
+                let n = cap.metrics.broker_connections_capped.inc();
                 // Once per thousand, so a flood does not flood the log as well.
                 if n % 1000 == 0 {
                     tracing::warn!(
@@ -96,7 +92,7 @@ struct Open {
 
 impl Open {
     fn new(slot: OwnedSemaphorePermit, metrics: Arc<crate::metrics::Metrics>) -> Open {
-        metrics.broker_connections.fetch_add(1, Ordering::Relaxed);
+        metrics.broker_connections.inc();
         Open {
             _slot: slot,
             metrics,
@@ -106,9 +102,7 @@ impl Open {
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.metrics
-            .broker_connections
-            .fetch_sub(1, Ordering::Relaxed);
+        self.metrics.broker_connections.dec();
     }
 }
 
