@@ -594,7 +594,10 @@ impl App {
             tls_end_point: self.tls.server_end_point(),
             settings: self.config.proxy.clone(),
             cancels: self.cancels.clone(),
-            pool: proxy::pool::Pool::new(self.config.proxy.pool_idle_timeout),
+            pool: proxy::pool::Pool::new(
+                self.config.proxy.pool_idle_timeout,
+                self.leases.metrics().proxy.pool_idle.clone(),
+            ),
             salts: Default::default(),
             token_leases: proxy::token_leases::TokenLeases::new(
                 self.leases.key(),

@@ -99,6 +99,8 @@ struct Inner {
     kick: Arc<(Mutex<bool>, Condvar)>,
     table: Option<mpsc::UnboundedSender<TableRequest>>,
     refusals: super::refusals::RefusalGate,
+    /// Records that could not be written (appended or submitted after a failure, or failing).
+    write_errors: AtomicU64,
 }
 
 /// Handle to the audit log. Cheap to clone.
@@ -198,6 +200,7 @@ impl AuditLog {
             kick: Arc::new((Mutex::new(false), Condvar::new())),
             table,
             refusals: Default::default(),
+            write_errors: AtomicU64::new(0),
         });
         if setup.sync == Sync::Always {
             let weak = Arc::downgrade(&inner);
@@ -257,6 +260,11 @@ impl AuditLog {
         self.record_events(due.iter()).await
     }
 
+    /// Records that could not be written since the start.
+    pub fn write_errors(&self) -> u64 {
+        self.inner.write_errors.load(Ordering::Relaxed)
+    }
+
     /// Refusals not recorded one by one since the start.
     pub fn refusals_suppressed(&self) -> u64 {
         self.inner.refusals.suppressed_total()
@@ -276,6 +284,15 @@ impl AuditLog {
         if lines.is_empty() {
             return Ok(());
         }
+        let n = lines.len() as u64;
+        let written = self.append(lines).await;
+        if written.is_err() {
+            self.inner.write_errors.fetch_add(n, Ordering::Relaxed);
+        }
+        written
+    }
+
+    async fn append(&self, lines: Vec<String>) -> Result<(), AuditError> {
         let inner = &*self.inner;
         let table = inner.table.is_some();
         let (seq, table_ack) = {
@@ -326,11 +343,9 @@ impl AuditLog {
         let inner = &*self.inner;
         let table = inner.table.is_some();
         let mut st = inner.state.lock().unwrap();
-        if st.failed.is_some() {
-            tracing::error!("audit log failed; a record was not written");
-            return;
-        }
-        if st.seal(&line, table).is_err() {
+        if st.failed.is_some() || st.seal(&line, table).is_err() {
+            inner.write_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("an audit record was not written");
             return;
         }
         if st.buffer.len() >= MAX_BUFFERED_BYTES {

@@ -148,32 +148,17 @@ async fn readyz(State(s): State<BrokerState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(s): State<BrokerState>) -> impl IntoResponse {
+    use std::sync::atomic::Ordering::Relaxed;
     let counts = s.leases.store().counts().await.unwrap_or_default();
-    let mut text = s.leases.metrics().render(&counts);
-    text.push_str(&format!(
-        "# HELP pgid_audit_refusals_suppressed_total Refusals of unauthenticated requests counted in a summary record instead of recorded one by one.\n\
-         # TYPE pgid_audit_refusals_suppressed_total counter\npgid_audit_refusals_suppressed_total {}\n",
-        s.leases.audit().refusals_suppressed()
-    ));
-    if let Some(a) = &s.analyzer {
-        use std::sync::atomic::Ordering::Relaxed;
-        for (name, help, v) in [
-            (
-                "pgid_sql_cache_hits_total",
-                "Statements whose analysis came from the cache.",
-                &a.hits,
-            ),
-            (
-                "pgid_sql_cache_misses_total",
-                "Statements parsed and analysed.",
-                &a.misses,
-            ),
-        ] {
-            text.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-                v.load(Relaxed)
-            ));
-        }
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+    let audit = s.leases.audit();
+    let text = s.leases.metrics().render(&crate::metrics::Scrape {
+        lease_states: &counts,
+        audit_refusals_suppressed: audit.refusals_suppressed(),
+        audit_write_errors: audit.write_errors(),
+        sql_cache: s
+            .analyzer
+            .as_ref()
+            .map(|a| (a.hits.load(Relaxed), a.misses.load(Relaxed))),
+    });
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text)
 }

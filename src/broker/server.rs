@@ -10,7 +10,6 @@
 //! of pgid's) until one closes.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,10 +55,7 @@ pub async fn serve_tls(
         let slot = match slots.clone().try_acquire_owned() {
             Ok(s) => s,
             Err(_) => {
-                let n = cap
-                    .metrics
-                    .broker_connections_capped
-                    .fetch_add(1, Ordering::Relaxed);
+                let n = cap.metrics.broker_connections_capped.inc();
                 // Once per thousand, so a flood does not flood the log as well.
                 if n % 1000 == 0 {
                     tracing::warn!(
@@ -113,7 +109,7 @@ struct Open {
 
 impl Open {
     fn new(slot: OwnedSemaphorePermit, metrics: Arc<crate::metrics::Metrics>) -> Open {
-        metrics.broker_connections.fetch_add(1, Ordering::Relaxed);
+        metrics.broker_connections.inc();
         Open {
             _slot: slot,
             metrics,
@@ -123,9 +119,7 @@ impl Open {
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.metrics
-            .broker_connections
-            .fetch_sub(1, Ordering::Relaxed);
+        self.metrics.broker_connections.dec();
     }
 }
 
@@ -156,10 +150,7 @@ async fn buffer_body(
             "cannot read the request body: {e}"
         )))),
         Err(_) => {
-            deadlines
-                .metrics
-                .broker_body_timeouts
-                .fetch_add(1, Ordering::Relaxed);
+            deadlines.metrics.broker_body_timeouts.inc();
             Err(closing(ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "body_timeout",

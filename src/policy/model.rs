@@ -125,6 +125,58 @@ pub enum StatementClass {
 }
 
 impl StatementClass {
+    /// Every class, in declaration order (`class as usize` indexes it).
+    pub const ALL: [StatementClass; 21] = [
+        StatementClass::Select,
+        StatementClass::Insert,
+        StatementClass::Update,
+        StatementClass::Delete,
+        StatementClass::Merge,
+        StatementClass::Copy,
+        StatementClass::CopyProgram,
+        StatementClass::Create,
+        StatementClass::Alter,
+        StatementClass::Drop,
+        StatementClass::Truncate,
+        StatementClass::Grant,
+        StatementClass::Role,
+        StatementClass::Function,
+        StatementClass::Do,
+        StatementClass::Call,
+        StatementClass::Load,
+        StatementClass::Set,
+        StatementClass::Lock,
+        StatementClass::Maintenance,
+        StatementClass::Listen,
+    ];
+
+    /// The name policies use (`COPY_PROGRAM`).
+    pub fn name(self) -> &'static str {
+        match self {
+            StatementClass::Select => "SELECT",
+            StatementClass::Insert => "INSERT",
+            StatementClass::Update => "UPDATE",
+            StatementClass::Delete => "DELETE",
+            StatementClass::Merge => "MERGE",
+            StatementClass::Copy => "COPY",
+            StatementClass::CopyProgram => "COPY_PROGRAM",
+            StatementClass::Create => "CREATE",
+            StatementClass::Alter => "ALTER",
+            StatementClass::Drop => "DROP",
+            StatementClass::Truncate => "TRUNCATE",
+            StatementClass::Grant => "GRANT",
+            StatementClass::Role => "ROLE",
+            StatementClass::Function => "FUNCTION",
+            StatementClass::Do => "DO",
+            StatementClass::Call => "CALL",
+            StatementClass::Load => "LOAD",
+            StatementClass::Set => "SET",
+            StatementClass::Lock => "LOCK",
+            StatementClass::Maintenance => "MAINTENANCE",
+            StatementClass::Listen => "LISTEN",
+        }
+    }
+
     /// Classes refused whatever a policy says: they would let a lease escape its identity or
     /// reach the host.
     pub const ALWAYS_DENIED: [StatementClass; 3] = [

@@ -4,6 +4,7 @@
 //! or the lease's end withdraws the request), or — retry mode — the use of an approval given for
 //! this very statement.
 
+use crate::metrics::StatementDecision;
 use bytes::BytesMut;
 use chrono::Utc;
 
@@ -57,6 +58,9 @@ impl Approver<'_> {
     /// What becomes of a held statement: `wait` holds it for a reviewer; `retry` runs it if an
     /// approval of this very statement is at hand, and otherwise refuses it and asks for one.
     pub(super) async fn resolve(&self, hold: &Hold, io: &mut Io<'_>) -> Result<Verdict, Flow> {
+        let metrics = &self.proxy.leases.metrics().proxy;
+        metrics.statement(StatementDecision::Held, hold.class);
+        let _pending = crate::metrics::Open::new(&metrics.approvals_pending);
         match hold.rule.mode {
             ApprovalMode::Wait => self.wait(hold, io).await,
             ApprovalMode::Retry => self.retry(hold, io).await,

@@ -489,10 +489,7 @@ async fn token_auth(
                     Utc::now(),
                 ) =>
             {
-                p.leases
-                    .metrics()
-                    .token_leases_reused
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                p.leases.metrics().token_leases_reused.inc();
                 tracing::debug!(lease = %row.id, policy = %chosen.name, "lease reused for a token presented as password");
                 return Ok(Ok(row));
             }

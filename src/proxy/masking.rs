@@ -11,6 +11,7 @@
 //! RowDescription describes (LISTEN, NOTIFY and pg_notify are refused; one that arrives anyway —
 //! a LISTEN made by code pgid did not see — is replaced by a notice).
 
+use prometheus_client::metrics::counter::Counter;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -29,6 +30,8 @@ pub struct Masker {
     layout: Option<Option<Layout>>,
     /// Rows of the current result could not be attributed and were not sent.
     unmaskable: bool,
+    /// `pgid_proxy_masked_values`.
+    masked: Counter,
 }
 
 /// How an Execute's rows are read when no RowDescription precedes them.
@@ -39,11 +42,12 @@ pub struct Described<'a> {
 }
 
 impl Masker {
-    pub fn new(setup: Arc<MaskSetup>) -> Masker {
+    pub fn new(setup: Arc<MaskSetup>, masked: Counter) -> Masker {
         Masker {
             setup,
             layout: None,
             unmaskable: false,
+            masked,
         }
     }
 
@@ -86,7 +90,11 @@ impl Masker {
         }
         match &self.layout {
             Some(Some(l)) => match rows::data_row(body, l, &self.setup.key, encoding) {
-                Some(row) => Action::Replace(row),
+                Some(row) => {
+                    let masked = l.columns.iter().filter(|c| c.is_some()).count();
+                    self.masked.inc_by(masked as u64);
+                    Action::Replace(row)
+                }
                 None => Action::Drop,
             },
             _ => Action::Pass,
@@ -211,7 +219,7 @@ mod tests {
 
     #[test]
     fn rows_are_masked_by_origin() {
-        let mut m = Masker::new(setup());
+        let mut m = Masker::new(setup(), Counter::default());
         assert_eq!(
             m.result(&description(&[(100, 1, 23), (100, 2, 25)]), &plan()),
             Action::Pass
@@ -228,7 +236,7 @@ mod tests {
 
     #[test]
     fn rows_that_cannot_be_attributed_are_not_sent() {
-        let mut m = Masker::new(setup());
+        let mut m = Masker::new(setup(), Counter::default());
         let p = plan();
         let a = m.data_row(
             &row(&[b"secret"]),

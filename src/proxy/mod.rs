@@ -32,8 +32,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use std::sync::atomic::Ordering;
-
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -103,9 +101,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Cancellat
     let metrics = proxy.leases.metrics().clone();
     while let Some((tcp, peer)) = crate::net::accept(&listener, &shutdown, "proxy").await {
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            let n = metrics
-                .proxy_connections_refused
-                .fetch_add(1, Ordering::Relaxed);
+            let n = metrics.proxy_connections_refused.inc();
             // Once per thousand, so a flood does not flood the log as well.
             if n % 1000 == 0 {
                 tracing::warn!(
@@ -154,7 +150,7 @@ struct Open {
 
 impl Open {
     fn new(slot: OwnedSemaphorePermit, metrics: Arc<crate::metrics::Metrics>) -> Open {
-        metrics.proxy_connections.fetch_add(1, Ordering::Relaxed);
+        metrics.proxy_connections.inc();
         Open {
             _slot: slot,
             metrics,
@@ -164,9 +160,7 @@ impl Open {
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.metrics
-            .proxy_connections
-            .fetch_sub(1, Ordering::Relaxed);
+        self.metrics.proxy_connections.dec();
     }
 }
 

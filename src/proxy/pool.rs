@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
@@ -20,29 +21,42 @@ use super::wire::frontend;
 const MAX_IDLE_PER_KEY: usize = 64;
 const RESET_TIMEOUT: Duration = Duration::from_secs(5);
 
+type Idle = HashMap<PoolKey, Vec<(Upstream, Instant)>>;
+
 pub struct Pool {
-    idle: Mutex<HashMap<PoolKey, Vec<(Upstream, Instant)>>>,
+    idle: Mutex<Idle>,
     idle_timeout: Duration,
+    /// `pgid_proxy_pool_idle_connections`, set after each change under the lock.
+    gauge: Gauge,
 }
 
 impl Pool {
-    pub fn new(idle_timeout: Duration) -> Pool {
+    pub fn new(idle_timeout: Duration, gauge: Gauge) -> Pool {
         Pool {
             idle: Mutex::new(HashMap::new()),
             idle_timeout,
+            gauge,
         }
+    }
+
+    fn publish(&self, idle: &Idle) {
+        self.gauge
+            .set(idle.values().map(Vec::len).sum::<usize>() as i64);
     }
 
     pub fn take(&self, key: &PoolKey) -> Option<Upstream> {
         let mut idle = self.idle.lock().unwrap();
         let list = idle.get_mut(key)?;
+        let mut found = None;
         while let Some((up, since)) = list.pop() {
             if since.elapsed() < self.idle_timeout && up.stream.is_quiet() {
-                return Some(up);
+                found = Some(up);
+                break;
             }
             close(up);
         }
-        None
+        self.publish(&idle);
+        found
     }
 
     /// Resets and keeps `up`, or closes it if it cannot be reset.
@@ -53,6 +67,7 @@ impl Pool {
                 let list = idle.entry(up.key.clone()).or_default();
                 if list.len() < MAX_IDLE_PER_KEY {
                     list.push((up, Instant::now()));
+                    self.publish(&idle);
                     return;
                 }
                 drop(idle);
@@ -69,6 +84,7 @@ impl Pool {
             if key.lease == lease {
                 if let Some((up, _)) = list.pop() {
                     close(up);
+                    self.publish(&idle);
                     return true;
                 }
             }
@@ -86,6 +102,7 @@ impl Pool {
                 true
             }
         });
+        self.publish(&idle);
     }
 
     /// Closes connections idle for longer than the timeout.
@@ -99,6 +116,7 @@ impl Pool {
             old.into_iter().for_each(|(up, _)| close(up));
         }
         idle.retain(|_, l| !l.is_empty());
+        self.publish(&idle);
     }
 
     pub fn idle_count(&self) -> usize {

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::AsyncWriteExt;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
@@ -115,6 +116,7 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
         let records = SessionRecords::new(&lease, session_id, &peer.to_string());
         match Inspector::new(
             rules,
+            p.leases.metrics().clone(),
             p.analyzer.clone(),
             records,
             &upstream.params,
@@ -139,6 +141,9 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
         },
     };
     let mut frames = ClientFrames::new(frames.into_buffer(), caps);
+    let metrics = &p.leases.metrics().proxy;
+    metrics.sessions.inc();
+    let _open = crate::metrics::Open::new(&metrics.sessions_open);
     let audit = p.leases.audit().clone();
     let cancel_target = p
         .leases
@@ -206,7 +211,7 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
                 }
                 let Some(target) = cancel_target.as_ref() else { break End::UpstreamGone };
                 let sent = &*cancel_requested;
-                match server_to_client(&mut upstream, &mut client, &mut judge, (target, sent), &audit).await {
+                match server_to_client(&mut upstream, &mut client, &mut judge, (target, sent), &audit, &metrics.bytes_to_client).await {
                     Ok(()) => {}
                     Err(Flow::Upstream) => break End::UpstreamGone,
                     Err(Flow::Fatal(m)) => break End::Fatal(sqlstate::ADMIN_SHUTDOWN, m),
@@ -451,7 +456,12 @@ async fn client_to_server(f: Forward<'_, '_>, judge: &mut Judge) -> Result<Progr
                 }
                 consumed += 1;
             }
-            write_upstream(f.upstream, &f.batch.span(f.from, f.from + consumed)).await?;
+            write_upstream(
+                f.upstream,
+                &f.batch.span(f.from, f.from + consumed),
+                &f.approver.proxy.leases.metrics().proxy.bytes_to_server,
+            )
+            .await?;
             return Ok(Progress {
                 consumed,
                 wait_for: None,
@@ -504,7 +514,8 @@ async fn client_to_server(f: Forward<'_, '_>, judge: &mut Judge) -> Result<Progr
         f.audit.submit(record);
     }
     if !bytes.is_empty() {
-        write_upstream(f.upstream, &bytes).await?;
+        let relayed = &f.approver.proxy.leases.metrics().proxy.bytes_to_server;
+        write_upstream(f.upstream, &bytes, relayed).await?;
     }
     if let Some(m) = protocol_error {
         return Err(Flow::Protocol(m));
@@ -525,10 +536,15 @@ fn forwarded(judged: &Judged, batch: &Batch, from: usize) -> bytes::Bytes {
     }
 }
 
-async fn write_upstream(upstream: &mut Upstream, bytes: &[u8]) -> Result<(), Flow> {
+async fn write_upstream(
+    upstream: &mut Upstream,
+    bytes: &[u8],
+    relayed: &Counter,
+) -> Result<(), Flow> {
     if bytes.is_empty() {
         return Ok(());
     }
+    relayed.inc_by(bytes.len() as u64);
     upstream
         .stream
         .write_all(bytes)
@@ -545,6 +561,7 @@ async fn server_to_client(
     judge: &mut Judge,
     (cancel, sent): (&CancelTarget, &std::sync::atomic::AtomicBool),
     audit: &AuditLog,
+    relayed: &Counter,
 ) -> Result<(), Flow> {
     let mut end = 0;
     // Built only once a message is dropped or replaced; until then the bytes go out as they came.
@@ -609,6 +626,7 @@ async fn server_to_client(
         let chunk = upstream.frames.buf.split_to(end);
         let bytes: &[u8] = out.as_deref().unwrap_or(&chunk);
         if !bytes.is_empty() {
+            relayed.inc_by(bytes.len() as u64);
             send(client, bytes).await?;
         }
     }

@@ -5,7 +5,6 @@
 //! Every step is idempotent; a failed removal keeps Postgres's message in the row, is retried by
 //! the reaper with backoff and counted until it succeeds.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -237,9 +236,7 @@ impl Leases {
         let started = Instant::now();
         let db = self.database(&policy.database)?;
         if let Err(wait) = self.rate.take(&who.issuer, &who.subject, started) {
-            self.metrics
-                .leases_rate_limited
-                .fetch_add(1, Ordering::Relaxed);
+            self.metrics.leases_rate_limited.inc();
             return Err(LeaseError::RateLimited {
                 per_minute: self.limits.rate_per_minute,
                 burst: self.limits.burst,
@@ -288,9 +285,7 @@ impl Leases {
             )
             .await?;
         if !inserted {
-            self.metrics
-                .leases_quota_refused
-                .fetch_add(1, Ordering::Relaxed);
+            self.metrics.leases_quota_refused.inc();
             return Err(LeaseError::QuotaReached(self.limits.max_active));
         }
 
@@ -345,7 +340,7 @@ impl Leases {
                 .await;
             return Err(e.into());
         }
-        self.metrics.leases_issued.fetch_add(1, Ordering::Relaxed);
+        self.metrics.leases_issued.inc();
         self.metrics.observe_issue(started.elapsed().as_secs_f64());
         tracing::info!(
             lease = %id, role = %role, policy = %policy.name, database = %db.name,
@@ -387,7 +382,7 @@ impl Leases {
         }
         self.publish(row.id, LeaseStatus::Active { expires_at })
             .await;
-        self.metrics.leases_renewed.fetch_add(1, Ordering::Relaxed);
+        self.metrics.leases_renewed.inc();
         tracing::info!(lease = %row.id, expires_at = %expires_at, "lease renewed");
         let renewed = self.get(row.id).await?;
         self.audit
@@ -467,23 +462,21 @@ impl Leases {
                     Some(LeaseState::Expired) => &self.metrics.leases_expired,
                     _ => &self.metrics.leases_revoked,
                 };
-                counter.fetch_add(1, Ordering::Relaxed);
+                counter.inc();
                 if row.attempts >= STUCK_AFTER_ATTEMPTS {
-                    self.metrics.leases_stuck.fetch_sub(1, Ordering::Relaxed);
+                    self.metrics.leases_stuck.dec();
                 }
                 tracing::info!(lease = %row.id, role = %row.role_name, reason = row.end_reason.as_deref().unwrap_or(""), "lease ended");
                 Ok(())
             }
             Err(e) => {
-                self.metrics
-                    .lease_removal_failures
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.lease_removal_failures.inc();
                 let attempts = self
                     .store
                     .revoke_failed(row.id, &e.to_string(), backoff(row.attempts))
                     .await?;
                 if attempts == STUCK_AFTER_ATTEMPTS {
-                    self.metrics.leases_stuck.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.leases_stuck.inc();
                 }
                 tracing::error!(lease = %row.id, role = %row.role_name, attempts, error = %e, "removing lease role failed; will retry");
                 Err(e)

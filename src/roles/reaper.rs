@@ -127,10 +127,7 @@ pub async fn reap_once(leases: &Leases) -> ReapReport {
                     match drop_lease_role(db, role, leases.deployment()).await {
                         Ok(()) => {
                             report.orphans += 1;
-                            leases
-                                .metrics()
-                                .orphan_roles_removed
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            leases.metrics().orphan_roles_removed.inc();
                             tracing::warn!(role = %role, database = %db.name, "removed lease role that had no live lease");
                         }
                         Err(e) => fail(&mut report, "removing orphan role", &e),

@@ -248,9 +248,7 @@ impl Feed {
                     .into_iter()
                     .map(|(k, v)| (k, serde_json::from_value(v).ok()))
                     .collect();
-                self.metrics
-                    .approval_feed_refreshes
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.approval_feed_refreshes.inc();
                 self.stale.store(false, Ordering::Release);
                 self.snapshot.send_replace(Arc::new(Snapshot {
                     at: Utc::now(),

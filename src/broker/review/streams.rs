@@ -4,7 +4,6 @@
 //! admitted until its [`Admitted`] handle is dropped with the response.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
@@ -83,9 +82,7 @@ impl Streams {
         });
         s.open += 1;
         let ended = s.ended.clone();
-        self.metrics
-            .approval_streams
-            .store(open.total as u64, Ordering::Relaxed);
+        self.metrics.approval_streams.set(open.total as i64);
         Ok(Admitted {
             streams: self.clone(),
             session,
@@ -120,10 +117,7 @@ impl Drop for Admitted {
                 open.sessions.remove(&self.session);
             }
         }
-        self.streams
-            .metrics
-            .approval_streams
-            .store(open.total as u64, Ordering::Relaxed);
+        self.streams.metrics.approval_streams.set(open.total as i64);
     }
 }
 
@@ -141,7 +135,7 @@ mod tests {
         assert_eq!(s.admit(a).err(), Some(Refused::Session));
         let b1 = s.admit(b).unwrap();
         assert_eq!(s.admit(b).err(), Some(Refused::Instance));
-        assert_eq!(metrics.approval_streams.load(Ordering::Relaxed), 3);
+        assert_eq!(metrics.approval_streams.get(), 3);
         drop(a1);
         assert_eq!(s.total(), 2);
         let b2 = s.admit(b).unwrap();
@@ -152,7 +146,7 @@ mod tests {
         drop((a2, b1, b2));
         assert_eq!(s.total(), 0);
         assert!(s.sessions().is_empty());
-        assert_eq!(metrics.approval_streams.load(Ordering::Relaxed), 0);
+        assert_eq!(metrics.approval_streams.get(), 0);
         // A session that signs in again after its streams closed starts afresh.
         let again = s.admit(a).unwrap();
         assert!(!again.ended.is_cancelled());

@@ -68,6 +68,7 @@ impl Batch<'_> {
             tables: held.matched.tables,
             fingerprint: crate::approval::fingerprint(&canonical, &exact),
             rule: held.matched.rule,
+            class: held.matched.class,
             parameters: held.parameters,
             exact: held.exact,
         });

@@ -16,6 +16,7 @@ use super::{refusal, Counters, Inspector};
 use crate::audit::statement::{self, Decision, DecisionKind, Protocol};
 use crate::guard::{self, Verdict};
 use crate::mask::{self, MaskPlan};
+use crate::metrics::StatementDecision;
 use crate::policy::{Approval, StatementClass};
 use crate::proxy::wire::framing::Frame;
 use crate::proxy::wire::frontend::{self, Frontend, Kind};
@@ -27,6 +28,8 @@ use crate::sql::{Analysis, AnalyzeError, Dialect, Outcome, Statement, SyntaxErro
 #[derive(Debug, Clone)]
 pub struct Hold {
     pub message: usize,
+    /// The most consequential class of what it runs.
+    pub class: Option<StatementClass>,
     /// What the reviewer sees: the text, and for EXECUTE what it executes.
     pub statement: String,
     /// The same as the audit log shows it (literals normalised when the policy says so).
@@ -67,7 +70,17 @@ pub struct Judged {
     pub(super) refusals: Vec<(u64, BytesMut)>,
     pub(super) started: Vec<u64>,
     pub(super) counters: Counters,
+    /// Decisions to count once the batch is committed (a batch may be judged again).
+    pub(super) tally: Vec<Tally>,
 }
+
+/// A decision as `/metrics` counts it: the decision, the statement's most consequential class,
+/// and the rule that refused it.
+pub(super) type Tally = (
+    StatementDecision,
+    Option<StatementClass>,
+    Option<&'static str>,
+);
 
 impl Judged {
     /// This batch replaces `failed`, whose decision records may have reached a sink: its record
@@ -234,6 +247,7 @@ pub(super) struct Batch<'s> {
     pub(super) entries: Vec<Entry>,
     pub(super) counters: Counters,
     pub(super) records: Vec<String>,
+    pub(super) tally: Vec<Tally>,
     pub(super) refusals: Vec<(u64, BytesMut)>,
     pub(super) started: HashSet<u64>,
     pub(super) holds: Vec<Hold>,
@@ -259,6 +273,7 @@ impl Inspector {
             entries: Vec::new(),
             counters: self.counters,
             records: Vec::new(),
+            tally: Vec::new(),
             refusals: Vec::new(),
             started: HashSet::new(),
             holds: Vec::new(),
@@ -454,6 +469,10 @@ impl Inspector {
         let estimable = matches!((runs.next(), runs.next()), (Some(st), None) if st.estimable);
         Some(Matched {
             rule,
+            class: statements
+                .iter()
+                .flat_map(|s| s.classes.iter().copied())
+                .max(),
             tables: statements.iter().flat_map(|s| names(s).1).collect(),
             prepared,
             estimable,
@@ -492,6 +511,7 @@ impl<'s> Batch<'s> {
             protocol_error,
             out,
             records: self.records,
+            tally: self.tally,
             holds: self.holds,
             entries: self.entries,
             refusals: self.refusals,
@@ -637,6 +657,12 @@ impl<'s> Batch<'s> {
                 (DecisionKind::Deny, Some(*rule), Some(reason.as_str()))
             }
         };
+        let counted = match decision {
+            DecisionKind::Allow => StatementDecision::Allow,
+            DecisionKind::Deny => StatementDecision::Deny,
+        };
+        self.tally
+            .push((counted, classes.iter().copied().max(), rule));
         let text = self.insp.shown(sql);
         let prepared: Vec<statement::Prepared> = prepared
             .iter()

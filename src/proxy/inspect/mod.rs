@@ -37,6 +37,7 @@ use super::catalog::MaskSetup;
 use super::limits::ExportLimit;
 use super::masking::Masker;
 use crate::audit::statement::SessionRecords;
+use crate::metrics::Metrics;
 use crate::policy::{Approval, Guardrails, StatementAudit};
 use crate::proxy::wire::backend::TransactionStatus;
 use crate::sql::Analyzer;
@@ -76,6 +77,7 @@ struct Counters {
 
 pub struct Inspector {
     rules: Rules,
+    metrics: Arc<Metrics>,
     analyzer: Arc<Analyzer>,
     records: SessionRecords,
     context: Context,
@@ -92,6 +94,12 @@ pub struct Inspector {
     role: String,
 }
 
+/// The session's masker, when its rules mask anything.
+fn masker(rules: &Rules, metrics: &Metrics) -> Option<Masker> {
+    let counted = metrics.proxy.masked_values.clone();
+    rules.masks.clone().map(|m| Masker::new(m, counted))
+}
+
 /// Why a session cannot go on (the caller ends it with a FATAL error carrying this message).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fatal(pub String);
@@ -100,6 +108,7 @@ impl Inspector {
     /// A session's state machine, from the settings the server reported at login.
     pub fn new(
         rules: Rules,
+        metrics: Arc<Metrics>,
         analyzer: Arc<Analyzer>,
         records: SessionRecords,
         parameters: &[(String, String)],
@@ -108,8 +117,9 @@ impl Inspector {
         let context = Context::from_parameters(parameters).map_err(Fatal)?;
         let limit = ExportLimit::new(rules.guardrails.max_rows, rules.guardrails.max_bytes);
         Ok(Inspector {
-            masker: rules.masks.clone().map(Masker::new),
+            masker: masker(&rules, &metrics),
             rules,
+            metrics,
             analyzer,
             records,
             context,
@@ -146,6 +156,13 @@ impl Inspector {
     pub fn commit(&mut self, judged: Judged) {
         let now = std::time::Instant::now();
         self.counters = judged.counters;
+        let metrics = &self.metrics.proxy;
+        for (decision, class, rule) in judged.tally {
+            metrics.statement(decision, class);
+            if let Some(rule) = rule {
+                metrics.refused(rule);
+            }
+        }
         for (n, err) in judged.refusals {
             self.refusals.insert(n, err);
         }
@@ -163,9 +180,12 @@ impl Inspector {
     /// Outcome records of statements completed so far.
     pub fn outcomes(&mut self) -> Vec<String> {
         let records = &self.records;
+        let metrics = &self.metrics.proxy;
         self.done
             .drain(..)
             .map(|d| {
+                metrics
+                    .observe_statement(std::time::Duration::from_secs_f64(d.duration_ms / 1000.0));
                 records.outcome(&crate::audit::statement::Outcome {
                     seq: d.seq,
                     result: d.result,
@@ -202,7 +222,7 @@ impl Inspector {
     pub async fn reconfigure(&mut self, rules: Rules) {
         self.limit
             .set_limits(rules.guardrails.max_rows, rules.guardrails.max_bytes);
-        self.masker = rules.masks.clone().map(Masker::new);
+        self.masker = masker(&rules, &self.metrics);
         self.rules = rules;
         // Every definition that can still run: named statements, and the statements of
         // portals (a cursor's, or one whose statement was closed since it was bound).

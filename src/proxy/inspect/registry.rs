@@ -60,6 +60,8 @@ pub enum Origin {
 #[derive(Debug, Clone)]
 pub struct Matched {
     pub rule: crate::policy::Approval,
+    /// The most consequential class of what runs (`pgid_proxy_statements_total`).
+    pub class: Option<crate::policy::StatementClass>,
     pub tables: Vec<String>,
     pub prepared: Vec<(String, String)>,
     /// The planner's estimate of what runs can be trusted (`min_rows`).

@@ -30,6 +30,7 @@ fn inspector() -> Inspector {
     ];
     Inspector::new(
         rules,
+        std::sync::Arc::new(crate::metrics::Metrics::new()),
         Analyzer::start(1).unwrap(),
         SessionRecords::new(&crate::store::test_lease(), Uuid::nil(), "127.0.0.1:1"),
         &params,
