@@ -6,7 +6,7 @@
 mod common;
 
 use bytes::{BufMut, BytesMut};
-use common::wire::{errors, Message};
+use common::wire::{errors, leaked, Message};
 use common::{Harness, EMAIL_MASKED, READER};
 use pgid::proxy::wire::backend;
 use pgid::proxy::wire::frontend;
@@ -63,18 +63,6 @@ async fn secrets(h: &Harness) -> Vec<String> {
         .collect();
     assert!(out.len() >= 12, "{out:?}");
     out
-}
-
-/// The secrets among `secrets` that appear anywhere in what the client received.
-fn leaked<'a>(secrets: &'a [String], answer: &[Message]) -> Vec<&'a String> {
-    secrets
-        .iter()
-        .filter(|s| {
-            answer
-                .iter()
-                .any(|m| m.body.windows(s.len()).any(|w| w == s.as_bytes()))
-        })
-        .collect()
 }
 
 fn notifications(answer: &[Message]) -> Vec<&Message> {

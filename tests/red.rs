@@ -7,7 +7,7 @@
 mod common;
 
 use bytes::{BufMut, BytesMut};
-use common::wire::{errors, values, Message};
+use common::wire::{errors, leaked, values};
 use common::{Harness, EMAIL_MASKED as MASKED, READER, REVIEWED, WRITER};
 use pgid::proxy::wire::backend;
 use pgid::proxy::wire::frontend::{self, Target};
@@ -57,18 +57,6 @@ async fn emails(h: &Harness) -> Vec<String> {
         .unwrap();
     rows.iter()
         .flat_map(|r| [r.get::<_, String>(0), r.get::<_, String>(1)])
-        .collect()
-}
-
-/// The secrets among `secrets` that appear anywhere in what the client received.
-fn leaked<'a>(secrets: &'a [String], answer: &[Message]) -> Vec<&'a String> {
-    secrets
-        .iter()
-        .filter(|s| {
-            answer
-                .iter()
-                .any(|m| m.body.windows(s.len()).any(|w| w == s.as_bytes()))
-        })
         .collect()
 }
 

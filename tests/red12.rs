@@ -44,7 +44,7 @@
 
 mod common;
 
-use common::wire::{errors, values, Message};
+use common::wire::{errors, leaked_or_local_part as leaked, values, Message};
 use common::{Harness, REVIEWED, WRITER};
 
 /// May create code (FUNCTION is not denied) under the default denied functions and
@@ -312,38 +312,12 @@ columns = ["crm.customers.email"]
 method = "redact"
 "#;
 
-async fn emails(h: &Harness) -> Vec<String> {
-    h.superuser()
-        .await
-        .query("SELECT email FROM crm.customers", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
-fn leaked<'a>(secrets: &'a [String], answer: &[Message]) -> Vec<&'a String> {
-    secrets
-        .iter()
-        .filter(|s| {
-            let local = s.split('@').next().unwrap_or(s);
-            answer.iter().any(|m| {
-                m.body.windows(s.len()).any(|w| w == s.as_bytes())
-                    || m.body
-                        .windows(local.len() + 1)
-                        .any(|w| w[..local.len()] == *local.as_bytes() && w[local.len()] == b'@')
-            })
-        })
-        .collect()
-}
-
 /// HELD: under masks, binding ts_rewrite to an operator or aggregate is refused (the bound name
 /// is judged as a call).
 #[tokio::test(flavor = "multi_thread")]
 async fn red12_operator_bound_to_ts_rewrite_reads_a_masked_column_in_clear() {
     let h = Harness::start(&[MASKED_CODER]).await;
-    let secrets = emails(&h).await;
+    let secrets = h.emails().await;
     let mut c = h.raw_client("agent:masked-coder", &[]).await.unwrap();
     let made = c
         .query("CREATE OPERATOR pg_temp.%%% (FUNCTION = ts_rewrite, LEFTARG = tsquery, RIGHTARG = text)")
@@ -379,7 +353,7 @@ async fn red12_operator_bound_to_ts_rewrite_reads_a_masked_column_in_clear() {
 #[tokio::test(flavor = "multi_thread")]
 async fn red12_operator_bound_to_a_session_sql_function_reads_a_masked_column_in_clear() {
     let h = Harness::start(&[MASKED_CODER]).await;
-    let secrets = emails(&h).await;
+    let secrets = h.emails().await;
     let mut c = h.raw_client("agent:masked-coder", &[]).await.unwrap();
     let plain = c
         .query(
@@ -559,7 +533,7 @@ async fn red12_views_made_before_the_session_mask_the_column_however_written() {
     setup.push_str("CREATE VIEW crm.v_colnames AS SELECT * FROM crm.v_cols;\n");
     setup.push_str("GRANT SELECT ON ALL TABLES IN SCHEMA crm TO PUBLIC;\n");
     let h = Harness::start_with_postgres(&[], &setup, &[common::EMAIL_MASKED], "").await;
-    let secrets = emails(&h).await;
+    let secrets = h.emails().await;
     let mut c = h.raw_client("agent:masked", &[]).await.unwrap();
     let mut leaks = Vec::new();
     let mut refused = Vec::new();
@@ -589,7 +563,7 @@ async fn red12_operator_over_owner_view_or_function_reads_a_masked_column_in_cle
             AS 'SELECT email FROM crm.customers WHERE id = i';
         GRANT SELECT ON crm.customer_emails TO PUBLIC;";
     let h = Harness::start_with_postgres(&[], setup, &[MASKED_CODER], "").await;
-    let secrets = emails(&h).await;
+    let secrets = h.emails().await;
     let mut c = h.raw_client("agent:masked-coder", &[]).await.unwrap();
     let mut notes = Vec::new();
     let mut leaks = Vec::new();
@@ -783,7 +757,7 @@ async fn red12_a_view_nested_nine_deep_on_a_masked_column_is_not_masked() {
     }
     setup.push_str("GRANT SELECT ON ALL TABLES IN SCHEMA crm TO PUBLIC;\n");
     let h = Harness::start_with_postgres(&[], &setup, &[common::EMAIL_MASKED], "").await;
-    let secrets = emails(&h).await;
+    let secrets = h.emails().await;
     let mut c = h.raw_client("agent:masked", &[]).await.unwrap();
     let mut leaks = Vec::new();
     for i in 1..=10 {
@@ -810,7 +784,7 @@ async fn red12_a_view_calling_a_database_function_reads_a_masked_column_in_clear
             FROM crm.customers;
         GRANT SELECT ON crm.customer_contacts TO PUBLIC;";
     let h = Harness::start_with_postgres(&[], setup, &[common::EMAIL_MASKED], "").await;
-    let secrets = emails(&h).await;
+    let secrets = h.emails().await;
     let mut c = h.raw_client("agent:masked", &[]).await.unwrap();
     // Named in the statement, the function is refused.
     let direct = c.query("SELECT crm.email_of(1)").await;
@@ -997,7 +971,7 @@ async fn red12_update_moving_rows_out_of_a_reviewed_partition_deletes_them_unrev
 #[tokio::test(flavor = "multi_thread")]
 async fn red12_attribute_notation_function_calls_over_a_masked_row() {
     let h = Harness::start(&[common::EMAIL_MASKED]).await;
-    let secrets = emails(&h).await;
+    let secrets = h.emails().await;
     let mut c = h.raw_client("agent:masked", &[]).await.unwrap();
     let mut leaks = Vec::new();
     let mut notes = Vec::new();
@@ -1029,7 +1003,7 @@ async fn red12_attribute_notation_function_calls_over_a_masked_row() {
 #[tokio::test(flavor = "multi_thread")]
 async fn red12_whole_row_values_are_masked() {
     let h = Harness::start(&[common::EMAIL_MASKED]).await;
-    let secrets = emails(&h).await;
+    let secrets = h.emails().await;
     let mut c = h.raw_client("agent:masked", &[]).await.unwrap();
     let mut leaks = Vec::new();
     for sql in [

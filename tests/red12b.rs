@@ -28,7 +28,7 @@
 
 mod common;
 
-use common::wire::{errors, Message};
+use common::wire::{errors, leaked_or_local_part as leaked, Message};
 use common::Harness;
 
 /// Reads and writes customers and notes; e-mail masked.
@@ -52,34 +52,8 @@ const OWNER_SETUP: &str = "CREATE VIEW crm.contacts AS SELECT id, name, email FR
     INSERT INTO crm.vip_customers (name, email) VALUES ('Vip One', 'vip.secret@example.com');
     GRANT SELECT ON crm.contacts, crm.vip_customers TO PUBLIC;";
 
-async fn emails(h: &Harness) -> Vec<String> {
-    h.superuser()
-        .await
-        .query("SELECT email FROM crm.customers", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
-fn leaked<'a>(secrets: &'a [String], answer: &[Message]) -> Vec<&'a String> {
-    secrets
-        .iter()
-        .filter(|s| {
-            let local = s.split('@').next().unwrap_or(s);
-            answer.iter().any(|m| {
-                m.body.windows(s.len()).any(|w| w == s.as_bytes())
-                    || m.body
-                        .windows(local.len() + 1)
-                        .any(|w| w[..local.len()] == *local.as_bytes() && w[local.len()] == b'@')
-            })
-        })
-        .collect()
-}
-
 async fn battery(h: &Harness, subject: &str, steps: &[&str]) -> (Vec<String>, Vec<String>) {
-    let secrets = emails(h).await;
+    let secrets = h.emails().await;
     let mut leaks = Vec::new();
     let mut notes = Vec::new();
     for sql in steps {
@@ -493,7 +467,7 @@ async fn red12b_hash_mask_of_a_derived_value_is_a_chosen_text_oracle_for_the_ssn
 #[tokio::test(flavor = "multi_thread")]
 async fn red12b_error_text_of_a_later_execute_of_a_suspended_portal() {
     let h = Harness::start(&[common::EMAIL_MASKED]).await;
-    let secrets = emails(&h).await;
+    let secrets = h.emails().await;
     let sql: &[u8] =
         b"SELECT id FROM crm.customers WHERE CASE WHEN id = 1 THEN true ELSE email::int > 0 END";
     let mut leaks = Vec::new();

@@ -492,6 +492,18 @@ impl Harness {
         connect(&self.pg.superuser_url("app")).await.unwrap()
     }
 
+    /// Every e-mail address of the customers, as stored (what a mask must never let out).
+    pub async fn emails(&self) -> Vec<String> {
+        self.superuser()
+            .await
+            .query("SELECT email FROM crm.customers", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
     /// The single bigint a query returns, asked as the superuser (`SELECT count(*) …`).
     pub async fn count(&self, sql: &str) -> i64 {
         self.superuser()

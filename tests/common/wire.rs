@@ -192,3 +192,31 @@ pub fn errors(messages: &[Message]) -> Vec<(String, String)> {
 pub fn values(messages: &[Message]) -> Vec<String> {
     messages.iter().filter_map(Message::first_value).collect()
 }
+
+/// The secrets among `secrets` that appear anywhere in what the client received.
+pub fn leaked<'a>(secrets: &'a [String], answer: &[Message]) -> Vec<&'a String> {
+    secrets
+        .iter()
+        .filter(|s| {
+            answer
+                .iter()
+                .any(|m| m.body.windows(s.len()).any(|w| w == s.as_bytes()))
+        })
+        .collect()
+}
+
+/// [`leaked`], and also the secrets (e-mail addresses) whose local part appears followed by `@`.
+pub fn leaked_or_local_part<'a>(secrets: &'a [String], answer: &[Message]) -> Vec<&'a String> {
+    secrets
+        .iter()
+        .filter(|s| {
+            let local = s.split('@').next().unwrap_or(s);
+            answer.iter().any(|m| {
+                m.body.windows(s.len()).any(|w| w == s.as_bytes())
+                    || m.body
+                        .windows(local.len() + 1)
+                        .any(|w| w[..local.len()] == *local.as_bytes() && w[local.len()] == b'@')
+            })
+        })
+        .collect()
+}
