@@ -40,7 +40,7 @@ pub fn syntax_error(encoding: Option<Encoding>, s: &SyntaxError) -> BytesMut {
     if let Some(p) = &position {
         fields.push((b'P', p.as_bytes()));
     }
-    backend::error_response_fields(&mut err, s.code, &fields);
+    backend::error_response_fields(&mut err, Severity::Error, s.code, &fields);
     err
 }
 

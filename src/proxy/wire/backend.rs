@@ -250,6 +250,18 @@ pub fn error_response(out: &mut BytesMut, severity: Severity, code: &str, text: 
 
 /// [`error_response`] with the message already in the client's encoding.
 pub fn error_response_bytes(out: &mut BytesMut, severity: Severity, code: &str, text: &[u8]) {
+    error_response_fields(out, severity, code, &[(b'M', text)]);
+}
+
+/// ErrorResponse (NoticeResponse for `Severity::Notice`) with severity and code, then the
+/// `(field type, value)` pairs in order, values already in the client's encoding (a NUL in one
+/// is dropped: it would end the field).
+pub fn error_response_fields(
+    out: &mut BytesMut,
+    severity: Severity,
+    code: &str,
+    fields: &[(u8, &[u8])],
+) {
     let tag = if severity == Severity::Notice {
         b'N'
     } else {
@@ -260,23 +272,6 @@ pub fn error_response_bytes(out: &mut BytesMut, severity: Severity, code: &str, 
         put_cstr(b, severity.as_str());
         b.put_u8(b'V');
         put_cstr(b, severity.as_str());
-        b.put_u8(b'C');
-        put_cstr(b, code);
-        b.put_u8(b'M');
-        b.extend(text.iter().filter(|c| **c != 0));
-        b.put_u8(0);
-        b.put_u8(0);
-    });
-}
-
-/// ErrorResponse with more fields than severity, code and message: `(field type, value)` in
-/// order, values already in the client's encoding.
-pub fn error_response_fields(out: &mut BytesMut, code: &str, fields: &[(u8, &[u8])]) {
-    message(out, b'E', |b| {
-        b.put_u8(b'S');
-        put_cstr(b, Severity::Error.as_str());
-        b.put_u8(b'V');
-        put_cstr(b, Severity::Error.as_str());
         b.put_u8(b'C');
         put_cstr(b, code);
         for (field, value) in fields {
