@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::policy::{self, PolicySet};
 use crate::proxy::{self, Proxy};
 use crate::roles::{self, LeaseSetup, LeaseStatus, LeaseWatch, Leases, Notifier, Reaper};
-use crate::store::{self, EventKey, InstanceLock, LeaseState, Store, LEASE_EVENTS_CHANNEL};
+use crate::store::{self, EventKey, InstanceLock, Store, LEASE_EVENTS_CHANNEL};
 use crate::tls::TlsMaterial;
 
 /// Threads that parse statements (each with a deep stack); results are cached by text.
@@ -307,7 +307,7 @@ fn instance_reconnected(t: Arc<EventTargets>) -> crate::store::OnReconnect {
 async fn refresh_lease(store: &Store, watch: &LeaseWatch, id: uuid::Uuid) {
     match store.get(id).await {
         Ok(Some(row)) => {
-            if let Some(status) = status_of(&row) {
+            if let Some(status) = LeaseStatus::of(&row, chrono::Utc::now()) {
                 watch.publish(id, status);
             }
         }
@@ -339,21 +339,6 @@ fn policy_files_digest(dir: &std::path::Path) -> [u8; 32] {
         h.update([0]);
     }
     h.finalize().into()
-}
-
-/// What a lease row says its sessions may do.
-fn status_of(row: &crate::store::LeaseRow) -> Option<LeaseStatus> {
-    use crate::roles::EndReason;
-    match row.final_state.unwrap_or(row.state) {
-        LeaseState::Active => Some(LeaseStatus::Active {
-            expires_at: row.expires_at,
-        }),
-        LeaseState::Expired => Some(LeaseStatus::Ended(EndReason::Expired)),
-        LeaseState::Revoking | LeaseState::Revoked | LeaseState::Failed => {
-            Some(LeaseStatus::Ended(EndReason::Revoked))
-        }
-        LeaseState::Creating => None,
-    }
 }
 
 impl App {

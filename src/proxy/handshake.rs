@@ -21,7 +21,7 @@ use super::Proxy;
 use crate::audit::{Event, Kind};
 use crate::policy::{self, Selection};
 use crate::roles::{database_password, EndReason, LeaseStatus};
-use crate::store::{LeaseRow, LeaseState};
+use crate::store::LeaseRow;
 
 /// A client that passed the handshake, bound to an upstream session.
 pub struct Established {
@@ -212,18 +212,13 @@ pub async fn handshake(
         }
     };
 
-    if row.state != LeaseState::Active || row.expires_at <= Utc::now() {
-        let expired = match row.state {
-            LeaseState::Active | LeaseState::Expired => true,
-            LeaseState::Revoking => row.final_state == Some(LeaseState::Expired),
-            _ => false,
-        };
-        let reason = if expired {
-            EndReason::Expired
-        } else {
-            EndReason::Revoked
-        };
-        return Err(refuse(&mut client, "28000", reason.message()).await);
+    match LeaseStatus::of(&row, Utc::now()) {
+        Some(LeaseStatus::Active { .. }) => {}
+        Some(LeaseStatus::Ended(reason)) => {
+            return Err(refuse(&mut client, "28000", reason.message()).await)
+        }
+        // Still being created: not a credential anyone may use yet.
+        None => return Err(refuse(&mut client, "28000", EndReason::Revoked.message()).await),
     }
     let Some(db) = p.leases.databases().get(&row.database) else {
         return Err(refuse(

@@ -45,6 +45,22 @@ impl LeaseStatus {
         }
     }
 
+    /// What a lease row says its sessions may do at `now`; None while it is being created.
+    /// A lease past its expiry, or being removed because it expired, has expired; one revoked,
+    /// being revoked, or whose creation failed, is revoked.
+    pub fn of(row: &crate::store::LeaseRow, now: DateTime<Utc>) -> Option<LeaseStatus> {
+        use crate::store::LeaseState as S;
+        match row.final_state.unwrap_or(row.state) {
+            S::Creating => None,
+            S::Active if row.expires_at <= now => Some(LeaseStatus::Ended(EndReason::Expired)),
+            S::Active => Some(LeaseStatus::Active {
+                expires_at: row.expires_at,
+            }),
+            S::Expired => Some(LeaseStatus::Ended(EndReason::Expired)),
+            S::Revoking | S::Revoked | S::Failed => Some(LeaseStatus::Ended(EndReason::Revoked)),
+        }
+    }
+
     pub fn decode(payload: &str) -> Option<(Uuid, LeaseStatus)> {
         let mut parts = payload.split(' ');
         let id = parts.next()?.parse().ok()?;
@@ -194,5 +210,49 @@ mod tests {
         w.publish(other, LeaseStatus::Ended(EndReason::Expired));
         let late = w.subscribe(other, LeaseStatus::Active { expires_at: t });
         assert_eq!(*late.borrow(), LeaseStatus::Ended(EndReason::Expired));
+    }
+
+    #[test]
+    fn a_rows_state_says_what_its_sessions_may_do() {
+        use crate::store::LeaseState as S;
+        let now = Utc::now();
+        let mut row = crate::store::test_lease();
+        row.expires_at = now + chrono::Duration::minutes(5);
+        let of = |state, final_state, row: &crate::store::LeaseRow| {
+            let mut r = row.clone();
+            r.state = state;
+            r.final_state = final_state;
+            LeaseStatus::of(&r, now)
+        };
+        let ended = |r| Some(LeaseStatus::Ended(r));
+        assert_eq!(
+            of(S::Active, None, &row),
+            Some(LeaseStatus::Active {
+                expires_at: row.expires_at
+            })
+        );
+        assert_eq!(of(S::Creating, None, &row), None);
+        assert_eq!(
+            of(S::Revoking, Some(S::Expired), &row),
+            ended(EndReason::Expired)
+        );
+        assert_eq!(
+            of(S::Revoking, Some(S::Revoked), &row),
+            ended(EndReason::Revoked)
+        );
+        assert_eq!(
+            of(S::Revoked, Some(S::Revoked), &row),
+            ended(EndReason::Revoked)
+        );
+        assert_eq!(
+            of(S::Expired, Some(S::Expired), &row),
+            ended(EndReason::Expired)
+        );
+        assert_eq!(
+            of(S::Failed, Some(S::Failed), &row),
+            ended(EndReason::Revoked)
+        );
+        row.expires_at = now;
+        assert_eq!(of(S::Active, None, &row), ended(EndReason::Expired));
     }
 }
