@@ -28,8 +28,8 @@ const ANALYSIS_THREADS: usize = 2;
 #[error("{0}")]
 pub struct StartError(pub String);
 
-fn err<E: std::fmt::Display>(context: &str) -> impl FnOnce(E) -> StartError + '_ {
-    move |e| StartError(format!("{context}: {e}"))
+fn err<E: std::error::Error + 'static>(context: &str) -> impl FnOnce(E) -> StartError + '_ {
+    move |e| StartError(format!("{context}: {}", crate::errors::chain(&e)))
 }
 
 /// Loads and checks the policy directory against the configured databases.
@@ -313,7 +313,7 @@ async fn refresh_lease(store: &Store, watch: &LeaseWatch, id: uuid::Uuid) {
         }
         Ok(None) => watch.publish(id, LeaseStatus::Ended(crate::roles::EndReason::Revoked)),
         Err(e) => {
-            tracing::warn!(lease = %id, error = %e, "cannot read a lease another instance changed")
+            tracing::warn!(lease = %id, error = %crate::errors::Chain(&e), "cannot read a lease another instance changed")
         }
     }
 }
@@ -404,6 +404,7 @@ impl App {
                 .audit
                 .table
                 .then_some((state_url, instance.id, state_tls.clone())),
+            latency: Some(metrics.audit_write_seconds.clone()),
         })
         .map_err(|e| StartError(e.to_string()))?;
         if !config.proxy.inspect {
@@ -418,7 +419,7 @@ impl App {
                 loop {
                     tick.tick().await;
                     if let Err(e) = audit.flush_refusals().await {
-                        tracing::error!(error = %e, "cannot write a refusal summary");
+                        tracing::error!(error = %crate::errors::Chain(&e), "cannot write a refusal summary");
                     }
                 }
             });
@@ -437,8 +438,8 @@ impl App {
                         )
                         .await
                         .map(|_| ())
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
+                        .map_err(|e| crate::database::pg_message(&e)),
+                    Err(e) => Err(crate::database::pool_message(&e)),
                 };
                 if let Err(e) = sent {
                     tracing::warn!(error = %e, "cannot tell other instances about a lease change");
@@ -479,7 +480,9 @@ impl App {
                     "revoked the leases of policies that no longer exist"
                 )
             }
-            Err(e) => tracing::error!(error = %e, "cannot revoke the leases of removed policies"),
+            Err(e) => {
+                tracing::error!(error = %crate::errors::Chain(&e), "cannot revoke the leases of removed policies")
+            }
         }
         // Their group roles go too, once their leases are gone.
         drop_removed_groups(leases.databases(), &policies, &config.deployment).await;
@@ -707,7 +710,9 @@ fn descriptors(config: &Config) {
                 );
             }
         }
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+        Err(e) => {
+            tracing::warn!(error = %crate::errors::Chain(&e), "cannot raise the open file limit")
+        }
     }
 }
 
@@ -842,7 +847,7 @@ async fn reload(app: &App, proxy: &Proxy) -> Result<String, String> {
             Ok(mut c) => roles::drop_group_role(&mut c, p, &db.dbname, &app.config.deployment)
                 .await
                 .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(crate::database::pool_message(&e)),
         };
         match dropped {
             Ok(roles::GroupRemoval::OwnsObjects) => problems.push(format!(
@@ -870,7 +875,7 @@ async fn reload(app: &App, proxy: &Proxy) -> Result<String, String> {
     let event =
         crate::audit::Event::new(crate::audit::Kind::PolicyReloaded).reason(summary.clone());
     if let Err(e) = app.leases.audit().record(&event).await {
-        tracing::error!(error = %e, "cannot audit a policy reload");
+        tracing::error!(error = %crate::errors::Chain(&e), "cannot audit a policy reload");
     }
     tracing::info!(%summary, "policies reloaded");
     Ok(summary)

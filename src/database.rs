@@ -155,63 +155,15 @@ pub fn pool(
 /// A Postgres error as an operator should read it — tokio-postgres's own text says only "db
 /// error": the server's severity, SQLSTATE, message, detail and hint
 /// (`ERROR 2BP01: role "x" cannot be dropped …; detail: …`), or for a client-side error (I/O,
-/// TLS, a closed connection) its whole chain of causes. Server messages carry names and
-/// SQLSTATEs, never a password: pgid sends passwords as SCRAM verifiers or not at all.
+/// TLS, a closed connection) its whole chain of causes ([`crate::errors`]).
 pub fn pg_message(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => {
-            let mut text = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
-            if let Some(detail) = db.detail() {
-                text.push_str("; detail: ");
-                text.push_str(detail);
-            }
-            if let Some(hint) = db.hint() {
-                text.push_str("; hint: ");
-                text.push_str(hint);
-            }
-            text
-        }
-        None => with_causes(e),
-    }
+    crate::errors::chain(e)
 }
 
 /// A pool error as [`pg_message`] gives a Postgres one.
 pub fn pool_message(e: &deadpool_postgres::PoolError) -> String {
     match e {
         deadpool_postgres::PoolError::Backend(pg) => pg_message(pg),
-        other => with_causes(other),
-    }
-}
-
-/// An error followed by each of its sources, `: `-separated.
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let more = cause.to_string();
-        // Some errors repeat their source in their own text.
-        if !text.ends_with(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn client_errors_keep_their_causes() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("outer")]
-        struct Outer(#[source] std::io::Error);
-        let e = Outer(std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            "refused",
-        ));
-        assert_eq!(with_causes(&e), "outer: refused");
+        other => crate::errors::chain(other),
     }
 }

@@ -38,6 +38,7 @@ pub mod config;
 pub mod database;
 pub mod dev;
 pub mod encoding;
+pub mod errors;
 pub mod guard;
 pub mod html;
 pub mod identity;

@@ -18,8 +18,9 @@ fn main() -> ExitCode {
     match runtime.block_on(pgid::cli::run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("pgid: error: {e}");
-            for cause in e.chain().skip(1) {
+            let causes = pgid::errors::causes(e.as_ref());
+            eprintln!("pgid: error: {}", causes.first().map_or("", String::as_str));
+            for cause in causes.iter().skip(1) {
                 eprintln!("  caused by: {cause}");
             }
             ExitCode::from(2)

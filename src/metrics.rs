@@ -35,6 +35,17 @@ const STATEMENT_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
 ];
 
+/// Buckets (seconds) of the audit write latency histogram: a write to the OS, a group fsync, a
+/// table insert.
+pub const AUDIT_WRITE_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// Buckets (seconds) of the approval wait histogram: a reviewer at hand to a rule's timeout.
+const APPROVAL_WAIT_BUCKETS: [f64; 10] = [
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
 /// Lease states reported by `pgid_leases` (zero when none is in that state).
 const LEASE_STATES: [&str; 3] = ["creating", "active", "revoking"];
 
@@ -51,6 +62,8 @@ pub struct Metrics {
     pub leases_stuck: Gauge,
     denials: Family<Label, Counter>,
     issue_latency: Histogram,
+    /// Time until appended audit records were durable (per `[audit] sync`, and in the table).
+    pub audit_write_seconds: LatencyHistogram,
     /// Broker connections open now, and how often the cap made new ones wait.
     pub broker_connections: Gauge,
     pub broker_connections_capped: Counter,
@@ -104,6 +117,7 @@ impl Metrics {
             leases_stuck: Gauge::default(),
             denials: Family::default(),
             issue_latency: Histogram::new(ISSUE_BUCKETS),
+            audit_write_seconds: LatencyHistogram::new(&AUDIT_WRITE_BUCKETS),
             broker_connections: Gauge::default(),
             broker_connections_capped: Counter::default(),
             approval_streams: Gauge::default(),
@@ -238,6 +252,11 @@ impl Metrics {
             "pgid_lease_issue_seconds",
             "Time to issue a lease.",
             self.issue_latency.clone(),
+        );
+        r.register(
+            "pgid_audit_write_seconds",
+            "Time until appended audit records were durable (written, fsynced per [audit] sync, and in the table when that sink is on).",
+            self.audit_write_seconds.clone(),
         );
         self.proxy.register(&mut r);
         r
@@ -380,7 +399,41 @@ pub struct ProxyMetrics {
     pub pool_idle: Gauge,
     pub bytes_to_server: Counter,
     pub bytes_to_client: Counter,
-    statement_seconds: AtomicHistogram,
+    statement_seconds: LatencyHistogram,
+    approval_wait: Family<Label, LatencyHistogram, fn() -> LatencyHistogram>,
+    /// `approval_wait` by [`ApprovalOutcome`].
+    approval_waits: Vec<LatencyHistogram>,
+}
+
+/// How the wait for a held statement's approval ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApprovalOutcome {
+    /// Approved: the statement ran.
+    Approved,
+    /// Denied, expired or withdrawn (the client cancelled, the lease ended).
+    Refused,
+    /// The client went away while it waited.
+    Abandoned,
+}
+
+impl ApprovalOutcome {
+    const ALL: [ApprovalOutcome; 3] = [
+        ApprovalOutcome::Approved,
+        ApprovalOutcome::Refused,
+        ApprovalOutcome::Abandoned,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            ApprovalOutcome::Approved => "approved",
+            ApprovalOutcome::Refused => "refused",
+            ApprovalOutcome::Abandoned => "abandoned",
+        }
+    }
+}
+
+fn approval_wait_histogram() -> LatencyHistogram {
+    LatencyHistogram::new(&APPROVAL_WAIT_BUCKETS)
 }
 
 impl ProxyMetrics {
@@ -406,6 +459,16 @@ impl ProxyMetrics {
             .iter()
             .map(|rule| refusals.get_or_create(&[("rule", rule)]).clone())
             .collect();
+        let approval_wait: Family<Label, LatencyHistogram, fn() -> LatencyHistogram> =
+            Family::new_with_constructor(approval_wait_histogram);
+        let approval_waits = ApprovalOutcome::ALL
+            .iter()
+            .map(|o| {
+                approval_wait
+                    .get_or_create(&[("outcome", o.name())])
+                    .clone()
+            })
+            .collect();
         ProxyMetrics {
             sessions_open: Gauge::default(),
             sessions: Counter::default(),
@@ -418,7 +481,9 @@ impl ProxyMetrics {
             pool_idle: Gauge::default(),
             bytes_to_server: Counter::default(),
             bytes_to_client: Counter::default(),
-            statement_seconds: AtomicHistogram::new(&STATEMENT_BUCKETS),
+            statement_seconds: LatencyHistogram::new(&STATEMENT_BUCKETS),
+            approval_wait,
+            approval_waits,
         }
     }
 
@@ -473,6 +538,11 @@ impl ProxyMetrics {
             "Time from sending a statement upstream to its completion.",
             self.statement_seconds.clone(),
         );
+        r.register(
+            "pgid_proxy_approval_wait_seconds",
+            "Time held statements waited for a decision, by outcome (approved; refused: denied, expired or withdrawn; abandoned: the client went away).",
+            self.approval_wait.clone(),
+        );
     }
 
     /// Counts a statement's decision under its most consequential class.
@@ -496,6 +566,10 @@ impl ProxyMetrics {
         }
     }
 
+    pub fn observe_approval_wait(&self, outcome: ApprovalOutcome, waited: Duration) {
+        self.approval_waits[outcome as usize].observe(waited);
+    }
+
     pub fn observe_statement(&self, took: Duration) {
         self.statement_seconds.observe(took);
     }
@@ -504,7 +578,7 @@ impl ProxyMetrics {
 /// A histogram of durations kept in atomics (no lock per observation): per-bucket counts, the
 /// count and the sum in nanoseconds. Encoded cumulatively.
 #[derive(Clone, Debug)]
-struct AtomicHistogram(Arc<HistogramInner>);
+pub struct LatencyHistogram(Arc<HistogramInner>);
 
 #[derive(Debug)]
 struct HistogramInner {
@@ -515,9 +589,9 @@ struct HistogramInner {
     sum_nanos: AtomicU64,
 }
 
-impl AtomicHistogram {
-    fn new(bounds: &[f64]) -> AtomicHistogram {
-        AtomicHistogram(Arc::new(HistogramInner {
+impl LatencyHistogram {
+    pub fn new(bounds: &[f64]) -> LatencyHistogram {
+        LatencyHistogram(Arc::new(HistogramInner {
             bounds: bounds.to_vec(),
             buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
             count: AtomicU64::new(0),
@@ -525,7 +599,7 @@ impl AtomicHistogram {
         }))
     }
 
-    fn observe(&self, took: Duration) {
+    pub fn observe(&self, took: Duration) {
         let h = &*self.0;
         let secs = took.as_secs_f64();
         let i = h
@@ -542,7 +616,11 @@ impl AtomicHistogram {
     }
 }
 
-impl EncodeMetric for AtomicHistogram {
+impl prometheus_client::metrics::TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         let h = &*self.0;
         // Per-bucket counts (the encoder accumulates them); the count is their sum, so a scrape

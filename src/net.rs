@@ -22,24 +22,12 @@ pub async fn accept(
             accepted = listener.accept() => match accepted {
                 Ok(a) => return Some(a),
                 Err(e) => {
-                    tracing::warn!(error = %e, "{what} accept failed");
+                    tracing::warn!(error = %crate::errors::Chain(&e), "{what} accept failed");
                     tokio::time::sleep(ACCEPT_RETRY).await;
                 }
             },
         }
     }
-}
-
-/// An error and its sources on one line, for messages about remote services.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Raises this process's soft limit on open descriptors (RLIMIT_NOFILE) to its hard limit, as

@@ -621,3 +621,88 @@ async fn policy_check_and_plan_find_names_the_database_lacks() {
     );
     assert!(!out.stdout.contains("GRANT"), "{}", out.stdout);
 }
+
+/// `pgid serve` that cannot reach its database says why, as Postgres or the network said it —
+/// never only "db error" — and never shows the password it tried.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_reports_the_cause_of_a_database_it_cannot_use() {
+    let pg = tokio::task::spawn_blocking(pgid::dev::TempPostgres::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let refused_port = common::free_port();
+    for (url, wanted) in [
+        (
+            pg.url("postgres", "wrong-password-1234", "postgres"),
+            &[
+                "FATAL 28P01",
+                "password authentication failed for user \"postgres\"",
+            ][..],
+        ),
+        (
+            pg.superuser_url("nodb"),
+            &["FATAL 3D000", "database \"nodb\" does not exist"][..],
+        ),
+        (
+            format!("postgres://postgres:pw@127.0.0.1:{refused_port}/postgres"),
+            &["Connection refused"][..],
+        ),
+    ] {
+        let config = dir.path().join("pgid.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = {:?}\npolicies = {:?}\n[broker]\nlisten = \"127.0.0.1:0\"\n\
+                 [proxy]\nlisten = \"127.0.0.1:0\"\n[[issuers]]\nissuer = \"https://issuer.example.com\"\n\
+                 audiences = [\"pgid\"]\n[[databases]]\nname = \"app\"\nadmin_url = {url:?}\n",
+                dir.path().join("state"),
+                repo_path("policies"),
+            ),
+        )
+        .unwrap();
+        let mut serve = pgid();
+        serve.args(["serve", "--config"]).arg(&config);
+        let out = run(serve).await;
+        assert_eq!(out.code, 2, "{}", out.stderr);
+        for w in wanted {
+            assert!(
+                out.stderr.contains(w),
+                "{w:?} missing from:\n{}",
+                out.stderr
+            );
+        }
+        assert!(!out.stderr.contains("wrong-password"), "{}", out.stderr);
+        assert!(!out.stderr.contains(&pg.password), "{}", out.stderr);
+    }
+}
+
+/// `pgid login` tells an untrusted certificate from a broker that is not there.
+#[tokio::test(flavor = "multi_thread")]
+async fn login_says_why_the_broker_cannot_be_reached() {
+    let h = Harness::start(&[NIGHTLY]).await;
+    let token = h.token("svc:nightly-report");
+    let mut untrusted = pgid();
+    untrusted.args(["login", "--broker", &h.base, "--token", &token]);
+    let out = run(untrusted).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("invalid peer certificate") && out.stderr.contains("UnknownIssuer"),
+        "{}",
+        out.stderr
+    );
+    let mut down = pgid();
+    down.args([
+        "login",
+        "--broker",
+        &format!("https://127.0.0.1:{}", common::free_port()),
+        "--token",
+        &token,
+        "--cacert",
+    ])
+    .arg(h.ca_path());
+    let out = run(down).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("Connection refused"), "{}", out.stderr);
+    assert!(!out.stderr.contains("UnknownIssuer"), "{}", out.stderr);
+}

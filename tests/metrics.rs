@@ -46,16 +46,25 @@ impl Scrape {
         self.samples.get(series).copied().unwrap_or(0.0)
     }
 
-    /// `(le, cumulative count)` of histogram `name`, in exposition order.
-    fn buckets(&self, name: &str) -> Vec<(String, f64)> {
-        let prefix = format!("{name}_bucket{{le=\"");
-        self.text
-            .lines()
-            .filter_map(|l| {
-                let (le, n) = l.strip_prefix(&prefix)?.split_once("\"} ")?;
-                Some((le.to_string(), n.parse().ok()?))
-            })
-            .collect()
+    /// Each series of histogram `name` (by its labels other than `le`: `outcome="approved"`,
+    /// or empty): `(le, cumulative count)` in exposition order.
+    fn buckets(&self, name: &str) -> BTreeMap<String, Vec<(String, f64)>> {
+        let prefix = format!("{name}_bucket{{");
+        let mut series: BTreeMap<String, Vec<(String, f64)>> = BTreeMap::new();
+        for l in self.text.lines() {
+            let Some(rest) = l.strip_prefix(&prefix) else {
+                continue;
+            };
+            let (labels, n) = rest.split_once("} ").unwrap();
+            let (le, others): (Vec<&str>, Vec<&str>) =
+                labels.split(',').partition(|l| l.starts_with("le="));
+            let le = le[0].trim_start_matches("le=").trim_matches('"');
+            series
+                .entry(others.join(","))
+                .or_default()
+                .push((le.to_string(), n.parse().unwrap()));
+        }
+        series
     }
 
     fn histograms(&self) -> Vec<String> {
@@ -160,16 +169,8 @@ async fn proxy_statements_move_the_counters_and_histograms_are_cumulative() {
     assert_eq!(during.get("pgid_proxy_approvals_pending"), 0.0);
     assert_eq!(during.get("pgid_audit_write_errors_total"), 0.0);
 
-    for name in during.histograms() {
-        let b = during.buckets(&name);
-        assert!(!b.is_empty(), "{name} has no buckets");
-        assert!(
-            b.windows(2).all(|w| w[0].1 <= w[1].1),
-            "{name} is not cumulative: {b:?}"
-        );
-        assert_eq!(b.last().unwrap().0, "+Inf");
-        assert_eq!(b.last().unwrap().1, during.get(&format!("{name}_count")));
-    }
+    assert!(moved("pgid_audit_write_seconds_count") >= 1.0);
+    assert_cumulative(&during);
 
     // The client leaves: its session closes and its idle connection waits in the pool.
     drop(c);
@@ -184,14 +185,107 @@ async fn proxy_statements_move_the_counters_and_histograms_are_cumulative() {
         scrape(&h).await.text
     );
     // Counters and histograms never fall between scrapes.
-    let after = scrape(&h).await;
-    for (series, v) in &during.samples {
+    assert_never_fell(&during, &scrape(&h).await);
+}
+
+/// Every histogram's series is cumulative: a bucket never exceeds the next, `+Inf` is the count.
+fn assert_cumulative(s: &Scrape) {
+    for name in s.histograms() {
+        let series = s.buckets(&name);
+        assert!(!series.is_empty(), "{name} has no buckets");
+        for (labels, b) in series {
+            assert!(
+                b.windows(2).all(|w| w[0].1 <= w[1].1),
+                "{name}{{{labels}}} is not cumulative: {b:?}"
+            );
+            assert_eq!(b.last().unwrap().0, "+Inf");
+            let count = match labels.as_str() {
+                "" => format!("{name}_count"),
+                l => format!("{name}_count{{{l}}}"),
+            };
+            assert_eq!(b.last().unwrap().1, s.get(&count), "{count}");
+        }
+    }
+}
+
+/// Counters and histograms of `before` are no higher than in `after`.
+fn assert_never_fell(before: &Scrape, after: &Scrape) {
+    for (series, v) in &before.samples {
         let monotonic = series.contains("_total")
             || series.contains("_bucket")
-            || series.ends_with("_count")
-            || series.ends_with("_sum");
+            || series.contains("_count")
+            || series.contains("_sum");
         if monotonic {
             assert!(after.get(series) >= *v, "{series} fell");
         }
     }
+}
+
+/// A held statement's wait is timed by how it ended; audit appends are timed.
+#[tokio::test(flavor = "multi_thread")]
+async fn approval_waits_and_audit_writes_are_timed() {
+    let h = Harness::start(&[common::GUARDED]).await;
+    let mut claims = h.issuer.claims("alice");
+    claims.insert("groups".into(), json!(["dba"]));
+    let alice = h.issuer.mint(&claims);
+    let before = scrape(&h).await;
+    let lease = h.lease("agent:x", json!({})).await;
+    let c = std::sync::Arc::new(h.connect_proxy(&lease).await.unwrap());
+    for (order, verb) in [(1, "approve"), (2, "deny")] {
+        let sql = format!("DELETE FROM crm.orders WHERE id = {order}");
+        let run = tokio::spawn({
+            let c = c.clone();
+            async move { c.simple_query(&sql).await.map(|_| ()) }
+        });
+        let id = loop {
+            let (_, list) = h
+                .call(
+                    reqwest::Method::GET,
+                    "/v1/approvals?state=pending",
+                    Some(&alice),
+                    None,
+                )
+                .await;
+            if let Some(id) = list["approvals"][0]["id"].as_str() {
+                break id.to_string();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let (status, body) = h
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/approvals/{id}/{verb}"),
+                Some(&alice),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let ran = run.await.unwrap();
+        assert_eq!(ran.is_ok(), verb == "approve", "{ran:?}");
+    }
+    let after = scrape(&h).await;
+    let moved = |series: &str| after.get(series) - before.get(series);
+    let waited = "pgid_proxy_approval_wait_seconds";
+    assert_eq!(
+        moved(&format!("{waited}_count{{outcome=\"approved\"}}")),
+        1.0
+    );
+    assert_eq!(
+        moved(&format!("{waited}_count{{outcome=\"refused\"}}")),
+        1.0
+    );
+    assert_eq!(
+        moved(&format!("{waited}_count{{outcome=\"abandoned\"}}")),
+        0.0
+    );
+    assert!(moved(&format!("{waited}_sum{{outcome=\"approved\"}}")) > 0.0);
+    // The lease, the session start and the requests were each made durable before going on.
+    assert!(
+        moved("pgid_audit_write_seconds_count") >= 4.0,
+        "{}",
+        after.text
+    );
+    assert!(moved("pgid_audit_write_seconds_sum") > 0.0);
+    assert_cumulative(&after);
+    assert_never_fell(&before, &after);
 }

@@ -155,7 +155,7 @@ async fn deliver(
                 tracing::warn!(status = %r.status(), "approval webhook refused the delivery; retrying")
             }
             Err(e) => {
-                tracing::warn!(error = %e.without_url(), "approval webhook unreachable; retrying")
+                tracing::warn!(error = %crate::errors::Chain(&e.without_url()), "approval webhook unreachable; retrying")
             }
         }
         if chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default() > deadline {

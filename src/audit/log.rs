@@ -58,6 +58,8 @@ pub struct AuditSetup {
         i32,
         Option<std::sync::Arc<rustls::ClientConfig>>,
     )>,
+    /// Observes how long each awaited append took to become durable.
+    pub latency: Option<crate::metrics::LatencyHistogram>,
 }
 
 impl AuditSetup {
@@ -67,6 +69,7 @@ impl AuditSetup {
             sync: Sync::Always,
             rotate_size: None,
             table: None,
+            latency: None,
         }
     }
 }
@@ -98,6 +101,7 @@ struct Inner {
     /// Wakes the syncer thread (Always).
     kick: Arc<(Mutex<bool>, Condvar)>,
     table: Option<mpsc::UnboundedSender<TableRequest>>,
+    latency: Option<crate::metrics::LatencyHistogram>,
     refusals: super::refusals::RefusalGate,
     /// Records that could not be written (appended or submitted after a failure, or failing).
     write_errors: AtomicU64,
@@ -176,7 +180,7 @@ impl AuditLog {
                     rt.block_on(table_writer(url, instance, tls, rx));
                 });
             if let Err(e) = spawned {
-                tracing::error!(error = %e, "cannot start the audit table writer");
+                tracing::error!(error = %crate::errors::Chain(&e), "cannot start the audit table writer");
             }
             tx
         });
@@ -199,6 +203,7 @@ impl AuditLog {
             synced,
             kick: Arc::new((Mutex::new(false), Condvar::new())),
             table,
+            latency: setup.latency.clone(),
             refusals: Default::default(),
             write_errors: AtomicU64::new(0),
         });
@@ -285,9 +290,14 @@ impl AuditLog {
             return Ok(());
         }
         let n = lines.len() as u64;
+        let started = std::time::Instant::now();
         let written = self.append(lines).await;
-        if written.is_err() {
-            self.inner.write_errors.fetch_add(n, Ordering::Relaxed);
+        match (&written, &self.inner.latency) {
+            (Err(_), _) => {
+                self.inner.write_errors.fetch_add(n, Ordering::Relaxed);
+            }
+            (Ok(()), Some(latency)) => latency.observe(started.elapsed()),
+            (Ok(()), None) => {}
         }
         written
     }
@@ -512,7 +522,10 @@ async fn insert(
     if lines.is_empty() {
         return Ok(());
     }
-    let c = pool.get().await.map_err(|e| format!("audit table: {e}"))?;
+    let c = pool
+        .get()
+        .await
+        .map_err(|e| format!("audit table: {}", crate::database::pool_message(&e)))?;
     let all: Vec<&str> = lines.iter().map(String::as_str).collect();
     c.execute(
         "INSERT INTO pgid.audit_events
@@ -527,7 +540,7 @@ async fn insert(
         &[&instance, &all],
     )
     .await
-    .map_err(|e| format!("audit table: {e}"))?;
+    .map_err(|e| format!("audit table: {}", crate::database::pg_message(&e)))?;
     Ok(())
 }
 

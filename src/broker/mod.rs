@@ -96,7 +96,7 @@ pub fn router(state: BrokerState) -> Router {
 pub(crate) async fn record_denial(s: &BrokerState, mut event: crate::audit::Event) {
     event.via.get_or_insert("broker");
     if let Err(err) = s.leases.audit().record_refusal(event).await {
-        tracing::error!(error = %err, "cannot audit a refused credential request");
+        tracing::error!(error = %crate::errors::Chain(&err), "cannot audit a refused credential request");
     }
 }
 

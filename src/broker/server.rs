@@ -89,7 +89,7 @@ pub async fn serve_tls(
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        tracing::debug!(%peer, error = %crate::errors::Chain(&e), "TLS handshake failed");
                         return;
                     }
                     Err(_) => return,
@@ -198,7 +198,7 @@ async fn serve_connection<S>(
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     tokio::select! {
-        r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(%peer, error = %e, "broker connection ended"); } }
+        r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(%peer, error = %crate::errors::Chain(&e), "broker connection ended"); } }
         _ = shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;

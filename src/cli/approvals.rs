@@ -18,6 +18,21 @@ pub struct Broker {
     /// File holding the reviewer's bearer token (or set PGID_TOKEN).
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// Review as the running `pgid dev`'s development reviewer (group `dba`), at its broker.
+    #[arg(long, conflicts_with = "token_file")]
+    dev: bool,
+}
+
+impl Broker {
+    /// With `--dev`: the dev session's broker and CA.
+    fn resolve_dev(&mut self) -> anyhow::Result<()> {
+        if self.dev {
+            let session = super::dev::Session::read()?;
+            self.broker = session.broker;
+            self.cacert = Some(session.ca);
+        }
+        Ok(())
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -51,7 +66,28 @@ pub enum ApprovalsCommand {
     },
 }
 
-fn token(b: &Broker) -> anyhow::Result<String> {
+impl ApprovalsCommand {
+    fn broker_mut(&mut self) -> &mut Broker {
+        match self {
+            ApprovalsCommand::List { broker, .. }
+            | ApprovalsCommand::Approve { broker, .. }
+            | ApprovalsCommand::Deny { broker, .. } => broker,
+        }
+    }
+}
+
+async fn token(b: &Broker) -> anyhow::Result<String> {
+    if b.dev {
+        let session = super::dev::Session::read()?;
+        let r = &session.reviewer;
+        return super::login::client_credentials(
+            &session.issuer,
+            &r.id,
+            &r.secret,
+            &Default::default(),
+        )
+        .await;
+    }
     if let Some(path) = &b.token_file {
         let t =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -72,14 +108,16 @@ async fn call(
 ) -> anyhow::Result<Result<Value, String>> {
     let http = super::broker_client(b.cacert.as_deref())?;
     let url = format!("{}{path}", b.broker.trim_end_matches('/'));
-    let mut req = http.request(method, &url).bearer_auth(token(b)?);
+    let mut req = http.request(method, &url).bearer_auth(token(b).await?);
     if let Some(body) = body {
         req = req.json(&body);
     }
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| anyhow::anyhow!("calling the broker at {url}: {}", e.without_url()))?;
+    let resp = req.send().await.map_err(|e| {
+        anyhow::anyhow!(
+            "calling the broker at {url}: {}",
+            crate::errors::chain(&e.without_url())
+        )
+    })?;
     let status = resp.status();
     let value: Value = resp.json().await.unwrap_or(Value::Null);
     if status.is_success() {
@@ -115,6 +153,8 @@ async fn list(b: &Broker, state: &str) -> anyhow::Result<Result<Value, String>> 
 }
 
 pub async fn run(cmd: ApprovalsCommand) -> anyhow::Result<u8> {
+    let mut cmd = cmd;
+    cmd.broker_mut().resolve_dev()?;
     let (result, json) = match &cmd {
         ApprovalsCommand::List {
             state,

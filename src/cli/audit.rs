@@ -17,8 +17,8 @@ use crate::config::Config;
 pub enum AuditCommand {
     /// Verify the hash chain: exit 0 if intact, 1 with the first broken line.
     Verify {
-        /// Audit files, oldest first (a rotated file's chain continues in the next).
-        #[arg(required_unless_present = "table")]
+        /// Audit files, oldest first (a rotated file's chain continues in the next); none: the
+        /// file configured in --config.
         files: Vec<PathBuf>,
         /// Verify the `pgid.audit_events` table in the state database of --config instead:
         /// each instance's chain in row order, and each row's columns against its line.
@@ -30,6 +30,9 @@ pub enum AuditCommand {
         /// begins with an `audit.continued` record — the hash that record continues from).
         #[arg(long)]
         start: Option<String>,
+        /// Use the running `pgid dev`'s configuration (instead of --config).
+        #[arg(long)]
+        dev: bool,
     },
     /// Print the last records, optionally following the file as it grows (and rotates).
     Tail(TailArgs),
@@ -42,6 +45,9 @@ pub struct TailArgs {
     file: Option<PathBuf>,
     #[arg(long, short, env = "PGID_CONFIG", default_value = "pgid.toml")]
     config: PathBuf,
+    /// Use the running `pgid dev`'s configuration (instead of --config).
+    #[arg(long, conflicts_with = "file")]
+    dev: bool,
     /// How many matching records to print first.
     #[arg(long, short = 'n', default_value_t = 20)]
     lines: usize,
@@ -70,10 +76,32 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<u8> {
         AuditCommand::Verify {
             table: true,
             config,
+            dev,
             ..
-        } => verify_table(&config).await,
-        AuditCommand::Verify { files, start, .. } => verify(&files, start),
-        AuditCommand::Tail(args) => tail(args),
+        } => verify_table(&super::config_path(dev, config)?).await,
+        AuditCommand::Verify {
+            files,
+            start,
+            config,
+            dev,
+            ..
+        } => {
+            let files = match files.is_empty() {
+                false => files,
+                true => {
+                    let config = super::config_path(dev, config)?;
+                    let c = Config::load(&config).with_context(|| {
+                        format!("no files given and cannot read {}", config.display())
+                    })?;
+                    vec![c.audit.file]
+                }
+            };
+            verify(&files, start)
+        }
+        AuditCommand::Tail(mut args) => {
+            args.config = super::config_path(args.dev, args.config)?;
+            tail(args)
+        }
     }
 }
 
@@ -187,6 +215,13 @@ async fn verify_table(config: &Path) -> anyhow::Result<u8> {
         instances.len(),
         if instances.len() == 1 { "" } else { "s" }
     );
+    if !config.audit.table {
+        println!(
+            "note: the table sink is off in this configuration ([audit] table = false): records \
+             are written to {} only; verify that file",
+            config.audit.file.display()
+        );
+    }
     for (instance, id) in &report.starts_mid_chain {
         println!(
             "note: instance {instance}'s rows begin at id {id} with a record that follows one the table does not hold (the table sink was switched on later, or that record was deleted); verify the audit file to check it"

@@ -1,5 +1,6 @@
 //! `pgid dev`: pgid's whole job on one machine, for trying it out. Development only.
 
+use std::fmt::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
@@ -26,13 +27,18 @@ pub struct DevArgs {
     policies: PathBuf,
 }
 
-/// What `pgid login --dev` needs to find the running `pgid dev`.
+/// What `pgid login --dev` (and `policy`, `audit`, `approvals` with `--dev`) needs to find the
+/// running `pgid dev`.
 #[derive(Serialize, Deserialize)]
 pub struct Session {
     pub issuer: String,
     pub broker: String,
     pub ca: PathBuf,
     pub clients: Vec<SessionClient>,
+    /// The development reviewer (group `dba`), for `pgid approvals … --dev`.
+    pub reviewer: SessionClient,
+    /// The configuration `pgid dev` runs with.
+    pub config: PathBuf,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -40,6 +46,16 @@ pub struct SessionClient {
     pub id: String,
     pub secret: String,
     pub subject: String,
+}
+
+impl SessionClient {
+    fn of(c: &DevClient) -> SessionClient {
+        SessionClient {
+            id: c.id.clone(),
+            secret: c.secret.clone(),
+            subject: c.subject.clone(),
+        }
+    }
 }
 
 impl Session {
@@ -55,7 +71,18 @@ impl Session {
                 path.display()
             )
         })?;
-        Ok(serde_json::from_str(&text)?)
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is not a session of this pgid dev (written by another version?): stop \
+                 `pgid dev`, remove the file and start it again",
+                path.display()
+            )
+        })
+    }
+
+    /// The running `pgid dev`'s configuration, for the commands that read one.
+    pub fn config() -> anyhow::Result<PathBuf> {
+        Ok(Session::read()?.config)
     }
 
     pub fn client_names(&self) -> String {
@@ -77,6 +104,10 @@ const CLIENTS: &[(&str, &str)] = &[
     ("support-bot", "agent:support-bot"),
 ];
 
+/// The development reviewer: a client whose tokens say group `dba`, the approvers of the
+/// example policies, so `pgid approvals … --dev` can try the API's review path.
+const REVIEWER: (&str, &str) = ("dev-reviewer", "human:dev-reviewer");
+
 pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
     let policies = std::fs::canonicalize(&args.policies)
         .with_context(|| format!("policy directory {}", args.policies.display()))?;
@@ -88,7 +119,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
             (None, url.clone())
         }
         None => {
-            eprintln!("pgid dev: starting a throwaway PostgreSQL…");
+            super::say("pgid dev: starting a throwaway PostgreSQL…");
             let pg = tokio::task::spawn_blocking(TempPostgres::start).await??;
             let url = demo::provision(&pg, "app")
                 .await
@@ -109,9 +140,22 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
             claims: Default::default(),
         })
         .collect();
-    let issuer = DevIssuer::start(0, "pgid", clients.clone())
-        .await
-        .context("starting the development issuer")?;
+    let reviewer = DevClient {
+        id: REVIEWER.0.into(),
+        secret: client_secret(),
+        subject: REVIEWER.1.into(),
+        claims: serde_json::json!({"name": "Development reviewer", "groups": ["dba"]})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+    };
+    let issuer = DevIssuer::start(
+        0,
+        "pgid",
+        clients.iter().chain([&reviewer]).cloned().collect(),
+    )
+    .await
+    .context("starting the development issuer")?;
 
     let state = tempfile::Builder::new()
         .prefix("pgid-dev-state-")
@@ -156,45 +200,62 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
         issuer: issuer.url().to_string(),
         broker: format!("https://{}", running.broker_addr),
         ca: ca.clone(),
-        clients: clients
-            .iter()
-            .map(|c| SessionClient {
-                id: c.id.clone(),
-                secret: c.secret.clone(),
-                subject: c.subject.clone(),
-            })
-            .collect(),
+        clients: clients.iter().map(SessionClient::of).collect(),
+        reviewer: SessionClient::of(&reviewer),
+        config: config_path.clone(),
     };
     let session_path = Session::path();
     let _ = std::fs::remove_file(&session_path);
     write_private(&session_path, &serde_json::to_string_pretty(&session)?)?;
 
-    eprintln!();
-    eprintln!("pgid dev is running. DEVELOPMENT ONLY: its issuer gives a token to anyone holding the client secrets in {}.", session_path.display());
+    // One write, through `say`: a terminal closed meanwhile must not panic pgid dev.
+    let mut out = String::new();
+    out.push('\n');
+    let _ = writeln!(out, "pgid dev is running. DEVELOPMENT ONLY: its issuer gives a token to anyone holding the client secrets in {}.", session_path.display());
     if let Some(pg) = &pg {
-        eprintln!(
+        let _ = writeln!(
+            out,
             "  postgres   127.0.0.1:{} (throwaway, removed on exit)",
             pg.port
         );
     }
-    eprintln!("  issuer     {}", issuer.url());
-    eprintln!(
+    let _ = writeln!(out, "  issuer     {}", issuer.url());
+    let _ = writeln!(
+        out,
         "  broker     https://{}   (CA {})",
         running.broker_addr,
         ca.display()
     );
-    eprintln!(
+    let _ = writeln!(
+        out,
         "  approvals  https://{}/approvals   (sign in with any name; group \"dba\" approves)",
         running.broker_addr
     );
-    eprintln!("  config     {}", config_path.display());
-    eprintln!("  clients    {}", session.client_names());
-    eprintln!();
-    eprintln!("Next, in another terminal:");
-    eprintln!("  DSN=$(pgid login --dev --client analyst-agent) && psql \"$DSN\"");
-    eprintln!("  pgid login --dev --client support-bot --format json   # the whole lease");
-    eprintln!();
-    eprintln!("Edit a policy and `kill -HUP {}` to reload. Ctrl-C stops pgid and removes everything it created.", std::process::id());
+    let _ = writeln!(out, "  config     {}", config_path.display());
+    let _ = writeln!(out, "  clients    {}", session.client_names());
+    let _ = writeln!(
+        out,
+        "  reviewer   {} (group dba): pgid approvals list --dev",
+        session.reviewer.id
+    );
+    out.push('\n');
+    let _ = writeln!(out, "Next, in another terminal:");
+    let _ = writeln!(
+        out,
+        "  DSN=$(pgid login --dev --client analyst-agent) && psql \"$DSN\""
+    );
+    let _ = writeln!(
+        out,
+        "  pgid login --dev --client support-bot --format json   # the whole lease"
+    );
+    let _ = writeln!(
+        out,
+        "  pgid policy plan --dev; pgid audit tail --dev -f; pgid approvals list --dev"
+    );
+    out.push('\n');
+    let _ = writeln!(out, "Edit a policy and `kill -HUP {}` to reload. Ctrl-C stops pgid and removes everything it created.", std::process::id());
+
+    super::say(out.trim_end());
 
     super::run_until_stopped(&running).await?;
     super::stop(running).await;

@@ -123,7 +123,7 @@ pub async fn run(mut a: LoginArgs) -> anyhow::Result<u8> {
             };
             anyhow::anyhow!(
                 "calling the broker at {url}: {}{hint}",
-                super::cause_chain(&e.without_url())
+                crate::errors::chain(&e.without_url())
             )
         })?;
     let status = resp.status();
@@ -228,7 +228,17 @@ async fn token(a: &LoginArgs) -> anyhow::Result<String> {
             .client_secret
             .clone()
             .context("--client-secret (or PGID_CLIENT_SECRET) is required with --client-id")?;
-        return client_credentials(issuer, id, &secret, a).await;
+        return client_credentials(
+            issuer,
+            id,
+            &secret,
+            &Extra {
+                scopes: &a.scope,
+                audience: a.audience.as_deref(),
+                resource: a.resource.as_deref(),
+            },
+        )
+        .await;
     }
     if let Ok(t) = std::env::var("PGID_TOKEN") {
         if !t.trim().is_empty() {
@@ -238,12 +248,20 @@ async fn token(a: &LoginArgs) -> anyhow::Result<String> {
     bail!("no token: give --token-file, PGID_TOKEN, or --issuer with --client-id and --client-secret (or --dev)")
 }
 
+/// What a token request asks for besides the client: scopes, audience, resource indicator.
+#[derive(Default)]
+pub(super) struct Extra<'a> {
+    pub scopes: &'a [String],
+    pub audience: Option<&'a str>,
+    pub resource: Option<&'a str>,
+}
+
 /// The OAuth 2.0 client-credentials grant against the issuer's discovered token endpoint.
-async fn client_credentials(
+pub(super) async fn client_credentials(
     issuer: &str,
     id: &str,
     secret: &str,
-    a: &LoginArgs,
+    a: &Extra<'_>,
 ) -> anyhow::Result<String> {
     crate::identity::check_fetch_url(issuer).map_err(|m| anyhow::anyhow!(m))?;
     let http = openidconnect::reqwest::ClientBuilder::new()
@@ -252,7 +270,7 @@ async fn client_credentials(
         .build()?;
     let meta = CoreProviderMetadata::discover_async(IssuerUrl::new(issuer.to_string())?, &http)
         .await
-        .map_err(|e| anyhow::anyhow!("discovering {issuer}: {}", crate::net::error_chain(&e)))?;
+        .map_err(|e| anyhow::anyhow!("discovering {issuer}: {}", crate::errors::chain(&e)))?;
     let client = CoreClient::from_provider_metadata(
         meta,
         ClientId::new(id.to_string()),
@@ -261,19 +279,19 @@ async fn client_credentials(
     let mut req = client
         .exchange_client_credentials()
         .context("the issuer publishes no token endpoint")?;
-    for s in &a.scope {
+    for s in a.scopes {
         req = req.add_scope(Scope::new(s.clone()));
     }
-    if let Some(aud) = &a.audience {
-        req = req.add_extra_param("audience", aud.clone());
+    if let Some(aud) = a.audience {
+        req = req.add_extra_param("audience", aud.to_string());
     }
-    if let Some(res) = &a.resource {
-        req = req.add_extra_param("resource", res.clone());
+    if let Some(res) = a.resource {
+        req = req.add_extra_param("resource", res.to_string());
     }
     let resp = req.request_async(&http).await.map_err(|e| {
         anyhow::anyhow!(
             "token request to {issuer} failed: {}",
-            crate::net::error_chain(&e)
+            crate::errors::chain(&e)
         )
     })?;
     Ok(resp.access_token().secret().clone())

@@ -60,6 +60,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
+/// The configuration a command reads: the running `pgid dev`'s with `--dev`, else `config`.
+fn config_path(dev: bool, config: PathBuf) -> anyhow::Result<PathBuf> {
+    if dev {
+        dev::Session::config()
+    } else {
+        Ok(config)
+    }
+}
+
 /// An HTTPS client for the broker, trusting `cacert` in addition to nothing else pgid knows.
 pub fn broker_client(cacert: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
     use anyhow::Context;
@@ -116,22 +125,6 @@ pub async fn run_until_stopped(running: &crate::app::Running) -> anyhow::Result<
             }
         }
     }
-}
-
-/// An error with every cause under it (`error sending request: … : invalid peer certificate:
-/// UnknownIssuer`), not only its top line.
-pub fn cause_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = cause.source();
-    }
-    out
 }
 
 /// Writes a line to stderr; false when it cannot be written (never panics, unlike `eprintln!`).

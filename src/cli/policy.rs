@@ -27,11 +27,18 @@ pub enum PolicyCommand {
         /// NAME (repeat for several). A database no URL covers is a problem.
         #[arg(long = "database", value_name = "[NAME=]URL")]
         databases: Vec<String>,
+        /// Check the running `pgid dev`'s policies with its configuration, and their names
+        /// against its database.
+        #[arg(long, conflicts_with_all = ["dir", "config"])]
+        dev: bool,
     },
     /// Print the SQL that would bring the group roles in line with the policies.
     Plan {
         #[arg(long, short, env = "PGID_CONFIG", default_value = "pgid.toml")]
         config: PathBuf,
+        /// Use the running `pgid dev`'s configuration (instead of --config).
+        #[arg(long)]
+        dev: bool,
     },
     /// Evaluate statements for an identity: which policy applies, and each statement's outcome —
     /// refused (with the rule), held for approval (with the rule), or allowed — and the columns
@@ -40,6 +47,9 @@ pub enum PolicyCommand {
         /// Policy directory.
         #[arg(long, default_value = "policies")]
         dir: PathBuf,
+        /// Use the running `pgid dev`'s policy directory (instead of --dir).
+        #[arg(long)]
+        dev: bool,
         /// The identity's claims as JSON (`sub` and `iss` included), e.g. '{"sub":"svc:x"}'.
         #[arg(long)]
         claims: String,
@@ -58,18 +68,41 @@ pub async fn run(cmd: PolicyCommand) -> anyhow::Result<u8> {
     match cmd {
         PolicyCommand::Check {
             dir,
+            config: _,
+            databases,
+            dev,
+        } if dev => {
+            // The dev session's own databases: names are checked against them too.
+            let path = super::dev::Session::config()?;
+            let config = Config::load(&path)?;
+            let mut databases = databases;
+            databases.extend(
+                config
+                    .databases
+                    .iter()
+                    .map(|d| format!("{}={}", d.name, d.admin_url.expose())),
+            );
+            check(dir, Some(path), &databases).await
+        }
+        PolicyCommand::Check {
+            dir,
             config,
             databases,
+            ..
         } => check(dir, config, &databases).await,
-        PolicyCommand::Plan { config } => plan(config).await,
+        PolicyCommand::Plan { config, dev } => plan(super::config_path(dev, config)?).await,
         PolicyCommand::Test {
             dir,
+            dev,
             claims,
             database,
             policy,
             statements,
         } => super::policy_test::run(
-            &dir,
+            &match dev {
+                true => Config::load(&super::dev::Session::config()?)?.policies,
+                false => dir,
+            },
             &claims,
             database.as_deref(),
             policy.as_deref(),

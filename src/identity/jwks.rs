@@ -303,7 +303,7 @@ async fn get_limited(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, Fetch
         .header("accept", "application/json")
         .send()
         .await
-        .map_err(|e| err(crate::net::error_chain(&e.without_url())))?;
+        .map_err(|e| err(crate::errors::chain(&e.without_url())))?;
     if !resp.status().is_success() {
         return Err(FetchError::Http {
             url: url.to_string(),

@@ -15,6 +15,7 @@ use super::wire::backend::{self, Severity};
 use super::Proxy;
 use crate::audit::{AuditLog, Event, Kind};
 use crate::guard::Verdict;
+use crate::metrics::ApprovalOutcome;
 use crate::policy::ApprovalMode;
 use crate::roles::{EndReason, LeaseStatus};
 
@@ -153,7 +154,7 @@ impl Approver<'_> {
                 });
             }
             Err(crate::store::CreateError::Store(e)) => {
-                tracing::error!(error = %e, "cannot make an approval request");
+                tracing::error!(error = %crate::errors::Chain(&e), "cannot make an approval request");
                 return Err(refused(
                     "could not be requested: the state database is unavailable".into(),
                 ));
@@ -164,7 +165,7 @@ impl Approver<'_> {
         event.approval_id = Some(id);
         event.reason = Some(hold.audited.clone());
         if let Err(e) = audit.record(&event).await {
-            tracing::error!(error = %e, "cannot audit an approval request");
+            tracing::error!(error = %crate::errors::Chain(&e), "cannot audit an approval request");
             let _ = store.withdraw(id).await;
             return Err(refused(
                 "could not be requested: the audit log is unavailable".into(),
@@ -187,7 +188,7 @@ impl Approver<'_> {
         let audit = io.audit;
         let store = &self.proxy.approvals;
         let unavailable = |e: crate::store::StoreError| {
-            tracing::error!(error = %e, "cannot read approval requests");
+            tracing::error!(error = %crate::errors::Chain(&e), "cannot read approval requests");
             refused("could not be checked: the state database is unavailable".into())
         };
         match store
@@ -202,7 +203,7 @@ impl Approver<'_> {
                 event.reviewer = row.reviewer;
                 event.reason = Some(hold.audited.clone());
                 if let Err(e) = audit.record(&event).await {
-                    tracing::error!(error = %e, "cannot audit the use of an approval");
+                    tracing::error!(error = %crate::errors::Chain(&e), "cannot audit the use of an approval");
                     return Ok(refused(
                         "could not be used: the audit log is unavailable".into(),
                     ));
@@ -256,6 +257,8 @@ impl Approver<'_> {
             Err(v) => return Ok(v),
         };
         let id = row.id;
+        let asked = std::time::Instant::now();
+        let waits = &self.proxy.leases.metrics().proxy;
         let mut notice = BytesMut::new();
         backend::error_response(
             &mut notice,
@@ -296,12 +299,18 @@ impl Approver<'_> {
                     if r.is_err() {
                         let _ = self.withdraw(id, &woken, "the client disconnected").await;
                         self.proxy.approval_waits.forget(id);
+                        waits.observe_approval_wait(ApprovalOutcome::Abandoned, asked.elapsed());
                         return Err(Flow::ClientGone);
                     }
                 }
             }
         };
         self.proxy.approval_waits.forget(id);
+        let outcome = match verdict {
+            Verdict::Allow => ApprovalOutcome::Approved,
+            _ => ApprovalOutcome::Refused,
+        };
+        waits.observe_approval_wait(outcome, asked.elapsed());
         Ok(verdict)
     }
 
@@ -326,7 +335,7 @@ impl Approver<'_> {
                 Ok(Some(r)) => r,
                 Ok(None) => return refused("request vanished".into()),
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot read an approval request; retrying");
+                    tracing::warn!(error = %crate::errors::Chain(&e), "cannot read an approval request; retrying");
                     continue;
                 }
             };

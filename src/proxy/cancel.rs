@@ -245,7 +245,9 @@ pub async fn send(t: &CancelTarget) {
     };
     match tokio::time::timeout(CANCEL_TIMEOUT, request).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot send a cancel request upstream"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %crate::errors::Chain(&e), "cannot send a cancel request upstream")
+        }
         Err(_) => tracing::warn!("the server did not close a cancel request's connection in time"),
     }
 }

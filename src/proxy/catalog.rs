@@ -80,8 +80,9 @@ async fn lookup(
     let c = pool
         .get()
         .await
-        .map_err(|e| format!("masking catalog: {e}"))?;
-    let err = |e: tokio_postgres::Error| format!("masking catalog: {e}");
+        .map_err(|e| format!("masking catalog: {}", crate::database::pool_message(&e)))?;
+    let err =
+        |e: tokio_postgres::Error| format!("masking catalog: {}", crate::database::pg_message(&e));
     let mut setup = MaskSetup {
         key,
         ..MaskSetup::default()

@@ -156,7 +156,7 @@ pub async fn handshake(
     let row = match p.leases.store().get_by_role(&user).await {
         Ok(r) => r,
         Err(e) => {
-            tracing::error!(error = %e, "looking up a lease failed");
+            tracing::error!(error = %crate::errors::Chain(&e), "looking up a lease failed");
             return Err(refuse(&mut client, "08006", "pgid: lease store unavailable").await);
         }
     };
@@ -262,7 +262,7 @@ pub async fn handshake(
             .await)
         }
         Err(e) => {
-            tracing::warn!(lease = %row.id, error = %e, "upstream connection failed");
+            tracing::warn!(lease = %row.id, error = %crate::errors::Chain(&e), "upstream connection failed");
             return Err(refuse(&mut client, "08006", &format!("pgid: {e}")).await);
         }
     };
@@ -278,7 +278,7 @@ pub async fn handshake(
     event.session_id = Some(session_id);
     event.client_addr = Some(peer.to_string());
     if let Err(e) = p.leases.audit().record(&event).await {
-        tracing::error!(error = %e, "cannot audit a session start");
+        tracing::error!(error = %crate::errors::Chain(&e), "cannot audit a session start");
         super::pool::close(upstream);
         return Err(refuse(&mut client, "58000", "pgid: the audit log is unavailable").await);
     }
@@ -490,7 +490,7 @@ async fn token_auth(
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "looking up a token's lease failed; issuing a new one")
+                tracing::warn!(error = %crate::errors::Chain(&e), "looking up a token's lease failed; issuing a new one")
             }
         }
     }
@@ -511,14 +511,14 @@ async fn token_auth(
             e @ (crate::roles::LeaseError::RateLimited { .. }
             | crate::roles::LeaseError::QuotaReached(_)),
         ) => {
-            tracing::info!(error = %e, "inline lease refused by a limit");
+            tracing::info!(error = %crate::errors::Chain(&e), "inline lease refused by a limit");
             Ok(Err((
                 super::wire::sqlstate::TOO_MANY_CONNECTIONS,
                 format!("pgid: {e}"),
             )))
         }
         Err(e) => {
-            tracing::error!(error = %e, "inline lease issue failed");
+            tracing::error!(error = %crate::errors::Chain(&e), "inline lease issue failed");
             Ok(Err((
                 "08006",
                 "pgid: cannot issue a credential right now".into(),

@@ -184,10 +184,10 @@ async fn connection(
                 crate::audit::Event::new(crate::audit::Kind::SessionRefused).reason(reason);
             event.client_addr = Some(peer.to_string());
             if let Err(e) = proxy.leases.audit().record_refusal(event).await {
-                tracing::error!(error = %e, "cannot audit a refused connection");
+                tracing::error!(error = %crate::errors::Chain(&e), "cannot audit a refused connection");
             }
         }
-        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "handshake ended"),
+        Ok(Err(e)) => tracing::debug!(%peer, error = %crate::errors::Chain(&e), "handshake ended"),
         Err(_) => tracing::debug!(%peer, "handshake timed out"),
     }
 }

@@ -64,11 +64,18 @@ pub async fn resolve(policy: &Policy, pool: &deadpool_postgres::Pool) -> Option<
 }
 
 async fn read(policy: &Policy, pool: &deadpool_postgres::Pool) -> Result<Relations, String> {
-    let c = pool.get().await.map_err(|e| e.to_string())?;
+    let c = pool
+        .get()
+        .await
+        .map_err(|e| crate::database::pool_message(&e))?;
     let pairs = |rows: Vec<tokio_postgres::Row>| -> HashSet<(String, String)> {
         rows.iter().map(|r| (r.get(0), r.get(1))).collect()
     };
-    let known = pairs(c.query(KNOWN, &[]).await.map_err(|e| e.to_string())?);
+    let known = pairs(
+        c.query(KNOWN, &[])
+            .await
+            .map_err(|e| crate::database::pg_message(&e))?,
+    );
     let mut reach = Vec::new();
     for rule in &policy.approvals {
         let (mut schemas, mut tables) = (Vec::new(), Vec::new());
@@ -84,7 +91,7 @@ async fn read(policy: &Policy, pool: &deadpool_postgres::Pool) -> Result<Relatio
             for row in c
                 .query(REACHING, &[&schemas, &tables])
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(|e| crate::database::pg_message(&e))?
             {
                 let name: (String, String) = (row.get(0), row.get(1));
                 if row.get::<_, bool>(2) {

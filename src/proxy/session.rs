@@ -318,7 +318,7 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
     event.session_id = Some(session_id);
     event.client_addr = Some(peer.to_string());
     if let Err(e) = p.leases.audit().record(&event).await {
-        tracing::error!(error = %e, "cannot audit a session end");
+        tracing::error!(error = %crate::errors::Chain(&e), "cannot audit a session end");
     }
     match end {
         End::ClientGone if judge.idle() && upstream.frames.buf.is_empty() && !cancel_sent => {
@@ -493,7 +493,7 @@ async fn client_to_server(f: Forward<'_, '_>, judge: &mut Judge) -> Result<Progr
     }
     let records = std::mem::take(&mut judged.records);
     if let Err(e) = f.audit.record_lines(records).await {
-        tracing::error!(error = %e, "cannot record statements; refusing them");
+        tracing::error!(error = %crate::errors::Chain(&e), "cannot record statements; refusing them");
         for record in inspector.not_run(&judged) {
             f.audit.submit(record);
         }

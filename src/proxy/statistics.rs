@@ -69,7 +69,7 @@ pub async fn all_known(pool: &deadpool_postgres::Pool, scans: &[Scan]) -> bool {
     let rows = match pool.get().await {
         Ok(c) => c.query(QUERY, &[&schemas, &names]).await,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot read planner statistics; the statement goes to review");
+            tracing::warn!(error = %crate::errors::Chain(&e), "cannot read planner statistics; the statement goes to review");
             return false;
         }
     };

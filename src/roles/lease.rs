@@ -316,7 +316,7 @@ impl Leases {
         }
         .await;
         if let Err(e) = created {
-            tracing::error!(lease = %id, database = %db.name, error = %e, "creating lease role failed");
+            tracing::error!(lease = %id, database = %db.name, error = %crate::errors::Chain(&e), "creating lease role failed");
             if let Ok(Some(row)) = self
                 .store
                 .begin_revoke(id, LeaseState::Failed, "role creation failed")
@@ -334,7 +334,7 @@ impl Leases {
         let mut event = Event::new(Kind::CredentialIssued).lease(&row);
         event.via = Some(via);
         if let Err(e) = self.audit.record(&event).await {
-            tracing::error!(lease = %id, error = %e, "cannot audit an issued lease; revoking it");
+            tracing::error!(lease = %id, error = %crate::errors::Chain(&e), "cannot audit an issued lease; revoking it");
             let _ = self
                 .revoke(id, LeaseState::Failed, "audit log unavailable")
                 .await;
@@ -456,7 +456,7 @@ impl Leases {
                     .reason(row.end_reason.clone().unwrap_or_default());
                 if let Err(e) = self.audit.record(&event).await {
                     // The role is gone either way; the missing record is an error to look at.
-                    tracing::error!(lease = %row.id, error = %e, "cannot audit the end of a lease");
+                    tracing::error!(lease = %row.id, error = %crate::errors::Chain(&e), "cannot audit the end of a lease");
                 }
                 let counter = match row.final_state {
                     Some(LeaseState::Expired) => &self.metrics.leases_expired,
@@ -478,7 +478,7 @@ impl Leases {
                 if attempts == STUCK_AFTER_ATTEMPTS {
                     self.metrics.leases_stuck.inc();
                 }
-                tracing::error!(lease = %row.id, role = %row.role_name, attempts, error = %e, "removing lease role failed; will retry");
+                tracing::error!(lease = %row.id, role = %row.role_name, attempts, error = %crate::errors::Chain(&e), "removing lease role failed; will retry");
                 Err(e)
             }
         }

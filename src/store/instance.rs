@@ -233,7 +233,7 @@ async fn supervise(
             Ok(c) => c,
             Err(e) => {
                 status.set_down(format!("state database unreachable: {e}"));
-                tracing::debug!(error = %e, "instance lock: reconnecting failed");
+                tracing::debug!(error = %crate::errors::Chain(&e), "instance lock: reconnecting failed");
                 continue;
             }
         };

@@ -258,7 +258,9 @@ impl Feed {
                     views: Mutex::default(),
                 }));
             }
-            Err(e) => tracing::warn!(error = %e, "approval page feed: cannot read the approvals"),
+            Err(e) => {
+                tracing::warn!(error = %crate::errors::Chain(&e), "approval page feed: cannot read the approvals")
+            }
         }
     }
 }

@@ -120,7 +120,7 @@ impl Login {
                 async move {
                     CoreProviderMetadata::discover_async(issuer, &http)
                         .await
-                        .map_err(|e| crate::net::error_chain(&e))
+                        .map_err(|e| crate::errors::chain(&e))
                 }
                 .boxed()
             }
@@ -248,7 +248,7 @@ impl Login {
             .request_async(&self.http)
             .await
             .map_err(|e| {
-                LoginError::Rejected(format!("code exchange: {}", crate::net::error_chain(&e)))
+                LoginError::Rejected(format!("code exchange: {}", crate::errors::chain(&e)))
             })?;
         let id_token = token
             .id_token()
@@ -286,7 +286,7 @@ impl Login {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "reviewer sign-in: using the ID token's claims only")
+                    tracing::warn!(error = %crate::errors::Chain(&e), "reviewer sign-in: using the ID token's claims only")
                 }
             }
         }
@@ -318,9 +318,7 @@ impl Login {
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| {
-                LoginError::Provider(format!("userinfo: {}", crate::net::error_chain(&e)))
-            })?;
+            .map_err(|e| LoginError::Provider(format!("userinfo: {}", crate::errors::chain(&e))))?;
         if !resp.status().is_success() {
             return Err(LoginError::Provider(format!(
                 "userinfo: HTTP {}",

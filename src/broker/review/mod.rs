@@ -165,7 +165,7 @@ pub(super) async fn session(
         Ok(true) => Ok(Some(sess)),
         Ok(false) => Ok(None),
         Err(e) => {
-            tracing::warn!(error = %e, "approval page: cannot check a session");
+            tracing::warn!(error = %crate::errors::Chain(&e), "approval page: cannot check a session");
             Err(html(
                 StatusCode::SERVICE_UNAVAILABLE,
                 html::message(

@@ -94,7 +94,7 @@ pub async fn login(
             r
         }
         Err(e) => {
-            tracing::warn!(error = %e, "approval page sign-in cannot start");
+            tracing::warn!(error = %crate::errors::Chain(&e), "approval page sign-in cannot start");
             html(
                 StatusCode::SERVICE_UNAVAILABLE,
                 html::message("Sign-in is unavailable", &e.to_string()),
@@ -155,7 +155,7 @@ pub async fn callback(
     let reviewer = match login.finish(pending, code).await {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(error = %e, "approval page sign-in failed");
+            tracing::warn!(error = %crate::errors::Chain(&e), "approval page sign-in failed");
             let status = match e {
                 login::LoginError::Provider(_) => StatusCode::SERVICE_UNAVAILABLE,
                 login::LoginError::Rejected(_) => StatusCode::UNAUTHORIZED,
@@ -198,7 +198,7 @@ pub async fn callback(
         )
         .await
     {
-        tracing::warn!(error = %e, "approval page: cannot record a sign-in");
+        tracing::warn!(error = %crate::errors::Chain(&e), "approval page: cannot record a sign-in");
         return fail(
             StatusCode::SERVICE_UNAVAILABLE,
             "pgid cannot reach its state database to record your sign-in; try again shortly".into(),
@@ -247,7 +247,7 @@ pub async fn logout(
         );
     }
     if let Err(e) = s.review.sessions.end(sess.sid).await {
-        tracing::warn!(error = %e, "approval page: cannot end a session");
+        tracing::warn!(error = %crate::errors::Chain(&e), "approval page: cannot end a session");
         return html(
             StatusCode::SERVICE_UNAVAILABLE,
             html::message(
@@ -262,7 +262,7 @@ pub async fn logout(
     event.reviewer = Some(sess.reviewer.subject.clone());
     event.via = Some("page");
     if let Err(e) = s.leases.audit().record(&event).await {
-        tracing::error!(error = %e, "cannot audit a reviewer's sign-out");
+        tracing::error!(error = %crate::errors::Chain(&e), "cannot audit a reviewer's sign-out");
     }
     tracing::info!(reviewer = %sess.reviewer.subject, "reviewer signed out of the approval page");
     signed_out(
