@@ -3,7 +3,14 @@
 # Run:   docker run -v $PWD/pgid.toml:/etc/pgid/pgid.toml -v $PWD/policies:/etc/pgid/policies \
 #          -v pgid-state:/var/lib/pgid -p 7443:7443 -p 7432:7432 pgid
 # See README, "Running in a container". deploy/compose has Postgres, an OIDC provider and pgid.
-FROM rust:1-bookworm AS build
+# Base images, and where the binary comes from: `build` (the default) compiles it below; the
+# container test (tests/container.rs) passes an image that holds one at /src/target/release/pgid,
+# and local base images, so it builds this file without a registry.
+ARG BUILDER_IMAGE=rust:1-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
+ARG BINARY_FROM=build
+
+FROM ${BUILDER_IMAGE} AS build
 # pg_query's bindgen loads libclang (libclang-dev brings it and clang's headers).
 RUN apt-get update && apt-get install -y --no-install-recommends libclang-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
@@ -12,14 +19,17 @@ COPY src src
 COPY sql sql
 RUN cargo build --release --locked
 
-FROM debian:bookworm-slim
+FROM ${BINARY_FROM} AS binary
+
+FROM ${RUNTIME_IMAGE}
 # curl for the HEALTHCHECK only.
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --user-group --home-dir /var/lib/pgid --no-create-home pgid \
+    && groupadd --system --gid 10001 pgid \
+    && useradd --system --uid 10001 --gid pgid --home-dir /var/lib/pgid --no-create-home pgid \
     && mkdir -p /var/lib/pgid /etc/pgid/policies \
     && chown pgid:pgid /var/lib/pgid && chmod 0700 /var/lib/pgid
-COPY --from=build /src/target/release/pgid /usr/local/bin/pgid
+COPY --from=binary /src/target/release/pgid /usr/local/bin/pgid
 # The example policies are there to be asked for (PGID_POLICIES=/usr/share/pgid/example-policies,
 # with the demo schema of sql/demo.sql); /etc/pgid/policies, the default, is empty.
 COPY policies /usr/share/pgid/example-policies
