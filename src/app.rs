@@ -72,20 +72,9 @@ pub fn state_database(
     StartError,
 > {
     let state_tls = match &config.state_url {
-        Some(url) => {
-            let wants_tls = url
-                .expose()
-                .parse::<tokio_postgres::Config>()
-                .is_ok_and(|c| c.get_ssl_mode() == tokio_postgres::config::SslMode::Require);
-            crate::postgres_tls::client_config(
-                if wants_tls {
-                    crate::config::UpstreamTls::Require
-                } else {
-                    crate::config::UpstreamTls::Disable
-                },
-                None,
-            )
-            .map_err(|e| StartError(format!("state_url: TLS: {e}")))?
+        Some(_) => {
+            crate::postgres_tls::client_config(config.state_tls, config.state_ca_file.as_deref())
+                .map_err(|e| StartError(format!("state_url: TLS: {e}")))?
         }
         None => databases
             .get(&config.databases[0].name)
@@ -363,6 +352,15 @@ impl App {
         let watch = Arc::new(LeaseWatch::default());
         let approval_waits = Arc::new(crate::store::ApprovalWaits::default());
         let key = ServerKey::load_or_create(&config.server_key_file).map_err(StartError)?;
+        {
+            let c = state_pool
+                .get()
+                .await
+                .map_err(err("connecting to the state database"))?;
+            store::check_server_key(&c, &key)
+                .await
+                .map_err(|e| StartError(format!("{}: {e}", config.server_key_file.display())))?;
+        }
         let events = EventKey::new(&key);
         let cancels = Arc::new(proxy::cancel::CancelMap::default());
         let (nudge, policy_nudges) = tokio::sync::mpsc::unbounded_channel();

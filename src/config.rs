@@ -61,6 +61,10 @@ pub struct Config {
     pub server_key_file: PathBuf,
     pub policies: PathBuf,
     pub state_url: Option<Secret<String>>,
+    /// TLS towards `state_url`, as a database's `upstream_tls` (unused without `state_url`: the
+    /// state then lives in the first database, under its `upstream_tls`).
+    pub state_tls: UpstreamTls,
+    pub state_ca_file: Option<PathBuf>,
     pub broker: BrokerConfig,
     pub proxy: ProxyConfig,
     pub issuers: Vec<IssuerConfig>,
@@ -247,6 +251,8 @@ struct RawConfig {
     policies: Option<String>,
     state_url: Option<String>,
     state_url_file: Option<String>,
+    state_tls: Option<UpstreamTls>,
+    state_ca_file: Option<String>,
     #[serde(default)]
     broker: RawBroker,
     #[serde(default)]
@@ -493,6 +499,48 @@ impl Config {
             raw.state_url_file,
             &resolve,
         )?;
+        let state_tls = match &state_url {
+            Some(url) => {
+                let parsed = tokio_postgres::Config::from_str(url.expose()).map_err(|e| {
+                    loc.at(
+                        None,
+                        "state_url",
+                        format!(
+                            "not a valid connection string: {e}{}",
+                            sslmode_hint(url.expose(), "state_tls", "state_ca_file")
+                        ),
+                    )
+                })?;
+                // As for databases: loopback and Unix sockets in the clear, anything else
+                // encrypted, unless the file says otherwise (or the URL asks for sslmode=require).
+                raw.state_tls.unwrap_or(
+                    if parsed.get_ssl_mode() == tokio_postgres::config::SslMode::Require
+                        || !parsed.get_hosts().iter().all(is_local_host)
+                    {
+                        UpstreamTls::Require
+                    } else {
+                        UpstreamTls::Disable
+                    },
+                )
+            }
+            None if raw.state_tls.is_some() || raw.state_ca_file.is_some() => {
+                return Err(loc.at(
+                    None,
+                    "state_tls",
+                    "state_tls and state_ca_file apply to state_url; without it the state lives \
+                     in the first database, under its upstream_tls",
+                ))
+            }
+            None => UpstreamTls::Disable,
+        };
+        if state_tls == UpstreamTls::VerifyFull && raw.state_ca_file.is_none() {
+            return Err(loc.at(
+                None,
+                "state_ca_file",
+                "state_tls = \"verify-full\" needs state_ca_file",
+            ));
+        }
+        let state_ca_file = raw.state_ca_file.map(&resolve);
 
         let broker_listen = listen_addr(
             &loc,
@@ -629,7 +677,10 @@ impl Config {
                 loc.at(
                     Some(span.clone()),
                     "databases.admin_url",
-                    format!("not a valid connection string: {e}"),
+                    format!(
+                        "not a valid connection string: {e}{}",
+                        sslmode_hint(admin_url.expose(), "upstream_tls", "upstream_ca_file")
+                    ),
                 )
             })?;
             let pool_size = r.pool_size.unwrap_or(DEFAULT_POOL_SIZE);
@@ -845,6 +896,8 @@ impl Config {
             server_key_file,
             policies,
             state_url,
+            state_tls,
+            state_ca_file,
             broker: BrokerConfig {
                 listen: broker_listen,
                 tls,
@@ -919,6 +972,19 @@ fn valid_webhook_name(n: &str) -> bool {
     (1..=64).contains(&n.len())
         && n.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// For a URL asking for `sslmode=verify-ca|verify-full` (which the connection string parser
+/// refuses): where pgid takes certificate verification instead.
+fn sslmode_hint(url: &str, tls_key: &str, ca_key: &str) -> String {
+    if url.contains("sslmode=verify") {
+        format!(
+            "; pgid verifies the server's certificate with {tls_key} = \"verify-full\" and \
+             {ca_key} instead of sslmode in the URL"
+        )
+    } else {
+        String::new()
+    }
 }
 
 fn is_local_host(h: &tokio_postgres::config::Host) -> bool {
@@ -1186,6 +1252,45 @@ admin_url = "postgres://pgid_admin:pw@127.0.0.1:5432/app"
         let c = parse(GOOD, &image).unwrap();
         assert_eq!(c.broker.listen.to_string(), "127.0.0.1:7443");
         assert_eq!(c.state_dir, PathBuf::from("/tmp/pgid-state"));
+    }
+
+    #[test]
+    fn state_tls_defaults_like_a_database_and_verify_full_needs_a_ca() {
+        let with = |top: &str| parse(&format!("{top}\n{GOOD}"), &no_env);
+        let tls = |top: &str| with(top).unwrap().state_tls;
+        assert_eq!(
+            tls("state_url = \"postgres://p:pw@127.0.0.1/state\""),
+            UpstreamTls::Disable
+        );
+        assert_eq!(
+            tls("state_url = \"postgres://p:pw@state.internal/state\""),
+            UpstreamTls::Require
+        );
+        assert_eq!(
+            tls("state_url = \"postgres://p:pw@127.0.0.1/state?sslmode=require\""),
+            UpstreamTls::Require
+        );
+        let verified = with(
+            "state_url = \"postgres://p:pw@state.internal/state\"\nstate_tls = \"verify-full\"\n\
+             state_ca_file = \"ca.crt\"",
+        )
+        .unwrap();
+        assert_eq!(verified.state_tls, UpstreamTls::VerifyFull);
+        assert_eq!(
+            verified.state_ca_file,
+            Some(PathBuf::from("/etc/pgid/ca.crt"))
+        );
+        let e = with("state_url = \"postgres://p:pw@s/state\"\nstate_tls = \"verify-full\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs state_ca_file"), "{e}");
+        let e = with("state_tls = \"require\"").unwrap_err().to_string();
+        assert!(e.contains("apply to state_url"), "{e}");
+        let e = with("state_url = \"postgres://p:pw@s/state?sslmode=verify-full\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("state_tls = \"verify-full\""), "{e}");
+        assert!(!e.contains("pw@"), "{e}");
     }
 
     #[test]

@@ -72,6 +72,12 @@ impl ServerKey {
         }
     }
 
+    /// A fingerprint of the key that reveals nothing of it (hex of a derived value), for telling
+    /// whether two instances hold the same key.
+    pub fn fingerprint(&self) -> String {
+        hex::encode(&self.derive(b"pgid server key fingerprint")[..16])
+    }
+
     /// HMAC-SHA256(key, label), for derived secrets.
     pub fn derive(&self, label: &[u8]) -> [u8; 32] {
         let mut mac =

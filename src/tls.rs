@@ -64,7 +64,9 @@ impl TlsMaterial {
         };
         let names = names(hosts);
         if !m.cert.exists() || !m.key.exists() {
-            generate(&dir, &names)?;
+            // A CA kept in `dir` issues the missing certificate: clients that trust its ca.crt
+            // keep working (a new CA only when none is kept).
+            reissue(&dir, &names)?;
         } else if let Some(why) = stale(&dir, &names) {
             tracing::info!(reason = why, "issuing the server certificate again");
             reissue(&dir, &names)?;
@@ -229,7 +231,9 @@ fn reissue(dir: &Path, names: &[String]) -> Result<(), TlsError> {
     match (key, ca) {
         (Ok(key), Ok(ca)) => issue(dir, names, KeyPair::from_pem(&key)?, &ca),
         _ => {
-            tracing::warn!(dir = %dir.display(), "no CA key kept: generating a new CA; clients must trust the new ca.crt");
+            if dir.join("ca.crt").exists() {
+                tracing::warn!(dir = %dir.display(), "no CA key kept: generating a new CA; clients must trust the new ca.crt");
+            }
             generate(dir, names)
         }
     }
@@ -374,6 +378,15 @@ mod tests {
         assert_ne!(std::fs::read(&m.cert).unwrap(), before);
         assert!(verifies(&m, "pgid.example.org"));
         assert!(super::stale(&dir.path().join("tls"), &names_of(&["pgid.example.org"])).is_none());
+        // The certificate (or its key) removed, to have it issued again: the kept CA issues it.
+        std::fs::remove_file(&m.cert).unwrap();
+        let m = TlsMaterial::resolve(dir.path(), None, &["pgid.example.org".into()]).unwrap();
+        assert!(verifies(&m, "pgid.example.org"));
+        assert_eq!(std::fs::read(m.ca.as_ref().unwrap()).unwrap(), ca);
+        std::fs::remove_file(&m.key).unwrap();
+        let m = TlsMaterial::resolve(dir.path(), None, &["pgid.example.org".into()]).unwrap();
+        assert!(verifies(&m, "pgid.example.org"));
+        assert_eq!(std::fs::read(m.ca.as_ref().unwrap()).unwrap(), ca);
     }
 
     fn names_of(hosts: &[&str]) -> Vec<String> {

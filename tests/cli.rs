@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{repo_path, Harness, NIGHTLY};
+use common::{repo_path, run, Harness, NIGHTLY};
 use serde_json::Value;
 
 fn pgid() -> Command {
@@ -15,23 +15,6 @@ fn pgid() -> Command {
         .env_remove("PGID_CONFIG")
         .env("PGID_LOG", "warn");
     c
-}
-
-struct Output {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-async fn run(mut c: Command) -> Output {
-    let out = tokio::task::spawn_blocking(move || c.output().expect("run pgid"))
-        .await
-        .unwrap();
-    Output {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
 }
 
 fn login(h: &Harness) -> Command {
@@ -522,14 +505,7 @@ async fn sighup_reloads_the_policies_of_a_running_pgid_serve() {
         .next()
         .unwrap()
         .to_string();
-    let issue = |subject: &str| {
-        let req = h
-            .http
-            .post(format!("{broker}/v1/credentials"))
-            .bearer_auth(h.token(subject))
-            .json(&serde_json::json!({}));
-        async move { req.send().await.unwrap().status() }
-    };
+    let issue = |subject: &'static str| common::issue_at(&h, &broker, subject);
     assert_eq!(issue("agent:writer").await, 403);
 
     let policies = h.state.path().join("policies");
@@ -705,4 +681,51 @@ async fn login_says_why_the_broker_cannot_be_reached() {
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("Connection refused"), "{}", out.stderr);
     assert!(!out.stderr.contains("UnknownIssuer"), "{}", out.stderr);
+}
+
+/// `pgid serve` whose stderr is gone (a service started with it closed) keeps serving on SIGHUP
+/// and reloads; only `pgid dev` takes a hang-up without a terminal as the end (tests/dev.rs).
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_pgid_serve_even_without_a_stderr() {
+    let h = Harness::start(&[NIGHTLY]).await;
+    let port = common::free_port();
+    let mut child = pgid()
+        .args(["serve", "--config"])
+        .arg(&h.config_path)
+        .env("PGID_BROKER_LISTEN", format!("127.0.0.1:{port}"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let broker = format!("https://127.0.0.1:{port}");
+    let issue = |subject: &'static str| common::issue_at(&h, &broker, subject);
+    assert!(
+        common::eventually(Duration::from_secs(30), || async {
+            issue("svc:nightly-report").await == 201
+        })
+        .await,
+        "pgid serve did not come up"
+    );
+    assert_eq!(issue("agent:writer").await, 403);
+    std::fs::write(
+        h.state.path().join("policies").join("writer.toml"),
+        "name = \"writer\"\ndatabase = \"app\"\nttl = \"10m\"\n[identity]\nsubject = \"agent:writer\"\n\
+         [[grant]]\nprivileges = [\"SELECT\"]\non = [\"crm.notes\"]\n",
+    )
+    .unwrap();
+    let pid = child.id() as libc::pid_t;
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    assert!(
+        common::eventually(Duration::from_secs(30), || async {
+            issue("agent:writer").await == 201
+        })
+        .await,
+        "the reload did not happen"
+    );
+    assert!(child.try_wait().unwrap().is_none(), "pgid serve stopped");
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
 }

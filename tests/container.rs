@@ -92,7 +92,10 @@ fn out_ok(mut c: Command) -> Result<String, String> {
 
 /// The Debian base image, made once with debootstrap and kept in podman's store.
 fn ensure_base() -> Result<(), String> {
-    if podman(&["image", "exists", BASE]).status().is_ok_and(|s| s.success()) {
+    if podman(&["image", "exists", BASE])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
         return Ok(());
     }
     let root = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -184,7 +187,9 @@ async fn the_image_starts_as_documented_and_keeps_its_state() {
     let mut rules = std::fs::read_to_string(&hba).unwrap();
     rules.push_str("host all all 0.0.0.0/0 scram-sha-256\n");
     std::fs::write(&hba, rules).unwrap();
-    let su = common::connect(&pg.superuser_url("postgres")).await.unwrap();
+    let su = common::connect(&pg.superuser_url("postgres"))
+        .await
+        .unwrap();
     for sql in [
         "SELECT pg_reload_conf()",
         "CREATE ROLE pgid_admin LOGIN CREATEROLE PASSWORD 'admin-example-password'",
@@ -205,8 +210,7 @@ async fn the_image_starts_as_documented_and_keeps_its_state() {
         ),
     )
     .unwrap();
-    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .unwrap();
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let (broker_port, proxy_port) = (common::free_port(), common::free_port());
     // As README documents it: the file, a state volume, both ports published.
     ok({
@@ -253,14 +257,23 @@ async fn the_image_starts_as_documented_and_keeps_its_state() {
         .await
         .unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    s.write_all(&[0, 0, 0, 8, 4, 0xd2, 0x16, 0x2f]).await.unwrap();
+    s.write_all(&[0, 0, 0, 8, 4, 0xd2, 0x16, 0x2f])
+        .await
+        .unwrap();
     let mut answer = [0u8; 1];
     s.read_exact(&mut answer).await.unwrap();
     assert_eq!(&answer, b"S");
     drop(s);
 
     // The state survives a restart: the same server key and CA.
-    let key_digest = |ctr: &str| ok(podman(&["exec", ctr, "sha256sum", "/var/lib/pgid/server.key"]));
+    let key_digest = |ctr: &str| {
+        ok(podman(&[
+            "exec",
+            ctr,
+            "sha256sum",
+            "/var/lib/pgid/server.key",
+        ]))
+    };
     let ca = |ctr: &str| ok(podman(&["exec", ctr, "cat", "/var/lib/pgid/tls/ca.crt"]));
     let (key_before, ca_before) = (key_digest(ctr), ca(ctr));
     ok(podman(&["restart", "-t", "20", ctr]));
@@ -271,7 +284,11 @@ async fn the_image_starts_as_documented_and_keeps_its_state() {
     // SIGTERM to pgid as the container's first process: a clean stop, well within the timeout.
     let asked = Instant::now();
     ok(podman(&["stop", "-t", "20", ctr]));
-    assert!(asked.elapsed() < Duration::from_secs(15), "{:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        asked.elapsed()
+    );
     let code = ok(podman(&["inspect", "--format", "{{.State.ExitCode}}", ctr]));
     assert_eq!(code.trim(), "0", "{}", logs(ctr));
     drop(cleanup);

@@ -11,6 +11,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+mod common;
+
+use common::run;
+
 /// A `pgid` command whose temporary directory (where the dev session file lives) is `tmp`.
 fn pgid(tmp: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_pgid"));
@@ -19,23 +23,6 @@ fn pgid(tmp: &Path) -> Command {
         .env_remove("PGID_CONFIG")
         .env("PGID_LOG", "warn");
     c
-}
-
-struct Output {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-async fn run(mut c: Command) -> Output {
-    let out = tokio::task::spawn_blocking(move || c.output().expect("run pgid"))
-        .await
-        .unwrap();
-    Output {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
 }
 
 async fn pgid_ok(tmp: &Path, args: &[&str]) -> String {

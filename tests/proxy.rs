@@ -673,3 +673,73 @@ async fn stopping_closes_idle_sessions_at_once_and_busy_ones_when_done() {
         "stopping took {took:?}: the drain timeout (2 s) was waited out"
     );
 }
+
+/// Stopping pgid while a statement waits for approval: undecided at the drain timeout, the
+/// request is withdrawn and the client told why — the stop does not wait for the rule's own
+/// timeout (five minutes here); meanwhile the broker refuses new connections.
+#[tokio::test(flavor = "multi_thread")]
+async fn stopping_withdraws_a_statement_still_waiting_for_approval_at_the_drain_timeout() {
+    // GUARDED with a rule timeout far beyond the drain timeout.
+    let held = common::GUARDED.replace("timeout = \"3s\"", "timeout = \"5m\"");
+    let mut h = Harness::start_with(&[&held], "").await;
+    let lease = h.lease("agent:x", json!({})).await;
+    let c = h.connect_proxy(&lease).await.unwrap();
+    let run = tokio::spawn(async move {
+        c.simple_query("DELETE FROM crm.orders WHERE id = 1")
+            .await
+            .map(|_| ())
+    });
+    let su = h.superuser().await;
+    assert!(
+        common::eventually(Duration::from_secs(10), || async {
+            su.query_one(
+                "SELECT count(*) FROM pgid.approvals WHERE state = 'pending'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+                == 1
+        })
+        .await,
+        "the statement was not held"
+    );
+    let broker = h.base.trim_start_matches("https://").to_string();
+    let running = h.pgid.take().unwrap();
+    let started = Instant::now();
+    let stopping = tokio::spawn(running.shutdown());
+    // While the session drains, the broker's port refuses new connections at once (a balancer's
+    // health check fails fast instead of waiting unanswered).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refused = tokio::net::TcpStream::connect(&broker).await;
+    assert!(
+        refused.is_err(),
+        "the broker still accepts connections while stopping"
+    );
+    assert!(!stopping.is_finished());
+    stopping.await.unwrap();
+    let took = started.elapsed();
+    // The harness's drain timeout is 2 s.
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(10),
+        "stopping took {took:?}"
+    );
+    let e = run.await.unwrap().expect_err("the held statement ran");
+    let message = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
+    assert!(message.contains("pgid is shutting down"), "{e:?}");
+    let state: String = su
+        .query_one("SELECT state FROM pgid.approvals", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "withdrawn");
+    let deleted: i64 = su
+        .query_one("SELECT count(*) FROM crm.orders WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(deleted, 1, "the order is still there");
+}

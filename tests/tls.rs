@@ -20,10 +20,9 @@ async fn lease_session_is_encrypted(h: &Harness) -> bool {
     .get(0)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_connection_to_a_tls_only_postgres_uses_verified_tls() {
-    let mut h = Harness::start(&[common::NIGHTLY]).await;
-    h.stop_pgid().await;
+/// Turns TLS on at the harness's Postgres and takes TLS connections only (over TCP) from then;
+/// returns the material and a superuser connection opened before.
+async fn tls_only(h: &Harness) -> (pgid::tls::TlsMaterial, tokio_postgres::Client) {
     let material = h.enable_postgres_tls().await;
     let data = h.pg.data_dir();
     // From here on the server takes TLS connections only (over TCP).
@@ -45,6 +44,14 @@ async fn every_connection_to_a_tls_only_postgres_uses_verified_tls() {
         plain.is_err(),
         "the server still takes plaintext connections"
     );
+    (material, su)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_connection_to_a_tls_only_postgres_uses_verified_tls() {
+    let mut h = Harness::start(&[common::NIGHTLY]).await;
+    h.stop_pgid().await;
+    let (material, su) = tls_only(&h).await;
 
     let config = std::fs::read_to_string(&h.config_path).unwrap();
     let at = config.find("admin_url = ").unwrap();
@@ -120,4 +127,54 @@ async fn every_connection_to_a_tls_only_postgres_uses_verified_tls() {
         h.start_pgid().await.is_err(),
         "pgid accepted a certificate its CA did not sign"
     );
+}
+
+/// A separate state database (`state_url`) is verified as `state_tls` says: `verify-full`
+/// against `state_ca_file`; a CA that did not sign the server's certificate stops pgid.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_state_database_is_verified_with_state_tls() {
+    let mut h = Harness::start(&[common::NIGHTLY]).await;
+    h.stop_pgid().await;
+    let (material, _su) = tls_only(&h).await;
+    let ca = material.ca.as_ref().unwrap().display().to_string();
+    let original = std::fs::read_to_string(&h.config_path).unwrap();
+    let admin_url = h.admin_url.clone();
+    let with = |state_ca: &str| {
+        let at = original.find("admin_url = ").unwrap();
+        let end = at + original[at..].find('\n').unwrap() + 1;
+        format!(
+            "state_url = {:?}\nstate_tls = \"verify-full\"\nstate_ca_file = \"{state_ca}\"\n{}\
+             upstream_tls = \"verify-full\"\nupstream_ca_file = \"{ca}\"\n{}",
+            admin_url,
+            &original[..end],
+            &original[end..]
+        )
+    };
+    std::fs::write(&h.config_path, with(&ca)).unwrap();
+    h.start_pgid()
+        .await
+        .expect("pgid starts with a verified state database");
+    let ready = h
+        .http
+        .get(format!("{}/readyz", h.base))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(ready, 200);
+    let lease = h.lease("svc:nightly-report", serde_json::json!({})).await;
+    assert!(lease["dsn"].is_string(), "{lease}");
+
+    h.stop_pgid().await;
+    let other =
+        pgid::tls::TlsMaterial::resolve(&h.state.path().join("other-ca"), None, &["x".into()])
+            .unwrap();
+    let wrong = with(&other.ca.as_ref().unwrap().display().to_string());
+    // Only the state database's CA is wrong: the failure is the state connection's.
+    std::fs::write(&h.config_path, wrong).unwrap();
+    let refused = h
+        .start_pgid()
+        .await
+        .expect_err("an unverified state database was used");
+    assert!(refused.contains("state"), "{refused}");
 }

@@ -97,6 +97,9 @@ pub async fn serve_tls(
             serve_connection(stream, peer, router, shutdown, deadlines).await;
         });
     }
+    // Closed before the drain: new connections (a balancer's health check) are refused at once
+    // instead of waiting unanswered in the backlog.
+    drop(listener);
     tracker.close();
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await;
 }

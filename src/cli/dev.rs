@@ -257,7 +257,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
 
     super::say(out.trim_end());
 
-    super::run_until_stopped(&running).await?;
+    super::run_until_stopped(&running, super::Hangup::StopsWithTheTerminal).await?;
     super::stop(running).await;
     let _ = std::fs::remove_file(&session_path);
     drop(issuer);

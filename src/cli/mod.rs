@@ -92,9 +92,12 @@ pub fn init_logging() {
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| "info".into());
+    // A log line that cannot be written (stderr closed, a terminal gone) is dropped: the
+    // subscriber's own report of it would go through `eprintln!`, which panics then.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     if std::env::var("PGID_LOG_FORMAT").is_ok_and(|f| f == "json") {
         let _ = builder.json().try_init();
     } else {
@@ -102,11 +105,22 @@ pub fn init_logging() {
     }
 }
 
+/// What a SIGHUP means besides reloading the policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hangup {
+    /// `pgid serve`: a reload, whatever became of stderr (a service's stderr may be closed).
+    Reload,
+    /// `pgid dev`, run from a terminal: a SIGHUP whose terminal has gone away (the window was
+    /// closed: stderr cannot be written) stops pgid, as a hang-up means.
+    StopsWithTheTerminal,
+}
+
 /// Serves until Ctrl-C or SIGTERM; each SIGHUP reloads the policies (a reload that fails leaves
-/// the running ones in place, and says why).
-/// A SIGHUP whose terminal has gone away (the window running `pgid dev` was closed: stderr
-/// cannot be written) stops pgid instead, as a hang-up means.
-pub async fn run_until_stopped(running: &crate::app::Running) -> anyhow::Result<()> {
+/// the running ones in place, and says why), or stops `pgid dev` whose terminal is gone.
+pub async fn run_until_stopped(
+    running: &crate::app::Running,
+    hangup_means: Hangup,
+) -> anyhow::Result<()> {
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let stop = shutdown_signal();
     tokio::pin!(stop);
@@ -114,13 +128,17 @@ pub async fn run_until_stopped(running: &crate::app::Running) -> anyhow::Result<
         tokio::select! {
             _ = &mut stop => return Ok(()),
             _ = hangup.recv() => {
-                if !say("pgid: SIGHUP: reloading the policies") {
+                if !say("pgid: SIGHUP: reloading the policies") && hangup_means == Hangup::StopsWithTheTerminal {
                     tracing::info!("the terminal went away (SIGHUP): stopping");
                     return Ok(());
                 }
+                // The outcome goes to the log as well: stderr may be gone.
                 match running.reload().await {
                     Ok(summary) => say(&format!("pgid: policies reloaded: {summary}")),
-                    Err(e) => say(&format!("pgid: policies NOT reloaded (the running ones stay):\n{e}")),
+                    Err(e) => {
+                        tracing::error!(error = %e, "policies NOT reloaded (the running ones stay)");
+                        say(&format!("pgid: policies NOT reloaded (the running ones stay):\n{e}"))
+                    }
                 };
             }
         }

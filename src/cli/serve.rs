@@ -12,11 +12,11 @@ pub async fn run(config: &Path) -> anyhow::Result<u8> {
     let config = Config::load(config)?;
     let app = App::build(config).await.context("starting pgid")?;
     let running = app.start().await?;
-    eprintln!(
+    super::say(&format!(
         "pgid: broker on https://{}, proxy on {}",
         running.broker_addr, running.proxy_addr
-    );
-    super::run_until_stopped(&running).await?;
+    ));
+    super::run_until_stopped(&running, super::Hangup::Reload).await?;
     tracing::info!("shutting down");
     super::stop(running).await;
     Ok(0)

@@ -53,6 +53,9 @@ pub(super) struct Approver<'a> {
     pub cancelled: &'a tokio::sync::Notify,
     /// The lease's status: its end (expiry, revocation) withdraws the request too.
     pub lease_watch: &'a tokio::sync::watch::Receiver<LeaseStatus>,
+    /// pgid stopping: a wait still undecided at the drain timeout is withdrawn, as a busy
+    /// session's statement would be cut.
+    pub shutdown: &'a tokio_util::sync::CancellationToken,
 }
 
 impl Approver<'_> {
@@ -276,11 +279,19 @@ impl Approver<'_> {
         tokio::pin!(decision);
         let ended = crate::roles::lease_ended(self.lease_watch.clone());
         tokio::pin!(ended);
+        let drained = async {
+            self.shutdown.cancelled().await;
+            tokio::time::sleep(self.proxy.settings.drain_timeout).await;
+        };
+        tokio::pin!(drained);
         let verdict = loop {
             tokio::select! {
                 v = &mut decision => break v,
                 _ = self.cancelled.notified() => {
                     break self.withdraw(id, &woken, "the client cancelled the statement").await;
+                }
+                _ = &mut drained => {
+                    break self.withdraw(id, &woken, "pgid is shutting down").await;
                 }
                 reason = &mut ended => {
                     // The session ends right after; the statement must not run on a dead lease.

@@ -272,6 +272,7 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
             session_id,
             cancelled: &cancel.cancelled,
             lease_watch: &lease_watch,
+            shutdown: &shutdown,
         };
         let step = Forward {
             batch: &batch,

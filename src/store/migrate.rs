@@ -22,6 +22,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "approval_scopes",
         include_str!("../../sql/005_approval_scopes.sql"),
     ),
+    (
+        6,
+        "server_key",
+        include_str!("../../sql/006_server_key.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming pgid's migration lock.
@@ -45,6 +50,13 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<Vec<i32>, St
         .iter()
         .map(|r| r.get(0))
         .collect();
+    // A schema a newer pgid migrated may hold columns this binary does not fill in (a NOT NULL
+    // column without a default refuses its rows): refused, not half-used.
+    let known = MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0);
+    let newer: Vec<i32> = applied.iter().copied().filter(|v| *v > known).collect();
+    if !newer.is_empty() {
+        return Err(StoreError::Newer { newer, known });
+    }
     let mut ran = Vec::new();
     for (version, name, sql) in MIGRATIONS {
         if applied.contains(version) {
@@ -60,4 +72,30 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<Vec<i32>, St
     }
     tx.commit().await?;
     Ok(ran)
+}
+
+/// Records the server key's fingerprint in a state database that has none, and checks it
+/// against one that has: every instance of a deployment must hold the same key.
+pub async fn check_server_key(
+    client: &tokio_postgres::Client,
+    key: &crate::keys::ServerKey,
+) -> Result<(), StoreError> {
+    let fingerprint = key.fingerprint();
+    let stored: String = client
+        .query_one(
+            "WITH added AS (
+                 INSERT INTO pgid.server_key (fingerprint) VALUES ($1)
+                 ON CONFLICT (only_row) DO NOTHING RETURNING fingerprint)
+             SELECT fingerprint FROM added
+             UNION ALL SELECT fingerprint FROM pgid.server_key
+             LIMIT 1",
+            &[&fingerprint],
+        )
+        .await?
+        .get(0);
+    if stored == fingerprint {
+        Ok(())
+    } else {
+        Err(StoreError::OtherServerKey)
+    }
 }

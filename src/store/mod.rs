@@ -23,7 +23,7 @@ pub use instance::{
 #[cfg(test)]
 pub use leases::test_lease;
 pub use leases::{LeaseRow, LeaseState, NewLease, Store};
-pub use migrate::{migrate, MIGRATIONS};
+pub use migrate::{check_server_key, migrate, MIGRATIONS};
 pub use review_sessions::{ReviewSessions, SIGNED_OUT};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,4 +34,17 @@ pub enum StoreError {
     Postgres(#[from] tokio_postgres::Error),
     #[error("state database: unexpected value in {0}")]
     Corrupt(&'static str),
+    #[error(
+        "state database: migrated by a newer pgid (versions {newer:?}; this one knows up to \
+         {known}): run that version, or a later one"
+    )]
+    Newer { newer: Vec<i32>, known: i32 },
+    #[error(
+        "the server key differs from the one this state database was set up with: every \
+         instance must share one key (server_key_file); a key generated afresh (the shared file \
+         not mounted, a restored backup of another) would give leases passwords the database \
+         never got. Mount the right key; to start over with a new key, stop every instance, \
+         revoke the leases and DELETE FROM pgid.server_key"
+    )]
+    OtherServerKey,
 }

@@ -715,3 +715,34 @@ pub async fn raw_login(port: u16, user: &str, password: &str) -> tokio::net::Tcp
         Err(e) => panic!("login failed: {e:?}"),
     }
 }
+
+/// What a finished command printed, and its exit code.
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `c` to the end off the async runtime's workers.
+pub async fn run(mut c: std::process::Command) -> Output {
+    let out = tokio::task::spawn_blocking(move || c.output().expect("run the command"))
+        .await
+        .unwrap();
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `POST /v1/credentials` at `broker` with `subject`'s token: the status (0: no answer).
+pub async fn issue_at(h: &Harness, broker: &str, subject: &str) -> u16 {
+    h.http
+        .post(format!("{broker}/v1/credentials"))
+        .bearer_auth(h.token(subject))
+        .json(&json!({}))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
