@@ -357,9 +357,13 @@ impl App {
                 .get()
                 .await
                 .map_err(err("connecting to the state database"))?;
-            store::check_server_key(&c, &key)
-                .await
-                .map_err(|e| StartError(format!("{}: {e}", config.server_key_file.display())))?;
+            store::check_server_key(&c, &key).await.map_err(|e| {
+                StartError(format!(
+                    "{}: {}",
+                    config.server_key_file.display(),
+                    crate::errors::chain(&e)
+                ))
+            })?;
         }
         let events = EventKey::new(&key);
         let cancels = Arc::new(proxy::cancel::CancelMap::default());

@@ -15,6 +15,9 @@ use std::fmt;
 /// ends at a Postgres server error, which is written whole.
 pub fn causes(e: &(dyn Error + 'static)) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
+    // Errors that already print their source (pgid's own wrap the Postgres message) would
+    // repeat it: a cause whose text is already shown is skipped.
+    let shown = |out: &[String], text: &str| out.iter().any(|o| o.contains(text));
     let mut next = Some(e);
     while let Some(cause) = next {
         let db = cause
@@ -31,11 +34,14 @@ pub fn causes(e: &(dyn Error + 'static)) -> Vec<String> {
                     out.pop();
                 }
             }
-            out.push(server_message(db));
+            let message = server_message(db);
+            if !shown(&out, &message) {
+                out.push(message);
+            }
             break;
         }
         let text = cause.to_string();
-        if !out.last().is_some_and(|prev| prev.ends_with(&text)) && !text.is_empty() {
+        if !text.is_empty() && !shown(&out, &text) {
             out.push(text);
         }
         next = cause.source();
@@ -58,10 +64,13 @@ impl fmt::Display for Chain<'_> {
 }
 
 /// A Postgres server error: `FATAL 28P01: password authentication failed for user "x"`, with
-/// `; detail: …` and `; hint: …` when the server gave them.
+/// `; detail: …` and `; hint: …` when the server gave them — except the detail of an integrity
+/// violation (class 23), which quotes the failing row (`Failing row contains (…)`): a row of
+/// pgid's state holds verifiers and statement text that have no place in a log.
 pub fn server_message(db: &tokio_postgres::error::DbError) -> String {
     let mut text = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
-    if let Some(detail) = db.detail() {
+    let quotes_rows = db.code().code().starts_with("23");
+    if let Some(detail) = db.detail().filter(|_| !quotes_rows) {
         text.push_str("; detail: ");
         text.push_str(detail);
     }
@@ -102,6 +111,12 @@ mod tests {
         };
         assert_eq!(chain(&e), "connecting: refused");
         assert_eq!(Chain(&e).to_string(), "connecting: refused");
+        // An error that prints its source in the middle of its own text: not repeated either.
+        let e = Wrap {
+            text: "state database: refused (retrying)",
+            source: refused(),
+        };
+        assert_eq!(chain(&e), "state database: refused (retrying)");
     }
 
     #[test]

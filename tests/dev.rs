@@ -195,4 +195,18 @@ async fn the_cli_works_against_pgid_dev_and_a_closed_terminal_stops_it() {
         "{}",
         out.stderr
     );
+
+    // A session file others could have written (not private to this user) is not used.
+    std::fs::write(&session_file, session.to_string()).unwrap();
+    std::fs::set_permissions(&session_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut planted = pgid(t);
+    planted.args(["audit", "verify", "--dev"]);
+    let out = run(planted).await;
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr
+            .contains("not this user's private pgid dev session"),
+        "{}",
+        out.stderr
+    );
 }

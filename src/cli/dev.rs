@@ -64,13 +64,32 @@ impl Session {
     }
 
     pub fn read() -> anyhow::Result<Session> {
+        use std::io::Read;
+        use std::os::unix::fs::MetadataExt;
         let path = Session::path();
-        let text = std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "no pgid dev session ({}): is `pgid dev` running?",
-                path.display()
-            )
-        })?;
+        // In a shared temporary directory: only a file of this user, private to them, not
+        // through a link, is this user's session (another user could plant one).
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .with_context(|| {
+                format!(
+                    "no pgid dev session ({}): is `pgid dev` running?",
+                    path.display()
+                )
+            })?;
+        let meta = file.metadata()?;
+        if meta.uid() != unsafe { libc::geteuid() } || meta.mode() & 0o077 != 0 {
+            anyhow::bail!(
+                "{} is not this user's private pgid dev session (owner {}, mode {:o}): not used",
+                path.display(),
+                meta.uid(),
+                meta.mode() & 0o777
+            );
+        }
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
         serde_json::from_str(&text).with_context(|| {
             format!(
                 "{} is not a session of this pgid dev (written by another version?): stop \
@@ -168,8 +187,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
         0 => String::new(),
         port => format!("review_url = \"https://127.0.0.1:{port}/approvals\"\n"),
     };
+    // With the user's own database the state outlives this run, and with it the fingerprint of
+    // the server key it was set up with: that database gets one dev key per user, kept.
+    let key_line = match &args.database_url {
+        Some(_) => format!(
+            "server_key_file = {:?}\n",
+            dev_key_path()?.display().to_string()
+        ),
+        None => String::new(),
+    };
     let toml = format!(
-        "state_dir = {state:?}\npolicies = {policies:?}\n\n[broker]\nlisten = \"127.0.0.1:{}\"\n\n[proxy]\nlisten = \"127.0.0.1:{}\"\n\n\
+        "{key_line}state_dir = {state:?}\npolicies = {policies:?}\n\n[broker]\nlisten = \"127.0.0.1:{}\"\n\n[proxy]\nlisten = \"127.0.0.1:{}\"\n\n\
          [[issuers]]\nissuer = {:?}\naudiences = [\"pgid\"]\n\n[[databases]]\nname = \"app\"\nadmin_url_file = \"admin_url\"\n\n[leases]\nreaper_interval = \"2s\"\n\n\
          [approvals]\n{review_url}\n[approvals.login]\nissuer = {:?}\nclient_id = \"{REVIEW_CLIENT}\"\n\
          client_secret_file = \"review_client_secret\"\nscopes = [\"openid\", \"profile\", \"groups\"]\n",
@@ -205,8 +233,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
         config: config_path.clone(),
     };
     let session_path = Session::path();
-    let _ = std::fs::remove_file(&session_path);
-    write_private(&session_path, &serde_json::to_string_pretty(&session)?)?;
+    // Written under a fresh name and renamed into place: a file or link another user left at
+    // the path is replaced, never written through (in a sticky directory the rename fails).
+    let fresh = session_path.with_extension(format!("{}.tmp", client_secret()));
+    write_private(&fresh, &serde_json::to_string_pretty(&session)?)?;
+    std::fs::rename(&fresh, &session_path)
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&fresh);
+        })
+        .with_context(|| format!("writing {}", session_path.display()))?;
 
     // One write, through `say`: a terminal closed meanwhile must not panic pgid dev.
     let mut out = String::new();
@@ -266,6 +301,23 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// Where `pgid dev --database-url` keeps its server key: `$XDG_STATE_HOME/pgid/dev-server.key`
+/// (else `~/.local/state/pgid/…`), in a directory only the user can enter.
+fn dev_key_path() -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .context("neither XDG_STATE_HOME nor HOME is set: nowhere to keep the dev server key")?;
+    let dir = base.join("pgid");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir.join("dev-server.key"))
+}
+
 /// A fresh secret for a development client.
 fn client_secret() -> String {
     let mut s = [0u8; 24];
@@ -277,9 +329,9 @@ fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .with_context(|| format!("writing {}", path.display()))?;
     f.write_all(text.as_bytes())?;

@@ -255,6 +255,10 @@ impl Approver<'_> {
         let Some(estimated_rows) = self.screen(hold, io).await? else {
             return Ok(Verdict::Allow);
         };
+        // pgid is stopping: no reviewer could answer within the drain.
+        if self.shutdown.is_cancelled() {
+            return Ok(refused("pgid is shutting down".into()));
+        }
         let row = match self.request(hold, estimated_rows, io.audit).await {
             Ok(row) => row,
             Err(v) => return Ok(v),
@@ -291,7 +295,12 @@ impl Approver<'_> {
                     break self.withdraw(id, &woken, "the client cancelled the statement").await;
                 }
                 _ = &mut drained => {
-                    break self.withdraw(id, &woken, "pgid is shutting down").await;
+                    // Not withdrawn (the state database does not answer): refused all the same,
+                    // the session ends next and the request expires unanswered.
+                    break match self.proxy.approvals.withdraw(id).await {
+                        Ok(false) => self.decision(id, &woken).await,
+                        _ => refused("withdrawn: pgid is shutting down".into()),
+                    };
                 }
                 reason = &mut ended => {
                     // The session ends right after; the statement must not run on a dead lease.

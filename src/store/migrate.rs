@@ -81,16 +81,17 @@ pub async fn check_server_key(
     key: &crate::keys::ServerKey,
 ) -> Result<(), StoreError> {
     let fingerprint = key.fingerprint();
-    let stored: String = client
-        .query_one(
-            "WITH added AS (
-                 INSERT INTO pgid.server_key (fingerprint) VALUES ($1)
-                 ON CONFLICT (only_row) DO NOTHING RETURNING fingerprint)
-             SELECT fingerprint FROM added
-             UNION ALL SELECT fingerprint FROM pgid.server_key
-             LIMIT 1",
+    // Two statements: the read after the insert sees a row another instance starting at the
+    // same moment committed (one statement's snapshot would not).
+    client
+        .execute(
+            "INSERT INTO pgid.server_key (fingerprint) VALUES ($1)
+             ON CONFLICT (only_row) DO NOTHING",
             &[&fingerprint],
         )
+        .await?;
+    let stored: String = client
+        .query_one("SELECT fingerprint FROM pgid.server_key", &[])
         .await?
         .get(0);
     if stored == fingerprint {
