@@ -636,8 +636,12 @@ async fn stopping_closes_idle_sessions_at_once_and_busy_ones_when_done() {
     let (idle, idle_ended) = connect_watching(&dsn).await;
     idle.simple_query("SELECT 1").await.unwrap();
     let (busy, busy_ended) = connect_watching(&dsn).await;
-    let running =
-        tokio::spawn(async move { busy.simple_query("SELECT pg_sleep(1), 'finished'").await });
+    // The client comes back with its result and stays open: dropped, it would end the
+    // connection itself (cleanly) before pgid's FATAL could be read.
+    let running = tokio::spawn(async move {
+        let r = busy.simple_query("SELECT pg_sleep(1), 'finished'").await;
+        (busy, r)
+    });
     let su = h.superuser().await;
     // The busy session's statement is running before pgid is told to stop.
     assert!(
@@ -658,7 +662,8 @@ async fn stopping_closes_idle_sessions_at_once_and_busy_ones_when_done() {
     let took = started.elapsed();
     let why = idle_ended.await.unwrap();
     assert!(why.contains("pgid: server shutting down"), "{why}");
-    let done = running.await.unwrap().expect("the busy statement finished");
+    let (_busy, done) = running.await.unwrap();
+    let done = done.expect("the busy statement finished");
     assert!(
         done.iter().any(|m| matches!(
             m,
