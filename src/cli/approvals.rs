@@ -23,15 +23,36 @@ pub struct Broker {
     dev: bool,
 }
 
-impl Broker {
-    /// With `--dev`: the dev session's broker and CA.
-    fn resolve_dev(&mut self) -> anyhow::Result<()> {
-        if self.dev {
+/// The broker as one command calls it: its URL, a client trusting its CA, the reviewer's token —
+/// each found once (with `--dev`: from the dev session, the token by the development reviewer's
+/// client-credentials grant), however many pages the command reads.
+struct Api {
+    base: String,
+    http: reqwest::Client,
+    token: String,
+}
+
+impl Api {
+    async fn open(b: &Broker) -> anyhow::Result<Api> {
+        let (base, cacert, token) = if b.dev {
             let session = super::dev::Session::read()?;
-            self.broker = session.broker;
-            self.cacert = Some(session.ca);
-        }
-        Ok(())
+            let r = &session.reviewer;
+            let token = super::login::client_credentials(
+                &session.issuer,
+                &r.id,
+                &r.secret,
+                &Default::default(),
+            )
+            .await?;
+            (session.broker, Some(session.ca), token)
+        } else {
+            (b.broker.clone(), b.cacert.clone(), token(b)?)
+        };
+        Ok(Api {
+            base: base.trim_end_matches('/').to_string(),
+            http: super::broker_client(cacert.as_deref())?,
+            token,
+        })
     }
 }
 
@@ -66,28 +87,7 @@ pub enum ApprovalsCommand {
     },
 }
 
-impl ApprovalsCommand {
-    fn broker_mut(&mut self) -> &mut Broker {
-        match self {
-            ApprovalsCommand::List { broker, .. }
-            | ApprovalsCommand::Approve { broker, .. }
-            | ApprovalsCommand::Deny { broker, .. } => broker,
-        }
-    }
-}
-
-async fn token(b: &Broker) -> anyhow::Result<String> {
-    if b.dev {
-        let session = super::dev::Session::read()?;
-        let r = &session.reviewer;
-        return super::login::client_credentials(
-            &session.issuer,
-            &r.id,
-            &r.secret,
-            &Default::default(),
-        )
-        .await;
-    }
+fn token(b: &Broker) -> anyhow::Result<String> {
     if let Some(path) = &b.token_file {
         let t =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -101,14 +101,13 @@ async fn token(b: &Broker) -> anyhow::Result<String> {
 
 /// Calls the broker; returns the JSON body of a success, or exits 1 with the API's message.
 async fn call(
-    b: &Broker,
+    api: &Api,
     method: reqwest::Method,
     path: &str,
     body: Option<Value>,
 ) -> anyhow::Result<Result<Value, String>> {
-    let http = super::broker_client(b.cacert.as_deref())?;
-    let url = format!("{}{path}", b.broker.trim_end_matches('/'));
-    let mut req = http.request(method, &url).bearer_auth(token(b).await?);
+    let url = format!("{}{path}", api.base);
+    let mut req = api.http.request(method, &url).bearer_auth(&api.token);
     if let Some(body) = body {
         req = req.json(&body);
     }
@@ -131,7 +130,7 @@ async fn call(
 }
 
 /// Every page of `GET /v1/approvals?state=…`, as one `{"approvals": […]}`.
-async fn list(b: &Broker, state: &str) -> anyhow::Result<Result<Value, String>> {
+async fn list(api: &Api, state: &str) -> anyhow::Result<Result<Value, String>> {
     let state: String = form_urlencoded::byte_serialize(state.as_bytes()).collect();
     let mut all = Vec::new();
     let mut before: Option<String> = None;
@@ -140,7 +139,7 @@ async fn list(b: &Broker, state: &str) -> anyhow::Result<Result<Value, String>> 
         if let Some(b) = &before {
             path.push_str(&format!("&before={b}"));
         }
-        let page = match call(b, reqwest::Method::GET, &path, None).await? {
+        let page = match call(api, reqwest::Method::GET, &path, None).await? {
             Ok(p) => p,
             Err(e) => return Ok(Err(e)),
         };
@@ -153,14 +152,12 @@ async fn list(b: &Broker, state: &str) -> anyhow::Result<Result<Value, String>> 
 }
 
 pub async fn run(cmd: ApprovalsCommand) -> anyhow::Result<u8> {
-    let mut cmd = cmd;
-    cmd.broker_mut().resolve_dev()?;
     let (result, json) = match &cmd {
         ApprovalsCommand::List {
             state,
             json,
             broker,
-        } => (list(broker, state).await?, *json),
+        } => (list(&Api::open(broker).await?, state).await?, *json),
         ApprovalsCommand::Approve {
             id,
             comment,
@@ -179,7 +176,7 @@ pub async fn run(cmd: ApprovalsCommand) -> anyhow::Result<u8> {
             let body = serde_json::json!({ "comment": comment });
             (
                 call(
-                    broker,
+                    &Api::open(broker).await?,
                     reqwest::Method::POST,
                     &format!("/v1/approvals/{id}/{verb}"),
                     Some(body),
