@@ -337,6 +337,7 @@ impl App {
         let databases =
             Databases::connect(&config.databases).map_err(|e| StartError(e.to_string()))?;
         let (state_pool, state_pg, state_tls) = state_database(&config, &databases)?;
+        let key = ServerKey::load_or_create(&config.server_key_file).map_err(StartError)?;
         {
             let mut c = state_pool
                 .get()
@@ -348,15 +349,6 @@ impl App {
             if !ran.is_empty() {
                 tracing::info!(versions = ?ran, "applied migrations");
             }
-        }
-        let watch = Arc::new(LeaseWatch::default());
-        let approval_waits = Arc::new(crate::store::ApprovalWaits::default());
-        let key = ServerKey::load_or_create(&config.server_key_file).map_err(StartError)?;
-        {
-            let c = state_pool
-                .get()
-                .await
-                .map_err(err("connecting to the state database"))?;
             store::check_server_key(&c, &key).await.map_err(|e| {
                 StartError(format!(
                     "{}: {}",
@@ -365,6 +357,8 @@ impl App {
                 ))
             })?;
         }
+        let watch = Arc::new(LeaseWatch::default());
+        let approval_waits = Arc::new(crate::store::ApprovalWaits::default());
         let events = EventKey::new(&key);
         let cancels = Arc::new(proxy::cancel::CancelMap::default());
         let (nudge, policy_nudges) = tokio::sync::mpsc::unbounded_channel();
