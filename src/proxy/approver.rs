@@ -295,12 +295,7 @@ impl Approver<'_> {
                     break self.withdraw(id, &woken, "the client cancelled the statement").await;
                 }
                 _ = &mut drained => {
-                    // Not withdrawn (the state database does not answer): refused all the same,
-                    // the session ends next and the request expires unanswered.
-                    break match self.proxy.approvals.withdraw(id).await {
-                        Ok(false) => self.decision(id, &woken).await,
-                        _ => refused("withdrawn: pgid is shutting down".into()),
-                    };
+                    break self.withdraw(id, &woken, "pgid is shutting down").await;
                 }
                 reason = &mut ended => {
                     // The session ends right after; the statement must not run on a dead lease.
@@ -334,12 +329,14 @@ impl Approver<'_> {
         Ok(verdict)
     }
 
-    /// Withdraws a pending request; one decided in the meantime keeps its decision.
+    /// Withdraws a pending request; one decided in the meantime keeps its decision. A request
+    /// that cannot be withdrawn (the state database does not answer) is refused all the same —
+    /// the statement does not run while its fate is unknown, and the request expires unanswered
+    /// — rather than waiting for the database while the client, the lease or pgid has ended.
     async fn withdraw(&self, id: uuid::Uuid, woken: &tokio::sync::Notify, why: &str) -> Verdict {
-        if matches!(self.proxy.approvals.withdraw(id).await, Ok(true)) {
-            refused(format!("withdrawn: {why}"))
-        } else {
-            self.decision(id, woken).await
+        match self.proxy.approvals.withdraw(id).await {
+            Ok(false) => self.decision(id, woken).await,
+            Ok(true) | Err(_) => refused(format!("withdrawn: {why}")),
         }
     }
 
