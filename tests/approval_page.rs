@@ -746,15 +746,7 @@ async fn latencies(h: &Harness, n: usize) -> (f64, f64) {
 
 /// A counter or gauge from `/metrics`.
 async fn metric(h: &Harness, line: &str) -> u64 {
-    let text = h
-        .http
-        .get(format!("{}/metrics", h.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = h.metrics_text().await;
     text.lines()
         .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
         .unwrap_or(0)

@@ -1382,15 +1382,7 @@ async fn a_flood_of_requests_is_bounded_and_hides_no_other_teams_request() {
     assert_eq!(to_b.len(), 1, "{to_b:?}");
     assert!(to_b[0]["text"].as_str().unwrap().contains("`other`"));
 
-    let metrics = h
-        .http
-        .get(format!("{}/metrics", h.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics_text().await;
     assert!(
         metrics.contains("pgid_approval_requests_refused_total{limit=\"lease\"} 980"),
         "{metrics}"

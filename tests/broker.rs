@@ -843,15 +843,7 @@ async fn policy_selection_and_request_errors() {
         (status, body["status"].as_str()),
         (StatusCode::OK, Some("ok"))
     );
-    let metrics = h
-        .http
-        .get(format!("{}/metrics", h.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics_text().await;
     assert!(metrics.contains("pgid_leases_issued_total 1"), "{metrics}");
     assert!(
         metrics.contains("pgid_credential_denials_total{reason=\"no_policy\"}"),

@@ -14,15 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One line of `/metrics`, as a number.
 async fn metric(h: &Harness, name: &str) -> u64 {
-    let text = h
-        .http
-        .get(format!("{}/metrics", h.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = h.metrics_text().await;
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .unwrap_or_else(|| panic!("no {name} in /metrics"))

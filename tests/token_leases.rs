@@ -147,15 +147,7 @@ async fn one_lease_per_token_within_its_connection_limit_and_a_fresh_one_after_r
     assert_eq!(leases_of(&h, "agent:pool").await, 3);
 
     // The reuse is counted.
-    let metrics = h
-        .http
-        .get(format!("{}/metrics", h.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics_text().await;
     let reused: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("pgid_token_leases_reused_total "))

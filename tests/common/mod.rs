@@ -373,6 +373,18 @@ impl Harness {
         )
     }
 
+    /// `/metrics` as text.
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.state.path().join("state")
     }
