@@ -16,7 +16,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const BASE: &str = "localhost/pgid-test-base:bookworm";
@@ -49,20 +49,10 @@ fn limits() -> Vec<String> {
     ]
 }
 
-fn out(mut c: Command) -> Output {
-    c.output().unwrap_or_else(|e| panic!("running {c:?}: {e}"))
-}
-
+/// `c`'s stdout; the test fails (with the command and its stderr) if it fails.
 fn ok(c: Command) -> String {
     let shown = format!("{c:?}");
-    let o = out(c);
-    assert!(
-        o.status.success(),
-        "{shown}: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    out_ok(c).unwrap_or_else(|e| panic!("{shown}: {e}"))
 }
 
 /// Why no container can run here, if none can.
@@ -82,6 +72,7 @@ fn runtime_missing() -> Option<String> {
     }
 }
 
+/// `c`'s stdout, or why it failed (its stderr).
 fn out_ok(mut c: Command) -> Result<String, String> {
     match c.output() {
         Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
@@ -305,7 +296,7 @@ impl Drop for RemoveImages {
 }
 
 fn logs(ctr: &str) -> String {
-    let o = out(podman(&["logs", ctr]));
+    let o = podman(&["logs", ctr]).output().expect("podman logs");
     format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
