@@ -49,8 +49,8 @@ pub(super) struct Approver<'a> {
     pub proxy: &'a Proxy,
     pub lease: &'a crate::store::LeaseRow,
     pub session_id: uuid::Uuid,
-    /// The session's CancelRequest signal: a cancel withdraws the request.
-    pub cancelled: &'a tokio::sync::Notify,
+    /// The session's cancel key: while a statement waits, a CancelRequest withdraws it.
+    pub cancel: &'a super::cancel::CancelKey,
     /// The lease's status: its end (expiry, revocation) withdraws the request too.
     pub lease_watch: &'a tokio::sync::watch::Receiver<LeaseStatus>,
     /// pgid stopping: a wait still undecided at the drain timeout is withdrawn, as a busy
@@ -247,7 +247,7 @@ impl Approver<'_> {
         // A cancel that arrived before this statement (for an earlier one) does not count; one
         // that arrives from here on withdraws the request.
         {
-            let stale = self.cancelled.notified();
+            let stale = self.cancel.cancelled.notified();
             tokio::pin!(stale);
             let _ = futures::poll!(stale.as_mut());
         }
@@ -259,6 +259,9 @@ impl Approver<'_> {
         if self.shutdown.is_cancelled() {
             return Ok(refused("pgid is shutting down".into()));
         }
+        // From here until the wait ends nothing of the session runs upstream: a cancel withdraws
+        // the request and is not forwarded (it could reach the server late and hit what follows).
+        let _held = self.cancel.hold();
         let row = match self.request(hold, estimated_rows, io.audit).await {
             Ok(row) => row,
             Err(v) => return Ok(v),
@@ -291,7 +294,7 @@ impl Approver<'_> {
         let verdict = loop {
             tokio::select! {
                 v = &mut decision => break v,
-                _ = self.cancelled.notified() => {
+                _ = self.cancel.cancelled.notified() => {
                     break self.withdraw(id, &woken, "the client cancelled the statement").await;
                 }
                 _ = &mut drained => {

@@ -37,8 +37,37 @@ pub struct CancelTarget {
     pub secret: i32,
 }
 
-/// A session's cancel key → where its cancels go, its cancel signal, and whether one was asked.
-type Sessions = HashMap<(i32, i32), (CancelTarget, Arc<Notify>, Arc<AtomicBool>)>;
+/// A session's cancel key → its [`Entry`].
+type Sessions = HashMap<(i32, i32), Entry>;
+
+/// What a CancelRequest for one session's key acts on.
+#[derive(Clone)]
+struct Entry {
+    /// Where its cancels go upstream.
+    target: CancelTarget,
+    /// The session's cancel signal.
+    cancelled: Arc<Notify>,
+    /// Whether a cancel was forwarded upstream.
+    requested: Arc<AtomicBool>,
+    /// Whether pgid holds the session's statement (waiting for approval): nothing of it runs
+    /// upstream then, so a cancel only withdraws it and is not forwarded — forwarded, the
+    /// server's signal could arrive late and hit the stand-in that carries the withdrawal, and
+    /// the client would get the server's cancel error instead of pgid's refusal.
+    holding: Arc<AtomicBool>,
+}
+
+impl Entry {
+    /// Signals the session; returns where to forward the cancel, unless pgid holds the statement.
+    /// Called under the map's lock, so `requested` is final once the key is gone.
+    fn signal(&self) -> Option<CancelTarget> {
+        self.cancelled.notify_one();
+        if self.holding.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.requested.store(true, Ordering::SeqCst);
+        Some(self.target.clone())
+    }
+}
 
 /// Cancel requests for unknown keys an address may send per minute.
 pub const GUESSES: u32 = 100;
@@ -65,7 +94,19 @@ pub struct CancelKey {
     pub cancelled: Arc<Notify>,
     /// Set (under the map's lock) by every CancelRequest for this session that pgid forwards.
     requested: Arc<AtomicBool>,
+    /// Set while pgid holds the session's statement for approval ([`CancelKey::hold`]).
+    holding: Arc<AtomicBool>,
     map: Arc<CancelMap>,
+}
+
+/// While alive, a CancelRequest for the session withdraws its held statement and is not
+/// forwarded upstream (where nothing of the session runs).
+pub struct Holding(Arc<AtomicBool>);
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 impl CancelKey {
@@ -74,6 +115,12 @@ impl CancelKey {
     /// CancelRequest either found the key (and set this first) or finds nothing.
     pub fn requested(&self) -> Arc<AtomicBool> {
         self.requested.clone()
+    }
+
+    /// Marks the session's statement as held by pgid until the guard drops.
+    pub fn hold(&self) -> Holding {
+        self.holding.store(true, Ordering::SeqCst);
+        Holding(self.holding.clone())
     }
 }
 
@@ -94,14 +141,19 @@ impl CancelMap {
         loop {
             let key = (target.pid, rng.gen::<i32>());
             if let std::collections::hash_map::Entry::Vacant(e) = map.entry(key) {
-                let cancelled = Arc::new(Notify::new());
-                let requested = Arc::new(AtomicBool::new(false));
-                e.insert((target, cancelled.clone(), requested.clone()));
+                let entry = Entry {
+                    target,
+                    cancelled: Arc::new(Notify::new()),
+                    requested: Arc::new(AtomicBool::new(false)),
+                    holding: Arc::new(AtomicBool::new(false)),
+                };
+                e.insert(entry.clone());
                 return CancelKey {
                     pid: key.0,
                     secret: key.1,
-                    cancelled,
-                    requested,
+                    cancelled: entry.cancelled,
+                    requested: entry.requested,
+                    holding: entry.holding,
                     map: self.clone(),
                 };
             }
@@ -125,20 +177,15 @@ impl CancelMap {
             tracing::warn!(%from, "cancel requests ignored: too many for unknown keys");
             return;
         }
-        let target = self
+        let entry = self
             .map
             .lock()
             .unwrap()
             .get(&(pid, secret))
-            .map(|(t, c, r)| {
-                r.store(true, Ordering::SeqCst);
-                (t.clone(), c.clone())
-            });
-        match target {
-            Some((t, cancelled)) => {
-                cancelled.notify_one();
-                send(&t).await;
-            }
+            .map(|e| e.signal());
+        match entry {
+            Some(Some(t)) => send(&t).await,
+            Some(None) => {}
             None => {
                 // Charged now, refunded when an owner answers.
                 self.guessed(from);
@@ -164,26 +211,27 @@ impl CancelMap {
                 pid,
                 tag,
             }) => {
-                let found = {
-                    let map = self.map.lock().unwrap();
-                    map.iter()
-                        .filter(|((p, _), _)| *p == pid)
-                        .find(|((_, secret), _)| relay.matches(origin, nonce, pid, *secret, &tag))
-                        .map(|(_, (t, c, r))| (t.clone(), c.clone(), r.clone()))
-                };
-                let Some((target, cancelled, requested)) = found else {
+                let map = self.map.lock().unwrap();
+                let Some(entry) = map
+                    .iter()
+                    .filter(|((p, _), _)| *p == pid)
+                    .find(|((_, secret), _)| relay.matches(origin, nonce, pid, *secret, &tag))
+                    .map(|(_, e)| e)
+                else {
                     return;
                 };
                 // Checked after the match, so a stranger's replay cannot fill the nonce memory.
                 if !relay.admit(origin, nonce, sent) {
                     return;
                 }
-                requested.store(true, Ordering::SeqCst);
-                cancelled.notify_one();
+                let forward = entry.signal();
+                drop(map);
                 self.routed_in.fetch_add(1, Ordering::Relaxed);
                 let map = self.clone();
                 tokio::spawn(async move {
-                    send(&target).await;
+                    if let Some(target) = forward {
+                        send(&target).await;
+                    }
                     if let Some(relay) = map.relay.get() {
                         relay
                             .publish(&CancelEvent::Done { origin, nonce }.encode())
@@ -288,6 +336,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_cancel_for_a_held_statement_withdraws_it_and_is_not_forwarded() {
+        let map = Arc::new(CancelMap::default());
+        let mut t = target(78);
+        // Nothing listens there: a forwarded cancel fails at once.
+        t.addr = UpstreamAddr::Tcp {
+            host: "127.0.0.1".into(),
+            port: 1,
+        };
+        let key = map.register(t);
+        let client: std::net::IpAddr = "192.0.2.11".parse().unwrap();
+        let signalled = key.cancelled.notified();
+        tokio::pin!(signalled);
+        let held = key.hold();
+        map.cancel(key.pid, key.secret, client).await;
+        assert!(
+            futures::poll!(signalled.as_mut()).is_ready(),
+            "the wait is signalled"
+        );
+        assert!(!key.requested().load(Ordering::SeqCst), "not forwarded");
+        // Once the statement is no longer held, a cancel goes upstream again.
+        drop(held);
+        map.cancel(key.pid, key.secret, client).await;
+        assert!(key.requested().load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
     async fn guessing_keys_is_bounded_per_address() {
         let map = Arc::new(CancelMap::default());
         let mut t = target(77);
@@ -299,7 +373,7 @@ mod tests {
         let key = map.register(t);
         let requested = |map: &CancelMap| {
             map.map.lock().unwrap()[&(key.pid, key.secret)]
-                .2
+                .requested
                 .load(Ordering::SeqCst)
         };
         let guesser: std::net::IpAddr = "192.0.2.9".parse().unwrap();

@@ -270,7 +270,7 @@ pub async fn run(p: &Proxy, est: Established, shutdown: CancellationToken) {
             proxy: p,
             lease: &lease,
             session_id,
-            cancelled: &cancel.cancelled,
+            cancel: &cancel,
             lease_watch: &lease_watch,
             shutdown: &shutdown,
         };
